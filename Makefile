@@ -1,0 +1,32 @@
+# stepbuild — make targets. `make demo` and `make test` set everything up first.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup demo test test-unit lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+# The main job on a built-in default: the hello sample.
+demo: setup
+	$(VENV)/bin/stepbuild parse samples/hello
+
+# The whole suite (README's test command; .ci/run calls it).
+test: setup
+	$(PYTEST) -x -q
+
+test-unit: setup
+	$(PYTEST) -x -q tests/unit tests/conformance
+
+lint: setup
+	$(PY) -m ruff check stepbuild tests
+	$(PY) -m mypy
+
+bench: setup
+	$(PY) bench/parse_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from stepbuild.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The `stepbuild` command line: argument parsing, exit codes, and the one place errors print.
+
+Exit status: 0 success, 1 a build or run failed, 2 bad usage or a bad Stepfile. Errors are
+`StepbuildError`s rendered in a few lines; a traceback only with `--debug`. Commands import
+what they need lazily so that start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stepbuild.errors import StepbuildError, UsageError
+
+if TYPE_CHECKING:
+    from stepbuild.syntax import Node
+
+STEPFILE_NAMES = ("Stepfile", "Dockerfile")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _argument_parser()
+    options = parser.parse_args(argv)
+    if not hasattr(options, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(options.run(options))
+    except StepbuildError as exc:
+        if options.debug:
+            raise
+        print(f"stepbuild: error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepbuild", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(title="commands")
+
+    parse = commands.add_parser("parse", help="parse a Stepfile and print its instructions")
+    parse.add_argument("-f", "--file", help="the Stepfile ('-' for standard input); default:"
+                       " Stepfile, then Dockerfile, in the context directory")
+    parse.add_argument("--json", action="store_true", help="one JSON object per instruction")
+    parse.add_argument("--syntax-tree", action="store_true",
+                       help="print BuildKit's syntax-tree dump (no flag or argument checks)")
+    parse.add_argument("context", nargs="?", default=".", help="the context directory")
+    parse.set_defaults(run=_parse_command, debug=False)
+    return parser
+
+
+def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
+    """Find and read the Stepfile: (text, name for messages). Raises UsageError/ParseError."""
+    from stepbuild.parse import decode
+
+    if file == "-":
+        return decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
+    if file is None:
+        candidates = [Path(context) / name for name in STEPFILE_NAMES]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise UsageError(f"no Stepfile or Dockerfile in {context}",
+                             hint="name one with -f FILE")
+        path = found
+    else:
+        path = Path(file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return decode(data, str(path)), str(path)
+
+
+def _parse_command(options: argparse.Namespace) -> int:
+    from stepbuild.parse import parse_syntax
+    from stepbuild.syntax import dump
+
+    text, name = read_stepfile(options.file, options.context)
+    tree = parse_syntax(text, name)
+    if options.syntax_tree:
+        _print_warnings(tree.warnings)
+        sys.stdout.write(dump(list(tree.nodes)))
+        return 0
+    from stepbuild.convert import to_stepfile
+
+    stepfile = to_stepfile(tree)
+    _print_warnings(stepfile.warnings)
+    out = []
+    for node in tree.nodes:
+        out.append(json.dumps(node_json(node), ensure_ascii=False) if options.json
+                   else _readable(node))
+    sys.stdout.write("".join(line + "\n" for line in out))
+    return 0
+
+
+def _print_warnings(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        print(f"stepbuild: warning: {warning}", file=sys.stderr)
+
+
+def node_json(node: Node) -> dict[str, object]:
+    """The `--json` form of one instruction (tools and tests read it)."""
+    data: dict[str, object] = {
+        "instruction": node.keyword,
+        "flags": list(node.flags),
+        "args": list(node.args),
+        "json": node.is_json,
+        "heredocs": [
+            {"name": h.name, "content": h.content, "expand": h.expand, "chomp": h.chomp,
+             "fd": h.fd} for h in node.heredocs
+        ],
+        "line": node.start_line,
+        "column": node.column,
+        "end_line": node.end_line,
+        "original": node.original,
+    }
+    if node.trigger is not None:
+        data["trigger"] = node_json(node.trigger)
+    return data
+
+
+def _readable(node: Node) -> str:
+    span = f"{node.start_line}" if node.start_line == node.end_line else (
+        f"{node.start_line}-{node.end_line}")
+    return f"{span:>7}  {node.dump()}"
