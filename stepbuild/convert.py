@@ -85,7 +85,7 @@ def _loc(node: Node) -> ins.Location:
 
 
 def _flags(node: Node, **declared: Kind) -> FlagValues:
-    return parse_flags(node.flags, {k.replace("_", "-"): v for k, v in declared.items()})
+    return parse_flags(node.flags, {k.rstrip("_").replace("_", "-"): v for k, v in declared.items()})
 
 
 def _exactly_one(node: Node) -> str:

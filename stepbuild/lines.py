@@ -232,3 +232,40 @@ def _continuation_regex(escape: str) -> re.Pattern[str]:
     # the escape character. Same rule as BuildKit's lineContinuationRegex.
     e = re.escape(escape)
     return re.compile(rf"([^{e}]){e}[ \t]*\Z|\A{e}[ \t]*\Z")
+
+
+_SLASH_DIRECTIVE = re.compile(r"//\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*\Z")
+
+
+def detect_directive(text: str, name: str) -> Directive | None:
+    """Find directive `name` in the header of a file, as BuildKit's DetectSyntax does.
+
+    The header is the run of directive lines at the very top (a `#!` line may come first).
+    `syntax` may also be written `//syntax=…` or as a file that is one JSON object with a
+    "syntax" key. The value is the first word: `# syntax=img // opts` gives `img`.
+    """
+    text = text.removeprefix(_UTF8_BOM)
+    if name == "syntax" and text.lstrip().startswith("{"):
+        return _json_directive(text, name)
+    patterns = [_DIRECTIVE] + ([_SLASH_DIRECTIVE] if name == "syntax" else [])
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if number == 1 and line.startswith("#!"):
+            continue
+        match = next((m for p in patterns if (m := p.match(line))), None)
+        if match is None:
+            return None
+        if match.group(1).lower() == name:
+            return Directive(name, match.group(2).split()[0], number)
+    return None
+
+
+def _json_directive(text: str, name: str) -> Directive | None:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    found = value.get(name) if isinstance(value, dict) else None
+    return Directive(name, found, 1) if isinstance(found, str) else None

@@ -183,7 +183,7 @@ class _NodeBuilder(Transformer):  # type: ignore[type-arg]
         return Node(
             keyword=name, flags=flags, args=args, start_line=self._line.start_line,
             end_line=self._line.end_line, column=column if number == self._line.start_line
-            else 1, original=self._line.text, is_json=is_json, trigger=trigger,
+            else 1, original=self._line.text[keyword.start_pos:], is_json=is_json, trigger=trigger,
             keyword_text=str(keyword),
         )
 

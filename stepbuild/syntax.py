@@ -150,8 +150,9 @@ def parse_arguments(keyword: str, rest: str, escape: str) -> tuple[tuple[str, ..
 
 
 def _ignore(rest: str, escape: str) -> tuple[tuple[str, ...], bool]:
-    # Unknown instructions keep no arguments in BuildKit's tree; they are refused later.
-    return (), False
+    # Unknown instructions keep one empty argument in BuildKit's tree (its parseIgnore returns
+    # an empty node, dumped as ""); they are refused when converted to instructions.
+    return ("",), False
 
 
 def _string(rest: str, escape: str) -> tuple[tuple[str, ...], bool]:
