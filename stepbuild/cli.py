@@ -50,7 +50,7 @@ def _argument_parser() -> argparse.ArgumentParser:
     parse.add_argument("--syntax-tree", action="store_true",
                        help="print BuildKit's syntax-tree dump (no flag or argument checks)")
     parse.add_argument("context", nargs="?", default=".", help="the context directory")
-    parse.set_defaults(run=_parse_command, debug=False)
+    parse.set_defaults(run=_parse_command)
     return parser
 
 
