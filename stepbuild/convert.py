@@ -85,7 +85,9 @@ def _loc(node: Node) -> ins.Location:
 
 
 def _flags(node: Node, **declared: Kind) -> FlagValues:
-    return parse_flags(node.flags, {k.rstrip("_").replace("_", "-"): v for k, v in declared.items()})
+    # Python names stand for flag names: from_ → --from, keep_git_dir → --keep-git-dir.
+    names = {k.rstrip("_").replace("_", "-"): v for k, v in declared.items()}
+    return parse_flags(node.flags, names)
 
 
 def _exactly_one(node: Node) -> str:

@@ -181,7 +181,8 @@ def parse_size(value: str, word: str) -> int:
     if match is None:
         raise FlagError(f"invalid size {value!r}", word)
     number, unit = match.groups()
-    return int(number) * 1024 ** " kmgt".index(unit or " ")
+    scale: int = 1024 ** " kmgt".index(unit or " ")
+    return int(number) * scale
 
 
 def _split_csv(text: str, word: str) -> list[str]:

@@ -179,7 +179,7 @@ class _NodeBuilder(Transformer):  # type: ignore[type-arg]
         self, keyword: Token, name: str, flags: tuple[str, ...], args: tuple[str, ...],
         is_json: bool, trigger: Node | None = None,
     ) -> Node:
-        number, column = self._line.source_position(keyword.start_pos)
+        number, column = self._line.source_position(keyword.start_pos or 0)
         return Node(
             keyword=name, flags=flags, args=args, start_line=self._line.start_line,
             end_line=self._line.end_line, column=column if number == self._line.start_line
