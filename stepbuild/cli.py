@@ -127,4 +127,6 @@ def node_json(node: Node) -> dict[str, object]:
 def _readable(node: Node) -> str:
     span = f"{node.start_line}" if node.start_line == node.end_line else (
         f"{node.start_line}-{node.end_line}")
-    return f"{span:>7}  {node.dump()}"
+    heredocs = (node.trigger or node).heredocs
+    notes = "".join(f"  <<{h.name}: {h.content.count(chr(10))} lines" for h in heredocs)
+    return f"{span:>7}  {node.dump()}{notes}"

@@ -74,7 +74,132 @@ class ExpansionError(StepfileError):
     """A variable or quote in a word cannot be expanded (`${X?unset}`, unterminated quote)."""
 
 
+class PlanError(StepfileError):
+    """The Stepfile parses but does not make sense: unknown stage, instruction before FROM."""
+
+
 class UsageError(StepbuildError):
     """The command line is wrong (missing file, bad option value)."""
 
     exit_code = 2
+
+
+class BuildError(StepbuildError):
+    """The build could not be completed (exit status 1)."""
+
+
+class StepFailed(BuildError):
+    """A RUN step's command exited non-zero: where, what, its status and its last output."""
+
+    def __init__(
+        self, position: SourcePosition, command: str, exit_code: int, output_tail: tuple[str, ...]
+    ) -> None:
+        super().__init__(f"{position.file}:{position.line}: step failed with exit code {exit_code}")
+        self.position = position
+        self.command = command
+        self.status = exit_code
+        self.output_tail = output_tail
+
+    def render(self) -> str:
+        lines = [self.message, f"  {self.command}"]
+        if self.output_tail:
+            lines.append(f"last {len(self.output_tail)} lines of output:")
+            lines += [f"  | {line}" for line in self.output_tail]
+        return "\n".join(lines)
+
+
+class StoreError(StepbuildError):
+    """The store (blobs, layer dirs, tags, cache records) cannot do what was asked (exit 1)."""
+
+
+class BlobNotFound(StoreError):
+    """No blob with this digest in the store."""
+
+    def __init__(self, digest: str, *, hint: str | None = None) -> None:
+        super().__init__(f"blob {digest} not found in the store", hint=hint)
+        self.digest = digest
+
+
+class DigestMismatch(StoreError):
+    """Content does not match the digest (or size) it was named or described by.
+
+    `actual` is None when the size was already wrong and the content was not hashed.
+    """
+
+    def __init__(
+        self,
+        expected: str,
+        actual: str | None,
+        *,
+        expected_size: int | None = None,
+        actual_size: int | None = None,
+    ) -> None:
+        if actual is None:
+            msg = f"size mismatch for {expected}: {actual_size} bytes, expected {expected_size}"
+        else:
+            msg = f"digest mismatch: expected {expected}, got {actual}"
+        super().__init__(msg, hint="the content is corrupt or was tampered with; fetch it again")
+        self.expected = expected
+        self.actual = actual
+        self.expected_size = expected_size
+        self.actual_size = actual_size
+
+
+class ImageNotFound(StoreError):
+    """No image tagged with this name (or with this manifest digest) in the store."""
+
+    def __init__(self, name: str, *, hint: str | None = None) -> None:
+        super().__init__(f"image {name!r} not found in the store", hint=hint)
+        self.name = name
+
+
+class InvalidDigest(StoreError, ValueError):
+    """A string that should be a digest is not `sha256:` + 64 lower-case hex digits."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(f"invalid digest {value!r}", hint="expected sha256:<64 lower-case hex>")
+        self.value = value
+
+
+class InvalidDocument(StoreError, ValueError):
+    """An OCI document (layout, index, manifest, config, descriptor) is malformed.
+
+    `where` names the document and the field, e.g. "manifest sha256:ab…: layers[2].size".
+    """
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+class LayerError(BuildError):
+    """A layer cannot be captured or an archive cannot be unpacked safely.
+
+    Raised for unknown overlay state in an upper dir (redirect_dir, metacopy), tar entries
+    that cannot be contained (NUL in a name, the root itself, device numbers out of range),
+    corrupt or unsupported archives. The message names the entry.
+    """
+
+
+class SandboxError(BuildError):
+    """Setting up a step's sandbox failed (a mount, pivot_root, exec of a missing program, ...).
+
+    Never raised for the step's own command exiting non-zero: that is an exit code, not a setup
+    failure. `op` names what was being done ("exec make", "mount proc /proc"); `errno` is the
+    kernel's error number, 0 when there is none (the sandbox child died unexpectedly).
+    """
+
+    def __init__(self, op: str, errno: int, *, hint: str | None = None) -> None:
+        import os  # local: keeps this module's imports as they were
+
+        reason = f": {os.strerror(errno)}" if errno else ""
+        super().__init__(f"sandbox: {op}{reason}", hint=hint)
+        self.op = op
+        self.errno = errno
+
+
+class ContextError(StepbuildError):
+    """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
+    outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the
+    context changed while it was read. Raised by `context.py`; the message names the source."""
