@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(busybox-static)
+# busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store.
+APT_PACKAGES=(busybox-static skopeo umoci)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
