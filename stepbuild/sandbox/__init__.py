@@ -1,0 +1,161 @@
+"""Run one step's command in a sandbox — the only privileged part of stepbuild.
+
+`spec.py` describes a sandbox as data, `child.py` performs it in a fresh interpreter, and
+`linux.py` holds the syscalls (the only ctypes in the project). This module is the builder's
+side: it starts the child, hands it the plan, streams the output and returns the exit status.
+
+Lifecycle, as the builder uses it::
+
+    linux.enter_private_mount_namespace()        # once, at start-up, before any thread
+    linux.mount_overlay(merged, lowers, upper, work)
+    result = run(SandboxSpec(rootfs=merged, argv=("/bin/sh", "-c", cmd), env=env, cwd="/"),
+                 on_output=progress.write)
+    linux.umount(merged)                         # upper now holds the step's changes
+
+Everything the child mounts lives in its own mount namespace and is gone when the command
+(PID 1 of its PID namespace) exits; nothing is left to clean up, even after kill -9.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import marshal
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stepbuild.errors import SandboxError
+from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
+
+__all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
+
+# Import child.py rather than run it as a script, so its compiled form is cached (~2 ms a step)
+_BOOT = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+         "import child; child.main(int(sys.argv[1]))")
+TAIL_LINES = 20
+_TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The command's exit status (128+N if killed by signal N), the last lines of its
+    combined stdout and stderr, and setup notices worth showing in verbose output (a skipped
+    /etc bind, the chroot fallback)."""
+
+    exit_code: int
+    output_tail: tuple[str, ...]
+    notices: tuple[str, ...] = ()
+
+
+def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None) -> RunResult:
+    """Run `spec.argv` in a sandbox over `spec.rootfs`; return when it and all its
+    descendants are gone (they share its PID namespace, which dies with it).
+
+    Output (stdout and stderr, one pipe) goes to `on_output` chunk by chunk as it arrives;
+    stdin is /dev/null. Raises SandboxError(op, errno) when the sandbox could not be set up or
+    the command could not be executed (a missing program: op "exec NAME", errno ENOENT); a
+    command that runs and fails is an exit code, not an exception. The child is killed with
+    SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), or if `on_output` raises.
+    """
+    payload = marshal.dumps(child_payload(spec))
+    plan_r, plan_w = _pipe()
+    status_r, status_w = _pipe()
+    out_r, out_w = _pipe()
+    try:
+        pid = _spawn(plan_r, status_w, out_w)
+    except BaseException:
+        for fd in (plan_w, status_r, out_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (plan_r, status_w, out_w):
+            os.close(fd)
+    try:
+        _send(plan_w, payload)
+        status = _read_all(status_r)
+        tail = _pump(out_r, on_output)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        for fd in (status_r, out_r):
+            os.close(fd)
+    return _result(128 - code if code < 0 else code, status, tail)
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above fd 4, so the child's dup2s cannot clash."""
+    ends = []
+    for fd in os.pipe():
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
+def _spawn(plan_r: int, status_w: int, out_w: int) -> int:
+    # posix_spawn (vfork + exec) is the cheapest way to start the interpreter; the fd layout
+    # is child.py's contract. -I -S: no site, no PYTHON* variables, no cwd on sys.path. An
+    # empty environment: nothing of the builder's reaches the step.
+    argv = [sys.executable, "-I", "-S", "-c", _BOOT, str(os.getpid())]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, out_w, 1),
+        (os.POSIX_SPAWN_DUP2, out_w, 2),
+        (os.POSIX_SPAWN_DUP2, plan_r, 3),
+        (os.POSIX_SPAWN_DUP2, status_w, 4),
+    ]
+    return os.posix_spawn(sys.executable, argv, {}, file_actions=actions)
+
+
+def _send(fd: int, data: bytes) -> None:
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BrokenPipeError:
+        pass  # the child died early; its status says why
+    finally:
+        os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _pump(fd: int, on_output: Callable[[bytes], None] | None) -> bytes:
+    """Copy the output pipe to `on_output` until EOF; return the last 64 KiB of it."""
+    tail = bytearray()
+    while chunk := os.read(fd, 65536):
+        if on_output is not None:
+            on_output(chunk)
+        tail += chunk
+        del tail[:-_TAIL_BYTES]
+    return bytes(tail)
+
+
+def _result(code: int, status: bytes, tail: bytes) -> RunResult:
+    """Read the status records (see child.py); raise SandboxError on a setup failure."""
+    notices, error, ready = [], None, False
+    for line in status.decode(errors="replace").splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "N":
+            notices.append(rest)
+        elif kind == "E":
+            errno, _, op = rest.partition("\t")
+            error = (op, int(errno))
+        elif kind == "R":
+            ready = True
+    lines = tuple(tail.decode(errors="replace").splitlines()[-TAIL_LINES:])
+    if error is not None:
+        raise SandboxError(*error)
+    if not ready:
+        last = f": {lines[-1]}" if lines else ""
+        raise SandboxError(f"sandbox child died during setup (exit status {code}){last}", 0)
+    return RunResult(code, lines, tuple(notices))
