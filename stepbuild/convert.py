@@ -14,7 +14,7 @@ from stepbuild import instructions as ins
 from stepbuild.errors import ParseError, SourcePosition
 from stepbuild.flags import FlagError, FlagValues, Kind, parse_duration, parse_flags, parse_mount
 from stepbuild.parse import SyntaxTree
-from stepbuild.syntax import Node, chomp_heredoc, parse_heredoc_word
+from stepbuild.syntax import Node, chomp_heredoc, heredoc_marker
 
 # Healthcheck durations below this are refused (Docker's container.MinimumDuration), 0 aside.
 MINIMUM_DURATION_NS = 1_000_000
@@ -238,12 +238,12 @@ def _sources(node: Node) -> tuple[tuple[str, ...], str, tuple[ins.InlineSource, 
             node.args) else ""
         raise _Refused(f"{word} requires at least two arguments{detail}")
     *sources, dest = node.args
-    if not node.is_json and parse_heredoc_word(dest) is not None:
+    if not node.is_json and heredoc_marker(dest) is not None:
         raise _Refused(f"{word} cannot accept a heredoc as a destination", needle=dest)
     bodies = {h.name: h for h in node.heredocs}
     paths, inline = [], []
     for source in sources:
-        marker = None if node.is_json else parse_heredoc_word(source)
+        marker = None if node.is_json else heredoc_marker(source)
         if marker is None or marker.name not in bodies:
             paths.append(source)
             continue

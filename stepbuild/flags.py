@@ -177,7 +177,7 @@ def _mount_value(name: str, value: str, word: str) -> object:
 
 def parse_size(value: str, word: str) -> int:
     """A tmpfs size: bytes, or with a k/m/g suffix (binary units, as Docker's units)."""
-    match = re.fullmatch(r"(\d+)\s*([kmgt]?)(?:i?b)?", value.strip().lower())
+    match = re.fullmatch(r"(\d{1,30})\s*([kmgt]?)(?:i?b)?", value.strip().lower())
     if match is None:
         raise FlagError(f"invalid size {value!r}", word)
     number, unit = match.groups()
@@ -203,17 +203,26 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
 def parse_duration(text: str, flag: str) -> int:
-    """A Go duration (`300ms`, `1.5h`, `2h45m`) in nanoseconds. Raises FlagError."""
+    """A Go duration (`300ms`, `1.5h`, `2h45m`) in nanoseconds. Raises FlagError.
+
+    Exact arithmetic (Fraction): Go refuses a duration beyond int64 nanoseconds, and so do we.
+    """
+    from fractions import Fraction
+
     body = text[1:] if text[:1] in "+-" else text
     if body == "0":
         return 0
-    position, total = 0, 0.0
+    position, total = 0, Fraction(0)
     while position < len(body):
         match = _DURATION_PART.match(body, position)
-        if match is None:
+        if match is None or len(match.group(1)) > _MAX_DIGITS:
             raise FlagError(f"time: invalid duration {text!r}", flag)
-        total += float(match.group(1)) * _UNITS_NS[match.group(2)]
+        total += Fraction(match.group(1)) * _UNITS_NS[match.group(2)]
         position = match.end()
-    if not body:
+    if not body or total > _MAX_DURATION_NS:
         raise FlagError(f"time: invalid duration {text!r}", flag)
     return -int(total) if text.startswith("-") else int(total)
+
+
+_MAX_DURATION_NS = 2**63 - 1
+_MAX_DIGITS = 40  # more digits than any int64 duration needs: refuse before converting

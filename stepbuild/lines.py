@@ -27,7 +27,9 @@ from stepbuild.errors import ParseError, SourcePosition
 DEFAULT_ESCAPE = "\\"
 KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 
-_DIRECTIVE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*\Z")
+# The value is matched as "\S(.*\S)?" rather than ".+?": the lazy form backtracks
+# quadratically on a long line of spaces, and this runs on every line of the header.
+_DIRECTIVE = re.compile(r"#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(\S(?:.*\S)?)\s*\Z")
 _UTF8_BOM = "\ufeff"
 
 
@@ -234,7 +236,7 @@ def _continuation_regex(escape: str) -> re.Pattern[str]:
     return re.compile(rf"([^{e}]){e}[ \t]*\Z|\A{e}[ \t]*\Z")
 
 
-_SLASH_DIRECTIVE = re.compile(r"//\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*\Z")
+_SLASH_DIRECTIVE = re.compile(r"//\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(\S(?:.*\S)?)\s*\Z")
 
 
 def detect_directive(text: str, name: str) -> Directive | None:

@@ -114,10 +114,15 @@ def _parse_line(line: LogicalLine, reader: LineReader) -> Node:
     except VisitError as exc:
         if isinstance(exc.orig_exc, ParseError):
             raise exc.orig_exc from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise _error_at(line, reader, 0, "instruction nested too deeply") from None
         raise
     except UnexpectedInput as exc:
         pos = getattr(exc, "pos_in_stream", None) or 0
         raise _error_at(line, reader, pos, "unexpected text") from None
+    except RecursionError:
+        # Only absurd input gets here (hundreds of nested ONBUILDs); refuse it cleanly.
+        raise _error_at(line, reader, 0, "instruction nested too deeply") from None
 
 
 def _error_at(line: LogicalLine, reader: LineReader, offset: int, message: str) -> ParseError:
@@ -127,6 +132,8 @@ def _error_at(line: LogicalLine, reader: LineReader, offset: int, message: str) 
 
 
 def _attach_heredocs(node: Node, line: LogicalLine, reader: LineReader) -> Node:
+    if "<<" not in line.text:
+        return node
     try:
         markers = heredocs_in_line(line.text)
     except ArgumentError as exc:

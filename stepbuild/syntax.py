@@ -173,8 +173,8 @@ def parse_json_array(rest: str) -> list[str] | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        return None  # not JSON (Go's decoder also gives up on absurd nesting): shell form
     if not isinstance(value, list):
         return None
     if not all(isinstance(item, str) for item in value):
@@ -337,6 +337,18 @@ def parse_heredoc_word(word: str) -> Heredoc | None:
     if name is None:
         return None
     return Heredoc(name=name, expand=not quoted, chomp=chomp == "-", fd=int(fd) if fd else 0)
+
+
+def heredoc_marker(word: str) -> Heredoc | None:
+    """Like `parse_heredoc_word`, but a malformed delimiter is simply not a heredoc.
+
+    For words of an already parsed instruction (BuildKit's MustParseHeredoc): a COPY source
+    named `<<"x` is a file name, not an error.
+    """
+    try:
+        return parse_heredoc_word(word)
+    except ArgumentError:
+        return None
 
 
 def _unquote_delimiter(word: str) -> tuple[str | None, bool]:
