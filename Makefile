@@ -10,9 +10,14 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
-# The main job on a built-in default: the hello sample.
-demo: setup
-	$(VENV)/bin/stepbuild parse samples/hello
+# Busybox rootfs tarballs for the samples, from Debian's busybox-static (installed by setup).
+samples/%/busybox-rootfs.tar: scripts/make-busybox-rootfs.sh | setup
+	bash scripts/make-busybox-rootfs.sh $@
+
+# The main job on a built-in default: build the hello sample, then run the result.
+demo: setup samples/hello/busybox-rootfs.tar
+	$(VENV)/bin/stepbuild build -t hello:latest samples/hello
+	$(VENV)/bin/stepbuild run hello:latest
 
 # The whole suite (README's test command; .ci/run calls it).
 test: setup

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.errors import StepbuildError, UsageError
 
@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepbuild", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--root", help="the store directory (default: $STEPBUILD_ROOT, else"
+                        " /var/lib/stepbuild as root, else $XDG_DATA_HOME/stepbuild)")
     commands = parser.add_subparsers(title="commands")
 
     parse = commands.add_parser("parse", help="parse a Stepfile and print its instructions")
@@ -51,7 +53,47 @@ def _argument_parser() -> argparse.ArgumentParser:
                        help="print BuildKit's syntax-tree dump (no flag or argument checks)")
     parse.add_argument("context", nargs="?", default=".", help="the context directory")
     parse.set_defaults(run=_parse_command)
+    _add_store_commands(commands)
     return parser
+
+
+def _add_store_commands(commands: Any) -> None:
+    """The commands that use the store (implemented in stepbuild/commands.py)."""
+    from stepbuild import commands as impl
+
+    build = commands.add_parser("build", help="build an image from a Stepfile")
+    build.add_argument("-f", "--file", help="the Stepfile ('-' for stdin)")
+    build.add_argument("-t", "--tag", action="append", default=[], help="name:tag (repeatable)")
+    build.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
+                       help="set a build ARG; K alone takes the value from the environment")
+    build.add_argument("--no-cache", action="store_true", help="run every step again")
+    build.add_argument("--network", choices=("host", "none"), default="host",
+                       help="network of RUN steps (default: host, as docker build)")
+    build.add_argument("--target", help="build up to this stage")
+    build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
+    build.add_argument("context", nargs="?", default=".", help="the build context directory")
+    build.set_defaults(run=impl.build)
+
+    for name, helptext, func in (("images", "list tagged images", impl.images),
+                                 ("prune", "remove what no tag reaches", impl.prune),
+                                 ("check", "verify the store's consistency", impl.check)):
+        sub = commands.add_parser(name, help=helptext)
+        sub.set_defaults(run=func)
+    for name, helptext, func in (("inspect", "print an image's manifest and config",
+                                  impl.inspect),
+                                 ("history", "print an image's history", impl.history),
+                                 ("rmi", "remove an image's tag", impl.rmi)):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("image")
+        sub.set_defaults(run=func)
+    run = commands.add_parser("run", help="run a command in a throwaway container of an image")
+    run.add_argument("--rm", action="store_true",
+                     help="accepted for docker compatibility: containers are always removed")
+    run.add_argument("--network", choices=("host", "none"), default="host")
+    run.add_argument("image")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(run=impl.run)
 
 
 def read_stepfile(file: str | None, context: str) -> tuple[str, str]:

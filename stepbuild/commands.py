@@ -1,0 +1,230 @@
+"""The store commands behind the CLI: build, images, inspect, history, rmi, run, prune, check.
+
+Each function takes the parsed options and returns an exit status; errors are raised as
+`StepbuildError` for `cli.main` to print. Heavy modules are imported inside the functions so
+that `stepbuild parse` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepbuild.errors import StepbuildError, UsageError
+
+NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
+
+
+def store_root(option: str | None) -> Path:
+    """--root, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir."""
+    if option:
+        return Path(option)
+    if os.environ.get("STEPBUILD_ROOT"):
+        return Path(os.environ["STEPBUILD_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/stepbuild")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "stepbuild"
+
+
+def open_store(options: argparse.Namespace) -> Any:
+    from stepbuild.store import Store
+
+    return Store(store_root(options.root))
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("this command must run as root", hint=NOT_ROOT_HINT)
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+def build(options: argparse.Namespace) -> int:
+    from stepbuild.build import Builder, BuildOptions
+    from stepbuild.cli import read_stepfile
+    from stepbuild.parse import parse
+
+    _require_root()
+    context_dir = Path(options.context)
+    if not context_dir.is_dir():
+        raise UsageError(f"the build context {context_dir} is not a directory")
+    text, name = read_stepfile(options.file, options.context)
+    stepfile = parse(text, name)
+    build_args = parse_build_args(options.build_arg)
+    epoch = source_date_epoch(build_args)
+    progress = _progress(options)
+    for warning in stepfile.warnings:
+        progress.warn(warning)
+    store = open_store(options)
+    enter_build_namespace()
+    context = _context(store, context_dir)
+    executor = _executor(store, context, progress, build_args, options.network, epoch)
+    builder = Builder(store, executor, progress)
+    # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
+    with store.lock(exclusive=False):
+        try:
+            result = builder.build(stepfile, BuildOptions(
+                tags=tuple(options.tag), build_args=build_args, no_cache=options.no_cache,
+                network=options.network, source_date_epoch=epoch, target=options.target))
+        finally:
+            executor.close()
+    context.save()
+    progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
+    print(result.manifest_digest)
+    return 0
+
+
+def parse_build_args(values: list[str]) -> dict[str, str]:
+    """--build-arg K=V, or K alone to take the value from the environment (skipped if unset)."""
+    args: dict[str, str] = {}
+    for value in values:
+        name, has_value, given = value.partition("=")
+        if not name:
+            raise UsageError(f"invalid --build-arg {value!r}: expected NAME=VALUE")
+        if has_value:
+            args[name] = given
+        elif name in os.environ:
+            args[name] = os.environ[name]
+    return args
+
+
+def source_date_epoch(build_args: dict[str, str]) -> int | None:
+    text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}")
+    return int(text)
+
+
+def enter_build_namespace() -> None:
+    """Move this process into a private mount namespace: every mount it makes vanishes with it.
+
+    Called before any thread starts (unshare of the mount namespace applies to the calling
+    thread only).
+    """
+    from stepbuild.sandbox import linux
+
+    linux.enter_private_mount_namespace()
+
+
+def _progress(options: argparse.Namespace) -> Any:
+    from stepbuild.progress import Progress
+
+    return Progress(quiet=getattr(options, "quiet", False),
+                    verbose=getattr(options, "verbose", False))
+
+
+def _context(store: Any, context_dir: Path) -> Any:
+    import xxhash
+
+    from stepbuild.context import BuildContext
+
+    absolute = str(context_dir.resolve())
+    stat_cache = store.root / "context-cache" / (xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json")
+    stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
+    return BuildContext(context_dir, stat_cache=stat_cache)
+
+
+def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str],
+              network: str, epoch: int | None) -> Any:
+    from stepbuild import sandbox
+    from stepbuild.execute import Executor
+
+    return Executor(store, context, sandbox, progress, build_args, network, epoch)
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def images(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    rows = [("NAME", "DIGEST", "SIZE")]
+    for name, descriptor in sorted(store.images()):
+        manifest = store.manifest(descriptor)
+        size = sum(layer.size for layer in manifest.layers)
+        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], _human(size)))
+    width = max(len(r[0]) for r in rows)
+    for row in rows:
+        print(f"{row[0]:<{width}}  {row[1]:<12}  {row[2]}")
+    return 0
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{size}B"
+
+
+def _resolve(store: Any, name: str) -> Any:
+    descriptor = store.resolve(name)
+    if descriptor is None:
+        raise StepbuildError(f"image {name!r} not found in the store",
+                             hint="stepbuild images lists them")
+    return descriptor
+
+
+def inspect(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    descriptor = _resolve(store, options.image)
+    manifest = store.manifest(descriptor)
+    config = store.config(manifest)
+    document = {"digest": descriptor.digest, "manifest": manifest.to_json(),
+                "config": config.to_json()}
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
+def history(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    config = store.config(store.manifest(_resolve(store, options.image)))
+    for entry in reversed(config.to_json().get("history", [])):
+        layer = "-" if entry.get("empty_layer") else "layer"
+        print(f"{entry.get('created', ''):<21} {layer:<6} {entry.get('created_by', '')}")
+    return 0
+
+
+def rmi(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    if not store.untag(options.image):
+        raise StepbuildError(f"no image tagged {options.image!r}")
+    print(f"untagged {options.image}; `stepbuild prune` frees the space")
+    return 0
+
+
+def prune(options: argparse.Namespace) -> int:
+    stats = open_store(options).prune()
+    print(stats)
+    return 0
+
+
+def check(options: argparse.Namespace) -> int:
+    problems = open_store(options).check()
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print("store is consistent")
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def run(options: argparse.Namespace) -> int:
+    from stepbuild.runner import run_image
+
+    _require_root()
+    store = open_store(options)
+    enter_build_namespace()
+    return int(run_image(store, options.image, options.command, options.network))

@@ -1,0 +1,255 @@
+"""COPY and ADD file operations: put selected context files into an image root, Docker's way.
+
+Destination rules (Dockerfile reference, COPY): a relative destination is relative to WORKDIR
+(the caller joins it); with several sources, or a wildcard that matched several, the
+destination must be a directory ending in "/"; a source directory is copied by its contents;
+a source file goes to `dest/<name>` when dest ends in "/" or is an existing directory, else to
+`dest` itself; missing parent directories are created. Files keep their mode (unless --chmod),
+mtime, symlinks, hard links (within one COPY) and xattrs; owners become 0:0 unless --chown.
+
+Every path inside the image root is resolved *inside* it (`rootpath`), so a symlink in the
+image (`/app -> /srv`) is followed within the root and never out to the host. The root is a
+mounted overlay: writes land in the step's upper dir.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepbuild import rootpath
+from stepbuild.errors import BuildError
+
+# xattrs worth keeping on copied files: user data and file capabilities. trusted.* and
+# security.selinux belong to the host, not to the image.
+KEPT_XATTR_PREFIXES = ("user.", "security.capability")
+_COPY_CHUNK = 1 << 20
+
+
+class CopyError(BuildError):
+    """A COPY/ADD cannot be done as asked (bad destination, missing source...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where things go: the destination as written (absolute), the owner and --chmod."""
+
+    dest: str
+    owner: Owner = Owner()
+    chmod: int | None = None
+
+    @property
+    def dest_is_dir(self) -> bool:
+        return self.dest.endswith("/") or self.dest.endswith("/.")
+
+
+@contextmanager
+def open_root(root: Path) -> Iterator[int]:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def is_directory(root_fd: int, path: str) -> bool:
+    """Whether `path` (inside the root, symlinks followed within it) is a directory."""
+    try:
+        fd = rootpath.open_in_root(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    os.close(fd)
+    return True
+
+
+def check_destination(place: Placement, sources: int, root_fd: int) -> None:
+    """Several sources need a directory destination written with a trailing slash."""
+    if sources > 1 and not place.dest_is_dir and not is_directory(root_fd, place.dest):
+        raise CopyError(
+            "when using COPY with more than one source file, the destination must be a"
+            " directory and end with a /", hint=f"write the destination as {place.dest}/")
+
+
+def file_target(place: Placement, name: str, root_fd: int) -> str:
+    """Where a single source file named `name` lands."""
+    if place.dest_is_dir or is_directory(root_fd, place.dest):
+        return place.dest.rstrip("/").removesuffix("/.") + "/" + name
+    return place.dest
+
+
+class Copier:
+    """Writes files into one image root; remembers hard links across one COPY."""
+
+    def __init__(self, root_fd: int, place: Placement) -> None:
+        self.root_fd = root_fd
+        self.place = place
+        self._links: dict[tuple[int, int], str] = {}
+        self._dirs: list[tuple[str, os.stat_result | None, int]] = []
+
+    def make_dir(self, path: str, source: os.stat_result | None = None) -> None:
+        """Create a directory (and parents); its metadata is set by `finish`."""
+        parent, name = self._parent(path)
+        try:
+            if name:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                except FileExistsError:
+                    self._require_dir(parent, name, path)
+            mode = self.place.chmod if self.place.chmod is not None else (
+                stat.S_IMODE(source.st_mode) if source else 0o755)
+            self._dirs.append((path, source, mode))
+        finally:
+            os.close(parent)
+
+    def copy_file(self, source_fd: int, path: str, source: os.stat_result) -> None:
+        """Copy an open regular file's bytes and metadata to `path`."""
+        key = (source.st_dev, source.st_ino)
+        if source.st_nlink > 1 and key in self._links:
+            self._hard_link(self._links[key], path)
+            return
+        parent, name = self._parent(path)
+        try:
+            _remove_non_dir(parent, name, path)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            try:
+                _copy_bytes(source_fd, fd, source.st_size)
+                _copy_xattrs(source_fd, fd)
+                self._set_metadata(fd, source)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+        if source.st_nlink > 1:
+            self._links[key] = path
+
+    def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        """Create a file with the given content (heredoc sources, downloaded URLs)."""
+        parent, name = self._parent(path)
+        try:
+            _remove_non_dir(parent, name, path)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            try:
+                os.write(fd, data)
+                chmod = self.place.chmod if self.place.chmod is not None else mode
+                os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                os.fchmod(fd, chmod)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        finally:
+            os.close(parent)
+
+    def copy_symlink(self, target: str, path: str, source: os.stat_result) -> None:
+        parent, name = self._parent(path)
+        try:
+            _remove_non_dir(parent, name, path)
+            os.symlink(target, name, dir_fd=parent)
+            os.chown(name, self.place.owner.uid, self.place.owner.gid, dir_fd=parent,
+                     follow_symlinks=False)
+            os.utime(name, ns=(source.st_mtime_ns, source.st_mtime_ns), dir_fd=parent,
+                     follow_symlinks=False)
+        finally:
+            os.close(parent)
+
+    def finish(self) -> None:
+        """Set directory owners, modes and mtimes, deepest first (children change mtimes)."""
+        for path, source, mode in sorted(self._dirs, key=lambda item: -item[0].count("/")):
+            fd = rootpath.open_in_root(self.root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                if source is not None or self.place.chmod is not None:
+                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                    os.fchmod(fd, mode)
+                if source is not None:
+                    os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
+            finally:
+                os.close(fd)
+
+    def _parent(self, path: str) -> tuple[int, str]:
+        owner = self.place.owner
+        return rootpath.resolve_parent(self.root_fd, path, create=True, mode=0o755,
+                                       uid=owner.uid, gid=owner.gid)
+
+    def _hard_link(self, first: str, path: str) -> None:
+        first_parent, first_name = rootpath.resolve_parent(self.root_fd, first)
+        parent, name = self._parent(path)
+        try:
+            _remove_non_dir(parent, name, path)
+            os.link(first_name, name, src_dir_fd=first_parent, dst_dir_fd=parent,
+                    follow_symlinks=False)
+        finally:
+            os.close(parent)
+            os.close(first_parent)
+
+    def _set_metadata(self, fd: int, source: os.stat_result) -> None:
+        mode = self.place.chmod if self.place.chmod is not None else stat.S_IMODE(
+            source.st_mode)
+        os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+        os.fchmod(fd, mode)  # after chown: chown clears setuid bits
+        os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
+
+    @staticmethod
+    def _require_dir(parent: int, name: str, path: str) -> None:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            return  # a symlink to a directory inside the root is followed later
+        if not stat.S_ISDIR(info.st_mode):
+            raise CopyError(f"cannot copy a directory to {path}: it exists and is not a"
+                            " directory")
+
+
+def _remove_non_dir(parent: int, name: str, path: str) -> None:
+    """Make room for a new file: remove an existing file or symlink, refuse a directory."""
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise CopyError(f"cannot copy to {path}: it is an existing directory",
+                        hint="end the destination with / to copy into it")
+    os.unlink(name, dir_fd=parent)
+
+
+def _copy_bytes(source_fd: int, target_fd: int, size: int) -> None:
+    remaining = size
+    while remaining > 0:
+        try:
+            sent = os.copy_file_range(source_fd, target_fd, min(remaining, 1 << 30))
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            sent = _copy_by_reading(source_fd, target_fd)
+        if sent == 0:
+            break
+        remaining -= sent
+
+
+def _copy_by_reading(source_fd: int, target_fd: int) -> int:
+    chunk = os.read(source_fd, _COPY_CHUNK)
+    view = memoryview(chunk)
+    while view:
+        written = os.write(target_fd, view)
+        view = view[written:]
+    return len(chunk)
+
+
+def _copy_xattrs(source_fd: int, target_fd: int) -> None:
+    try:
+        names = os.listxattr(source_fd)
+    except OSError:
+        return  # the context filesystem has no xattrs
+    for name in names:
+        if name.startswith(KEPT_XATTR_PREFIXES):
+            os.setxattr(target_fd, name, os.getxattr(source_fd, name))

@@ -1,0 +1,40 @@
+"""Images in the store as `ImageState` values: load one by name, save one as a manifest.
+
+The bridge between the builder's `ImageState` and the store's OCI documents. Layers are stored
+uncompressed for now (digest == diff_id). An image with no layer at all gets the canonical
+empty layer, because an OCI manifest must list at least one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepbuild import oci
+from stepbuild.image import ImageState
+
+
+def load_state(store: Any, name: str) -> ImageState | None:
+    """The image `name` (tag or digest) as a state, or None when the store does not have it."""
+    descriptor = store.resolve(name)
+    if descriptor is None:
+        return None
+    config = store.config(store.manifest(descriptor))
+    state = ImageState.from_oci_json(config.to_json())
+    if state.diff_ids == (oci.EMPTY_LAYER_DIFF_ID,):
+        state = ImageState(config=state.config, history=state.history, created=state.created,
+                           architecture=state.architecture, os=state.os, author=state.author)
+    return state
+
+
+def save_state(store: Any, state: ImageState) -> Any:
+    """Write the config and manifest of `state`; return the manifest descriptor."""
+    diff_ids = state.diff_ids
+    if not diff_ids:
+        digest, _ = store.put_blob(oci.EMPTY_LAYER)
+        diff_ids = (digest,)
+    document = state.to_oci_json()
+    document["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    config = oci.ImageConfig.from_json(document)
+    layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, d, store.blob_path(d).stat().st_size)
+              for d in diff_ids]
+    return store.put_image(config, layers)
