@@ -1,0 +1,82 @@
+"""Helpers for build tests: run the real `stepbuild` CLI against a store of the test's own.
+
+`Stepbuild(root)` runs `python -m stepbuild` with STEPBUILD_ROOT set to a private store;
+`base_image(sb)` builds the busybox base (FROM scratch + ADD of the rootfs tarball made by
+scripts/make-busybox-rootfs.sh) and tags it `base`, once per store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+ROOTFS_SCRIPT = PROJECT / "scripts" / "make-busybox-rootfs.sh"
+
+
+@dataclass
+class Stepbuild:
+    """The CLI bound to one store directory."""
+
+    root: Path
+
+    def __call__(self, *args: str, check: bool = True, input: str | None = None,
+                 env: dict[str, str] | None = None, timeout: float = 120
+                 ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "STEPBUILD_ROOT": str(self.root), "PYTHONPATH": str(PROJECT),
+                    **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "stepbuild", *args], env=full_env,
+                                capture_output=True, text=True, input=input, timeout=timeout,
+                                check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"stepbuild {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def build(self, context: Path, *args: str, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+        return self("build", *args, str(context), check=check)
+
+    def run(self, image: str, *command: str) -> str:
+        return self("run", image, *command).stdout
+
+
+def rootfs_tarball(directory: Path) -> Path:
+    """busybox-rootfs.tar in `directory` (made by the project's script)."""
+    tarball = directory / "busybox-rootfs.tar"
+    if not tarball.exists():
+        subprocess.run(["sh", str(ROOTFS_SCRIPT), str(tarball)], check=True)
+    return tarball
+
+
+def base_image(sb: Stepbuild, workdir: Path) -> str:
+    """Build the busybox base image into the store as `base`; return its name."""
+    context = workdir / "base-context"
+    if not (context / "Stepfile").exists():
+        context.mkdir(parents=True, exist_ok=True)
+        rootfs_tarball(context)
+        (context / "Stepfile").write_text(
+            "FROM scratch\nADD busybox-rootfs.tar /\nENV PATH=/bin:/usr/bin:/sbin:/usr/sbin\n"
+            'CMD ["sh"]\n')
+    sb.build(context, "-q", "-t", "base")
+    return "base"
+
+
+def write_context(directory: Path, stepfile: str, files: dict[str, str] | None = None) -> Path:
+    """A build context with a Stepfile and files (name → content)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Stepfile").write_text(stepfile)
+    for name, content in (files or {}).items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return directory
+
+
+def step_lines(stderr: str) -> list[str]:
+    """The progress lines that report a step's outcome: "CACHED" or "DONE ..."."""
+    return [line.strip().split()[0] for line in stderr.splitlines()
+            if line.strip().startswith(("CACHED", "DONE"))]
