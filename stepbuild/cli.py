@@ -98,7 +98,7 @@ def _add_store_commands(commands: Any) -> None:
 
 def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
     """Find and read the Stepfile: (text, name for messages). Raises UsageError/ParseError."""
-    from stepbuild.parse import decode
+    from stepbuild.lines import decode
 
     if file == "-":
         return decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"

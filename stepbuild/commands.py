@@ -48,20 +48,20 @@ def _require_root() -> None:
 def build(options: argparse.Namespace) -> int:
     from stepbuild.build import Builder, BuildOptions
     from stepbuild.cli import read_stepfile
-    from stepbuild.parse import parse
+    from stepbuild.parsecache import parse_cached
 
     _require_root()
     context_dir = Path(options.context)
     if not context_dir.is_dir():
         raise UsageError(f"the build context {context_dir} is not a directory")
     text, name = read_stepfile(options.file, options.context)
-    stepfile = parse(text, name)
+    store = open_store(options)
+    stepfile = parse_cached(store.root / "parse-cache", text, name)
     build_args = parse_build_args(options.build_arg)
     epoch = source_date_epoch(build_args)
     progress = _progress(options)
     for warning in stepfile.warnings:
         progress.warn(warning)
-    store = open_store(options)
     enter_build_namespace()
     context = _context(store, context_dir)
     executor = _executor(store, context, progress, build_args, options.network, epoch)
@@ -127,7 +127,8 @@ def _context(store: Any, context_dir: Path) -> Any:
     from stepbuild.context import BuildContext
 
     absolute = str(context_dir.resolve())
-    stat_cache = store.root / "context-cache" / (xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json")
+    name = xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json"
+    stat_cache = store.root / "context-cache" / name
     stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
     return BuildContext(context_dir, stat_cache=stat_cache)
 

@@ -228,6 +228,24 @@ class LineReader:
         self._continuation = _continuation_regex(value)
 
 
+def decode(data: bytes, filename: str) -> str:
+    """Bytes of a Stepfile → text. Not UTF-8 is a ParseError at the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line_end = data.find(b"\n", exc.start)
+        shown = data[line_start : line_end if line_end >= 0 else len(data)]
+        raise ParseError(
+            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+            SourcePosition(
+                filename, line, exc.start - line_start + 1, shown.decode("utf-8", "replace")
+            ),
+            hint="save the Stepfile as UTF-8",
+        ) from None
+
+
 def _continuation_regex(escape: str) -> re.Pattern[str]:
     # The escape character continues the line when it is the last non-blank character, unless
     # it is itself escaped ("foo \\" ends the line). The second branch covers a line holding only

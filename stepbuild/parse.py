@@ -23,7 +23,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedInput, VisitError
 
 from stepbuild.errors import ParseError, SourcePosition
-from stepbuild.lines import Directive, LineReader, LogicalLine
+from stepbuild.lines import Directive, LineReader, LogicalLine, decode
 from stepbuild.syntax import (
     ArgumentError,
     Node,
@@ -34,6 +34,8 @@ from stepbuild.syntax import (
 
 if TYPE_CHECKING:
     from stepbuild.instructions import Stepfile
+
+__all__ = ["SyntaxTree", "decode", "parse", "parse_syntax"]
 
 GRAMMAR_NAME = "stepfile.lark"
 
@@ -84,24 +86,6 @@ def parse_syntax(text: str, filename: str = "Stepfile") -> SyntaxTree:
         filename, tuple(nodes), tuple(reader.directives), reader.escape,
         tuple(reader.warnings), lines,
     )
-
-
-def decode(data: bytes, filename: str) -> str:
-    """Bytes of a Stepfile → text. Not UTF-8 is a ParseError at the first bad byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        line_start = data.rfind(b"\n", 0, exc.start) + 1
-        line_end = data.find(b"\n", exc.start)
-        shown = data[line_start : line_end if line_end >= 0 else len(data)]
-        raise ParseError(
-            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x})",
-            SourcePosition(
-                filename, line, exc.start - line_start + 1, shown.decode("utf-8", "replace")
-            ),
-            hint="save the Stepfile as UTF-8",
-        ) from None
 
 
 # --- one logical line --------------------------------------------------------------------
