@@ -204,8 +204,14 @@ def rmi(options: argparse.Namespace) -> int:
 
 
 def prune(options: argparse.Namespace) -> int:
-    stats = open_store(options).prune()
-    print(stats)
+    from stepbuild.store import Store
+
+    # No grace period: prune takes the store lock exclusively, so it waits for every build
+    # and run (they hold it shared) and nothing it sees in tmp/ is still in use.
+    store = Store(store_root(options.root), grace_period=0)
+    stats = store.prune(keep_cache=False)
+    print(f"removed {stats.layers} layers, {stats.blobs} blobs ({_human(stats.bytes_freed)}),"
+          f" {stats.cache_records} cache records, {stats.tmp_entries} temporary entries")
     return 0
 
 
@@ -228,4 +234,5 @@ def run(options: argparse.Namespace) -> int:
     _require_root()
     store = open_store(options)
     enter_build_namespace()
-    return int(run_image(store, options.image, options.command, options.network))
+    with store.lock(exclusive=False):  # prune waits while a container uses the layers
+        return int(run_image(store, options.image, options.command, options.network))

@@ -617,14 +617,16 @@ class Store:
 
     # --- maintenance ------------------------------------------------------------------------
 
-    def prune(self) -> PruneStats:
+    def prune(self, *, keep_cache: bool = True) -> PruneStats:
         """Delete what nothing references and is older than the grace period.
 
         Roots: every manifest in index.json (→ its config, layer blobs, and the layer dirs
-        and blobs of its diff_ids; nested indexes followed) and every cache record (→ its
-        diff_ids' dirs and blobs, its blobs). Swept when unreferenced *and* older than
-        `grace_period`: blobs, layer dirs, staging dirs `layers/*.tmp-*`, tmp/ entries,
-        corrupt or dangling cache records, old entries of cache/corrupt/.
+        and blobs of its diff_ids; nested indexes followed) and, with `keep_cache`, every
+        cache record (→ its diff_ids' dirs and blobs, its blobs). Without `keep_cache` the
+        tags are the only roots and a cache record that names anything they do not reach is
+        deleted too (`stepbuild prune`: "what no tag reaches"). Swept when unreferenced *and*
+        older than `grace_period`: blobs, layer dirs, staging dirs `layers/*.tmp-*`, tmp/
+        entries, corrupt or dangling cache records, old entries of cache/corrupt/.
 
         Takes the store lock exclusively (waits for every shared holder) and the index lock.
         Raises `StoreError` without deleting anything if a tagged manifest or its config is
@@ -633,20 +635,26 @@ class Store:
         """
         with self.lock(exclusive=True), self._index_lock():
             cutoff = time.time() - self.grace_period
-            counts = {"cache_records": self._sweep_cache(cutoff)}
-            blobs, layers = self._mark()
+            if keep_cache:
+                counts = {"cache_records": self._sweep_cache(cutoff)}
+                blobs, layers = self._mark()
+            else:
+                blobs, layers = self._mark(include_cache=False)
+                counts = {"cache_records": self._sweep_cache(cutoff, blobs, layers)}
             # Dirs before blobs: a layer dir must never outlive its blob (crash safety).
             counts["layers"] = self._sweep_layers(layers, cutoff)
             counts["blobs"], counts["bytes_freed"] = self._sweep_blobs(blobs, cutoff)
             counts["tmp_entries"] = self._sweep_dir(self._tmp, cutoff, lambda name: True)
         return PruneStats(**counts)
 
-    def _mark(self) -> tuple[set[str], set[str]]:
+    def _mark(self, include_cache: bool = True) -> tuple[set[str], set[str]]:
         """The hex names of reachable blobs and layer dirs."""
         blobs: set[str] = set()
         layers: set[str] = set()
         for desc in self._read_index().manifests:
             self._mark_manifest(desc, blobs, layers)
+        if not include_cache:
+            return blobs, layers
         for _, record in self._records():
             if record is not None:
                 diff_ids, digests = _record_refs(record, "")
@@ -675,12 +683,20 @@ class Store:
                 layers.update(map(digest_hex, diff_ids))
                 blobs.update(map(digest_hex, diff_ids))
 
-    def _sweep_cache(self, cutoff: float) -> int:
+    def _sweep_cache(self, cutoff: float, blobs: set[str] | None = None,
+                     layers: set[str] | None = None) -> int:
+        """Remove corrupt and dangling records; with marked sets, also records naming
+        anything outside them."""
         removed = self._sweep_dir(self._corrupt, cutoff, lambda name: True)
         for path, record in self._records():
             if record is not None:
                 diff_ids, digests = _record_refs(record, "")
-                if all(map(self.has_layer, diff_ids)) and all(map(self.has_blob, digests)):
+                if blobs is not None and layers is not None:
+                    kept = (all(digest_hex(d) in layers for d in diff_ids)
+                            and all(digest_hex(b) in blobs for b in digests))
+                else:
+                    kept = all(map(self.has_layer, diff_ids)) and all(map(self.has_blob, digests))
+                if kept:
                     continue
             removed += _remove_if_old(path, cutoff)
         return removed

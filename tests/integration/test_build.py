@@ -278,3 +278,19 @@ def test_kill_9_at_random_moments_never_breaks_the_store(sb: Stepbuild, tmp_path
     finished = write_context(tmp_path / "ctx", "FROM base\nRUN sleep 0.1 && echo marker-k9\n"
                              + steps, files)
     assert sb.build(finished).returncode == 0
+
+
+def test_rmi_then_prune_frees_what_no_tag_reaches(sb: Stepbuild, tmp_path: Path) -> None:
+    keep = write_context(tmp_path / "keep", "FROM base\nRUN echo keep > /k\n")
+    drop = write_context(tmp_path / "drop", "FROM base\nRUN echo drop > /d\n")
+    sb.build(keep, "-t", "keep")
+    sb.build(drop, "-t", "drop")
+    layers_before = set((sb.root / "layers").iterdir())
+    sb("rmi", "drop")
+    output = sb("prune").stdout
+    assert output.startswith("removed 1 layers")
+    assert len(set((sb.root / "layers").iterdir())) == len(layers_before) - 1
+    assert_consistent(sb)
+    assert sb.run("keep", "cat", "/k") == "keep\n"
+    assert step_lines(sb.build(keep).stderr) == ["CACHED"]  # its cache records survive
+    assert step_lines(sb.build(drop).stderr) == ["DONE"]
