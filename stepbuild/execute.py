@@ -157,6 +157,8 @@ class Executor:
         )
         result = self.sandbox.run(spec, on_output=self.progress.output)
         self.progress.flush_output()
+        for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind
+            self.progress.note(notice)
         if result.exit_code != 0:
             loc = step.instruction.loc
             text = step.instruction.text.split("\n", 1)[0]
