@@ -28,7 +28,7 @@ test-unit: setup
 
 lint: setup
 	$(PY) -m ruff check stepbuild tests
-	$(PY) -m mypy
+	$(PY) -m mypy -p stepbuild
 
 bench: setup
 	$(PY) bench/parse_bench.py

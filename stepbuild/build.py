@@ -9,8 +9,10 @@ it to the store before recording the key. Nothing is committed for a step that f
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,7 +28,9 @@ from stepbuild.plan import (
     expand_at,
     global_args,
     located,
+    needed_stages,
     split_stages,
+    stage_dependencies,
 )
 from stepbuild.progress import Progress
 
@@ -64,28 +68,50 @@ class Builder:
 
     Collaborators are injected: `store` (store.Store), `executor` (execute.Executor: runs RUN
     and COPY/ADD steps for real) and `progress` (progress.Progress). No globals.
+    Independent stages run at the same time, up to `jobs` of them, each in its own thread
+    (the builder entered its private mount namespace before starting any).
     """
 
     def __init__(self, store: Any, executor: Any, progress: Progress,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, jobs: int = 1) -> None:
         self.store = store
         self.executor = executor
         self.progress = progress
         self.clock = clock
+        self.jobs = max(1, jobs)
 
     def build(self, stepfile: ins.Stepfile, options: BuildOptions) -> BuildResult:
         stages = split_stages(stepfile)
         target = _target_stage(stages, options.target)
         globals_ = global_args(stages, options.build_args, stepfile.escape)
-        run = _Run(self, stages, options, globals_, stepfile.escape)
-        state = ImageState()
-        for stage in stages.stages[: target.index + 1]:
-            state = run.stage(stage)
-            run.results[stage.index] = state
+        graph = stage_dependencies(stages, globals_, stepfile.escape)
+        needed = needed_stages(target.index, graph)
+        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
+        self._run_stages(run, needed, graph)
+        state = run.results[target.index]
         descriptor = save_state(self.store, state)
         for tag in options.tags:
             self.store.tag(tag, descriptor)
         return BuildResult(descriptor.digest, state, run.steps, run.cached)
+
+    def _run_stages(self, run: _Run, needed: list[int],
+                    graph: Mapping[int, frozenset[int]]) -> None:
+        """Run each needed stage once its dependencies are done; the first error wins."""
+        pending = list(needed)
+        running: dict[Future[ImageState], int] = {}
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="stage") as pool:
+            while pending or running:
+                for index in [i for i in pending if graph[i] <= run.results.keys()]:
+                    pending.remove(index)
+                    running[pool.submit(run.stage, run.stages.stages[index])] = index
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = running.pop(future)
+                    if future.exception() is not None:
+                        run.failed = True  # other stages stop at their next step
+                        wait(running)
+                        raise future.exception()  # type: ignore[misc]
+                    run.results[index] = future.result()
 
 
 def _target_stage(stages: Stages, target: str | None) -> Stage:
@@ -99,59 +125,71 @@ def _target_stage(stages: Stages, target: str | None) -> Stage:
 
 
 class _Run:
-    """The state of one build: per-stage results and counters."""
+    """The state of one build: per-stage results and counters (shared by stage threads)."""
 
     def __init__(self, builder: Builder, stages: Stages, options: BuildOptions,
-                 globals_: dict[str, str], escape: str) -> None:
+                 globals_: dict[str, str], escape: str, labelled: bool) -> None:
         self.builder = builder
         self.stages = stages
         self.options = options
         self.globals = globals_
         self.escape = escape
+        self.labelled = labelled
         self.results: dict[int, ImageState] = {}
         self.steps = 0
         self.cached = 0
-        self.total = sum(len(s.instructions) + 1 for s in stages.stages)
+        self.failed = False
+        self._lock = threading.Lock()
+
+    def count(self, cached: bool = False) -> int:
+        with self._lock:
+            self.steps += 1
+            self.cached += cached
+            return self.steps
 
     # --- stages ------------------------------------------------------------------------------
 
+    def label(self, stage: Stage) -> str:
+        return (stage.name or str(stage.index)) if self.labelled else ""
+
     def stage(self, stage: Stage) -> ImageState:
-        state = self.base(stage)
+        state, triggers = self.base(stage)
         scope = Scope(self.escape, env=state.env)
-        for instruction in stage.instructions:
-            self.steps += 1
-            self.builder.progress.step(self.steps, self.total, stage, instruction)
-            state, scope = self.apply(instruction, state, scope)
+        for instruction in (*triggers, *stage.instructions):
+            if self.failed:
+                raise BuildError("stopped: another stage failed")
+            self.builder.progress.step(self.label(stage), self.count(), instruction)
+            state, scope = self.apply(instruction, state, scope, stage)
             scope = scope.with_env(state.env)
         return state
 
-    def base(self, stage: Stage) -> ImageState:
-        self.steps += 1
-        self.builder.progress.step(self.steps, self.total, stage, stage.base)
+    def base(self, stage: Stage) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
+        """The stage's starting state, and the ONBUILD triggers it must run first."""
+        self.builder.progress.step(self.label(stage), self.count(), stage.base)
         name = expand_at(Scope(self.escape, self.globals), self.stages.filename, stage.base,
                          stage.base.image)
         if name == "scratch":
-            return scratch()
+            return scratch(), ()
         earlier = self.stages.find(name)
         if earlier is not None and earlier.index < stage.index:
-            return self.results[earlier.index]
+            return self.results[earlier.index], ()
         state = load_state(self.builder.store, name)
         if state is None:
             raise located(PlanError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
-        return state
+        return onbuild_triggers(state, self.stages.filename, stage.base)
 
     # --- one instruction ---------------------------------------------------------------------
 
-    def apply(self, instruction: ins.Instruction, state: ImageState,
-              scope: Scope) -> tuple[ImageState, Scope]:
+    def apply(self, instruction: ins.Instruction, state: ImageState, scope: Scope,
+              stage: Stage) -> tuple[ImageState, Scope]:
         if isinstance(instruction, ins.Arg):
             for declaration in instruction.declarations:
                 scope = declare_arg(scope, declaration, self.options.build_args, self.globals)
             return state.with_config(f"ARG {_arg_text(instruction)}"), scope
         if isinstance(instruction, ins.Run | ins.Copy | ins.Add):
-            return self.cached_step(instruction, state, scope), scope
+            return self.cached_step(instruction, state, scope, stage), scope
         try:
             return _apply_config(instruction, state, scope), scope
         except StepbuildError as exc:
@@ -160,25 +198,56 @@ class _Run:
             raise located(PlanError, self.stages.filename, instruction, exc.message) from None
 
     def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                    scope: Scope) -> ImageState:
+                    scope: Scope, stage: Stage) -> ImageState:
+        label = self.label(stage)
         step = self.builder.executor.prepare(instruction, state, scope, self)
         record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
         if record is not None:
-            self.cached += 1
-            self.builder.progress.cached()
+            with self._lock:
+                self.cached += 1
+            self.builder.progress.cached(label)
             diff_ids = record.get("diff_ids") or [None]
             result = StepResult(diff_ids[0], record["created"])
         else:
             started = self.builder.clock()
             created = timestamp(self.options.source_date_epoch or started)
-            diff_id = self.builder.executor.execute(step, state, self)
+            diff_id = self.builder.executor.execute(step, state, self, label)
+            finished = self.builder.clock()
+            # started/finished are for people and tests (did two stages overlap?), not keys.
             self.builder.store.put_cache(step.key, {
                 "diff_ids": [diff_id] if diff_id else [], "created": created,
                 "created_by": step.created_by, "inputs": step.inputs,
+                "started": started, "finished": finished,
             })
-            self.builder.progress.done(self.builder.clock() - started)
+            self.builder.progress.done(label, finished - started)
             result = StepResult(diff_id, created)
         return state.with_layer(result.diff_id, step.created_by, result.created)
+
+
+def onbuild_triggers(state: ImageState, filename: str, base: ins.From
+                     ) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
+    """The base image's ONBUILD triggers as instructions, and the state without them.
+
+    Triggers run once: in the child build, before its own instructions, in order; the new
+    image does not inherit them (Docker clears OnBuild). A trigger that does not parse is an
+    error at the FROM that brought it.
+    """
+    expressions = list(state.config.get("OnBuild") or [])
+    if not expressions:
+        return state, ()
+    from stepbuild.errors import ParseError
+    from stepbuild.parse import parse
+
+    triggers: list[ins.Instruction] = []
+    for expression in expressions:
+        try:
+            parsed = parse(expression, f"{filename} (ONBUILD of {base.image})")
+        except ParseError as exc:
+            raise located(PlanError, filename, base,
+                          f"ONBUILD trigger of {base.image} is invalid: {exc.message}") from None
+        triggers += [replace(i, loc=base.loc) for i in parsed.instructions]
+    config = {k: v for k, v in state.config.items() if k != "OnBuild"}
+    return replace(state, config=config), tuple(triggers)
 
 
 def _arg_text(instruction: ins.Arg) -> str:

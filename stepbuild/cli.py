@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,8 @@ def _add_store_commands(commands: Any) -> None:
     build.add_argument("--network", choices=("host", "none"), default="host",
                        help="network of RUN steps (default: host, as docker build)")
     build.add_argument("--target", help="build up to this stage")
+    build.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="stages built at once (default: the number of CPUs)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".", help="the build context directory")

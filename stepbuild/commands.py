@@ -65,7 +65,7 @@ def build(options: argparse.Namespace) -> int:
     enter_build_namespace()
     context = _context(store, context_dir)
     executor = _executor(store, context, progress, build_args, options.network, epoch)
-    builder = Builder(store, executor, progress)
+    builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     with store.lock(exclusive=False):
         try:

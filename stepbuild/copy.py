@@ -63,12 +63,31 @@ def open_root(root: Path) -> Iterator[int]:
         os.close(fd)
 
 
+@contextmanager
+def _reporting(path: str) -> Iterator[None]:
+    """Turn what the file system refuses into a CopyError naming the destination.
+
+    rootpath and the syscalls raise OSError (a component that is a file, a symlink loop, no
+    space left...) or ValueError (a path that names no entry); the user should see which
+    destination failed and why, not a traceback.
+    """
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        why = str(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+            if exc.strerror.endswith(" in"):  # rootpath's "'x' is not a directory in" <path>
+                why += f" {exc.filename}"
+        raise CopyError(f"cannot copy to {path}: {why}") from None
+
+
 def is_directory(root_fd: int, path: str) -> bool:
     """Whether `path` (inside the root, symlinks followed within it) is a directory."""
     try:
         fd = rootpath.open_in_root(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
+    except (OSError, ValueError):
+        return False  # missing, not a directory, a symlink loop...: the write will say which
     os.close(fd)
     return True
 
@@ -97,85 +116,105 @@ class Copier:
         self._links: dict[tuple[int, int], str] = {}
         self._dirs: list[tuple[str, os.stat_result | None, int]] = []
 
-    def make_dir(self, path: str, source: os.stat_result | None = None) -> None:
-        """Create a directory (and parents); its metadata is set by `finish`."""
-        parent, name = self._parent(path)
-        try:
-            if name:
-                try:
-                    os.mkdir(name, 0o755, dir_fd=parent)
-                except FileExistsError:
-                    self._require_dir(parent, name, path)
+    def make_dir(self, path: str, source: os.stat_result | None = None, *,
+                 top: bool = False) -> None:
+        """Create a directory (and parents); its metadata is set by `finish`.
+
+        A directory made here gets the owner, --chmod or the source's mode (0755 without a
+        source) and the source's mtime. An existing one is left as it is when it is the
+        destination of the COPY itself (`top`, or no `source`: `COPY etc/ /etc/` must not
+        chmod or chown /etc); an existing directory met inside a copied tree takes the
+        source's metadata, like any other copied entry (BuildKit: fsutil copy's
+        `overwriteTargetMetadata`).
+        """
+        with _reporting(path):
+            if not path.strip("/"):
+                return  # the root itself (`COPY dir/ /`): it exists, and it is never re-owned
+            parent, name = self._parent(path)
+            created = False
+            try:
+                if name:
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=parent)
+                        created = True
+                    except FileExistsError:
+                        self._require_dir(parent, name, path)
+            finally:
+                os.close(parent)
+            if not created and (top or source is None):
+                return
             mode = self.place.chmod if self.place.chmod is not None else (
                 stat.S_IMODE(source.st_mode) if source else 0o755)
             self._dirs.append((path, source, mode))
-        finally:
-            os.close(parent)
 
     def copy_file(self, source_fd: int, path: str, source: os.stat_result) -> None:
         """Copy an open regular file's bytes and metadata to `path`."""
-        key = (source.st_dev, source.st_ino)
-        if source.st_nlink > 1 and key in self._links:
-            self._hard_link(self._links[key], path)
-            return
-        parent, name = self._parent(path)
-        try:
-            _remove_non_dir(parent, name, path)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        with _reporting(path):
+            key = (source.st_dev, source.st_ino)
+            if source.st_nlink > 1 and key in self._links:
+                self._hard_link(self._links[key], path)
+                return
+            parent, name = self._parent(path)
             try:
-                _copy_bytes(source_fd, fd, source.st_size)
-                _copy_xattrs(source_fd, fd)
-                self._set_metadata(fd, source)
+                _remove_non_dir(parent, name, path)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+                try:
+                    _copy_bytes(source_fd, fd, source.st_size)
+                    self._set_metadata(source_fd, fd, source)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-        finally:
-            os.close(parent)
-        if source.st_nlink > 1:
-            self._links[key] = path
+                os.close(parent)
+            if source.st_nlink > 1:
+                self._links[key] = path
 
     def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
         """Create a file with the given content (heredoc sources, downloaded URLs)."""
-        parent, name = self._parent(path)
-        try:
-            _remove_non_dir(parent, name, path)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        with _reporting(path):
+            parent, name = self._parent(path)
             try:
-                os.write(fd, data)
-                chmod = self.place.chmod if self.place.chmod is not None else mode
-                os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
-                os.fchmod(fd, chmod)
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
+                _remove_non_dir(parent, name, path)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+                try:
+                    view = memoryview(data)
+                    while view:  # os.write may write less than asked
+                        view = view[os.write(fd, view):]
+                    chmod = self.place.chmod if self.place.chmod is not None else mode
+                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                    os.fchmod(fd, chmod)
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
-        finally:
-            os.close(parent)
+                os.close(parent)
 
     def copy_symlink(self, target: str, path: str, source: os.stat_result) -> None:
-        parent, name = self._parent(path)
-        try:
-            _remove_non_dir(parent, name, path)
-            os.symlink(target, name, dir_fd=parent)
-            os.chown(name, self.place.owner.uid, self.place.owner.gid, dir_fd=parent,
-                     follow_symlinks=False)
-            os.utime(name, ns=(source.st_mtime_ns, source.st_mtime_ns), dir_fd=parent,
-                     follow_symlinks=False)
-        finally:
-            os.close(parent)
+        with _reporting(path):
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                os.symlink(target, name, dir_fd=parent)
+                os.chown(name, self.place.owner.uid, self.place.owner.gid, dir_fd=parent,
+                         follow_symlinks=False)
+                os.utime(name, ns=(source.st_mtime_ns, source.st_mtime_ns), dir_fd=parent,
+                         follow_symlinks=False)
+            finally:
+                os.close(parent)
 
     def finish(self) -> None:
         """Set directory owners, modes and mtimes, deepest first (children change mtimes)."""
         for path, source, mode in sorted(self._dirs, key=lambda item: -item[0].count("/")):
-            fd = rootpath.open_in_root(self.root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if source is not None or self.place.chmod is not None:
+            with _reporting(path):
+                fd = rootpath.open_in_root(self.root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+                try:
                     os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
                     os.fchmod(fd, mode)
-                if source is not None:
-                    os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
-            finally:
-                os.close(fd)
+                    if source is not None:
+                        os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
+                finally:
+                    os.close(fd)
 
     def _parent(self, path: str) -> tuple[int, str]:
         owner = self.place.owner
@@ -184,27 +223,31 @@ class Copier:
 
     def _hard_link(self, first: str, path: str) -> None:
         first_parent, first_name = rootpath.resolve_parent(self.root_fd, first)
-        parent, name = self._parent(path)
         try:
-            _remove_non_dir(parent, name, path)
-            os.link(first_name, name, src_dir_fd=first_parent, dst_dir_fd=parent,
-                    follow_symlinks=False)
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                os.link(first_name, name, src_dir_fd=first_parent, dst_dir_fd=parent,
+                        follow_symlinks=False)
+            finally:
+                os.close(parent)
         finally:
-            os.close(parent)
             os.close(first_parent)
 
-    def _set_metadata(self, fd: int, source: os.stat_result) -> None:
+    def _set_metadata(self, source_fd: int, fd: int, source: os.stat_result) -> None:
         mode = self.place.chmod if self.place.chmod is not None else stat.S_IMODE(
             source.st_mode)
         os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
         os.fchmod(fd, mode)  # after chown: chown clears setuid bits
+        # After chown too: chown (and any write) removes security.capability (the kernel's
+        # killpriv), so file capabilities copied before it would be silently lost.
+        _copy_xattrs(source_fd, fd)
         os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
 
-    @staticmethod
-    def _require_dir(parent: int, name: str, path: str) -> None:
+    def _require_dir(self, parent: int, name: str, path: str) -> None:
         info = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        if stat.S_ISLNK(info.st_mode):
-            return  # a symlink to a directory inside the root is followed later
+        if stat.S_ISLNK(info.st_mode) and is_directory(self.root_fd, path):
+            return  # a symlink to a directory inside the root: followed, within the root
         if not stat.S_ISDIR(info.st_mode):
             raise CopyError(f"cannot copy a directory to {path}: it exists and is not a"
                             " directory")

@@ -31,3 +31,19 @@ def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
         yield merged
     finally:
         linux.umount(str(merged))
+
+
+@contextmanager
+def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
+    """Mount an image's layers read-only at `target` (e.g. the source of COPY --from)."""
+    from stepbuild.sandbox import linux
+
+    target.mkdir()
+    if not lowers:
+        yield target  # an image with no layers: an empty dir is its whole content
+        return
+    linux.mount_overlay(str(target), [str(p) for p in lowers], None, None, readonly=True)
+    try:
+        yield target
+    finally:
+        linux.umount(str(target))

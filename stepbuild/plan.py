@@ -177,3 +177,66 @@ def expand_at(scope: Scope, filename: str, instruction: ins.Instruction, word: s
         return scope.expand(word)
     except ExpansionError as exc:
         raise located(PlanError, filename, instruction, exc.message) from None
+
+
+def stage_dependencies(stages: Stages, globals_: Mapping[str, str],
+                       escape: str) -> dict[int, frozenset[int]]:
+    """For each stage, the earlier stages it needs: its FROM, COPY --from, RUN --mount from.
+
+    A reference to a stage that is not defined before the one using it (a forward reference,
+    which is what a cycle needs) is a PlanError at that instruction. A name that is no stage
+    is an image reference and adds no dependency.
+    """
+    scope = Scope(escape, globals_)
+    graph: dict[int, frozenset[int]] = {}
+    for stage in stages.stages:
+        needs: set[int] = set()
+        base = stages.find(expand_at(scope, stages.filename, stage.base, stage.base.image))
+        if base is not None and base.index < stage.index:
+            # FROM names an earlier stage; a later or its own name is an image (FROM node AS
+            # node), as in Docker.
+            needs.add(base.index)
+        for instruction in stage.instructions:
+            for ref, what in _stage_refs(instruction):
+                name = expand_at(scope, stages.filename, instruction, ref)
+                _add_stage_ref(stages, stage, instruction, name, needs, what)
+        graph[stage.index] = frozenset(needs)
+    return graph
+
+
+def _stage_refs(instruction: ins.Instruction) -> list[tuple[str, str]]:
+    if isinstance(instruction, ins.Copy) and instruction.from_:
+        return [(instruction.from_, f"COPY --from={instruction.from_}")]
+    if isinstance(instruction, ins.Run):
+        return [(m.from_, f"RUN --mount from={m.from_}") for m in instruction.mounts
+                if m.from_]
+    if isinstance(instruction, ins.Onbuild):
+        return _stage_refs(instruction.trigger)
+    return []
+
+
+def _add_stage_ref(stages: Stages, stage: Stage, instruction: ins.Instruction, name: str,
+                   needs: set[int], what: str) -> None:
+    target = stages.find(name)
+    if name.isdigit() and target is None:
+        raise located(PlanError, stages.filename, instruction,
+                      f"{what}: there is no stage {name}")
+    if target is None:
+        return
+    if target.index >= stage.index:
+        raise located(PlanError, stages.filename, instruction,
+                      f"{what}: stage {name!r} is used before it is defined"
+                      " (a stage can only use the stages above it; cycles are impossible)")
+    needs.add(target.index)
+
+
+def needed_stages(target: int, graph: Mapping[int, frozenset[int]]) -> list[int]:
+    """The stages `target` needs, itself included, in definition order."""
+    seen: set[int] = set()
+    pending = [target]
+    while pending:
+        index = pending.pop()
+        if index not in seen:
+            seen.add(index)
+            pending.extend(graph[index])
+    return sorted(seen)

@@ -1,68 +1,69 @@
 """Build progress on the terminal: one line per step, RUN output indented, timings.
 
 Plain text, line-buffered, to stderr by default (stdout stays for results such as the image
-digest). Output of a RUN is shown as it comes, each line prefixed with "  | ". Not thread-safe
-on purpose: the builder drives it from one thread.
+digest). Stages may run in parallel, so every line of a multi-stage build carries its stage's
+label ("[build] ") and RUN output is collected line by line per stage before it is shown; a
+lock keeps lines whole.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, TextIO
 
 
 class Progress:
-    """Reports build steps. `quiet` prints only errors and the result."""
+    """Reports build steps. `quiet` prints only warnings and errors."""
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False,
                  verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.verbose = verbose
-        self._partial = b""
+        self._partial: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
-    def step(self, number: int, total: int, stage: Any, instruction: Any) -> None:
-        if self.quiet:
-            return
-        label = f"[{stage.name or stage.index}] " if stage.index or stage.name else ""
+    def step(self, label: str, number: int, instruction: Any) -> None:
         text = instruction.text.split("\n", 1)[0]
-        self._write(f"#{number:<3} {label}{text}")
+        self._write(label, f"#{number:<3} {text}")
 
-    def cached(self) -> None:
-        if not self.quiet:
-            self._write("     CACHED")
+    def cached(self, label: str) -> None:
+        self._write(label, "     CACHED")
 
-    def done(self, seconds: float) -> None:
-        self.flush_output()
-        if not self.quiet:
-            self._write(f"     DONE {seconds:.2f}s")
+    def done(self, label: str, seconds: float) -> None:
+        self.flush_output(label)
+        self._write(label, f"     DONE {seconds:.2f}s")
 
-    def note(self, message: str) -> None:
-        if self.verbose and not self.quiet:
-            self._write(f"     {message}")
+    def note(self, label: str, message: str) -> None:
+        if self.verbose:
+            self._write(label, f"     {message}")
 
     def warn(self, message: str) -> None:
-        self._write(f"warning: {message}")
+        self._write("", f"warning: {message}", always=True)
 
     def summary(self, steps: int, cached: int, digest: str, tags: list[str]) -> None:
-        if not self.quiet:
-            named = f", tagged {', '.join(tags)}" if tags else ""
-            self._write(f"built {digest} ({steps} steps, {cached} cached){named}")
+        named = f", tagged {', '.join(tags)}" if tags else ""
+        self._write("", f"built {digest} ({steps} steps, {cached} cached){named}")
 
-    def output(self, data: bytes) -> None:
+    def output(self, label: str, data: bytes) -> None:
         """Bytes a RUN printed; shown line by line as they complete."""
-        if self.quiet:
-            return
-        self._partial += data
-        *lines, self._partial = self._partial.split(b"\n")
+        with self._lock:
+            buffered = self._partial.get(label, b"") + data
+            *lines, self._partial[label] = buffered.split(b"\n")
         for line in lines:
-            self._write("  | " + line.decode("utf-8", "replace"))
+            self._write(label, "  | " + line.decode("utf-8", "replace"))
 
-    def flush_output(self) -> None:
-        if self._partial and not self.quiet:
-            self._write("  | " + self._partial.decode("utf-8", "replace"))
-        self._partial = b""
+    def flush_output(self, label: str) -> None:
+        with self._lock:
+            rest = self._partial.pop(label, b"")
+        if rest:
+            self._write(label, "  | " + rest.decode("utf-8", "replace"))
 
-    def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
+    def _write(self, label: str, line: str, *, always: bool = False) -> None:
+        if self.quiet and not always:
+            return
+        prefix = f"[{label}] " if label else ""
+        with self._lock:
+            self.stream.write(prefix + line + "\n")
+            self.stream.flush()

@@ -15,8 +15,8 @@ from typing import Any
 
 from stepbuild import overlay
 from stepbuild.errors import StepbuildError
-from stepbuild.execute import user_ids, write_etc_files
 from stepbuild.images import load_state
+from stepbuild.run_step import user_ids, write_etc_files
 
 
 def run_image(store: Any, name: str, command: list[str], network: str = "host") -> int:

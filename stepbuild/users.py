@@ -53,9 +53,9 @@ def _table(text: str) -> dict[str, list[str]]:
 def _lookup_user(part: str, users: dict[str, list[str]]) -> tuple[int, int, str | None]:
     if part.isdigit():
         uid = int(part)
-        for name, fields in users.items():
-            if fields[1] == part and fields[2].isdigit():
-                return uid, int(fields[2]), name
+        for name, entry in users.items():
+            if entry[1] == part and entry[2].isdigit():
+                return uid, int(entry[2]), name
         return uid, 0, None
     fields = users.get(part)
     if fields is None or not fields[1].isdigit():

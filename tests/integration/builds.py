@@ -76,7 +76,15 @@ def write_context(directory: Path, stepfile: str, files: dict[str, str] | None =
     return directory
 
 
-def step_lines(stderr: str) -> list[str]:
-    """The progress lines that report a step's outcome: "CACHED" or "DONE ..."."""
-    return [line.strip().split()[0] for line in stderr.splitlines()
-            if line.strip().startswith(("CACHED", "DONE"))]
+def step_lines(stderr: str, label: str = "") -> list[str]:
+    """The progress lines that report a step's outcome: "CACHED" or "DONE ..." (of one stage
+    of a multi-stage build when `label` is given)."""
+    prefix = f"[{label}] " if label else ""
+    outcomes = []
+    for line in stderr.splitlines():
+        if label and not line.startswith(prefix):
+            continue
+        words = line.removeprefix(prefix).split()
+        if words and words[0] in ("CACHED", "DONE"):
+            outcomes.append(words[0])
+    return outcomes

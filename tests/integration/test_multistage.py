@@ -1,0 +1,96 @@
+"""Multi-stage builds: the stage graph, parallel stages, COPY --from, --target, ONBUILD."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration.builds import PROJECT, Stepbuild, base_image, step_lines, write_context
+
+
+@pytest.fixture()
+def sb(tmp_path: Path) -> Stepbuild:
+    stepbuild = Stepbuild(tmp_path / "store")
+    base_image(stepbuild, tmp_path)
+    return stepbuild
+
+
+def records(sb: Stepbuild) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (sb.root / "cache").glob("*.json")]
+
+
+def test_sample_builds_independent_stages_in_parallel(sb: Stepbuild, tmp_path: Path) -> None:
+    context = tmp_path / "multistage"
+    shutil.copytree(PROJECT / "samples" / "multistage", context)
+    sb.build(context, "-t", "multi", "--jobs", "2")
+    assert sb.run("multi") == "tool v1\n# Manual\nRun the tool.\n"
+    runs = {r["created_by"].split("sleep 1 && ")[1][:4]: r for r in records(sb)
+            if "sleep 1" in r["created_by"]}
+    tools, docs = runs["echo"], runs["cat "]
+    assert tools["started"] < docs["finished"] and docs["started"] < tools["finished"], (
+        "the two independent stages did not overlap in time")
+
+    (context / "docs" / "intro.md").write_text("# Manual\nNew text.\n")
+    again = sb.build(context, "-t", "multi")
+    assert step_lines(again.stderr, "tools") == ["CACHED"]
+    assert step_lines(again.stderr, "docs") == ["DONE", "DONE"]
+    assert step_lines(again.stderr, "2") == ["CACHED", "DONE"]
+    assert sb.run("multi").endswith("New text.\n")
+
+
+def test_target_builds_only_what_it_needs(sb: Stepbuild, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", (
+        "FROM base AS a\nRUN echo a > /a\nFROM base AS unused\nRUN exit 1\n"
+        "FROM a AS b\nRUN cat /a > /b\nFROM base\nRUN echo final\n"))
+    result = sb.build(context, "--target", "b", "-t", "b")
+    assert "exit 1" not in result.stderr and "echo final" not in result.stderr
+    assert sb.run("b", "cat", "/b") == "a\n"
+
+
+def test_copy_from_an_image_and_by_index(sb: Stepbuild, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", (
+        "FROM base\nRUN echo zero > /zero\n"
+        "FROM scratch\nCOPY --from=0 /zero /zero\nCOPY --from=base /bin/busybox /busybox\n"))
+    sb.build(context, "-t", "picked")
+    manifest = json.loads(sb("inspect", "picked").stdout)["manifest"]
+    assert len(manifest["layers"]) == 2
+
+
+@pytest.mark.parametrize(("stepfile", "message"), [
+    ("FROM base AS a\nCOPY --from=b /x /x\nFROM base AS b\n",
+     "stage 'b' is used before it is defined"),
+    ("FROM base AS a\nCOPY --from=a /x /x\n", "stage 'a' is used before it is defined"),
+    ("FROM base\nCOPY --from=nosuch /x /x\n", "no stage or image of that name"),
+    ("FROM base\nCOPY --from=3 /x /x\n", "there is no stage 3"),
+])
+def test_bad_stage_references_are_errors_with_the_line(sb: Stepbuild, tmp_path: Path,
+                                                       stepfile: str, message: str) -> None:
+    result = sb.build(write_context(tmp_path / "ctx", stepfile), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr and "Stepfile:2:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_target_is_an_error(sb: Stepbuild, tmp_path: Path) -> None:
+    result = sb.build(write_context(tmp_path / "ctx", "FROM base AS a\n"), "--target", "zz",
+                      check=False)
+    assert result.returncode == 2 and "target stage 'zz' could not be found" in result.stderr
+
+
+def test_onbuild_triggers_run_once_in_the_child(sb: Stepbuild, tmp_path: Path) -> None:
+    parent = write_context(tmp_path / "parent", (
+        "FROM base\nONBUILD RUN echo first >> /log\nONBUILD COPY note.txt /note\n"))
+    sb.build(parent, "-t", "parent")
+    child = write_context(tmp_path / "child", "FROM parent\nRUN echo own >> /log\n",
+                          {"note.txt": "from the child's context\n"})
+    sb.build(child, "-t", "child")
+    assert sb.run("child", "cat", "/log", "/note") == (
+        "first\nown\nfrom the child's context\n")
+    config = json.loads(sb("inspect", "child").stdout)["config"]["config"]
+    assert "OnBuild" not in config
+    grandchild = write_context(tmp_path / "grand", "FROM child\nRUN echo grand >> /log\n")
+    sb.build(grandchild, "-t", "grand")
+    assert sb.run("grand", "cat", "/log") == "first\nown\ngrand\n"  # not run a second time
