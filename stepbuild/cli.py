@@ -67,6 +67,8 @@ def _add_store_commands(commands: Any) -> None:
     build.add_argument("-t", "--tag", action="append", default=[], help="name:tag (repeatable)")
     build.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
                        help="set a build ARG; K alone takes the value from the environment")
+    build.add_argument("--build-arg-file", action="append", default=[], metavar="FILE",
+                       help="KEY=VALUE lines of build ARGs (--build-arg wins)")
     build.add_argument("--no-cache", action="store_true", help="run every step again")
     build.add_argument("--network", choices=("host", "none"), default="host",
                        help="network of RUN steps (default: host, as docker build)")

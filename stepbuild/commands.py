@@ -57,13 +57,14 @@ def build(options: argparse.Namespace) -> int:
     text, name = read_stepfile(options.file, options.context)
     store = open_store(options)
     stepfile = parse_cached(store.root / "parse-cache", text, name)
-    build_args = parse_build_args(options.build_arg)
+    build_args = read_build_arg_files(options.build_arg_file)
+    build_args.update(parse_build_args(options.build_arg))
     epoch = source_date_epoch(build_args)
     progress = _progress(options)
-    for warning in stepfile.warnings:
+    for warning in [*stepfile.warnings, *unused_build_args(stepfile, build_args)]:
         progress.warn(warning)
     enter_build_namespace()
-    context = _context(store, context_dir)
+    context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch)
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
@@ -94,6 +95,38 @@ def parse_build_args(values: list[str]) -> dict[str, str]:
     return args
 
 
+def unused_build_args(stepfile: Any, build_args: dict[str, str]) -> list[str]:
+    """A warning for --build-arg names no ARG in the Stepfile declares (Docker warns too)."""
+    from stepbuild.instructions import Arg
+    from stepbuild.keys import PROXY_ARGS
+
+    declared = {d.name for i in stepfile.instructions if isinstance(i, Arg)
+                for d in i.declarations}
+    unused = sorted(set(build_args) - declared - PROXY_ARGS - {"SOURCE_DATE_EPOCH"})
+    if not unused:
+        return []
+    return [f"build-args {', '.join(unused)} were not consumed by any ARG in the Stepfile"]
+
+
+def read_build_arg_files(paths: list[str]) -> dict[str, str]:
+    """--build-arg-file FILE: KEY=VALUE lines (blank lines and # comments skipped)."""
+    args: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read --build-arg-file {path}: {exc.strerror}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, has_value, value = line.partition("=")
+            if not has_value or not name.strip():
+                raise UsageError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+            args[name.strip()] = value
+    return args
+
+
 def source_date_epoch(build_args: dict[str, str]) -> int | None:
     text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
     if not text:
@@ -121,16 +154,18 @@ def _progress(options: argparse.Namespace) -> Any:
                     verbose=getattr(options, "verbose", False))
 
 
-def _context(store: Any, context_dir: Path) -> Any:
+def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
     import xxhash
 
     from stepbuild.context import BuildContext
+    from stepbuild.ignorefiles import ignore_patterns
 
     absolute = str(context_dir.resolve())
     name = xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json"
     stat_cache = store.root / "context-cache" / name
     stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
-    return BuildContext(context_dir, stat_cache=stat_cache)
+    return BuildContext(context_dir, ignore=ignore_patterns(context_dir, stepfile),
+                        stat_cache=stat_cache)
 
 
 def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str],
