@@ -40,6 +40,10 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
         selection = executor.context.select(sources, excludes=excludes)
     checksum = scope.expand(copy.checksum) if isinstance(copy, ins.Add) and (
         copy.checksum) else None
+    if checksum is not None and (sources or copy.inline):
+        raise located(PlanError, run.stages.filename, copy,
+                      "ADD --checksum can't be specified for non-HTTP(S) sources")
+    chmod = _chmod(scope.expand(copy.chmod), run, copy) if copy.chmod else None
     downloads = [fetch.download(url, executor.scratch_file("download"), checksum)
                  for url in urls]
     inline = [(s.name, scope.expand(s.data) if s.expand else s.data) for s in copy.inline]
@@ -47,7 +51,7 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
     chown = scope.expand(copy.chown) if copy.chown else None
     inputs = {"op": word.lower(), "selection": selection.digest() if selection else None,
               "from": source.key if source else None, "sources": sources if source else None,
-              "dest": dest, "chown": chown, "chmod": copy.chmod, "excludes": excludes,
+              "dest": dest, "chown": chown, "chmod": chmod, "excludes": excludes,
               "inline": [[name, keys.digest(data)] for name, data in inline],
               "urls": [[d.url, d.digest] for d in downloads],
               "sde": executor.source_date_epoch}
@@ -57,7 +61,7 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
     created_by = f"{word}{origin} {' '.join([*expanded, *(n for n, _ in inline)])} {dest}"
     work = {"selection": selection, "source": source, "sources": sources,
             "excludes": excludes, "dest": dest, "inline": inline, "chown": chown,
-            "downloads": downloads, "chmod": int(copy.chmod, 8) if copy.chmod else None,
+            "downloads": downloads, "chmod": int(chmod, 8) if chmod else None,
             "unpack": isinstance(copy, ins.Add) and copy.unpack is not False}
     return PreparedStep(copy, key, inputs, created_by, work)
 
@@ -78,6 +82,13 @@ def _from(executor: Any, copy: ins.Copy | ins.Add, scope: Scope, run: Any
                       f"COPY --from={name}: no stage or image of that name",
                       hint="name an earlier stage, or build or load the image first")
     return state
+
+
+def _chmod(value: str, run: Any, copy: ins.Copy | ins.Add) -> str:
+    if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
+        raise located(PlanError, run.stages.filename, copy,
+                      f"invalid --chmod value {value!r}: expected an octal mode such as 0755")
+    return value
 
 
 def destination(dest: str, workdir: str) -> str:
@@ -109,8 +120,7 @@ def _copy_all(executor: Any, context: Any, selection: Any, step: PreparedStep,
     work = step.work
     owner = Owner()
     if work["chown"]:
-        ids = user_ids(merged, work["chown"])
-        owner = Owner(ids.uid, ids.gid)
+        owner = chown_owner(merged, work["chown"])
     place = Placement(work["dest"], owner, work["chmod"])
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
@@ -118,7 +128,8 @@ def _copy_all(executor: Any, context: Any, selection: Any, step: PreparedStep,
                           root_fd)
         copier = Copier(root_fd, place)
         for group in groups:
-            _copy_group(context, copier, group, place, root_fd, work["unpack"], merged)
+            _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
+                        chowned=bool(work["chown"]))
         for name, data in work["inline"]:
             copier.write_file(file_target(place, name, root_fd), data.encode(), 0o644, 0)
         for download in work["downloads"]:
@@ -126,21 +137,31 @@ def _copy_all(executor: Any, context: Any, selection: Any, step: PreparedStep,
         copier.finish()
 
 
+def chown_owner(root: Path, chown: str) -> Owner:
+    """--chown: names resolved in the image; a lone numeric uid is also the gid (Dockerfile
+    reference: "providing a UID without a GID uses the UID as the GID")."""
+    if chown.isdigit():
+        return Owner(int(chown), int(chown))
+    ids = user_ids(root, chown)
+    return Owner(ids.uid, ids.gid)
+
+
 def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root_fd: int,
-                unpack: bool, merged: Path) -> None:
+                unpack: bool, merged: Path, chowned: bool) -> None:
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
         if unpack and entry.kind == "file" and layer.is_archive(archive):
-            owner = place.owner
+            owner = place.owner if chowned else None
             layer.unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
-                                 uid=owner.uid or None, gid=owner.gid or None)
+                                 uid=owner.uid if owner else None,
+                                 gid=owner.gid if owner else None)
             return
         _copy_entry(context, copier, group.resolved, file_target(place, group.name, root_fd),
                     entry)
         return
     base = place.dest.rstrip("/") or "/"
-    copier.make_dir(base)
+    copier.make_dir(base, os.lstat(context.root / group.resolved), top=True)
     for entry in group.entries:
         source = f"{group.resolved}/{entry.path}" if group.resolved != "." else entry.path
         _copy_entry(context, copier, source, base.rstrip("/") + "/" + entry.path, entry)
