@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store.
-APT_PACKAGES=(busybox-static skopeo umoci)
+# busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store;
+# git: ADD of git URLs (and the git server of its tests).
+APT_PACKAGES=(busybox-static skopeo umoci git)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

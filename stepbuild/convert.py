@@ -272,7 +272,8 @@ def _add(node: Node, tree: SyntaxTree) -> ins.Add:
     sources, dest, inline = _sources(node)
     _check_chmod(flags.string("chmod"))
     checksum = flags.string("checksum")
-    if checksum is not None and "$" not in checksum:
+    if checksum is not None and "$" not in checksum and not _git_commit_checksum(
+            checksum, sources):
         algorithm, _, digest = checksum.partition(":")
         if algorithm not in ("sha256", "sha384", "sha512") or not digest:
             raise FlagError(f"invalid checksum {checksum!r}: expected sha256:<hex>",
@@ -283,6 +284,12 @@ def _add(node: Node, tree: SyntaxTree) -> ins.Add:
         flags.string("chmod"), flags.boolean("link"), flags.strings("exclude"), checksum,
         flags.boolean("keep-git-dir"), unpack,
     )
+
+
+def _git_commit_checksum(checksum: str, sources: tuple[str, ...]) -> bool:
+    """For a git source, --checksum is a commit sha (prefix), not an algorithm:digest."""
+    is_hex = len(checksum) >= 7 and all(ch in "0123456789abcdef" for ch in checksum)
+    return is_hex and any(".git" in source for source in sources)
 
 
 def _check_chmod(chmod: str | None) -> None:
