@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `stepbuild history IMG | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _argument_parser() -> argparse.ArgumentParser:
@@ -73,6 +77,11 @@ def _add_store_commands(commands: Any) -> None:
     build.add_argument("--network", choices=("host", "none"), default="host",
                        help="network of RUN steps (default: host, as docker build)")
     build.add_argument("--target", help="build up to this stage")
+    build.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+                       help="a secret for RUN --mount=type=secret (repeatable)")
+    build.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET",
+                       help="an ssh agent socket for RUN --mount=type=ssh (repeatable;"
+                            " default: $SSH_AUTH_SOCK)")
     build.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="stages built at once (default: the number of CPUs)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
@@ -85,6 +94,9 @@ def _add_store_commands(commands: Any) -> None:
                                  ("check", "verify the store's consistency", impl.check)):
         sub = commands.add_parser(name, help=helptext)
         sub.set_defaults(run=func)
+        if name == "prune":
+            sub.add_argument("--cache-mounts", action="store_true",
+                             help="also delete the RUN --mount=type=cache directories")
     for name, helptext, func in (("inspect", "print an image's manifest and config",
                                   impl.inspect),
                                  ("history", "print an image's history", impl.history),

@@ -65,7 +65,8 @@ def build(options: argparse.Namespace) -> int:
         progress.warn(warning)
     enter_build_namespace()
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
-    executor = _executor(store, context, progress, build_args, options.network, epoch)
+    executor = _executor(store, context, progress, build_args, options.network, epoch,
+                         *_mount_options(options))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     with store.lock(exclusive=False):
@@ -169,11 +170,23 @@ def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
 
 
 def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str],
-              network: str, epoch: int | None) -> Any:
+              network: str, epoch: int | None, secrets: dict[str, Any] | None = None,
+              ssh: dict[str, str] | None = None) -> Any:
     from stepbuild import sandbox
     from stepbuild.execute import Executor
 
-    return Executor(store, context, sandbox, progress, build_args, network, epoch)
+    return Executor(store, context, sandbox, progress, build_args, network, epoch,
+                    secrets=secrets, ssh=ssh)
+
+
+def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """--secret and --ssh, checked now (a missing file is a usage error before building)."""
+    values = (getattr(options, "secret", None) or [], getattr(options, "ssh", None) or [])
+    if not any(values):
+        return {}, {}
+    from stepbuild.run_mounts import parse_secret, parse_ssh
+
+    return dict(map(parse_secret, values[0])), dict(map(parse_ssh, values[1]))
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -247,6 +260,10 @@ def prune(options: argparse.Namespace) -> int:
     stats = store.prune(keep_cache=False)
     print(f"removed {stats.layers} layers, {stats.blobs} blobs ({_human(stats.bytes_freed)}),"
           f" {stats.cache_records} cache records, {stats.tmp_entries} temporary entries")
+    if getattr(options, "cache_mounts", False):
+        from stepbuild.run_mounts import prune_cache_mounts
+
+        print(f"removed {prune_cache_mounts(store)} cache mounts")
     return 0
 
 

@@ -29,7 +29,8 @@ class Executor:
 
     def __init__(self, store: Any, context: Any, sandbox: Any, progress: Any,
                  build_args: dict[str, str] | None = None, network: str = "host",
-                 source_date_epoch: int | None = None) -> None:
+                 source_date_epoch: int | None = None, secrets: dict[str, Any] | None = None,
+                 ssh: dict[str, str] | None = None) -> None:
         self.store = store
         self.context = context
         self.sandbox = sandbox
@@ -37,6 +38,8 @@ class Executor:
         self.build_args = build_args or {}
         self.network = network
         self.source_date_epoch = source_date_epoch
+        self.secrets = secrets or {}  # id -> run_mounts.SecretSource (--secret)
+        self.ssh = ssh or {}  # id -> agent socket path (--ssh)
         self._scratch: Path | None = None
 
     def close(self) -> None:
@@ -54,13 +57,15 @@ class Executor:
     def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
                 scope: Scope, run: Any) -> PreparedStep:
         if isinstance(instruction, ins.Run):
-            return run_step.prepare(self, instruction, state, scope)
+            return run_step.prepare(self, instruction, state, scope, run)
         return copy_step.prepare(self, instruction, state, scope, run)
 
     def execute(self, step: PreparedStep, state: ImageState, run: Any, label: str = ""
                 ) -> str | None:
         """Run a step that missed the cache; return its layer's diff_id (None: no change)."""
-        lowers = [self.store.layer_dir(d) for d in reversed(state.diff_ids)]
+        # COPY/ADD --link: the layer is made on an empty root, independent of the parent.
+        lowers = [] if step.work.get("link") else [
+            self.store.layer_dir(d) for d in reversed(state.diff_ids)]
         tmp = self.store.tmp_dir("step-")
         try:
             upper = tmp / "upper"

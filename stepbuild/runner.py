@@ -16,7 +16,7 @@ from typing import Any
 from stepbuild import overlay
 from stepbuild.errors import StepbuildError
 from stepbuild.images import load_state
-from stepbuild.run_step import user_ids, write_etc_files
+from stepbuild.run_step import user_ids, with_home, write_etc_files
 
 
 def run_image(store: Any, name: str, command: list[str], network: str = "host") -> int:
@@ -38,7 +38,8 @@ def run_image(store: Any, name: str, command: list[str], network: str = "host") 
         with overlay.mounted(tmp, lowers) as merged:
             ids = user_ids(merged, state.user)
             etc = _etc_dir(tmp)
-            spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv), env=state.env,
+            spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
+                               env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                                hostname="stepbuild", network=network, etc_dir=str(etc))
             result = sandbox.run(spec, on_output=_to_stdout)

@@ -22,6 +22,7 @@ class Ids:
     uid: int
     gid: int
     groups: tuple[int, ...] = ()   # supplementary groups (from /etc/group membership)
+    home: str = "/"                # the passwd home dir: HOME when the image sets none
 
 
 def resolve(spec: str, passwd: str, group: str) -> Ids:
@@ -30,12 +31,13 @@ def resolve(spec: str, passwd: str, group: str) -> Ids:
     users = _table(passwd)
     groups = _table(group)
     uid, primary_gid, name = _lookup_user(user_part, users)
+    home = users[name][4] if name and len(users[name]) > 4 and users[name][4] else "/"
     gid = _lookup_group(group_part, groups) if group_part else primary_gid
     supplementary = tuple(sorted({
         int(fields[1]) for fields in groups.values()
         if name and len(fields) > 2 and name in fields[2].split(",") and fields[1].isdigit()
     } - {gid})) if not group_part else ()
-    return Ids(uid, gid, supplementary)
+    return Ids(uid, gid, supplementary, home)
 
 
 def _table(text: str) -> dict[str, list[str]]:

@@ -259,7 +259,7 @@ def test_kill_9_at_random_moments_never_breaks_the_store(sb: Stepbuild, tmp_path
     steps = "".join(f"COPY f{i} /f{i}\nRUN cat /f{i} > /r{i} && sleep 0.0{i}\n"
                     for i in range(5))
     context = write_context(tmp_path / "ctx", "FROM base\nRUN sleep 0.1 && echo marker-k9\n"
-                            + steps + "RUN sleep 30\n", files)
+                            + steps + "RUN sleep 30.4731\n", files)
     env = {"STEPBUILD_ROOT": str(sb.root), "PYTHONPATH": str(Path(__file__).parents[2]),
            "PATH": "/usr/bin:/bin"}
     chance = random.Random(9)
@@ -272,8 +272,8 @@ def test_kill_9_at_random_moments_never_breaks_the_store(sb: Stepbuild, tmp_path
         proc.wait()
         assert str(sb.root) not in Path("/proc/self/mountinfo").read_text()
         assert_consistent(sb)
-    time.sleep(0.2)  # the sandboxed `sleep 30` dies with its builder (PR_SET_PDEATHSIG)
-    leftover = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True)
+    time.sleep(0.2)  # the sandboxed sleep dies with its builder (PR_SET_PDEATHSIG)
+    leftover = subprocess.run(["pgrep", "-f", "sleep 30.4731"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
     finished = write_context(tmp_path / "ctx", "FROM base\nRUN sleep 0.1 && echo marker-k9\n"
                              + steps, files)

@@ -11,13 +11,13 @@ GROUP = "root:x:0:\napp:x:1001:\nwheel:x:10:app,other\nstaff:x:50:\n"
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
-    ("root", Ids(0, 0)),
-    ("app", Ids(1000, 1001, (10,))),
-    ("app:staff", Ids(1000, 50)),
-    ("1000", Ids(1000, 1001, (10,))),
+    ("root", Ids(0, 0, (), "/root")),
+    ("app", Ids(1000, 1001, (10,), "/home/app")),
+    ("app:staff", Ids(1000, 50, (), "/home/app")),
+    ("1000", Ids(1000, 1001, (10,), "/home/app")),
     ("4242", Ids(4242, 0)),
     ("4242:7", Ids(4242, 7)),
-    ("app:0", Ids(1000, 0)),
+    ("app:0", Ids(1000, 0, (), "/home/app")),
 ])
 def test_resolve(spec: str, expected: Ids) -> None:
     assert resolve(spec, PASSWD, GROUP) == expected
