@@ -104,3 +104,19 @@ def test_ignore_files(sb: Stepbuild, tmp_path: Path) -> None:
     # A change to an ignored file never misses the cache.
     (context / "keep.txt").write_text("changed")
     assert step_lines(sb.build(context).stderr) == ["CACHED", "CACHED"]
+
+
+def test_run_network_modes(sb: Stepbuild, tmp_path: Path) -> None:
+    # /proc/net/dev lists the interfaces the step sees: only lo in a new network namespace.
+    context = write_context(tmp_path / "ctx", (
+        "FROM base\n"
+        "RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /none\n"
+        "RUN --network=host tail -n +3 /proc/net/dev | wc -l > /host\n"
+        "RUN tail -n +3 /proc/net/dev | wc -l > /default\n"))
+    sb.build(context, "-t", "net")
+    assert sb.run("net", "cat", "/none") == "lo\n"
+    host_interfaces = int(sb.run("net", "cat", "/host"))
+    assert host_interfaces == int(sb.run("net", "cat", "/default"))
+    assert host_interfaces == len(Path("/proc/net/dev").read_text().splitlines()) - 2
+    sb.build(context, "--network", "none", "-t", "all-none", "--no-cache")
+    assert sb.run("all-none", "cat", "/default") == "1\n"
