@@ -19,7 +19,7 @@ from typing import Any
 from stepbuild import instructions as ins
 from stepbuild.errors import BuildError, PlanError, StepbuildError
 from stepbuild.image import ImageState, healthcheck_json, scratch, set_env, timestamp
-from stepbuild.images import load_state, save_state
+from stepbuild.images import base_descriptor, load_state, save_state
 from stepbuild.plan import (
     Scope,
     Stage,
@@ -89,7 +89,7 @@ class Builder:
         run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
         self._run_stages(run, needed, graph)
         state = run.results[target.index]
-        descriptor = save_state(self.store, state)
+        descriptor = save_state(self.store, state, run.bases.get(target.index))
         for tag in options.tags:
             self.store.tag(tag, descriptor)
         return BuildResult(descriptor.digest, state, run.steps, run.cached)
@@ -136,6 +136,7 @@ class _Run:
         self.escape = escape
         self.labelled = labelled
         self.results: dict[int, ImageState] = {}
+        self.bases: dict[int, tuple[str, str]] = {}  # stage → its base image (name, digest)
         self.steps = 0
         self.cached = 0
         self.failed = False
@@ -154,6 +155,8 @@ class _Run:
 
     def stage(self, stage: Stage) -> ImageState:
         state, triggers = self.base(stage)
+        if self.options.source_date_epoch is not None:
+            state = replace(state, created=timestamp(self.options.source_date_epoch))
         scope = Scope(self.escape, env=state.env)
         for instruction in (*triggers, *stage.instructions):
             if self.failed:
@@ -172,12 +175,17 @@ class _Run:
             return scratch(), ()
         earlier = self.stages.find(name)
         if earlier is not None and earlier.index < stage.index:
+            if earlier.index in self.bases:
+                self.bases[stage.index] = self.bases[earlier.index]
             return self.results[earlier.index], ()
         state = load_state(self.builder.store, name)
         if state is None:
             raise located(PlanError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
+        base = base_descriptor(self.builder.store, name)
+        if base is not None:
+            self.bases[stage.index] = base
         return onbuild_triggers(state, self.stages.filename, stage.base)
 
     # --- one instruction ---------------------------------------------------------------------
@@ -207,10 +215,13 @@ class _Run:
                 self.cached += 1
             self.builder.progress.cached(label)
             diff_ids = record.get("diff_ids") or [None]
-            result = StepResult(diff_ids[0], record["created"])
+            epoch = self.options.source_date_epoch
+            result = StepResult(diff_ids[0], timestamp(epoch) if epoch is not None
+                                else record["created"])
         else:
             started = self.builder.clock()
-            created = timestamp(self.options.source_date_epoch or started)
+            epoch = self.options.source_date_epoch
+            created = timestamp(epoch if epoch is not None else started)
             diff_id = self.builder.executor.execute(step, state, self, label)
             finished = self.builder.clock()
             # started/finished are for people and tests (did two stages overlap?), not keys.

@@ -77,6 +77,9 @@ def _add_store_commands(commands: Any) -> None:
     build.add_argument("--network", choices=("host", "none"), default="host",
                        help="network of RUN steps (default: host, as docker build)")
     build.add_argument("--target", help="build up to this stage")
+    build.add_argument("--reproducible", action="store_true",
+                       help="build twice (the second time without cache) and fail unless the"
+                       " image digests match")
     build.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
                        help="a secret for RUN --mount=type=secret (repeatable)")
     build.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET",

@@ -61,6 +61,9 @@ def build(options: argparse.Namespace) -> int:
     build_args.update(parse_build_args(options.build_arg))
     epoch = source_date_epoch(build_args)
     progress = _progress(options)
+    if options.reproducible and epoch is None:
+        epoch = 0  # timestamps must not differ between the two builds
+        progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
     for warning in [*stepfile.warnings, *unused_build_args(stepfile, build_args)]:
         progress.warn(warning)
     enter_build_namespace()
@@ -69,17 +72,38 @@ def build(options: argparse.Namespace) -> int:
                          *_mount_options(options))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
+    wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
+                          no_cache=options.no_cache, network=options.network,
+                          source_date_epoch=epoch, target=options.target)
     with store.lock(exclusive=False):
         try:
-            result = builder.build(stepfile, BuildOptions(
-                tags=tuple(options.tag), build_args=build_args, no_cache=options.no_cache,
-                network=options.network, source_date_epoch=epoch, target=options.target))
+            result = builder.build(stepfile, wanted)
+            if options.reproducible:
+                check_reproducible(builder, stepfile, wanted, result)
         finally:
             executor.close()
     context.save()
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
     return 0
+
+
+def check_reproducible(builder: Any, stepfile: Any, wanted: Any, first: Any) -> None:
+    """Build again without the cache and compare: same layers, same config, same digest."""
+    from dataclasses import replace
+
+    from stepbuild.errors import BuildError
+
+    second = builder.build(stepfile, replace(wanted, tags=(), no_cache=True))
+    if second.manifest_digest == first.manifest_digest:
+        builder.progress.warn(f"reproducible: a second build gave {first.manifest_digest} too")
+        return
+    differing = [i for i, (a, b) in enumerate(zip(first.state.diff_ids, second.state.diff_ids,
+                                                   strict=False)) if a != b]
+    where = f"layer {differing[0] + 1} differs" if differing else "the config differs"
+    raise BuildError(f"the build is not reproducible: {first.manifest_digest} then "
+                     f"{second.manifest_digest} ({where})",
+                     hint="a step writes something that changes between runs (time, random)")
 
 
 def parse_build_args(values: list[str]) -> dict[str, str]:

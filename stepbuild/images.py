@@ -13,6 +13,12 @@ from stepbuild import oci
 from stepbuild.image import ImageState
 
 
+def base_descriptor(store: Any, name: str) -> tuple[str, str] | None:
+    """(name, manifest digest) of an image in the store, for the base annotations."""
+    descriptor = store.resolve(name)
+    return (name, descriptor.digest) if descriptor is not None else None
+
+
 def load_state(store: Any, name: str) -> ImageState | None:
     """The image `name` (tag or digest) as a state, or None when the store does not have it."""
     descriptor = store.resolve(name)
@@ -26,8 +32,17 @@ def load_state(store: Any, name: str) -> ImageState | None:
     return state
 
 
-def save_state(store: Any, state: ImageState) -> Any:
-    """Write the config and manifest of `state`; return the manifest descriptor."""
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
+ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+
+def save_state(store: Any, state: ImageState, base: tuple[str, str] | None = None) -> Any:
+    """Write the config and manifest of `state`; return the manifest descriptor.
+
+    The manifest is annotated with the creation time and, when the image was built on an
+    image (not scratch), that base's name and manifest digest (image-spec annotations.md).
+    """
     diff_ids = state.diff_ids
     if not diff_ids:
         digest, _ = store.put_blob(oci.EMPTY_LAYER)
@@ -37,4 +52,7 @@ def save_state(store: Any, state: ImageState) -> Any:
     config = oci.ImageConfig.from_json(document)
     layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, d, store.blob_path(d).stat().st_size)
               for d in diff_ids]
-    return store.put_image(config, layers)
+    annotations = {ANNOTATION_CREATED: state.created}
+    if base is not None:
+        annotations[ANNOTATION_BASE_NAME], annotations[ANNOTATION_BASE_DIGEST] = base
+    return store.put_image(config, layers, annotations)

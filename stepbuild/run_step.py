@@ -48,6 +48,8 @@ def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
     network = run.network if run.network not in (None, "default") else executor.network
     inputs: dict[str, Any] = {"op": "run", "argv": argv, "env": keys.without_proxies(env),
                               "user": state.user, "cwd": state.workdir, "network": network}
+    if executor.source_date_epoch is not None:
+        inputs["sde"] = executor.source_date_epoch  # it clamps the layer's mtimes
     work: dict[str, Any] = {"argv": argv, "env": env, "network": network}
     script = heredoc_script(run.command)
     if script is not None:

@@ -52,7 +52,7 @@ def rootfs_tarball(directory: Path) -> Path:
     return tarball
 
 
-def base_image(sb: Stepbuild, workdir: Path) -> str:
+def base_image(sb: Stepbuild, workdir: Path, *build_args: str) -> str:
     """Build the busybox base image into the store as `base`; return its name."""
     context = workdir / "base-context"
     if not (context / "Stepfile").exists():
@@ -61,7 +61,7 @@ def base_image(sb: Stepbuild, workdir: Path) -> str:
         (context / "Stepfile").write_text(
             "FROM scratch\nADD busybox-rootfs.tar /\nENV PATH=/bin:/usr/bin:/sbin:/usr/sbin\n"
             'CMD ["sh"]\n')
-    sb.build(context, "-q", "-t", "base")
+    sb.build(context, "-q", "-t", "base", *build_args)
     return "base"
 
 
