@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stepbuild import instructions as ins
-from stepbuild.errors import BuildError, PlanError, StepbuildError
+from stepbuild.errors import BuildError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.image import ImageState, healthcheck_json, scratch, set_env, timestamp
 from stepbuild.images import base_descriptor, load_state, save_state
+from stepbuild.imports import TRANSPORTS, import_base
 from stepbuild.plan import (
     Scope,
     Stage,
@@ -97,6 +98,10 @@ class Builder:
     def _run_stages(self, run: _Run, needed: list[int],
                     graph: Mapping[int, frozenset[int]]) -> None:
         """Run each needed stage once its dependencies are done; the first error wins."""
+        if self.jobs == 1 or len(needed) == 1:
+            for index in needed:  # in definition order, which respects every dependency
+                run.results[index] = run.stage(run.stages.stages[index])
+            return
         pending = list(needed)
         running: dict[Future[ImageState], int] = {}
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="stage") as pool:
@@ -178,12 +183,19 @@ class _Run:
             if earlier.index in self.bases:
                 self.bases[stage.index] = self.bases[earlier.index]
             return self.results[earlier.index], ()
-        state = load_state(self.builder.store, name)
+        imported = None
+        if name.startswith(TRANSPORTS):  # FROM oci-archive:… / oci-layout:… / docker-archive:…
+            try:
+                imported = import_base(self.builder.store, name)
+            except ImageNotFound as exc:
+                raise located(PlanError, self.stages.filename, stage.base, exc.message,
+                              hint=exc.hint) from None
+        state = load_state(self.builder.store, imported or name)
         if state is None:
             raise located(PlanError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
-        base = base_descriptor(self.builder.store, name)
+        base = base_descriptor(self.builder.store, name) if imported is None else (name, imported)
         if base is not None:
             self.bases[stage.index] = base
         return onbuild_triggers(state, self.stages.filename, stage.base)

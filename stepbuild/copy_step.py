@@ -232,19 +232,22 @@ def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept]
             check_destination(place, len(groups) + len(work["inline"]) + len(
                 work["downloads"]) + len(work["git"]), root_fd)
         copier = Copier(root_fd, place)
-        for index, group in enumerate(groups):
-            if layout is None:
-                _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
-                            chowned=bool(work["chown"]))
-            else:
-                _copy_kept(context, copier, group, layout[index], place)
-        for name, data in work["inline"]:
-            copier.write_file(file_target(place, name, root_fd), data.encode(), 0o644, 0)
-        for download in work["downloads"]:
-            _copy_download(copier, download, file_target(place, download.name, root_fd))
-        for index, repo in enumerate(work["git"]):
-            _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
-        copier.finish()
+        try:
+            for index, group in enumerate(groups):
+                if layout is None:
+                    _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
+                                chowned=bool(work["chown"]))
+                else:
+                    _copy_kept(context, copier, group, layout[index], place)
+            for name, data in work["inline"]:
+                copier.write_file(file_target(place, name, root_fd), data.encode(), 0o644, 0)
+            for download in work["downloads"]:
+                _copy_download(copier, download, file_target(place, download.name, root_fd))
+            for index, repo in enumerate(work["git"]):
+                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
+            copier.finish()
+        finally:
+            copier.close()
 
 
 def chown_owner(root: Path, chown: str) -> Owner:
