@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,6 +101,8 @@ class Builder:
             for index in needed:  # in definition order, which respects every dependency
                 run.results[index] = run.stage(run.stages.stages[index])
             return
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
         pending = list(needed)
         running: dict[Future[ImageState], int] = {}
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="stage") as pool:

@@ -8,6 +8,7 @@ and `umoci` read it as it is; the rest is ours and those tools ignore it:
     blobs/sha256/<hex>          blobs, named by digest (configs, manifests, layer tars)
     layers/<hex>/diff/          a layer unpacked (an overlay lower dir); <hex> of its diff_id
     cache/<key>.json            one cache record per step key; cache/corrupt/ for bad ones
+    compressed/<hex>.<c>.json   the compressed blob made of layer <hex> with compression <c>
     tmp/                        every write starts here (same filesystem), then rename(2)s
     lock, index.lock            flock(2) files: the store lock and the index.json lock
 
@@ -69,6 +70,8 @@ _KEY = re.compile(r"[0-9a-f]{32}")
 _HEX = re.compile(r"[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _STAGING = re.compile(r"[0-9a-f]{64}\.tmp-.+")
+_COMPRESSION = re.compile(r"[a-z0-9]{1,16}")
+_COMPRESSED_RECORD = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,16})\.json")
 # image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -82,6 +85,7 @@ class PruneStats:
     layers: int = 0
     cache_records: int = 0
     tmp_entries: int = 0
+    compressed_records: int = 0
     bytes_freed: int = 0
 
 
@@ -139,6 +143,7 @@ class Store:
         self._cache = self.root / "cache"
         self._corrupt = self._cache / "corrupt"
         self._tmp = self.root / "tmp"
+        self._compressed = self.root / "compressed"  # made by the first record_compressed
         self._index = self.root / "index.json"
         self._held = threading.local()
         self._create_layout()
@@ -463,7 +468,10 @@ class Store:
         with self.lock(exclusive=False), self._index_lock():
             self.blob_path(manifest.digest)
             index = self._read_index()
-            self._write_index(replace(index, manifests=_with_ref(index.manifests, entry)))
+            manifests = _with_ref(index.manifests, entry)
+            if manifests == tuple(index.manifests):
+                return  # already so (a no-op rebuild): no rewrite, no fsync
+            self._write_index(replace(index, manifests=manifests))
 
     def untag(self, name: str) -> bool:
         """Remove the ref `name`; True if it existed. Blobs stay (until `prune`)."""
@@ -615,6 +623,104 @@ class Store:
                 record = None
             yield path, record
 
+    # --- compressed layer blobs -------------------------------------------------------------
+
+    def _compressed_file(self, diff_id: str, compression: str) -> Path:
+        if not isinstance(compression, str) or not _COMPRESSION.fullmatch(compression):
+            raise ValueError(f"invalid compression name {compression!r}")
+        return self._compressed / f"{digest_hex(diff_id)}.{compression}.json"
+
+    def compressed_blob(self, diff_id: str, compression: str) -> Descriptor | None:
+        """The recorded blob of layer `diff_id` compressed with `compression`, or None.
+
+        None too when the record does not parse, does not match its name, or names a blob
+        that is missing or of another size: the caller then compresses again and
+        `record_compressed` replaces the record (a bad record costs time, never an error).
+        The blob's content is not read here; whoever copies it verifies it.
+        """
+        path = self._compressed_file(diff_id, compression)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            desc = _compressed_record(data, diff_id, compression, path.name)
+        except InvalidDocument:
+            return None
+        try:
+            if self.blob_path(desc.digest).stat().st_size != desc.size:
+                return None
+        except (BlobNotFound, FileNotFoundError):
+            return None
+        return desc
+
+    def record_compressed(self, diff_id: str, compression: str, blob: Descriptor) -> None:
+        """Record that `blob` is layer `diff_id` compressed with `compression`.
+
+        Both blobs must be in the store (`BlobNotFound`), `blob` with its size
+        (`DigestMismatch`): record only after the compressed blob was ingested (SECURITY rule
+        5). The caller vouches that `blob` decompresses to `diff_id` (`compress.py` checks
+        it while compressing). Replaces any record for the pair, atomically. A record is
+        kept by `prune` as long as its diff_id is reachable, and keeps its blob alive.
+        """
+        path = self._compressed_file(diff_id, compression)
+        data = canonical_json(_compressed_json(diff_id, compression, blob))
+        with self.lock(exclusive=False):
+            self.blob_path(diff_id)
+            self._check_blob_size(blob)
+            self._compressed.mkdir(mode=0o700, exist_ok=True)
+            self._replace_file(path, data, "compressed-")
+
+    def _compressed_records(self) -> Iterator[tuple[Path, Descriptor | None, str]]:
+        """Every record file: its path, blob descriptor (None if bad) and diff_id hex."""
+        try:
+            entries = list(os.scandir(self._compressed))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            match = _COMPRESSED_RECORD.fullmatch(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                yield path, None, ""
+                continue
+            hex_name, compression = match.groups()
+            try:
+                desc = _compressed_record(path.read_bytes(), PREFIX + hex_name, compression,
+                                          entry.name)
+            except (InvalidDocument, FileNotFoundError):
+                desc = None
+            yield path, desc, hex_name
+
+    def _sweep_compressed(self, blobs: set[str], cutoff: float) -> int:
+        """Remove the records of unreachable layers (and bad ones) older than `cutoff`; add
+        the blobs of the records that stay to `blobs`: a record that stays keeps its
+        compressed blob, and its layer blob (a young record of an unreachable layer would
+        otherwise outlive the layer it describes)."""
+        removed = 0
+        for path, desc, hex_name in self._compressed_records():
+            if desc is not None and hex_name in blobs:
+                blobs.add(digest_hex(desc.digest))
+            elif _remove_if_old(path, cutoff):
+                removed += 1
+            elif desc is not None:
+                blobs.update((digest_hex(desc.digest), hex_name))
+        return removed
+
+    def _check_compressed(self) -> list[str]:
+        problems = []
+        for path, desc, hex_name in self._compressed_records():
+            where = f"compressed/{path.name}"
+            if desc is None:
+                problems.append(f"{where}: not a valid compressed-blob record")
+                continue
+            if not self.has_blob(PREFIX + hex_name):
+                problems.append(f"{where}: layer blob {PREFIX}{hex_name} is missing")
+            if not self.has_blob(desc.digest):
+                problems.append(f"{where}: blob {desc.digest} is missing")
+            elif self._blob_file(desc.digest).stat().st_size != desc.size:
+                problems.append(f"{where}: blob {desc.digest} is not {desc.size} bytes")
+        return problems
+
     # --- maintenance ------------------------------------------------------------------------
 
     def prune(self, *, keep_cache: bool = True) -> PruneStats:
@@ -624,9 +730,11 @@ class Store:
         and blobs of its diff_ids; nested indexes followed) and, with `keep_cache`, every
         cache record (→ its diff_ids' dirs and blobs, its blobs). Without `keep_cache` the
         tags are the only roots and a cache record that names anything they do not reach is
-        deleted too (`stepbuild prune`: "what no tag reaches"). Swept when unreferenced *and*
-        older than `grace_period`: blobs, layer dirs, staging dirs `layers/*.tmp-*`, tmp/
-        entries, corrupt or dangling cache records, old entries of cache/corrupt/.
+        deleted too (`stepbuild prune`: "what no tag reaches"). A compressed-blob record
+        (`record_compressed`) stays while its layer's diff_id is reachable, and keeps its
+        compressed blob. Swept when unreferenced *and* older than `grace_period`: blobs,
+        layer dirs, staging dirs `layers/*.tmp-*`, tmp/ entries, corrupt or dangling cache
+        records, old entries of cache/corrupt/, compressed-blob records of unreachable layers.
 
         Takes the store lock exclusively (waits for every shared holder) and the index lock.
         Raises `StoreError` without deleting anything if a tagged manifest or its config is
@@ -641,6 +749,8 @@ class Store:
             else:
                 blobs, layers = self._mark(include_cache=False)
                 counts = {"cache_records": self._sweep_cache(cutoff, blobs, layers)}
+            # Records before the blobs they name; kept records mark their blobs.
+            counts["compressed_records"] = self._sweep_compressed(blobs, cutoff)
             # Dirs before blobs: a layer dir must never outlive its blob (crash safety).
             counts["layers"] = self._sweep_layers(layers, cutoff)
             counts["blobs"], counts["bytes_freed"] = self._sweep_blobs(blobs, cutoff)
@@ -743,8 +853,10 @@ class Store:
         finds (index.json, every tagged manifest/config/layer present, sized and hashed
         right, one diff_id per layer); a ref name used twice; a layer dir without its blob
         or without `diff/`; a cache record that does not parse or names a missing layer or
-        blob. Not problems: tmp/ entries, layer staging dirs, cache/corrupt/, unreferenced
-        blobs (all garbage for `prune`). Holds the store lock shared (no prune meanwhile).
+        blob; a compressed-blob record that does not parse or names a missing blob, a blob
+        of another size, or a missing layer blob. Not problems: tmp/ entries, layer staging
+        dirs, cache/corrupt/, unreferenced blobs (all garbage for `prune`). Holds the store
+        lock shared (no prune meanwhile).
         """
         with self.lock(exclusive=False):
             problems, hashed = self._check_blobs()
@@ -752,6 +864,7 @@ class Store:
             problems += self._check_refs()
             problems += self._check_layers()
             problems += self._check_cache()
+            problems += self._check_compressed()
         return problems
 
     def _check_blobs(self) -> tuple[list[str], dict[str, tuple[str, int]]]:
@@ -884,6 +997,22 @@ def _record_refs(record: Any, where: str) -> tuple[list[str], list[str]]:
             raise InvalidDocument(where, f"{field} must be a list of sha256 digests")
         refs.append(values)
     return refs[0], refs[1]
+
+
+def _compressed_json(diff_id: str, compression: str, blob: Descriptor) -> dict[str, Any]:
+    return {"compression": compression, "diff_id": diff_id, **blob.to_json()}
+
+
+def _compressed_record(data: bytes, diff_id: str, compression: str, where: str) -> Descriptor:
+    """The blob descriptor of a compressed-blob record; `InvalidDocument` if it is malformed
+    or is not the record of (diff_id, compression)."""
+    record = load_json(data, where)
+    if not isinstance(record, dict):
+        raise InvalidDocument(where, "a compressed-blob record must be a JSON object")
+    if record.get("diff_id") != diff_id or record.get("compression") != compression:
+        raise InvalidDocument(where, "the record is not the one its name says")
+    fields = {k: v for k, v in record.items() if k not in ("diff_id", "compression")}
+    return Descriptor.from_json(fields, where)
 
 
 def _missing_refs(store: Store, key: str, record: dict[str, Any]) -> list[str]:
