@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store;
-# git: ADD of git URLs (and the git server of its tests).
-APT_PACKAGES=(busybox-static skopeo umoci git)
+# git: ADD of git URLs (and the git server of its tests); docker-registry, apache2-utils
+# (htpasswd), openssl: the real OCI registry the registry tests start on 127.0.0.1.
+APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

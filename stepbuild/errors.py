@@ -203,3 +203,43 @@ class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the
     context changed while it was read. Raised by `context.py`; the message names the source."""
+
+
+class InvalidReference(UsageError, ValueError):
+    """An image reference (`registry/repository:tag@digest`) is malformed. Exit status 2.
+
+    `value` is the text given; `problem` says what is wrong with it.
+    """
+
+    def __init__(self, value: str, problem: str) -> None:
+        super().__init__(
+            f"invalid image reference {value!r}: {problem}",
+            hint="expected [REGISTRY[:PORT]/]REPOSITORY[:TAG][@sha256:DIGEST], lower-case",
+        )
+        self.value = value
+        self.problem = problem
+
+
+class RegistryError(StepbuildError):
+    """A registry refused or failed a request, or could not be reached (exit status 1).
+
+    Modelled on go-containerregistry's `transport.Error`. `status` is the HTTP status, None
+    when no response came (DNS, refused or dropped connection, TLS); `codes` are the
+    Distribution error codes of the response body (`MANIFEST_UNKNOWN`, `UNAUTHORIZED`, ...);
+    `temporary` is True when the same request may succeed later (5xx, 429, network failures):
+    the client has already retried those with backoff before raising.
+    """
+
+    def __init__(
+        self,
+        status: int | None,
+        codes: tuple[str, ...],
+        message: str,
+        temporary: bool = False,
+        *,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.codes = codes
+        self.temporary = temporary

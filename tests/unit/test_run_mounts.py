@@ -249,6 +249,7 @@ class FakeExecutor:
     store = None
     secrets = {"tok": SecretSource("env", "NOT_READ_AT_PREPARE")}
     ssh: dict[str, str] = {}
+    source_date_epoch = None
 
 
 def prepared_key(text: str) -> tuple[str, dict[str, Any]]:
