@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 # busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store;
 # git: ADD of git URLs (and the git server of its tests); docker-registry, apache2-utils
 # (htpasswd), openssl: the real OCI registry the registry tests start on 127.0.0.1.
-APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl)
+# podman, runc: the interop test that loads and runs our archives (crun refuses this host's
+# hybrid cgroup layout, so runc).
+# buildah: makes an image our import test uses as a FROM base.
+APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
+              buildah)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
