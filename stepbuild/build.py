@@ -19,7 +19,6 @@ from stepbuild import instructions as ins
 from stepbuild.errors import BuildError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.image import ImageState, healthcheck_json, scratch, set_env, timestamp
 from stepbuild.images import base_descriptor, load_state, save_state
-from stepbuild.imports import TRANSPORTS, import_base
 from stepbuild.plan import (
     Scope,
     Stage,
@@ -34,6 +33,10 @@ from stepbuild.plan import (
 )
 from stepbuild.progress import Progress
 
+# FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
+# syntax); stepbuild.imports.TRANSPORTS, repeated here so a build need not import that module.
+IMPORT_TRANSPORTS = ("oci-archive:", "oci-layout:", "docker-archive:")
+
 
 @dataclass(frozen=True, slots=True)
 class BuildOptions:
@@ -45,6 +48,7 @@ class BuildOptions:
     network: str = "host"
     source_date_epoch: int | None = None
     target: str | None = None
+    pull: str = "missing"  # FROM a registry reference: missing, always or never
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +189,19 @@ class _Run:
                 self.bases[stage.index] = self.bases[earlier.index]
             return self.results[earlier.index], ()
         imported = None
-        if name.startswith(TRANSPORTS):  # FROM oci-archive:… / oci-layout:… / docker-archive:…
+        if name.startswith(IMPORT_TRANSPORTS):  # imported into the store on first use
+            from stepbuild.imports import import_base
+
             try:
                 imported = import_base(self.builder.store, name)
             except ImageNotFound as exc:
                 raise located(PlanError, self.stages.filename, stage.base, exc.message,
                               hint=exc.hint) from None
         state = load_state(self.builder.store, imported or name)
+        if imported is None and (state is None or self.options.pull == "always"):
+            imported = self.from_registry(stage, name, found=state is not None)  # last
+            if imported is not None:
+                state = load_state(self.builder.store, imported)
         if state is None:
             raise located(PlanError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
@@ -200,6 +210,19 @@ class _Run:
         if base is not None:
             self.bases[stage.index] = base
         return onbuild_triggers(state, self.stages.filename, stage.base)
+
+    def from_registry(self, stage: Stage, name: str, found: bool) -> str | None:
+        """FROM a registry reference: the local digest of the base, pulled (or found under its
+        normalised name) as --pull says; None to keep what the store resolved (or lacks)."""
+        from stepbuild.transfer import TransferDisplay, base_image
+
+        progress = self.builder.progress
+        try:
+            return base_image(self.builder.store, name, self.options.pull, found=found,
+                              display=TransferDisplay(progress.stream, quiet=progress.quiet))
+        except StepbuildError as exc:
+            raise located(PlanError, self.stages.filename, stage.base, exc.message,
+                          hint=exc.hint) from None
 
     # --- one instruction ---------------------------------------------------------------------
 

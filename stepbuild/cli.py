@@ -87,6 +87,13 @@ def _add_store_commands(commands: Any) -> None:
                             " default: $SSH_AUTH_SOCK)")
     build.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                        help="stages built at once (default: the number of CPUs)")
+    _add_output_arguments(build, required=False)
+    build.add_argument("--push", action="store_true",
+                       help="push the result to every -t name (a registry reference)")
+    build.add_argument("--pull", nargs="?", const="always", default="missing",
+                       metavar="missing|always|never",
+                       help="FROM a registry reference: pull the base when it is missing from"
+                            " the store (default), always, or never (bare --pull: always)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".", help="the build context directory")
@@ -107,6 +114,16 @@ def _add_store_commands(commands: Any) -> None:
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("image")
         sub.set_defaults(run=func)
+    export = commands.add_parser("export", help="write an image as an OCI or docker archive,"
+                                 " an OCI layout, or its root filesystem")
+    export.add_argument("image")
+    _add_output_arguments(export, required=True)
+    export.set_defaults(run=impl.export)
+    load = commands.add_parser("load", help="import the images of an OCI or docker archive"
+                               " (tagged with the names it gives them)")
+    load.add_argument("-i", "--input", metavar="FILE",
+                      help="read the archive from FILE (default: standard input)")
+    load.set_defaults(run=impl.load)
     run = commands.add_parser("run", help="run a command in a throwaway container of an image")
     run.add_argument("--rm", action="store_true",
                      help="accepted for docker compatibility: containers are always removed")
@@ -114,6 +131,69 @@ def _add_store_commands(commands: Any) -> None:
     run.add_argument("image")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
+    _add_registry_commands(commands, impl)
+
+
+def _add_registry_commands(commands: Any, impl: Any) -> None:
+    """push, pull, tag, login, logout (stepbuild/transfer.py does the work)."""
+    push = commands.add_parser("push", help="push an image to a registry")
+    push.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                      help="layer compression (default: gzip)")
+    push.add_argument("image", help="the image in the store")
+    push.add_argument("destination", nargs="?", metavar="REF",
+                      help="REGISTRY/REPOSITORY[:TAG] (default: IMAGE read as a reference)")
+    pull = commands.add_parser("pull", help="pull an image from a registry into the store")
+    pull.add_argument("image", metavar="REF", help="[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+    for sub, func in ((push, impl.push), (pull, impl.pull)):
+        _add_registry_arguments(sub)
+        sub.add_argument("-q", "--quiet", action="store_true",
+                         help="no progress, only the digest")
+        sub.set_defaults(run=func)
+    tag = commands.add_parser("tag", help="give an image in the store another name")
+    tag.add_argument("image", metavar="SOURCE")
+    tag.add_argument("target", metavar="TARGET")
+    tag.set_defaults(run=impl.tag)
+    login = commands.add_parser("login", help="check and store credentials for a registry")
+    login.add_argument("-u", "--username")
+    login.add_argument("-p", "--password", help="(visible to other users: prefer"
+                       " --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input")
+    _add_registry_arguments(login)
+    login.add_argument("registry", metavar="REGISTRY")
+    login.set_defaults(run=impl.login)
+    logout = commands.add_parser("logout", help="remove the stored credentials of a registry")
+    logout.add_argument("--authfile", help="the auth file (default: $REGISTRY_AUTH_FILE,"
+                        " else ~/.docker/config.json)")
+    logout.add_argument("registry", metavar="REGISTRY")
+    logout.set_defaults(run=impl.logout)
+
+
+def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--authfile", help="the auth file (default: $REGISTRY_AUTH_FILE,"
+                        " else ~/.docker/config.json)")
+    parser.add_argument("--tls-verify", type=_boolean, default=True, metavar="BOOL",
+                        help="verify the registry's certificate; false also allows plain HTTP"
+                             " (default: true)")
+    parser.add_argument("--ca-file", help="CA certificate(s) to trust for the registry")
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """--output and --compression (stepbuild/export.py documents them)."""
+    parser.add_argument("-o", "--output", action="append", default=[], required=required,
+                        metavar="type=TYPE,dest=PATH",
+                        help="write the image: TYPE oci, oci-layout, docker, local or tar"
+                             " (repeatable; a bare PATH means type=local)")
+    parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                        help="layer compression of oci and oci-layout outputs (default: gzip)")
 
 
 def read_stepfile(file: str | None, context: str) -> tuple[str, str]:

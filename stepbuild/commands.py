@@ -51,10 +51,13 @@ def build(options: argparse.Namespace) -> int:
     from stepbuild.parsecache import parse_cached
 
     _require_root()
+    pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
         raise UsageError(f"the build context {context_dir} is not a directory")
     text, name = read_stepfile(options.file, options.context)
+    outputs = _outputs(options)  # a bad --output fails now, not after the build
+    pushes = _push_targets(options)  # so does a bad --push target
     store = open_store(options)
     stepfile = parse_cached(store.root / "parse-cache", text, name)
     build_args = read_build_arg_files(options.build_arg_file)
@@ -74,7 +77,8 @@ def build(options: argparse.Namespace) -> int:
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
-                          source_date_epoch=epoch, target=options.target)
+                          source_date_epoch=epoch, target=options.target,
+                          pull=pull_policy)
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -82,6 +86,11 @@ def build(options: argparse.Namespace) -> int:
                 check_reproducible(builder, stepfile, wanted, result)
         finally:
             executor.close()
+        if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
+            _export(store, result.manifest_digest, outputs, options, options.tag,
+                    None if options.quiet else sys.stderr)
+        for target in pushes:  # build --push
+            _push(store, result.manifest_digest, target, options, stdout=False)
     context.save()
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
@@ -211,6 +220,196 @@ def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[st
     from stepbuild.run_mounts import parse_secret, parse_ssh
 
     return dict(map(parse_secret, values[0])), dict(map(parse_ssh, values[1]))
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def _outputs(options: argparse.Namespace) -> list[Any]:
+    """The parsed --output values, their destinations checked (UsageError)."""
+    if not getattr(options, "output", None):
+        return []
+    from stepbuild.export import check_destination, parse_output
+
+    outputs = [parse_output(value) for value in options.output]
+    for output in outputs:
+        check_destination(output)
+    return outputs
+
+
+def _export(store: Any, image: str, outputs: list[Any], options: argparse.Namespace,
+            names: list[str] | None, stream: Any) -> None:
+    """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
+    from stepbuild.export import export_image
+
+    results = export_image(store, image, outputs, compression=options.compression, names=names)
+    for result in results if stream is not None else ():
+        print(f"{result.output.type} {result.output.dest} {result.digest or '-'}", file=stream)
+
+
+def export(options: argparse.Namespace) -> int:
+    """`stepbuild export IMAGE -o ...`: one line per output on stdout (type, dest, digest)."""
+    outputs = _outputs(options)
+    _export(open_store(options), options.image, outputs, options, None, sys.stdout)
+    return 0
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def load(options: argparse.Namespace) -> int:
+    """`stepbuild load [-i FILE]`: import an OCI or docker archive (stepbuild/imports.py);
+    one line per image, as `docker load` prints them."""
+    from stepbuild.imports import load as load_archive
+
+    _require_root()  # unpacking makes whiteout devices and sets trusted.* xattrs
+    stream: Any
+    if options.input:
+        try:
+            stream = open(options.input, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot read {options.input}: {exc.strerror}") from None
+    elif sys.stdin.isatty():
+        raise UsageError("no archive on standard input",
+                         hint="stepbuild load < image.tar, or stepbuild load -i image.tar")
+    else:
+        stream = sys.stdin.buffer
+    store = open_store(options)
+    with stream:
+        loaded = load_archive(store, stream)
+    for image in loaded:
+        for name in image.names:
+            print(f"Loaded image: {name}")
+        if not image.names:
+            print(f"Loaded image ID: {image.digest}")
+    return 0
+
+
+# --- registries: push, pull, tag, login, logout (stepbuild/transfer.py) ----------------------
+
+
+def _connection(options: argparse.Namespace) -> Any:
+    from stepbuild.transfer import Connection
+
+    return Connection(authfile=getattr(options, "authfile", None),
+                      tls_verify=getattr(options, "tls_verify", True),
+                      ca_file=getattr(options, "ca_file", None))
+
+
+def _display(options: argparse.Namespace) -> Any:
+    from stepbuild.transfer import TransferDisplay
+
+    return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
+
+
+def _pull_policy(options: argparse.Namespace) -> str:
+    """--pull[=POLICY]. In `build --pull DIR` argparse took DIR for the policy: it is the
+    context (docker's --pull takes no value; podman's only with `=`)."""
+    value = str(getattr(options, "pull", "missing"))
+    if value in ("missing", "always", "never"):  # transfer.PULL_POLICIES (not imported here)
+        return value
+    if options.context != ".":
+        raise UsageError(f"invalid --pull value {value!r}", hint="--pull=missing|always|never")
+    options.context = value
+    return "always"
+
+
+def _push_targets(options: argparse.Namespace) -> list[str]:
+    """build --push: the -t names, each read as a registry reference (checked before the
+    build starts)."""
+    if not getattr(options, "push", False):
+        return []
+    from stepbuild.reference import parse_reference
+
+    if not options.tag:
+        raise UsageError("--push needs a name to push to",
+                         hint="add -t REGISTRY/REPOSITORY:TAG")
+    for name in options.tag:
+        parse_reference(name)
+    return list(options.tag)
+
+
+def _push(store: Any, image: str, destination: str | None, options: argparse.Namespace,
+          *, stdout: bool = True) -> None:
+    from stepbuild.transfer import push as push_image
+
+    result = push_image(store, image, destination, compression=options.compression,
+                        connection=_connection(options), display=_display(options))
+    if stdout:
+        print(result.digest)
+
+
+def push(options: argparse.Namespace) -> int:
+    """`stepbuild push IMAGE [REF]`: a line per blob on stderr, the digest on stdout."""
+    _push(open_store(options), options.image, options.destination, options)
+    return 0
+
+
+def pull(options: argparse.Namespace) -> int:
+    """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
+    from stepbuild.transfer import pull as pull_image
+
+    _require_root()  # applying layers makes whiteout devices and sets trusted.* xattrs
+    result = pull_image(open_store(options), options.image, connection=_connection(options),
+                        display=_display(options))
+    print(result.digest)
+    return 0
+
+
+def tag(options: argparse.Namespace) -> int:
+    """`stepbuild tag SOURCE TARGET`."""
+    from stepbuild.transfer import find_local
+
+    store = open_store(options)
+    store.tag(options.target, find_local(store, options.image))
+    return 0
+
+
+def login(options: argparse.Namespace) -> int:
+    """`stepbuild login REGISTRY`: the credentials are checked against the registry first."""
+    from stepbuild.transfer import login as check_and_store
+
+    username, password = _credentials(options)
+    path = check_and_store(options.registry, username, password,
+                           connection=_connection(options))
+    print(f"Login Succeeded (credentials stored in {path})")
+    return 0
+
+
+def _credentials(options: argparse.Namespace) -> tuple[str, str]:
+    """-u / a prompt; -p, --password-stdin or a prompt (never echoed)."""
+    import getpass
+
+    interactive = sys.stdin.isatty()
+    username = options.username
+    if not username:
+        if not interactive or options.password_stdin:
+            raise UsageError("no username", hint="give one with -u USER")
+        username = input("Username: ").strip()
+    if options.password_stdin:
+        if options.password is not None:
+            raise UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    elif options.password is not None:
+        print("stepbuild: warning: a password on the command line is visible to other users;"
+              " prefer --password-stdin", file=sys.stderr)
+        password = options.password
+    elif interactive:
+        password = getpass.getpass("Password: ")
+    else:
+        raise UsageError("no password", hint="give it on standard input with --password-stdin")
+    if not username or not password:
+        raise UsageError("username and password must not be empty")
+    return username, password
+
+
+def logout(options: argparse.Namespace) -> int:
+    """`stepbuild logout REGISTRY`."""
+    from stepbuild.transfer import logout as remove_login
+
+    path = remove_login(options.registry, authfile=options.authfile)
+    print(f"Removed login credentials for {options.registry} from {path}")
+    return 0
 
 
 # --- images ------------------------------------------------------------------------------------
