@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,7 +39,10 @@ from typing import Any, cast
 
 from stepbuild.digest import PREFIX
 from stepbuild.errors import DigestMismatch, LayerError
-from stepbuild.layer import _Unpacker  # the ADD unpacker: the same safe entry writer
+from stepbuild.layer import (
+    _Unpacker,  # the ADD unpacker: the same safe entry writer
+    remove_entry,
+)
 from stepbuild.rootpath import open_in_root
 from stepbuild.tarformat import DIRTYPE, Header, TarReader
 
@@ -185,7 +187,7 @@ def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, i
     try:
         before = os.fstat(dir_fd)
         for child in [target] if target is not None else os.listdir(dir_fd):
-            _remove(dir_fd, child)
+            remove_entry(dir_fd, child)
         os.utime(dir_fd, ns=(before.st_atime_ns, before.st_mtime_ns))
     except OSError as exc:
         raise LayerError(f"{label}: entry {name!r}: {exc.strerror or exc}") from exc
@@ -200,18 +202,6 @@ def _forget(dir_times: dict[str, int], path: str, *, itself: bool) -> None:
     prefix = f"{path}/" if path else ""
     for key in [k for k in dir_times if k.startswith(prefix) or (itself and k == path)]:
         del dir_times[key]
-
-
-def _remove(dir_fd: int, name: str) -> None:
-    """Remove `name` in `dir_fd` (a directory recursively, fd-relative, never following)."""
-    try:
-        st = os.lstat(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
 
 
 def _fix_dir_times(root_fd: int, dir_times: dict[str, int]) -> None:

@@ -600,7 +600,7 @@ class _Unpacker:
             elif h.type == LNKTYPE:
                 self._hardlink(parent, base, h, name)
             else:
-                _remove(parent, base)
+                remove_entry(parent, base)
                 if h.type == REGTYPE:
                     self._regular(reader, parent, base, h)
                 else:
@@ -614,7 +614,7 @@ class _Unpacker:
                 return  # merged; attributes are set in _finish_dirs
         except FileNotFoundError:
             pass
-        _remove(parent, base)
+        remove_entry(parent, base)
         os.mkdir(base, 0o700, dir_fd=parent)
 
     def _set_attributes(self, fd: int, h: Header) -> None:
@@ -681,7 +681,7 @@ class _Unpacker:
                     return  # already that file
             except FileNotFoundError:
                 pass
-            _remove(parent, base)
+            remove_entry(parent, base)
             os.link(tbase, base, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(tparent)
@@ -719,7 +719,7 @@ def _chmod_node(parent: int, base: str, mode: int) -> None:
         os.chmod(base, mode, dir_fd=parent)
 
 
-def _remove(parent: int, base: str) -> None:
+def remove_entry(parent: int, base: str) -> None:
     """Remove whatever is at `base` in `parent` (a directory recursively, fd-relative)."""
     try:
         st = os.lstat(base, dir_fd=parent)
