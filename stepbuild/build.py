@@ -49,6 +49,8 @@ class BuildOptions:
     source_date_epoch: int | None = None
     target: str | None = None
     pull: str = "missing"  # FROM a registry reference: missing, always or never
+    cache_from: tuple[Any, ...] = ()  # teamcache.CacheSpec: import sources, in order
+    cache_to: tuple[Any, ...] = ()  # teamcache.CacheSpec: export destinations
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +93,23 @@ class Builder:
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         needed = needed_stages(target.index, graph)
         run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
+        if options.cache_from or options.cache_to:
+            from stepbuild.teamcache import TeamCache
+
+            run.team = TeamCache(self.store, options.cache_from, options.cache_to,
+                                 self.progress.warn)
         self._run_stages(run, needed, graph)
         state = run.results[target.index]
         descriptor = save_state(self.store, state, run.bases.get(target.index))
         for tag in options.tags:
             self.store.tag(tag, descriptor)
+        if run.team is not None and run.team.exporting:  # the final image's stages (mode=min)
+            final: set[int] = set()
+            index: int | None = target.index
+            while index is not None and index not in final:
+                final.add(index)
+                index = run.from_stage.get(index)
+            run.team.export(final)
         return BuildResult(descriptor.digest, state, run.steps, run.cached)
 
     def _run_stages(self, run: _Run, needed: list[int],
@@ -150,6 +164,8 @@ class _Run:
         self.steps = 0
         self.cached = 0
         self.failed = False
+        self.team: Any = None  # teamcache.TeamCache with --cache-from/--cache-to
+        self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self._lock = threading.Lock()
 
     def count(self, cached: bool = False) -> int:
@@ -185,6 +201,7 @@ class _Run:
             return scratch(), ()
         earlier = self.stages.find(name)
         if earlier is not None and earlier.index < stage.index:
+            self.from_stage[stage.index] = earlier.index
             if earlier.index in self.bases:
                 self.bases[stage.index] = self.bases[earlier.index]
             return self.results[earlier.index], ()
@@ -246,6 +263,9 @@ class _Run:
         label = self.label(stage)
         step = self.builder.executor.prepare(instruction, state, scope, self)
         record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
+        if record is None and self.team is not None and not self.options.no_cache:
+            lowers = [self.builder.store.layer_dir(d) for d in reversed(state.diff_ids)]
+            record = self.team.lookup(step.key, lowers)  # a team cache hit, imported
         if record is not None:
             with self._lock:
                 self.cached += 1
@@ -268,6 +288,10 @@ class _Run:
             })
             self.builder.progress.done(label, finished - started)
             result = StepResult(diff_id, created)
+        if self.team is not None:
+            self.team.note(step.key, stage.index, result.diff_id,
+                           result.created if record is None else record["created"],
+                           step.created_by)
         return state.with_layer(result.diff_id, step.created_by, result.created)
 
 

@@ -94,6 +94,12 @@ def _add_store_commands(commands: Any) -> None:
                        metavar="missing|always|never",
                        help="FROM a registry reference: pull the base when it is missing from"
                             " the store (default), always, or never (bare --pull: always)")
+    build.add_argument("--cache-to", action="append", default=[],
+                       metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
+                       help="export the build cache (repeatable)")
+    build.add_argument("--cache-from", action="append", default=[],
+                       metavar="type=local,src=DIR|type=registry,ref=REF",
+                       help="import the build cache on a miss, sources in order (repeatable)")
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".", help="the build context directory")

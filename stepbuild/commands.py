@@ -58,6 +58,7 @@ def build(options: argparse.Namespace) -> int:
     text, name = read_stepfile(options.file, options.context)
     outputs = _outputs(options)  # a bad --output fails now, not after the build
     pushes = _push_targets(options)  # so does a bad --push target
+    cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
     store = open_store(options)
     stepfile = parse_cached(store.root / "parse-cache", text, name)
     build_args = read_build_arg_files(options.build_arg_file)
@@ -78,7 +79,7 @@ def build(options: argparse.Namespace) -> int:
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
                           source_date_epoch=epoch, target=options.target,
-                          pull=pull_policy)
+                          pull=pull_policy, cache_from=cache_from, cache_to=cache_to)
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -95,6 +96,17 @@ def build(options: argparse.Namespace) -> int:
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
     return 0
+
+
+def _cache_specs(options: argparse.Namespace) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """--cache-from and --cache-to, parsed (stepbuild/teamcache.py)."""
+    sources, destinations = getattr(options, "cache_from", []), getattr(options, "cache_to", [])
+    if not sources and not destinations:
+        return (), ()
+    from stepbuild.teamcache import parse_cache_spec
+
+    return (tuple(parse_cache_spec(v, "from") for v in sources),
+            tuple(parse_cache_spec(v, "to") for v in destinations))
 
 
 def check_reproducible(builder: Any, stepfile: Any, wanted: Any, first: Any) -> None:

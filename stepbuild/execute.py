@@ -77,6 +77,8 @@ class Executor:
                 else:
                     copy_step.perform(self, step, merged, tmp)
             run_step.remove_stubs(upper, stubs)
+            if self.source_date_epoch is not None:
+                layer.clamp_mtimes(upper, self.source_date_epoch)
             blob = layer.capture(upper, lowers, tmp / "layer.tar",
                                  source_date_epoch=self.source_date_epoch)
             if blob is None:

@@ -730,3 +730,22 @@ def remove_entry(parent: int, base: str) -> None:
         shutil.rmtree(base, dir_fd=parent)
     else:
         os.unlink(base, dir_fd=parent)
+
+
+def clamp_mtimes(root: Path, epoch: int) -> None:
+    """Set every mtime under `root` later than `epoch` to `epoch` (SOURCE_DATE_EPOCH).
+
+    `capture` clamps the times it writes into the tar; the upper dir becomes the layer dir
+    that later steps see, so it is clamped the same way, or a step would see other times than
+    a builder that imported the layer from a shared cache. Children before their directory.
+    """
+    for directory, dirs, files in os.walk(root, topdown=False):
+        for name in (*files, *dirs):
+            _clamp(os.path.join(directory, name), epoch)
+    _clamp(str(root), epoch)
+
+
+def _clamp(path: str, epoch: int) -> None:
+    info = os.lstat(path)
+    if info.st_mtime > epoch:
+        os.utime(path, (min(info.st_atime, epoch), epoch), follow_symlinks=False)

@@ -86,3 +86,14 @@ def test_skopeo_reads_the_store(tmp_path: Path) -> None:
     out = subprocess.run(["skopeo", "inspect", f"oci:{sb.root}:repro"], capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out)["Digest"] == digest
+
+
+def test_later_steps_see_the_clamped_times(tmp_path: Path) -> None:
+    # The layer dir a later step reads must match the layer tar, or a builder that imported
+    # the layer from a shared cache would see other times than the one that built it.
+    sb = Stepbuild(tmp_path / "store")
+    base_image(sb, tmp_path)
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN touch /made\n"
+                            "RUN stat -c %Y /made > /seen\n")
+    sb.build(context, "-t", "seen", "--build-arg", f"SOURCE_DATE_EPOCH={EPOCH}")
+    assert sb.run("seen", "cat", "/seen") == f"{EPOCH}\n"

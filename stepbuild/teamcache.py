@@ -1,0 +1,498 @@
+"""The team cache: `--cache-to` / `--cache-from`, step keys → layers shared between stores.
+
+Keys (keys.py) are content-based and machine-independent, so a record made by one builder is
+valid for another. Two backends:
+
+- `type=local,dest=DIR` / `type=local,src=DIR`: an OCI layout on a (shared) filesystem.
+  `blobs/sha256/<hex>` holds the gzip-compressed layers, `keys/<key>.json` one small record per
+  step key. Every file is written to a temp name in DIR, fsynced and renamed into place; a blob
+  that exists is done; no shared index is ever rewritten, so several builders may export into
+  one DIR at once.
+- `type=registry,ref=HOST/REPO:TAG`: the layer blobs are pushed to REPO, and an OCI manifest
+  (artifactType `application/vnd.stepbuild.cache.v1+json`) whose config blob is the
+  key → record map and whose layers are the blobs is tagged TAG. An import fetches that
+  manifest and map once per build, then only the blobs of keys that hit.
+
+A record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null, "created",
+"created_by"}`. `mode=min` (default) exports the steps of the final image's stages, `mode=max`
+every step of every stage that ran or hit.
+
+Import on a local miss: each source in order; a hit copies the blob (its sha256 verified),
+decompresses it (its sha256 must be the record's diff_id), applies it into a layer dir,
+commits it and writes the local cache record — the step is CACHED. Anything unreadable or
+wrong degrades to a miss with a warning; a wrong layer is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepbuild.errors import StepbuildError, UsageError
+
+__all__ = ["CacheSpec", "TeamCache", "parse_cache_spec"]
+
+RECORD_SCHEMA = "stepbuild-cache/1"
+ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+class CacheError(StepbuildError):
+    """A cache source or record that cannot be used (reported as a warning, never fatal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """One --cache-to / --cache-from value."""
+
+    type: str  # "local" or "registry"
+    location: str  # DIR or REF
+    mode: str = "min"
+
+    def describe(self) -> str:
+        return f"type={self.type},{'ref' if self.type == 'registry' else 'dir'}={self.location}"
+
+
+def parse_cache_spec(text: str, direction: str) -> CacheSpec:
+    """`type=local,dest=DIR` (to) / `type=local,src=DIR` (from) /
+    `type=registry,ref=REF[,mode=min|max]`. `direction` is "to" or "from"."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"invalid --cache-{direction} {text!r}: {part!r} is not KEY=VALUE")
+        fields[name.strip()] = value.strip()
+    kind = fields.pop("type", "local" if ("src" in fields or "dest" in fields) else "registry")
+    mode = fields.pop("mode", "min")
+    if mode not in ("min", "max"):
+        raise UsageError(f"invalid --cache-{direction} mode {mode!r}", hint="mode=min|max")
+    if kind == "local":
+        name = "dest" if direction == "to" else "src"
+        location = fields.pop(name, None)
+        if not location:
+            raise UsageError(f"--cache-{direction} type=local needs {name}=DIR")
+    elif kind == "registry":
+        location = fields.pop("ref", None)
+        if not location:
+            raise UsageError(f"--cache-{direction} type=registry needs ref=REGISTRY/REPO:TAG")
+        from stepbuild.reference import parse_reference
+
+        parse_reference(location)
+    else:
+        raise UsageError(f"unknown --cache-{direction} type {kind!r}", hint="type=local|registry")
+    fields.pop("compression", None)
+    if fields:
+        raise UsageError(f"--cache-{direction}: unknown option(s) {', '.join(sorted(fields))}")
+    return CacheSpec(kind, location, mode)
+
+
+def _record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
+            created_by: str) -> dict[str, Any]:
+    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
+            "created": created, "created_by": created_by}
+
+
+def check_record(key: str, record: Any) -> dict[str, Any]:
+    """The record if it is well-formed and for `key`; CacheError otherwise."""
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise CacheError(f"cache record {key} is not a stepbuild cache record")
+    if record.get("key") != key:
+        raise CacheError(f"cache record {key} is for another key")
+    diff_id, layer = record.get("diff_id"), record.get("layer")
+    if not isinstance(record.get("created"), str) or not isinstance(record.get("created_by"),
+                                                                      str):
+        raise CacheError(f"cache record {key}: bad created/created_by")
+    if diff_id is None:
+        if layer is not None:
+            raise CacheError(f"cache record {key}: a layer without a diff_id")
+        return record
+    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
+        raise CacheError(f"cache record {key}: bad diff_id")
+    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
+            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
+            or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
+        raise CacheError(f"cache record {key}: bad layer descriptor")
+    return record
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+class _LocalDir:
+    """An OCI layout directory with keys/<key>.json records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _blob(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+    # import
+    def record(self, key: str) -> dict[str, Any] | None:
+        path = self.root / "keys" / f"{key}.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            return check_record(key, json.loads(data))
+        except (ValueError, UnicodeDecodeError):
+            raise CacheError(f"cache record {path} does not parse") from None
+
+    def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
+        try:
+            shutil.copyfile(self._blob(layer["digest"]), dest)
+        except OSError as exc:
+            raise CacheError(f"cannot read blob {layer['digest']} in {self.root}: "
+                             f"{exc.strerror or exc}") from None
+
+    # export
+    def prepare(self) -> None:
+        for sub in ("blobs/sha256", "keys", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+
+    def _write(self, final: Path, data: bytes | None = None, source: Path | None = None) -> None:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=self.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if source is not None:
+                    with open(source, "rb") as src:
+                        shutil.copyfileobj(src, out, _CHUNK)
+                else:
+                    out.write(data or b"")
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(name, 0o644)
+            os.rename(name, final)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(name)
+            raise
+        _fsync_dir(final.parent)
+
+    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
+        digest, size, source = desc.digest, desc.size, store.blob_path(desc.digest)
+        final = self._blob(digest)
+        with suppress(FileNotFoundError):
+            if final.stat().st_size == size:
+                return  # existing = done (content-addressed)
+        self._write(final, source=source)
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        self._write(self.root / "keys" / f"{key}.json",
+                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+    def finish(self) -> None:
+        pass
+
+
+class _RegistryCache:
+    """The cache as an OCI artifact in a registry repository."""
+
+    def __init__(self, ref: str, connection: Any) -> None:
+        from stepbuild.reference import parse_reference
+
+        self.ref = parse_reference(ref)
+        self.connection = connection
+        self._registry: Any = None
+        self._map: dict[str, Any] | None = None
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            self._registry = self.connection.open(self.ref.registry, self.ref.repository)
+        return self._registry
+
+    def _tag(self) -> str:
+        return self.ref.digest or self.ref.tag or "latest"
+
+    def _load(self) -> dict[str, Any]:
+        """The key → record map, fetched once (an unknown tag is an empty cache)."""
+        with self._lock:
+            if self._map is not None:
+                return self._map
+            self._map = {}
+            repo = self.ref.repository
+            try:
+                if self.registry.head_manifest(repo, self._tag()) is None:
+                    return self._map
+                data, _media, _digest = self.registry.get_manifest(repo, self._tag())
+                manifest = json.loads(data)
+                if manifest.get("artifactType") != ARTIFACT_TYPE:
+                    raise CacheError(f"{self.ref} is not a stepbuild cache")
+                config = manifest["config"]
+                tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
+                try:
+                    self.registry.get_blob(repo, config["digest"], tmp, size=config["size"])
+                    entries = json.loads(tmp.read_bytes())
+                finally:
+                    tmp.unlink(missing_ok=True)
+                if not isinstance(entries, dict):
+                    raise CacheError(f"{self.ref}: the cache map is not an object")
+                self._map = entries
+            except CacheError:
+                raise
+            except (StepbuildError, ValueError, KeyError, TypeError, OSError) as exc:
+                raise CacheError(f"cannot read the cache {self.ref}: {exc}") from None
+            return self._map
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        entries = self._load()
+        if key not in entries:
+            return None
+        return check_record(key, entries[key])
+
+    def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
+        try:
+            self.registry.get_blob(self.ref.repository, layer["digest"], dest, size=layer["size"])
+        except StepbuildError as exc:
+            raise CacheError(f"cannot fetch {layer['digest']} from {self.ref}: "
+                             f"{exc.message}") from None
+
+    def prepare(self) -> None:
+        self._pending = {}
+
+    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
+        """HEAD, else mount from a repository known to hold it, else upload (transfer.py's
+        pusher, which also remembers that the registry has it)."""
+        from stepbuild.transfer import TransferDisplay, _Pusher
+
+        pusher = _Pusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
+        pusher.send(diff_id, desc, diff_id.split(":", 1)[1][:12])
+
+    def remember(self, store: Any, diff_id: str, desc: Any) -> None:
+        """An imported layer's blob is in REPO: a later push there mounts, not uploads."""
+        from stepbuild.transfer import record_remote_blob
+
+        with suppress(StepbuildError, OSError):
+            record_remote_blob(store, diff_id, desc, self.ref.registry, self.ref.repository)
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        self._pending[key] = record
+
+    def finish(self) -> None:
+        repo = self.ref.repository
+        entries = dict(sorted(self._pending.items()))
+        config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
+        try:
+            tmp.write_bytes(config)
+            if self.registry.has_blob(repo, config_digest) is None:
+                self.registry.put_blob(repo, config_digest, len(config), tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+        layers, seen = [], set()
+        for record in entries.values():
+            layer = record.get("layer")
+            if layer and layer["digest"] not in seen:
+                seen.add(layer["digest"])
+                layers.append({"mediaType": layer["mediaType"], "digest": layer["digest"],
+                               "size": layer["size"]})
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+                    "artifactType": ARTIFACT_TYPE,
+                    "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
+                               "size": len(config)},
+                    "layers": layers}
+        data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        self.registry.put_manifest(repo, self._tag(), data, MANIFEST_MEDIA_TYPE)
+
+
+# --- the build's view ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Used:
+    key: str
+    stage: int
+    diff_id: str | None
+    created: str
+    created_by: str
+
+
+class TeamCache:
+    """The --cache-from sources and --cache-to destinations of one build.
+
+    `lookup(key, lowers)` is called on a local miss; `note(...)` for every step that ran or
+    hit; `export(final_stages)` after the build. `warn` reports a source that cannot be read.
+    """
+
+    def __init__(self, store: Any, sources: Sequence[CacheSpec], destinations: Sequence[CacheSpec],
+                 warn: Callable[[str], None], connection: Any = None) -> None:
+        self.store = store
+        self.warn = warn
+        if connection is None and any(s.type == "registry" for s in (*sources, *destinations)):
+            from stepbuild.transfer import Connection
+
+            connection = Connection()
+        self.sources = [(s, self._backend(s, connection)) for s in sources]
+        self.destinations = [(s, self._backend(s, connection)) for s in destinations]
+        self._used: dict[str, _Used] = {}
+        self._broken: set[int] = set()  # sources that failed as a whole (registry map)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _backend(spec: CacheSpec, connection: Any) -> Any:
+        if spec.type == "local":
+            return _LocalDir(Path(spec.location))
+        return _RegistryCache(spec.location, connection)
+
+    @property
+    def exporting(self) -> bool:
+        return bool(self.destinations)
+
+    # --- import ---------------------------------------------------------------------------
+
+    def lookup(self, key: str, lowers: Sequence[Path]) -> dict[str, Any] | None:
+        """A local cache record for `key` made from the first source that has a usable one
+        (its layer imported into the store), or None."""
+        for index, (spec, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            try:
+                record = backend.record(key)
+            except CacheError as exc:
+                if isinstance(backend, _RegistryCache) and backend._map == {}:
+                    self._broken.add(index)
+                self.warn(f"cache {spec.describe()}: {exc.message}; treated as a miss")
+                continue
+            if record is None:
+                continue
+            try:
+                return self._import(key, record, backend, lowers)
+            except (CacheError, StepbuildError, OSError) as exc:
+                message = getattr(exc, "message", None) or str(exc)
+                self.warn(f"cache {spec.describe()}: key {key}: {message}; treated as a miss")
+        return None
+
+    def _import(self, key: str, record: dict[str, Any], backend: Any,
+                lowers: Sequence[Path]) -> dict[str, Any]:
+        store = self.store
+        diff_id = record["diff_id"]
+        if diff_id is not None and not store.has_layer(diff_id):
+            self._import_layer(record, backend, lowers)
+        local = {"diff_ids": [diff_id] if diff_id else [], "created": record["created"],
+                 "created_by": record["created_by"], "imported": True}
+        store.put_cache(key, local)
+        return local
+
+    def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
+        from stepbuild.apply import apply_layer, remove_tree
+        from stepbuild.compress import compression_of
+        from stepbuild.errors import DigestMismatch
+        from stepbuild.import_sources import decompress_to
+        from stepbuild.oci import Descriptor
+
+        store, layer, diff_id = self.store, record["layer"], record["diff_id"]
+        compressed = store.tmp_file("cache-blob-")
+        tar = store.tmp_file("cache-layer-")
+        target = None
+        try:
+            backend.fetch_blob(layer, compressed)
+            digest, size = _sha256_file(compressed)
+            if digest != layer["digest"] or size != layer["size"]:
+                raise CacheError(f"blob {layer['digest']} does not match its digest "
+                                 f"(got {digest}, {size} bytes)")
+            with open(compressed, "rb") as raw:
+                actual = decompress_to(raw, tar, f"layer {layer['digest']}")
+            if actual != diff_id:
+                raise CacheError(f"blob {layer['digest']} is not layer {diff_id} "
+                                 f"(it decompresses to {actual})")
+            target = store.tmp_dir("cache-import-")
+            apply_layer(tar, target, lowers=list(lowers), label=f"layer {layer['digest']}")
+            store.commit_layer(target, diff_id, tar)  # consumes both
+            target = None
+            if hasattr(backend, "remember"):
+                backend.remember(store, diff_id, Descriptor(layer["mediaType"], layer["digest"],
+                                                            layer["size"]))
+            kind = compression_of(layer["mediaType"])
+            if kind not in (None, "none"):
+                with suppress(StepbuildError, OSError):
+                    store.ingest_blob(compressed, layer["digest"])
+                    if store.compressed_blob(diff_id, kind) is None:
+                        store.record_compressed(diff_id, kind, Descriptor(
+                            layer["mediaType"], layer["digest"], layer["size"]))
+        except DigestMismatch as exc:
+            raise CacheError(exc.message) from None
+        finally:
+            for path in (compressed, tar):
+                with suppress(FileNotFoundError):
+                    path.unlink()
+            if target is not None:
+                with suppress(OSError):
+                    remove_tree(target)
+
+    # --- export ---------------------------------------------------------------------------
+
+    def note(self, key: str, stage: int, diff_id: str | None, created: str,
+             created_by: str) -> None:
+        """A step of stage `stage` ran or hit with this result."""
+        if self.destinations:
+            with self._lock:
+                self._used[key] = _Used(key, stage, diff_id, created, created_by)
+
+    def export(self, final_stages: set[int]) -> int:
+        """Write the noted steps to every destination; return how many records were written
+        (to the last one). mode=min: only steps of `final_stages`."""
+        from stepbuild.compress import compressed_layer
+
+        written = 0
+        for spec, backend in self.destinations:
+            steps = [u for u in self._used.values()
+                     if spec.mode == "max" or u.stage in final_stages]
+            try:
+                written = self._export_to(backend, steps, compressed_layer)
+            except OSError as exc:
+                raise CacheError(f"cannot export the cache to {spec.describe()}: "
+                                 f"{exc.strerror or exc}") from None
+        return written
+
+    def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any) -> int:
+        backend.prepare()
+        for used in steps:  # a record only after its blob is there
+            layer = None
+            if used.diff_id is not None:
+                desc = compressed_layer(self.store, used.diff_id, "gzip")
+                backend.put_blob(self.store, used.diff_id, desc)
+                layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
+            backend.put_record(used.key, _record(used.key, used.diff_id, layer, used.created,
+                                                 used.created_by))
+        backend.finish()
+        return len(steps)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return "sha256:" + sha.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
