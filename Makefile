@@ -27,6 +27,7 @@ test-unit: setup
 	$(PYTEST) -x -q tests/unit tests/conformance
 
 lint: setup
+	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m ruff check stepbuild tests
 	$(PY) -m mypy -p stepbuild
 
