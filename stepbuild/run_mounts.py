@@ -287,9 +287,12 @@ def _plan_cache(m: ins.Mount, target: str, sources: Sources) -> PlannedMount:
     key = {"type": "cache", "target": target, "id": cache_id, "sharing": sharing,
            "source": source, "from": state.key if state is not None else None,
            "mode": m.mode, "uid": m.uid, "gid": m.gid, "readonly": m.readonly}
-    return PlannedMount("cache", target, key, readonly=m.readonly, source=source,
-                        cache_id=cache_id, identity=identity, sharing=sharing, mode=m.mode,
-                        uid=m.uid, gid=m.gid, state=state)
+    planned = PlannedMount("cache", target, key, readonly=m.readonly, source=source,
+                           cache_id=cache_id, identity=identity, sharing=sharing, mode=m.mode,
+                           uid=m.uid, gid=m.gid, state=state)
+    for observer in list(_OBSERVERS):  # a step that hits the cache declared it too
+        observer.cache_mount_planned(planned)
+    return planned
 
 
 def _plan_bind(m: ins.Mount, target: str, sources: Sources) -> PlannedMount:
@@ -663,9 +666,30 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
     assert fd is not None
     stack.callback(os.close, fd)
     instance = base / name
+    observers = list(_OBSERVERS)
+    for observer in observers:
+        observer.cache_mount_used(store_root, p, base)
     if not instance.is_dir():
+        if seed is None and name == "data":  # a new cache: maybe the team cache has it
+            for observer in observers:
+                seed = observer.cache_mount_seed(store_root, p)
+                if seed is not None:
+                    break
         _create_instance(base, instance, p, seed)
     return instance
+
+
+_OBSERVERS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def observe_cache_mounts(observer: Any) -> None:
+    """Tell `observer` (held weakly) about every cache mount a RUN of this process declares,
+    run or cached (`observer.cache_mount_planned(p)`, when planned), and every one a step
+    acquires: `observer.cache_mount_used(store_root, p, base)` once its lock is held; for the main
+    instance of a cache that does not exist yet and has no `from`,
+    `observer.cache_mount_seed(store_root, p)`: a callable filling the new (temporary)
+    instance dir, or None. The team cache uses this to export and import cache mounts."""
+    _OBSERVERS.add(observer)
 
 
 def _lock(path: Path, *, exclusive: bool, wait: bool) -> int | None:

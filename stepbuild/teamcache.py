@@ -17,6 +17,17 @@ A record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | nul
 "created_by"}`. `mode=min` (default) exports the steps of the final image's stages, `mode=max`
 every step of every stage that ran or hit.
 
+Cache mounts (`RUN --mount=type=cache`), with `cache-mounts=true` on a --cache-to: every cache
+mount a RUN step of the build used is exported as a deterministic tar of its directory
+(layer.capture, no lowers), gzip-compressed, stored as a blob beside the layers, with a record
+`{"schema", "id", "identity", "digest", "size"}` named by the hash of the cache's identity
+(the name of its directory in the store): `cache-mounts/<hash>.json` in a local dir, the map
+entry `cache-mounts/<hash>` in a registry artifact. Any --cache-from source with such a record
+seeds a cache mount that does not exist in the store yet (a local one is never overwritten),
+when a step first mounts it: the blob's digest is verified and it is unpacked with the safe
+unpacker into the new instance's temp dir, which is then renamed into place. A record or blob
+that cannot be used leaves the cache empty, with a warning.
+
 Import on a local miss: each source in order; a hit copies the blob (its sha256 verified),
 decompresses it (its sha256 must be the record's diff_id), applies it into a layer dir,
 commits it and writes the local cache record — the step is CACHED. Anything unreadable or
@@ -43,6 +54,8 @@ from stepbuild.errors import StepbuildError, UsageError
 __all__ = ["CacheSpec", "TeamCache", "parse_cache_spec"]
 
 RECORD_SCHEMA = "stepbuild-cache/1"
+MOUNT_SCHEMA = "stepbuild-cache-mount/1"
+MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
 ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -61,6 +74,7 @@ class CacheSpec:
     type: str  # "local" or "registry"
     location: str  # DIR or REF
     mode: str = "min"
+    cache_mounts: bool = False  # export RUN --mount=type=cache contents too (cache-to)
 
     def describe(self) -> str:
         return f"type={self.type},{'ref' if self.type == 'registry' else 'dir'}={self.location}"
@@ -94,9 +108,13 @@ def parse_cache_spec(text: str, direction: str) -> CacheSpec:
     else:
         raise UsageError(f"unknown --cache-{direction} type {kind!r}", hint="type=local|registry")
     fields.pop("compression", None)
+    mounts = fields.pop("cache-mounts", "false").lower()
+    if mounts not in ("true", "false"):
+        raise UsageError(f"invalid --cache-{direction} cache-mounts={mounts!r}",
+                         hint="cache-mounts=true|false")
     if fields:
         raise UsageError(f"--cache-{direction}: unknown option(s) {', '.join(sorted(fields))}")
-    return CacheSpec(kind, location, mode)
+    return CacheSpec(kind, location, mode, mounts == "true")
 
 
 def _record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
@@ -128,6 +146,29 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
     return record
 
 
+def check_mount_record(name: str, record: Any) -> dict[str, Any]:
+    """The cache-mount record if well-formed and for the cache named `name` (the hash of its
+    identity); CacheError otherwise."""
+    from stepbuild.run_mounts import cache_dir_name
+
+    if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
+        raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")
+    identity = record.get("identity")
+    if (not isinstance(identity, dict) or not isinstance(record.get("id"), str)
+            or identity.get("id") != record["id"]):
+        raise CacheError(f"cache mount record {name}: bad id/identity")
+    try:
+        ok = cache_dir_name(identity) == name
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CacheError(f"cache mount record {name} is for another cache")
+    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
+            or not isinstance(record.get("size"), int) or record["size"] < 0):
+        raise CacheError(f"cache mount record {name}: bad digest/size")
+    return record
+
+
 # --- backends -----------------------------------------------------------------------------------
 
 
@@ -154,6 +195,19 @@ class _LocalDir:
         except (ValueError, UnicodeDecodeError):
             raise CacheError(f"cache record {path} does not parse") from None
 
+    def mount_record(self, name: str) -> dict[str, Any] | None:
+        path = self.root / "cache-mounts" / f"{name}.json"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            return check_mount_record(name, json.loads(data))
+        except (ValueError, UnicodeDecodeError):
+            raise CacheError(f"cache mount record {path} does not parse") from None
+
     def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
         try:
             shutil.copyfile(self._blob(layer["digest"]), dest)
@@ -163,7 +217,7 @@ class _LocalDir:
 
     # export
     def prepare(self) -> None:
-        for sub in ("blobs/sha256", "keys", "tmp"):
+        for sub in ("blobs/sha256", "keys", "cache-mounts", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         layout = self.root / "oci-layout"
         if not layout.exists():
@@ -198,6 +252,18 @@ class _LocalDir:
 
     def put_record(self, key: str, record: dict[str, Any]) -> None:
         self._write(self.root / "keys" / f"{key}.json",
+                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+    def put_file(self, digest: str, size: int, path: Path) -> None:
+        final = self._blob(digest)
+        with suppress(FileNotFoundError):
+            if final.stat().st_size == size:
+                return
+        self._write(final, source=path)
+
+    def put_mount_record(self, name: str, record: dict[str, Any]) -> None:
+        (self.root / "cache-mounts").mkdir(exist_ok=True)
+        self._write(self.root / "cache-mounts" / f"{name}.json",
                     json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
 
     def finish(self) -> None:
@@ -262,6 +328,12 @@ class _RegistryCache:
             return None
         return check_record(key, entries[key])
 
+    def mount_record(self, name: str) -> dict[str, Any] | None:
+        entries = self._load()
+        if MOUNT_PREFIX + name not in entries:
+            return None
+        return check_mount_record(name, entries[MOUNT_PREFIX + name])
+
     def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
         try:
             self.registry.get_blob(self.ref.repository, layer["digest"], dest, size=layer["size"])
@@ -290,6 +362,14 @@ class _RegistryCache:
     def put_record(self, key: str, record: dict[str, Any]) -> None:
         self._pending[key] = record
 
+    def put_file(self, digest: str, size: int, path: Path) -> None:
+        repo = self.ref.repository
+        if self.registry.has_blob(repo, digest) is None:
+            self.registry.put_blob(repo, digest, size, path)
+
+    def put_mount_record(self, name: str, record: dict[str, Any]) -> None:
+        self._pending[MOUNT_PREFIX + name] = record
+
     def finish(self) -> None:
         repo = self.ref.repository
         entries = dict(sorted(self._pending.items()))
@@ -305,6 +385,9 @@ class _RegistryCache:
         layers, seen = [], set()
         for record in entries.values():
             layer = record.get("layer")
+            if record.get("schema") == MOUNT_SCHEMA:  # a cache mount's blob: keep it referenced
+                layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                         "digest": record["digest"], "size": record["size"]}
             if layer and layer["digest"] not in seen:
                 seen.add(layer["digest"])
                 layers.append({"mediaType": layer["mediaType"], "digest": layer["digest"],
@@ -350,6 +433,11 @@ class TeamCache:
         self._used: dict[str, _Used] = {}
         self._broken: set[int] = set()  # sources that failed as a whole (registry map)
         self._lock = threading.Lock()
+        self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
+        if self.sources or any(s.cache_mounts for s in destinations):
+            from stepbuild.run_mounts import observe_cache_mounts
+
+            observe_cache_mounts(self)
 
     @staticmethod
     def _backend(spec: CacheSpec, connection: Any) -> Any:
@@ -442,6 +530,116 @@ class TeamCache:
                 with suppress(OSError):
                     remove_tree(target)
 
+    # --- cache mounts (run_mounts calls these through observe_cache_mounts) ---------------
+
+    def _ours(self, store_root: Path) -> bool:
+        return bool(os.path.realpath(store_root) == os.path.realpath(self.store.root))
+
+    def cache_mount_planned(self, p: Any) -> None:
+        """A RUN of this process declared cache mount `p` (it runs or hits): export the
+        cache if our store has it. (Another build of this process planning at the same time
+        can only add its caches that exist in our store.)"""
+        from stepbuild.run_mounts import cache_dir_name, cache_mounts_dir
+
+        if any(s.cache_mounts for s, _ in self.destinations):
+            name = cache_dir_name(p.identity)
+            with self._lock:
+                self._mounts.setdefault(name, (p.cache_id, dict(p.identity),
+                                               cache_mounts_dir(self.store.root) / name))
+
+    def cache_mount_used(self, store_root: Path, p: Any, base: Path) -> None:
+        if self._ours(store_root) and any(s.cache_mounts for s, _ in self.destinations):
+            with self._lock:
+                self._mounts[base.name] = (p.cache_id, dict(p.identity), base)
+
+    def cache_mount_seed(self, store_root: Path, p: Any) -> Callable[[Path], None] | None:
+        """A seed for the new cache mount `p` from the first source that has it, or None."""
+        if not self._ours(store_root) or not self.sources:
+            return None
+        from stepbuild.run_mounts import cache_dir_name
+
+        name = cache_dir_name(p.identity)
+        for index, (spec, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            try:
+                record = backend.mount_record(name)
+            except CacheError as exc:
+                self.warn(f"cache {spec.describe()}: cache mount {p.cache_id}: {exc.message};"
+                          " starting it empty")
+                continue
+            if record is not None:
+                return lambda into: self._seed_mount(spec, backend, record, into)
+        return None
+
+    def _seed_mount(self, spec: CacheSpec, backend: Any, record: dict[str, Any],
+                    into: Path) -> None:
+        """Unpack the cache mount blob of `record` into the new instance dir `into` (empty,
+        in the store); on any failure, leave it empty and warn."""
+        from stepbuild.layer import unpack_archive
+
+        blob = self.store.tmp_file("cache-mount-blob-")
+        try:
+            backend.fetch_blob({"digest": record["digest"], "size": record["size"]}, blob)
+            digest, size = _sha256_file(blob)
+            if digest != record["digest"] or size != record["size"]:
+                raise CacheError(f"blob {record['digest']} does not match its digest "
+                                 f"(got {digest}, {size} bytes)")
+            unpack_archive(blob, into, "/")
+        except (StepbuildError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            self.warn(f"cache {spec.describe()}: cache mount {record['id']}: {message};"
+                      " starting it empty")
+            _empty_dir(into)
+        finally:
+            blob.unlink(missing_ok=True)
+
+    def _mount_blobs(self) -> list[tuple[str, dict[str, Any], Path]]:
+        """(name, record, blob path in the store's tmp) for every cache mount the build used
+        that has content. Each is read under a shared lock on its main instance."""
+        import fcntl
+
+        from stepbuild.compress import compress_stream
+        from stepbuild.layer import capture
+
+        out = []
+        with self._lock:
+            used = sorted(self._mounts.items())
+        for name, (cache_id, identity, base) in used:
+            data = base / "data"
+            tar = self.store.tmp_file("cache-mount-tar-")
+            blob = self.store.tmp_file("cache-mount-gz-")
+            keep = False
+            try:
+                if not data.is_dir():
+                    continue  # not in our store (never made here)
+                fd = os.open(base / "data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    if not data.is_dir():
+                        continue
+                    layer = capture(data, [], tar)
+                finally:
+                    os.close(fd)
+                if layer is None:
+                    continue  # an empty cache: nothing to seed another builder with
+                with open(tar, "rb") as src, open(blob, "wb") as dst:
+                    digest, size = compress_stream(src, dst, "gzip", size=layer.size,
+                                                   expect=layer.diff_id)
+                out.append((name, {"schema": MOUNT_SCHEMA, "id": cache_id,
+                                   "identity": identity, "digest": digest, "size": size},
+                            blob))
+                keep = True
+            except (StepbuildError, OSError) as exc:
+                message = getattr(exc, "message", None) or str(exc)
+                self.warn(f"cache mount {cache_id}: cannot export it: {message}")
+            finally:
+                tar.unlink(missing_ok=True)
+                if not keep:
+                    blob.unlink(missing_ok=True)
+        return out
+
     # --- export ---------------------------------------------------------------------------
 
     def note(self, key: str, stage: int, diff_id: str | None, created: str,
@@ -457,18 +655,29 @@ class TeamCache:
         from stepbuild.compress import compressed_layer
 
         written = 0
-        for spec, backend in self.destinations:
-            steps = [u for u in self._used.values()
-                     if spec.mode == "max" or u.stage in final_stages]
-            try:
-                written = self._export_to(backend, steps, compressed_layer)
-            except OSError as exc:
-                raise CacheError(f"cannot export the cache to {spec.describe()}: "
-                                 f"{exc.strerror or exc}") from None
+        mounts = (self._mount_blobs() if any(s.cache_mounts for s, _ in self.destinations)
+                  else [])
+        try:
+            for spec, backend in self.destinations:
+                steps = [u for u in self._used.values()
+                         if spec.mode == "max" or u.stage in final_stages]
+                try:
+                    written = self._export_to(backend, steps, compressed_layer,
+                                              mounts if spec.cache_mounts else [])
+                except OSError as exc:
+                    raise CacheError(f"cannot export the cache to {spec.describe()}: "
+                                     f"{exc.strerror or exc}") from None
+        finally:
+            for _name, _record, blob in mounts:
+                blob.unlink(missing_ok=True)
         return written
 
-    def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any) -> int:
+    def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any,
+                   mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
         backend.prepare()
+        for name, record, blob in mounts:  # a record only after its blob is there
+            backend.put_file(record["digest"], record["size"], blob)
+            backend.put_mount_record(name, record)
         for used in steps:  # a record only after its blob is there
             layer = None
             if used.diff_id is not None:
@@ -488,6 +697,19 @@ def _sha256_file(path: Path) -> tuple[str, int]:
             sha.update(chunk)
             size += len(chunk)
     return "sha256:" + sha.hexdigest(), size
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove everything below `path` (a new cache instance a failed seed wrote into)."""
+    from stepbuild.apply import remove_tree
+
+    for entry in os.listdir(path):
+        child = path / entry
+        with suppress(OSError):
+            if child.is_dir() and not child.is_symlink():
+                remove_tree(child)
+            else:
+                child.unlink()
 
 
 def _fsync_dir(path: Path) -> None:
