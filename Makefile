@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit lint bench clean
+.PHONY: setup demo test test-unit lint bench clean java-demo
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ samples/%/busybox-rootfs.tar: scripts/make-busybox-rootfs.sh | setup
 demo: setup samples/hello/busybox-rootfs.tar
 	$(VENV)/bin/stepbuild build -t hello:latest samples/hello
 	$(VENV)/bin/stepbuild run hello:latest
+
+# The team cache end to end: debootstrap bookworm, java-base with a registry cache, an app
+# built from a fresh store (root; needs Debian's mirrors; a few minutes). See samples/java.
+java-demo: setup
+	bash scripts/java-demo.sh
 
 # The whole suite (README's test command; .ci/run calls it).
 test: setup
