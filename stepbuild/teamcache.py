@@ -270,6 +270,9 @@ class _LocalDir:
         pass
 
 
+_MERGE_ROUNDS = 5
+
+
 class _RegistryCache:
     """The cache as an OCI artifact in a registry repository."""
 
@@ -295,32 +298,35 @@ class _RegistryCache:
     def _load(self) -> dict[str, Any]:
         """The key → record map, fetched once (an unknown tag is an empty cache)."""
         with self._lock:
-            if self._map is not None:
-                return self._map
-            self._map = {}
-            repo = self.ref.repository
-            try:
-                if self.registry.head_manifest(repo, self._tag()) is None:
-                    return self._map
-                data, _media, _digest = self.registry.get_manifest(repo, self._tag())
-                manifest = json.loads(data)
-                if manifest.get("artifactType") != ARTIFACT_TYPE:
-                    raise CacheError(f"{self.ref} is not a stepbuild cache")
-                config = manifest["config"]
-                tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
-                try:
-                    self.registry.get_blob(repo, config["digest"], tmp, size=config["size"])
-                    entries = json.loads(tmp.read_bytes())
-                finally:
-                    tmp.unlink(missing_ok=True)
-                if not isinstance(entries, dict):
-                    raise CacheError(f"{self.ref}: the cache map is not an object")
-                self._map = entries
-            except CacheError:
-                raise
-            except (StepbuildError, ValueError, KeyError, TypeError, OSError) as exc:
-                raise CacheError(f"cannot read the cache {self.ref}: {exc}") from None
+            if self._map is None:
+                self._map = {}  # stays empty if the fetch fails
+                self._map = self._fetch_map()
             return self._map
+
+    def _fetch_map(self) -> dict[str, Any]:
+        """The map under the tag now ({} for an unknown tag). Raises CacheError."""
+        repo = self.ref.repository
+        try:
+            if self.registry.head_manifest(repo, self._tag()) is None:
+                return {}
+            data, _media, _digest = self.registry.get_manifest(repo, self._tag())
+            manifest = json.loads(data)
+            if manifest.get("artifactType") != ARTIFACT_TYPE:
+                raise CacheError(f"{self.ref} is not a stepbuild cache")
+            config = manifest["config"]
+            tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
+            try:
+                self.registry.get_blob(repo, config["digest"], tmp, size=config["size"])
+                entries = json.loads(tmp.read_bytes())
+            finally:
+                tmp.unlink(missing_ok=True)
+        except CacheError:
+            raise
+        except (StepbuildError, ValueError, KeyError, TypeError, OSError) as exc:
+            raise CacheError(f"cannot read the cache {self.ref}: {exc}") from None
+        if not isinstance(entries, dict):
+            raise CacheError(f"{self.ref}: the cache map is not an object")
+        return entries
 
     def record(self, key: str) -> dict[str, Any] | None:
         entries = self._load()
@@ -371,8 +377,29 @@ class _RegistryCache:
         self._pending[MOUNT_PREFIX + name] = record
 
     def finish(self) -> None:
+        """Merge our records into the map under the tag and write it back.
+
+        Several builders may export to one tag at once, and a registry has no compare-and-set
+        for tags: read, merge, write, then read again, and merge again if a concurrent writer
+        replaced our records in between (a few rounds converge). Every entry names blobs that
+        are already pushed, so whichever map wins is correct; merging only keeps more of them.
+        """
+        for _attempt in range(_MERGE_ROUNDS):
+            try:
+                existing = self._fetch_map()
+            except CacheError:
+                existing = {}  # not ours or unreadable: replaced, as BuildKit does
+            self._write_map({**existing, **self._pending})
+            try:
+                current = self._fetch_map()
+            except CacheError:
+                continue
+            if all(current.get(key) == value for key, value in self._pending.items()):
+                return
+
+    def _write_map(self, merged: dict[str, Any]) -> None:
         repo = self.ref.repository
-        entries = dict(sorted(self._pending.items()))
+        entries = dict(sorted(merged.items()))
         config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
