@@ -6,8 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from stepbuild import oci
 from tests.integration.builds import Stepbuild, base_image, write_context
 from tests.unit.test_oci import oci_schema, validate  # noqa: F401  (fixtures)
@@ -78,10 +76,10 @@ def test_annotations_and_schema_valid_documents(tmp_path: Path, validate) -> Non
         assert validate(config, oci.MEDIA_TYPE_CONFIG) == []
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is installed by setup.sh")
 def test_skopeo_reads_the_store(tmp_path: Path) -> None:
     import subprocess
 
+    assert shutil.which("skopeo"), "skopeo missing: scripts/setup.sh installs it"
     sb, digest = build_in(tmp_path, "one")
     out = subprocess.run(["skopeo", "inspect", f"oci:{sb.root}:repro"], capture_output=True,
                          text=True, check=True).stdout
