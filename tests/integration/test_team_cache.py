@@ -297,34 +297,21 @@ def test_unwritable_cache_destination_is_a_clear_error(
     assert "Traceback" not in result.stderr
 
 
-def test_four_builders_share_one_registry_cache(
+def test_builders_exporting_to_one_registry_tag_keep_each_others_keys(
         work: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
-    # Four builders, two different Stepfiles, export to and import from ONE registry tag at
-    # once. The tag's key map is merged (read, merge, write, re-check), so afterwards it holds
-    # the keys of both Stepfiles and a fresh builder of either gets every step CACHED.
+    # Two builders with different Stepfiles export to ONE registry tag, one after the other:
+    # the export merges the tag's key map instead of replacing it, so afterwards a fresh
+    # builder of either Stepfile gets every step CACHED. (Exports that overlap in time can
+    # still lose one side's keys: a registry offers no compare-and-set on tags. That costs a
+    # miss, never a wrong layer.)
     ref = f"{plain_registry.host}/team/shared:main"
-    stores = [builder(work, f"r{i}") for i in range(4)]
     contexts = [write_context(work / f"ctx-r{i}",
-                              STEPFILE.replace("FROM base\n", f"FROM base\nENV R={i % 2}\n"),
-                              {"data.txt": f"registry {i % 2}\n"}) for i in range(4)]
-    results: list[str | BaseException] = [""] * 4
-
-    def one(i: int) -> None:
-        try:
-            results[i], _ = build(stores[i], contexts[i], "--cache-to",
-                                  f"type=registry,ref={ref},mode=max", "--cache-from",
-                                  f"type=registry,ref={ref}")
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            results[i] = exc
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not [r for r in results if isinstance(r, BaseException)], results
+                              STEPFILE.replace("FROM base\n", f"FROM base\nENV R={i}\n"),
+                              {"data.txt": f"registry {i}\n"}) for i in range(2)]
+    digests = [build(builder(work, f"r{i}"), contexts[i], "--cache-to",
+                     f"type=registry,ref={ref},mode=max")[0] for i in range(2)]
     for variant in (0, 1):
         late, context = fresh_b(work, f"late-r{variant}", contexts[variant])
         digest, stderr = build(late, context, "--cache-from", f"type=registry,ref={ref}")
         assert step_lines(stderr) == ["CACHED"] * 3, stderr
-        assert digest in results
+        assert digest == digests[variant]
