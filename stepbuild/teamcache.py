@@ -183,20 +183,17 @@ class _LocalDir:
 
     # import
     def record(self, key: str) -> dict[str, Any] | None:
-        path = self.root / "keys" / f"{key}.json"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
-        try:
-            return check_record(key, json.loads(data))
-        except (ValueError, UnicodeDecodeError):
-            raise CacheError(f"cache record {path} does not parse") from None
+        data = self._read_json(self.root / "keys" / f"{key}.json", "cache record")
+        return None if data is None else check_record(key, data)
 
     def mount_record(self, name: str) -> dict[str, Any] | None:
-        path = self.root / "cache-mounts" / f"{name}.json"
+        data = self._read_json(self.root / "cache-mounts" / f"{name}.json",
+                               "cache mount record")
+        return None if data is None else check_mount_record(name, data)
+
+    @staticmethod
+    def _read_json(path: Path, what: str) -> Any:
+        """A record file's JSON, None when absent; CacheError when unreadable or malformed."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -204,9 +201,9 @@ class _LocalDir:
         except OSError as exc:
             raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
-            return check_mount_record(name, json.loads(data))
+            return json.loads(data)
         except (ValueError, UnicodeDecodeError):
-            raise CacheError(f"cache mount record {path} does not parse") from None
+            raise CacheError(f"{what} {path} does not parse") from None
 
     def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
         try:
