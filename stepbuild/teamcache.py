@@ -8,10 +8,10 @@ valid for another. Two backends:
   step key. Every file is written to a temp name in DIR, fsynced and renamed into place; a blob
   that exists is done; no shared index is ever rewritten, so several builders may export into
   one DIR at once.
-- `type=registry,ref=HOST/REPO:TAG`: the layer blobs are pushed to REPO, and an OCI manifest
-  (artifactType `application/vnd.stepbuild.cache.v1+json`) whose config blob is the
-  key → record map and whose layers are the blobs is tagged TAG. An import fetches that
-  manifest and map once per build, then only the blobs of keys that hit.
+- `type=registry,ref=HOST/REPO:TAG`: the layer blobs are pushed to REPO beside OCI artifact
+  manifests (artifactType `application/vnd.stepbuild.cache.v1+json`) whose config blob is a
+  key → record map: one tag per writing store, folded into TAG (cache_registry.py says why
+  and how). An import reads the maps once per build, then only the blobs of keys that hit.
 
 A record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null, "created",
 "created_by"}`. `mode=min` (default) exports the steps of the final image's stages, `mode=max`
@@ -267,163 +267,6 @@ class _LocalDir:
         pass
 
 
-_MERGE_ROUNDS = 5
-
-
-class _RegistryCache:
-    """The cache as an OCI artifact in a registry repository."""
-
-    def __init__(self, ref: str, connection: Any) -> None:
-        from stepbuild.reference import parse_reference
-
-        self.ref = parse_reference(ref)
-        self.connection = connection
-        self._registry: Any = None
-        self._map: dict[str, Any] | None = None
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def registry(self) -> Any:
-        if self._registry is None:
-            self._registry = self.connection.open(self.ref.registry, self.ref.repository)
-        return self._registry
-
-    def _tag(self) -> str:
-        return self.ref.digest or self.ref.tag or "latest"
-
-    def _load(self) -> dict[str, Any]:
-        """The key → record map, fetched once (an unknown tag is an empty cache)."""
-        with self._lock:
-            if self._map is None:
-                self._map = {}  # stays empty if the fetch fails
-                self._map = self._fetch_map()
-            return self._map
-
-    def _fetch_map(self) -> dict[str, Any]:
-        """The map under the tag now ({} for an unknown tag). Raises CacheError."""
-        repo = self.ref.repository
-        try:
-            if self.registry.head_manifest(repo, self._tag()) is None:
-                return {}
-            data, _media, _digest = self.registry.get_manifest(repo, self._tag())
-            manifest = json.loads(data)
-            if manifest.get("artifactType") != ARTIFACT_TYPE:
-                raise CacheError(f"{self.ref} is not a stepbuild cache")
-            config = manifest["config"]
-            tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
-            try:
-                self.registry.get_blob(repo, config["digest"], tmp, size=config["size"])
-                entries = json.loads(tmp.read_bytes())
-            finally:
-                tmp.unlink(missing_ok=True)
-        except CacheError:
-            raise
-        except (StepbuildError, ValueError, KeyError, TypeError, OSError) as exc:
-            raise CacheError(f"cannot read the cache {self.ref}: {exc}") from None
-        if not isinstance(entries, dict):
-            raise CacheError(f"{self.ref}: the cache map is not an object")
-        return entries
-
-    def record(self, key: str) -> dict[str, Any] | None:
-        entries = self._load()
-        if key not in entries:
-            return None
-        return check_record(key, entries[key])
-
-    def mount_record(self, name: str) -> dict[str, Any] | None:
-        entries = self._load()
-        if MOUNT_PREFIX + name not in entries:
-            return None
-        return check_mount_record(name, entries[MOUNT_PREFIX + name])
-
-    def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
-        try:
-            self.registry.get_blob(self.ref.repository, layer["digest"], dest, size=layer["size"])
-        except StepbuildError as exc:
-            raise CacheError(f"cannot fetch {layer['digest']} from {self.ref}: "
-                             f"{exc.message}") from None
-
-    def prepare(self) -> None:
-        self._pending = {}
-
-    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
-        """HEAD, else mount from a repository known to hold it, else upload (transfer.py's
-        pusher, which also remembers that the registry has it)."""
-        from stepbuild.transfer import TransferDisplay, _Pusher
-
-        pusher = _Pusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
-        pusher.send(diff_id, desc, diff_id.split(":", 1)[1][:12])
-
-    def remember(self, store: Any, diff_id: str, desc: Any) -> None:
-        """An imported layer's blob is in REPO: a later push there mounts, not uploads."""
-        from stepbuild.transfer import record_remote_blob
-
-        with suppress(StepbuildError, OSError):
-            record_remote_blob(store, diff_id, desc, self.ref.registry, self.ref.repository)
-
-    def put_record(self, key: str, record: dict[str, Any]) -> None:
-        self._pending[key] = record
-
-    def put_file(self, digest: str, size: int, path: Path) -> None:
-        repo = self.ref.repository
-        if self.registry.has_blob(repo, digest) is None:
-            self.registry.put_blob(repo, digest, size, path)
-
-    def put_mount_record(self, name: str, record: dict[str, Any]) -> None:
-        self._pending[MOUNT_PREFIX + name] = record
-
-    def finish(self) -> None:
-        """Merge our records into the map under the tag and write it back.
-
-        Several builders may export to one tag at once, and a registry has no compare-and-set
-        for tags: read, merge, write, then read again, and merge again if a concurrent writer
-        replaced our records in between (a few rounds converge). Every entry names blobs that
-        are already pushed, so whichever map wins is correct; merging only keeps more of them.
-        """
-        for _attempt in range(_MERGE_ROUNDS):
-            try:
-                existing = self._fetch_map()
-            except CacheError:
-                existing = {}  # not ours or unreadable: replaced, as BuildKit does
-            self._write_map({**existing, **self._pending})
-            try:
-                current = self._fetch_map()
-            except CacheError:
-                continue
-            if all(current.get(key) == value for key, value in self._pending.items()):
-                return
-
-    def _write_map(self, merged: dict[str, Any]) -> None:
-        repo = self.ref.repository
-        entries = dict(sorted(merged.items()))
-        config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
-        try:
-            tmp.write_bytes(config)
-            if self.registry.has_blob(repo, config_digest) is None:
-                self.registry.put_blob(repo, config_digest, len(config), tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
-        layers, seen = [], set()
-        for record in entries.values():
-            layer = record.get("layer")
-            if record.get("schema") == MOUNT_SCHEMA:  # a cache mount's blob: keep it referenced
-                layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                         "digest": record["digest"], "size": record["size"]}
-            if layer and layer["digest"] not in seen:
-                seen.add(layer["digest"])
-                layers.append({"mediaType": layer["mediaType"], "digest": layer["digest"],
-                               "size": layer["size"]})
-        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-                    "artifactType": ARTIFACT_TYPE,
-                    "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
-                               "size": len(config)},
-                    "layers": layers}
-        data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        self.registry.put_manifest(repo, self._tag(), data, MANIFEST_MEDIA_TYPE)
-
 
 # --- the build's view ---------------------------------------------------------------------------
 
@@ -463,11 +306,12 @@ class TeamCache:
 
             observe_cache_mounts(self)
 
-    @staticmethod
-    def _backend(spec: CacheSpec, connection: Any) -> Any:
+    def _backend(self, spec: CacheSpec, connection: Any) -> Any:
         if spec.type == "local":
             return _LocalDir(Path(spec.location))
-        return _RegistryCache(spec.location, connection)
+        from stepbuild.cache_registry import RegistryCache
+
+        return RegistryCache(spec.location, connection, self.store.root, self.warn)
 
     @property
     def exporting(self) -> bool:
@@ -484,7 +328,7 @@ class TeamCache:
             try:
                 record = backend.record(key)
             except CacheError as exc:
-                if isinstance(backend, _RegistryCache) and backend._map == {}:
+                if getattr(backend, "entries", None) == {}:  # a registry map: unreadable
                     self._broken.add(index)
                 self.warn(f"cache {spec.describe()}: {exc.message}; treated as a miss")
                 continue

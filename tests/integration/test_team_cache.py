@@ -297,21 +297,76 @@ def test_unwritable_cache_destination_is_a_clear_error(
     assert "Traceback" not in result.stderr
 
 
-def test_builders_exporting_to_one_registry_tag_keep_each_others_keys(
+def registry_records(ref: str, work: Path) -> dict[str, dict]:
+    """Every record a fresh reader finds under `ref`, each checked and its blob fetched: the
+    blob matches its digest and decompresses to the record's diff_id."""
+    import gzip
+    import hashlib
+
+    from stepbuild.cache_registry import RegistryCache
+    from stepbuild.transfer import Connection
+
+    warnings: list[str] = []
+    work.mkdir(exist_ok=True)
+    reader = RegistryCache(ref, Connection(), work, warnings.append)
+    records = {}
+    for key in reader._load():
+        record = reader.record(key)
+        assert record is not None
+        if record["layer"] is not None:
+            blob = work / "fetched"
+            reader.fetch_blob(record["layer"], blob)  # verifies the digest
+            tar = gzip.decompress(blob.read_bytes())
+            assert "sha256:" + hashlib.sha256(tar).hexdigest() == record["diff_id"]
+        records[key] = record
+    assert warnings == []
+    return records
+
+
+def test_four_builders_at_once_share_a_registry_cache_and_a_cache_dir(
         work: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
-    # Two builders with different Stepfiles export to ONE registry tag, one after the other:
-    # the export merges the tag's key map instead of replacing it, so afterwards a fresh
-    # builder of either Stepfile gets every step CACHED. (Exports that overlap in time can
-    # still lose one side's keys: a registry offers no compare-and-set on tags. That costs a
-    # miss, never a wrong layer.)
+    # Four builds at once export to ONE registry tag and ONE directory and import from both:
+    # two build the same Stepfile (racing on the same keys), two others build different ones
+    # on one store. A registry has no compare-and-set on tags, so every store writes its own
+    # writer tag (cache_registry.py); no key may be lost, whatever the timing.
     ref = f"{plain_registry.host}/team/shared:main"
-    contexts = [write_context(work / f"ctx-r{i}",
-                              STEPFILE.replace("FROM base\n", f"FROM base\nENV R={i}\n"),
-                              {"data.txt": f"registry {i}\n"}) for i in range(2)]
-    digests = [build(builder(work, f"r{i}"), contexts[i], "--cache-to",
-                     f"type=registry,ref={ref},mode=max")[0] for i in range(2)]
-    for variant in (0, 1):
-        late, context = fresh_b(work, f"late-r{variant}", contexts[variant])
-        digest, stderr = build(late, context, "--cache-from", f"type=registry,ref={ref}")
-        assert step_lines(stderr) == ["CACHED"] * 3, stderr
-        assert digest == digests[variant]
+    cache = work / "shared-both"
+    base_keys = keys_of(builder(work, "both-base-only"))
+    stores = [builder(work, f"both{i}") for i in range(3)]
+    jobs = [(stores[0], 0), (stores[1], 0), (stores[2], 1), (stores[2], 2)]
+    contexts = [write_context(work / f"ctx-both{v}",
+                              STEPFILE.replace("FROM base\n", f"FROM base\nENV BOTH={v}\n"),
+                              {"data.txt": f"both {v}\n"}) for v in range(3)]
+    results: list[str | BaseException] = [""] * len(jobs)
+
+    def one(i: int) -> None:
+        sb, variant = jobs[i]
+        try:
+            results[i], _ = build(sb, contexts[variant],
+                                  "--cache-to", f"type=registry,ref={ref},mode=max",
+                                  "--cache-to", f"type=local,dest={cache},mode=max",
+                                  "--cache-from", f"type=registry,ref={ref}",
+                                  "--cache-from", f"type=local,src={cache}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    in_registry = registry_records(ref, work / "reader")
+    in_dir = {r["key"]: r for r in read_all(cache)}
+    for sb in stores:  # every step any builder ran or hit is in both caches
+        assert keys_of(sb) - base_keys <= set(in_registry)
+        assert keys_of(sb) - base_keys <= set(in_dir)
+    # a fresh builder of each Stepfile hits every step from either cache alone
+    for variant in range(3):
+        digests = {r for r, (_, v) in zip(results, jobs, strict=True) if v == variant}
+        for source in (f"type=registry,ref={ref}", f"type=local,src={cache}"):
+            late, context = fresh_b(work, f"late-both{variant}-{source[5:10]}",
+                                    contexts[variant])
+            digest, stderr = build(late, context, "--cache-from", source)
+            assert step_lines(stderr)[-3:] == ["CACHED"] * 3, (source, stderr)
+            assert digest in digests
