@@ -20,7 +20,8 @@ demo: setup samples/hello/busybox-rootfs.tar
 	$(VENV)/bin/stepbuild run hello:latest
 
 # The team cache end to end: debootstrap bookworm, java-base with a registry cache, an app
-# built from a fresh store (root; needs Debian's mirrors; a few minutes). See samples/java.
+# built from a fresh store (root; needs Debian's mirrors; ~75 s; removes build/java-demo at
+# exit unless JAVA_DEMO_KEEP=1). See samples/java.
 java-demo: setup
 	bash scripts/java-demo.sh
 
