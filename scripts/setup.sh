@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
-              buildah)
+              buildah debootstrap)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
