@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # podman, runc: the interop test that loads and runs our archives (crun refuses this host's
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
+# debootstrap: the Debian bookworm rootfs of the java demo (tests/integration/test_java_demo.py).
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap)
 
