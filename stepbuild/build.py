@@ -51,6 +51,9 @@ class BuildOptions:
     pull: str = "missing"  # FROM a registry reference: missing, always or never
     cache_from: tuple[Any, ...] = ()  # teamcache.CacheSpec: import sources, in order
     cache_to: tuple[Any, ...] = ()  # teamcache.CacheSpec: export destinations
+    # transfer.Connection for every registry the build reaches (FROM and the team cache);
+    # None: the defaults (the default auth file, TLS verified against the system's CAs).
+    connection: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,7 @@ class Builder:
             from stepbuild.teamcache import TeamCache
 
             run.team = TeamCache(self.store, options.cache_from, options.cache_to,
-                                 self.progress.warn)
+                                 self.progress.warn, connection=options.connection)
         self._run_stages(run, needed, graph)
         state = run.results[target.index]
         descriptor = save_state(self.store, state, run.bases.get(target.index))
@@ -236,7 +239,8 @@ class _Run:
         progress = self.builder.progress
         try:
             return base_image(self.builder.store, name, self.options.pull, found=found,
-                              display=TransferDisplay(progress.stream, quiet=progress.quiet))
+                              display=TransferDisplay(progress.stream, quiet=progress.quiet),
+                              connection=self.options.connection)
         except StepbuildError as exc:
             raise located(PlanError, self.stages.filename, stage.base, exc.message,
                           hint=exc.hint) from None

@@ -100,6 +100,7 @@ def _add_store_commands(commands: Any) -> None:
     build.add_argument("--cache-from", action="append", default=[],
                        metavar="type=local,src=DIR|type=registry,ref=REF",
                        help="import the build cache on a miss, sources in order (repeatable)")
+    _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".", help="the build context directory")

@@ -59,6 +59,7 @@ def build(options: argparse.Namespace) -> int:
     outputs = _outputs(options)  # a bad --output fails now, not after the build
     pushes = _push_targets(options)  # so does a bad --push target
     cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
+    connection = _connection(options)  # FROM, --push and the team cache all reach out with it
     store = open_store(options)
     stepfile = parse_cached(store.root / "parse-cache", text, name)
     build_args = read_build_arg_files(options.build_arg_file)
@@ -79,7 +80,8 @@ def build(options: argparse.Namespace) -> int:
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
                           source_date_epoch=epoch, target=options.target,
-                          pull=pull_policy, cache_from=cache_from, cache_to=cache_to)
+                          pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
+                          connection=connection)
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -91,7 +93,7 @@ def build(options: argparse.Namespace) -> int:
             _export(store, result.manifest_digest, outputs, options, options.tag,
                     None if options.quiet else sys.stderr)
         for target in pushes:  # build --push
-            _push(store, result.manifest_digest, target, options, stdout=False)
+            _push(store, result.manifest_digest, target, options, connection, stdout=False)
     context.save()
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
@@ -301,11 +303,11 @@ def load(options: argparse.Namespace) -> int:
 
 
 def _connection(options: argparse.Namespace) -> Any:
+    """--authfile, --tls-verify and --ca-file as one transfer.Connection."""
     from stepbuild.transfer import Connection
 
-    return Connection(authfile=getattr(options, "authfile", None),
-                      tls_verify=getattr(options, "tls_verify", True),
-                      ca_file=getattr(options, "ca_file", None))
+    return Connection(authfile=options.authfile, tls_verify=options.tls_verify,
+                      ca_file=options.ca_file)
 
 
 def _display(options: argparse.Namespace) -> Any:
@@ -342,18 +344,19 @@ def _push_targets(options: argparse.Namespace) -> list[str]:
 
 
 def _push(store: Any, image: str, destination: str | None, options: argparse.Namespace,
-          *, stdout: bool = True) -> None:
+          connection: Any, *, stdout: bool = True) -> None:
     from stepbuild.transfer import push as push_image
 
     result = push_image(store, image, destination, compression=options.compression,
-                        connection=_connection(options), display=_display(options))
+                        connection=connection, display=_display(options))
     if stdout:
         print(result.digest)
 
 
 def push(options: argparse.Namespace) -> int:
     """`stepbuild push IMAGE [REF]`: a line per blob on stderr, the digest on stdout."""
-    _push(open_store(options), options.image, options.destination, options)
+    _push(open_store(options), options.image, options.destination, options,
+          _connection(options))
     return 0
 
 
@@ -494,7 +497,8 @@ def prune(options: argparse.Namespace) -> int:
     store = Store(store_root(options.root), grace_period=0)
     stats = store.prune(keep_cache=False)
     print(f"removed {stats.layers} layers, {stats.blobs} blobs ({_human(stats.bytes_freed)}),"
-          f" {stats.cache_records} cache records, {stats.tmp_entries} temporary entries")
+          f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
+          f" {stats.tmp_entries} temporary entries")
     if getattr(options, "cache_mounts", False):
         from stepbuild.run_mounts import prune_cache_mounts
 

@@ -9,6 +9,8 @@ and `umoci` read it as it is; the rest is ours and those tools ignore it:
     layers/<hex>/diff/          a layer unpacked (an overlay lower dir); <hex> of its diff_id
     cache/<key>.json            one cache record per step key; cache/corrupt/ for bad ones
     compressed/<hex>.<c>.json   the compressed blob made of layer <hex> with compression <c>
+    remote-blobs/<hex>.json     registry repositories that hold blobs of layer/config <hex>
+                                (written by transfer.py; parsed by `parse_remote_record`)
     tmp/                        every write starts here (same filesystem), then rename(2)s
     lock, index.lock            flock(2) files: the store lock and the index.json lock
 
@@ -72,6 +74,7 @@ _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _STAGING = re.compile(r"[0-9a-f]{64}\.tmp-.+")
 _COMPRESSION = re.compile(r"[a-z0-9]{1,16}")
 _COMPRESSED_RECORD = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,16})\.json")
+REMOTE_DIR = "remote-blobs"
 # image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -86,6 +89,7 @@ class PruneStats:
     cache_records: int = 0
     tmp_entries: int = 0
     compressed_records: int = 0
+    remote_records: int = 0
     bytes_freed: int = 0
 
 
@@ -144,6 +148,7 @@ class Store:
         self._corrupt = self._cache / "corrupt"
         self._tmp = self.root / "tmp"
         self._compressed = self.root / "compressed"  # made by the first record_compressed
+        self._remote = self.root / REMOTE_DIR  # made by transfer.record_remote_blob
         self._index = self.root / "index.json"
         self._held = threading.local()
         self._create_layout()
@@ -721,6 +726,53 @@ class Store:
                 problems.append(f"{where}: blob {desc.digest} is not {desc.size} bytes")
         return problems
 
+    # --- remote-blob records (transfer.py writes and reads them) ----------------------------
+
+    def _remote_records(self) -> Iterator[tuple[Path, str | None]]:
+        """Every remote-blob record file with the content id it describes (None if bad)."""
+        try:
+            entries = list(os.scandir(self._remote))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    raise InvalidDocument(entry.name, "not a file")
+                content_id, _ = parse_remote_record(path.read_bytes(), entry.name)
+            except (InvalidDocument, FileNotFoundError):
+                content_id = None
+            yield path, content_id
+
+    def _known(self, content_id: str) -> bool:
+        """A layer (its dir or tar blob) or a config blob the store holds."""
+        return self.has_blob(content_id) or self.has_layer(content_id)
+
+    def _sweep_remote(self, marked: set[str]) -> int:
+        """Remove corrupt records and those whose content is gone. No grace period: a record
+        is only a hint, and every writer holds the store lock that prune holds exclusively.
+        A reachable id stays even when absent: an image may name a layer the store only knows
+        to be in a registry (transfer.py pushes it by mounting)."""
+        removed = 0
+        for path, content_id in self._remote_records():
+            if content_id is not None and (digest_hex(content_id) in marked
+                                           or self._known(content_id)):
+                continue
+            _remove(path)
+            removed += 1
+        return removed
+
+    def _check_remote(self) -> list[str]:
+        problems = []
+        for path, content_id in self._remote_records():
+            where = f"{REMOTE_DIR}/{path.name}"
+            if content_id is None:
+                problems.append(f"{where}: not a valid remote-blob record")
+            elif not self._known(content_id):
+                problems.append(f"{where}: names {content_id}, which is neither a layer nor a"
+                                " blob in the store")
+        return problems
+
     # --- maintenance ------------------------------------------------------------------------
 
     def prune(self, *, keep_cache: bool = True) -> PruneStats:
@@ -735,6 +787,8 @@ class Store:
         compressed blob. Swept when unreferenced *and* older than `grace_period`: blobs,
         layer dirs, staging dirs `layers/*.tmp-*`, tmp/ entries, corrupt or dangling cache
         records, old entries of cache/corrupt/, compressed-blob records of unreachable layers.
+        Remote-blob records (`remote-blobs/`) go, whatever their age, once the layer or config
+        they describe is neither reachable nor in the store any more, and when corrupt.
 
         Takes the store lock exclusively (waits for every shared holder) and the index lock.
         Raises `StoreError` without deleting anything if a tagged manifest or its config is
@@ -755,6 +809,7 @@ class Store:
             counts["layers"] = self._sweep_layers(layers, cutoff)
             counts["blobs"], counts["bytes_freed"] = self._sweep_blobs(blobs, cutoff)
             counts["tmp_entries"] = self._sweep_dir(self._tmp, cutoff, lambda name: True)
+            counts["remote_records"] = self._sweep_remote(blobs)  # after the blobs they name
         return PruneStats(**counts)
 
     def _mark(self, include_cache: bool = True) -> tuple[set[str], set[str]]:
@@ -854,7 +909,8 @@ class Store:
         right, one diff_id per layer); a ref name used twice; a layer dir without its blob
         or without `diff/`; a cache record that does not parse or names a missing layer or
         blob; a compressed-blob record that does not parse or names a missing blob, a blob
-        of another size, or a missing layer blob. Not problems: tmp/ entries, layer staging
+        of another size, or a missing layer blob; a remote-blob record that does not parse or
+        whose layer or config is not in the store. Not problems: tmp/ entries, layer staging
         dirs, cache/corrupt/, unreferenced blobs (all garbage for `prune`). Holds the store
         lock shared (no prune meanwhile).
         """
@@ -865,6 +921,7 @@ class Store:
             problems += self._check_layers()
             problems += self._check_cache()
             problems += self._check_compressed()
+            problems += self._check_remote()
         return problems
 
     def _check_blobs(self) -> tuple[list[str], dict[str, tuple[str, int]]]:
@@ -1013,6 +1070,31 @@ def _compressed_record(data: bytes, diff_id: str, compression: str, where: str) 
         raise InvalidDocument(where, "the record is not the one its name says")
     fields = {k: v for k, v in record.items() if k not in ("diff_id", "compression")}
     return Descriptor.from_json(fields, where)
+
+
+def parse_remote_record(data: bytes, name: str
+                        ) -> tuple[str, list[tuple[Descriptor, tuple[str, ...]]]]:
+    """The remote-blob record `remote-blobs/<name>`, `{"id", "blobs": [{mediaType, digest,
+    size, "sources"}]}`: its content id (a layer's diff_id or a config's digest) and each
+    blob that holds that content, with the `host/repository`s known to have it.
+    `InvalidDocument` if anything is malformed, or `name` is not `<hex of the id>.json`."""
+    record = load_json(data, name)
+    if not isinstance(record, dict) or not is_digest(record.get("id")):
+        raise InvalidDocument(name, "a remote-blob record needs an \"id\" digest")
+    content_id = str(record["id"])
+    if name != f"{digest_hex(content_id)}.json":
+        raise InvalidDocument(name, f"the record is of {content_id}, not of its name")
+    blobs = record.get("blobs")
+    if not isinstance(blobs, list):
+        raise InvalidDocument(name, "\"blobs\" must be a list")
+    found = []
+    for entry in blobs:
+        sources = entry.get("sources") if isinstance(entry, dict) else None
+        if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+            raise InvalidDocument(name, "every blob needs a list of \"sources\"")
+        desc = Descriptor.from_json({k: v for k, v in entry.items() if k != "sources"}, name)
+        found.append((desc, tuple(sources)))
+    return content_id, found
 
 
 def _missing_refs(store: Store, key: str, record: dict[str, Any]) -> list[str]:

@@ -32,8 +32,10 @@ with the reference's familiar form (`127.0.0.1:5000/app:1`, `busybox:latest`).
 **Remote records** (`<store>/remote-blobs/<hex>.json`, one per layer diff_id or config
 digest): which blob (descriptor) holds that content in which `host/repository`. Written after
 every blob pushed, found or pulled; read to find mount sources. Hints only: a stale record costs
-a refused mount and an upload, a corrupt one is ignored. `record_remote_blob` is public so that
-the registry cache can record layers it knows to be in a registry without downloading them.
+a refused mount and an upload, a corrupt one is ignored (`stepbuild check` reports it, and
+`prune` removes it and the records of layers and configs that are gone; store.py parses them).
+`record_remote_blob` is public so that the registry cache can record layers it knows to be in
+a registry without downloading them.
 
 Nothing half-done gets a real name: downloads go to the store's tmp/ and are removed on any
 error; layers are committed only after their diff_id checked out; the tag is written last.
@@ -65,6 +67,7 @@ from stepbuild.errors import (
     UsageError,
 )
 from stepbuild.reference import Reference, parse_reference
+from stepbuild.store import REMOTE_DIR, parse_remote_record
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -92,7 +95,6 @@ DEFAULT_JOBS = 4  # blobs transferred at once (docker: 3 up, 3 down)
 MAX_CONFIG = 16 << 20  # image configs (long histories); imports.py has the same limit
 MAX_SOURCES = 8  # repositories remembered per blob
 MAX_MOUNT_TRIES = 3
-REMOTE_DIR = "remote-blobs"
 _CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -236,21 +238,12 @@ def _record_file(store: Any, content_id: str) -> Path:
 def remote_blobs(store: Any, content_id: str) -> list[tuple[oci.Descriptor, tuple[str, ...]]]:
     """The blobs known to hold `content_id` (a layer's diff_id, or a config's digest) in
     registries, each with the `host/repository`s known to have it, most recent first.
-    A missing or unreadable record is an empty list."""
+    A missing or unreadable record is an empty list (`stepbuild check` reports a bad one,
+    `prune` removes it)."""
     try:
-        data = _record_file(store, content_id).read_bytes()
-        record = oci.load_json(data, "remote record")
-        if not isinstance(record, dict) or record.get("id") != content_id:
-            return []
-        found = []
-        for entry in record.get("blobs") or ():
-            sources = entry.get("sources")
-            if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-                continue
-            blob = oci.Descriptor.from_json({k: v for k, v in entry.items() if k != "sources"})
-            found.append((blob, tuple(sources)))
-        return found
-    except (OSError, StepbuildError, AttributeError, TypeError):
+        path = _record_file(store, content_id)
+        return parse_remote_record(path.read_bytes(), path.name)[1]
+    except (OSError, StepbuildError):
         return []
 
 
