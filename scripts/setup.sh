@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
 # debootstrap: the Debian bookworm rootfs of the java demo (tests/integration/test_java_demo.py).
+# iproute2 (ip): a TEST-NET address on lo for the off-loopback registry test.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
-              buildah debootstrap)
+              buildah debootstrap iproute2)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

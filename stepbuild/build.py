@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stepbuild import instructions as ins
-from stepbuild.errors import BuildError, ImageNotFound, PlanError, StepbuildError
+from stepbuild.errors import BaseImageError, BuildError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.image import ImageState, healthcheck_json, scratch, set_env, timestamp
 from stepbuild.images import base_descriptor, load_state, save_state
 from stepbuild.plan import (
@@ -223,7 +223,7 @@ class _Run:
             if imported is not None:
                 state = load_state(self.builder.store, imported)
         if state is None:
-            raise located(PlanError, self.stages.filename, stage.base,
+            raise located(BaseImageError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
         base = base_descriptor(self.builder.store, name) if imported is None else (name, imported)
@@ -242,7 +242,8 @@ class _Run:
                               display=TransferDisplay(progress.stream, quiet=progress.quiet),
                               connection=self.options.connection)
         except StepbuildError as exc:
-            raise located(PlanError, self.stages.filename, stage.base, exc.message,
+            kind = PlanError if exc.exit_code == 2 else BaseImageError  # a bad reference: 2
+            raise located(kind, self.stages.filename, stage.base, exc.message,
                           hint=exc.hint) from None
 
     # --- one instruction ---------------------------------------------------------------------

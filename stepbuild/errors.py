@@ -78,6 +78,13 @@ class PlanError(StepfileError):
     """The Stepfile parses but does not make sense: unknown stage, instruction before FROM."""
 
 
+class BaseImageError(PlanError):
+    """A FROM's image is not in the store or could not be fetched (network, TLS, credentials):
+    shown at the FROM line, but not the Stepfile's fault, so exit status 1 (as docker's)."""
+
+    exit_code = 1
+
+
 class UsageError(StepbuildError):
     """The command line is wrong (missing file, bad option value)."""
 

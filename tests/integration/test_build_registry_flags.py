@@ -3,8 +3,8 @@
 Against real registries (registry_fixture.py): HTTPS with a test CA and htpasswd, where the
 flags are needed for FROM (pulling the base), `--push`, and `--cache-to/--cache-from
 type=registry`; without `--ca-file`, or with a wrong auth file, each is a clear error (no
-traceback). And a plain-HTTP registry on this machine's non-loopback address, which only
-`--tls-verify=false` lets a build reach (plain HTTP is otherwise allowed on loopback only).
+traceback). And a plain-HTTP registry on a TEST-NET address added to lo (not loopback to us),
+which only `--tls-verify=false` lets a build reach (plain HTTP is otherwise loopback only).
 Also: the remote-blob records those transfers leave behind pass `check`, and `prune` removes
 them with their layers.
 """
@@ -108,13 +108,13 @@ def test_from_the_tls_registry_without_ca_file_or_with_a_wrong_authfile_fails_cl
     sb = Stepbuild(tmp_path / "store")
     context = child_context(tmp_path / "ctx", tls_base)
     result = sb.build(context, *flags[2:], check=False)
-    assert_clear_error(result, 2, "Stepfile:1", "certificate not trusted", "--ca-file")
+    assert_clear_error(result, 1, "Stepfile:1", "certificate not trusted", "--ca-file")
     host = tls_base.split("/", 1)[0]
     wrong = authfile(work, host, "not-the-password")
     result = sb.build(context, "--ca-file", flags[1], "--authfile", wrong, check=False)
-    assert_clear_error(result, 2, "Stepfile:1", "authentication failed")
+    assert_clear_error(result, 1, "Stepfile:1", "authentication failed")
     result = sb.build(context, "--ca-file", flags[1], check=False)  # no credentials at all
-    assert_clear_error(result, 2, "Stepfile:1", "authentication required")
+    assert_clear_error(result, 1, "Stepfile:1", "authentication required")
     assert sb("images").stdout.splitlines()[1:] == []
 
 
@@ -126,7 +126,7 @@ def test_build_push_to_the_tls_registry_uses_the_flags(
     context = child_context(tmp_path / "ctx", tls_base)
     no_ca = flags[2:]
     result = sb.build(context, "--push", "-t", ref, *no_ca, check=False)
-    assert_clear_error(result, 2, "certificate not trusted")  # FROM fails first
+    assert_clear_error(result, 1, "certificate not trusted")  # FROM fails first
 
     sb.build(context, "-t", "child", *flags)  # base pulled: now only the push needs TLS
     assert_clear_error(sb.build(context, "--push", "-t", ref, *no_ca, check=False), 1,
@@ -184,24 +184,26 @@ def test_remote_blob_records_pass_check_and_go_with_their_layers(
 # --- plain HTTP off loopback -------------------------------------------------------------------
 
 
-def non_loopback_address() -> str | None:
-    """An IPv4 address of this machine that is not loopback (None: there is none)."""
-    shown = subprocess.run(["ip", "-j", "-4", "addr", "show", "scope", "global"],
-                           capture_output=True, text=True, check=False)
-    if shown.returncode != 0:
-        return None
-    for link in json.loads(shown.stdout or "[]"):
-        for info in link.get("addr_info", []):
-            return str(info["local"])
-    return None
+# TEST-NET-1 (RFC 5737): never routed, so adding it to lo for the module's duration cannot
+# collide with a real network, and it is not loopback in stepbuild's sense (127.0.0.0/8).
+OFF_LOOPBACK = "192.0.2.123"
 
 
 @pytest.fixture(scope="module")
-def remote_http_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def off_loopback_address() -> Iterator[str]:
+    """OFF_LOOPBACK on lo, removed afterwards: every machine has a non-loopback address."""
+    subprocess.run(["ip", "addr", "replace", f"{OFF_LOOPBACK}/32", "dev", "lo"], check=True)
+    try:
+        yield OFF_LOOPBACK
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{OFF_LOOPBACK}/32", "dev", "lo"], check=False)
+
+
+@pytest.fixture(scope="module")
+def remote_http_registry(tmp_path_factory: pytest.TempPathFactory,
+                         off_loopback_address: str) -> Iterator[str]:
     """A plain-HTTP registry without auth, listening on a non-loopback address: its host."""
-    address = non_loopback_address()
-    if address is None:
-        pytest.skip("no non-loopback IPv4 address on this machine to serve a registry on")
+    address = off_loopback_address
     registry_fixture.require_tools()
     workdir = tmp_path_factory.mktemp("registry-off-loopback")
     host = f"{address}:{registry_fixture.free_port()}"
@@ -243,7 +245,7 @@ def test_tls_verify_false_reaches_a_plain_http_registry_off_loopback(
     sb = Stepbuild(tmp_path / "store")
     context = child_context(tmp_path / "ctx", ref)
     result = sb.build(context, check=False)  # HTTPS only, and the registry speaks HTTP
-    assert_clear_error(result, 2, "Stepfile:1", remote_http_registry)
+    assert_clear_error(result, 1, "Stepfile:1", remote_http_registry)
     pushed = f"{remote_http_registry}/plain/child:1"
     cache = f"type=registry,ref={remote_http_registry}/plain/cache:1"
     built = sb.build(context, "--tls-verify=false", "-t", pushed, "--push", "--cache-to", cache)

@@ -412,10 +412,10 @@ def test_pull_never_with_a_missing_base_is_a_clear_error(
         fresh: Stepbuild, published_base: str, tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", f"FROM {published_base}\nRUN true\n")
     result = fresh.build(context, "--pull=never", check=False)
-    assert_clear_error(result, 2, "Stepfile:1", "--pull=never", published_base)
+    assert_clear_error(result, 1, "Stepfile:1", "--pull=never", published_base)
     missing = write_context(tmp_path / "ctx2", f"FROM {published_base}-nope\n")
     result = fresh.build(missing, check=False)
-    assert_clear_error(result, 2, "Stepfile:1", "not found")
+    assert_clear_error(result, 1, "Stepfile:1", "not found")
     assert fresh("images").stdout.splitlines()[1:] == []
 
 
