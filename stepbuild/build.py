@@ -51,7 +51,7 @@ class BuildOptions:
     pull: str = "missing"  # FROM a registry reference: missing, always or never
     cache_from: tuple[Any, ...] = ()  # teamcache.CacheSpec: import sources, in order
     cache_to: tuple[Any, ...] = ()  # teamcache.CacheSpec: export destinations
-    # transfer.Connection for every registry the build reaches (FROM and the team cache);
+    # connection.Connection for every registry the build reaches (FROM and the team cache);
     # None: the defaults (the default auth file, TLS verified against the system's CAs).
     connection: Any = None
 

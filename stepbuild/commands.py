@@ -303,8 +303,8 @@ def load(options: argparse.Namespace) -> int:
 
 
 def _connection(options: argparse.Namespace) -> Any:
-    """--authfile, --tls-verify and --ca-file as one transfer.Connection."""
-    from stepbuild.transfer import Connection
+    """--authfile, --tls-verify and --ca-file as one connection.Connection."""
+    from stepbuild.connection import Connection
 
     return Connection(authfile=options.authfile, tls_verify=options.tls_verify,
                       ca_file=options.ca_file)

@@ -292,7 +292,7 @@ class TeamCache:
         self.store = store
         self.warn = warn
         if connection is None and any(s.type == "registry" for s in (*sources, *destinations)):
-            from stepbuild.transfer import Connection
+            from stepbuild.connection import Connection
 
             connection = Connection()
         self.sources = [(s, self._backend(s, connection)) for s in sources]

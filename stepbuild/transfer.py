@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from stepbuild import oci
+from stepbuild.connection import Connection, system_ca
 from stepbuild.digest import digest_hex
 from stepbuild.errors import (
     BlobNotFound,
@@ -95,7 +96,6 @@ DEFAULT_JOBS = 4  # blobs transferred at once (docker: 3 up, 3 down)
 MAX_CONFIG = 16 << 20  # image configs (long histories); imports.py has the same limit
 MAX_SOURCES = 8  # repositories remembered per blob
 MAX_MOUNT_TRIES = 3
-_CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Layer media types we can unpack (foreign, non-distributable and encrypted ones we cannot).
@@ -107,39 +107,6 @@ _R = TypeVar("_R")
 
 # =============================================================================================
 # connections
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """How to reach registries: the auth file (None: the default search, registry_auth.py),
-    TLS verification and a CA file (None: `certs.d/<host>/ca.crt` under /etc/containers or
-    /etc/docker if there is one, else the system's CAs), retries."""
-
-    authfile: str | None = None
-    tls_verify: bool = True
-    ca_file: str | None = None
-    retries: int = 4
-    backoff: float = 0.5
-
-    def open(self, host: str, repository: str | None = None) -> Registry:
-        from stepbuild.registry import Registry
-        from stepbuild.registry_auth import load_credentials
-
-        credentials = load_credentials(host, repository, authfile=self.authfile)
-        return Registry(host, auth=credentials, tls_verify=self.tls_verify,
-                        ca_file=self.ca_file or _system_ca(host, self.tls_verify),
-                        retries=self.retries, backoff=self.backoff)
-
-
-def _system_ca(host: str, tls_verify: bool) -> str | None:
-    """Docker's and podman's per-registry CA: `<certs.d>/<host[:port]>/ca.crt`."""
-    if not tls_verify:
-        return None
-    for directory in _CERT_DIRS:
-        path = Path(directory) / host / "ca.crt"
-        if path.is_file():
-            return str(path)
-    return None
 
 
 # =============================================================================================
@@ -746,7 +713,7 @@ def login(host: str, username: str, password: str, *,
     credentials = Credentials(username, password)
     host = _registry_host(host)
     with Registry(host, auth=credentials, tls_verify=connection.tls_verify,
-                  ca_file=connection.ca_file or _system_ca(host, connection.tls_verify),
+                  ca_file=connection.ca_file or system_ca(host, connection.tls_verify),
                   retries=connection.retries, backoff=connection.backoff) as registry:
         registry.ping()
     return store_login(host, credentials, authfile=connection.authfile)

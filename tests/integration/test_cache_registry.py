@@ -26,8 +26,8 @@ from stepbuild.cache_registry import (
     writer_id,
     writer_tag,
 )
+from stepbuild.connection import Connection
 from stepbuild.teamcache import ARTIFACT_TYPE, CacheError, check_record
-from stepbuild.transfer import Connection
 from tests.integration import registry_fixture
 
 pytestmark = pytest.mark.root

@@ -304,7 +304,7 @@ def registry_records(ref: str, work: Path) -> dict[str, dict]:
     import hashlib
 
     from stepbuild.cache_registry import RegistryCache
-    from stepbuild.transfer import Connection
+    from stepbuild.connection import Connection
 
     warnings: list[str] = []
     work.mkdir(exist_ok=True)
