@@ -46,15 +46,28 @@ def _require_root() -> None:
 
 
 def build(options: argparse.Namespace) -> int:
-    from stepbuild.build import Builder, BuildOptions
-    from stepbuild.cli import read_stepfile
-    from stepbuild.parsecache import parse_cached
+    from stepbuild import fingerprint
 
     _require_root()
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
         raise UsageError(f"the build context {context_dir} is not a directory")
+    # Nothing changed since the last build? Then say so before importing the builder.
+    witness = fingerprint.take(options, pull_policy, store_root(options.root))
+    if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
+                                                  verbose=options.verbose):
+        return 0
+    return _full_build(options, pull_policy, context_dir, witness)
+
+
+def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
+                witness: Any) -> int:
+    from stepbuild import fingerprint
+    from stepbuild.build import Builder, BuildOptions
+    from stepbuild.cli import read_stepfile
+    from stepbuild.parsecache import parse_cached
+
     text, name = read_stepfile(options.file, options.context)
     outputs = _outputs(options)  # a bad --output fails now, not after the build
     pushes = _push_targets(options)  # so does a bad --push target
@@ -69,7 +82,8 @@ def build(options: argparse.Namespace) -> int:
     if options.reproducible and epoch is None:
         epoch = 0  # timestamps must not differ between the two builds
         progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
-    for warning in [*stepfile.warnings, *unused_build_args(stepfile, build_args)]:
+    warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
+    for warning in warnings:
         progress.warn(warning)
     enter_build_namespace()
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
@@ -95,6 +109,10 @@ def build(options: argparse.Namespace) -> int:
         for target in pushes:  # build --push
             _push(store, result.manifest_digest, target, options, connection, stdout=False)
     context.save()
+    if witness is not None:
+        fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
+                           resolved=store.resolved, transcript=progress.transcript,
+                           warnings=warnings)
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
     return 0

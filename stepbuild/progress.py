@@ -23,17 +23,20 @@ class Progress:
         self.verbose = verbose
         self._partial: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        # (label, line) of every step line and its CACHED/DONE line, printed or not: what a
+        # no-op rebuild replays (fingerprint.py)
+        self.transcript: list[tuple[str, str]] = []
 
     def step(self, label: str, number: int, instruction: Any) -> None:
         text = instruction.text.split("\n", 1)[0]
-        self._write(label, f"#{number:<3} {text}")
+        self._write(label, f"#{number:<3} {text}", transcribe=True)
 
     def cached(self, label: str) -> None:
-        self._write(label, "     CACHED")
+        self._write(label, "     CACHED", transcribe=True)
 
     def done(self, label: str, seconds: float) -> None:
         self.flush_output(label)
-        self._write(label, f"     DONE {seconds:.2f}s")
+        self._write(label, f"     DONE {seconds:.2f}s", transcribe=True)
 
     def note(self, label: str, message: str) -> None:
         if self.verbose:
@@ -60,7 +63,11 @@ class Progress:
         if rest:
             self._write(label, "  | " + rest.decode("utf-8", "replace"))
 
-    def _write(self, label: str, line: str, *, always: bool = False) -> None:
+    def _write(self, label: str, line: str, *, always: bool = False,
+               transcribe: bool = False) -> None:
+        if transcribe:
+            with self._lock:
+                self.transcript.append((label, line))
         if self.quiet and not always:
             return
         prefix = f"[{label}] " if label else ""

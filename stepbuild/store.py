@@ -151,6 +151,7 @@ class Store:
         self._remote = self.root / REMOTE_DIR  # made by transfer.record_remote_blob
         self._index = self.root / "index.json"
         self._held = threading.local()
+        self.resolved: set[str] = set()  # every name `resolve` was asked (fingerprint.py)
         self._create_layout()
 
     def _create_layout(self) -> None:
@@ -497,6 +498,7 @@ class Store:
         (several: `StoreError`, ambiguous).
         None if nothing matches. The descriptor has no ref-name annotation.
         """
+        self.resolved.add(name)
         manifests = self._read_index().manifests
         if name.startswith(PREFIX):
             return self._by_digest(name, manifests)
