@@ -76,6 +76,14 @@ def write_context(directory: Path, stepfile: str, files: dict[str, str] | None =
     return directory
 
 
+def assert_clear_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    """A failed command: exit status `code`, no traceback, each of `words` on stderr."""
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
 def step_lines(stderr: str, label: str = "") -> list[str]:
     """The progress lines that report a step's outcome: "CACHED" or "DONE ..." (of one stage
     of a multi-stage build when `label` is given)."""

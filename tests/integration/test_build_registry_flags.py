@@ -23,7 +23,13 @@ import pytest
 import requests
 
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    assert_clear_error,
+    base_image,
+    step_lines,
+    write_context,
+)
 from tests.integration.registry_fixture import PASSWORD, USER, RunningRegistry
 
 pytestmark = pytest.mark.root
@@ -80,13 +86,6 @@ def tls_base(work: Path, tls_registry: RunningRegistry, flags: tuple[str, ...]) 
 
 def child_context(directory: Path, base: str) -> Path:
     return write_context(directory, f"FROM {base}\n{CHILD}")
-
-
-def assert_clear_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
 
 
 # --- the TLS + htpasswd registry ---------------------------------------------------------------

@@ -26,7 +26,7 @@ import requests
 from stepbuild.digest import sha256_bytes
 from stepbuild.store import Store
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, base_image, write_context
+from tests.integration.builds import Stepbuild, assert_clear_error, base_image, write_context
 from tests.integration.registry_fixture import PASSWORD, USER, RunningRegistry
 
 pytestmark = pytest.mark.root
@@ -89,13 +89,6 @@ def assert_clean(sb: Stepbuild) -> None:
     result = sb("check", check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert list((sb.root / "tmp").iterdir()) == []
-
-
-def assert_clear_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
-    assert result.returncode == code, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
 
 
 # --- push and pull -----------------------------------------------------------------------------
