@@ -14,7 +14,7 @@ from elsewhere (`stepbuild load`, FROM oci-archive:…) is unpacked into the for
 - Any other `.wh..wh.*` name at the top (AUFS metadata such as `.wh..wh.plnk`) is skipped, as
   moby's ApplyLayer does.
 
-Everything else is `layer.unpack_archive`'s machinery (`_Unpacker`): every entry resolved inside
+Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`): every entry resolved inside
 the target by `rootpath` (absolute symlinks and surplus `..` contained, not refused), numeric
 ids only, hard links only to files of this layer, device numbers range-checked, overlay xattrs
 in the tar dropped, the last of duplicate entries wins, directory attributes set last.
@@ -27,7 +27,7 @@ this kernel — so the layer could not hide what is below it) or under a non-dir
 character device entry (overlay would read it as a whiteout); NUL in names; directories
 nested more than MAX_DEPTH (512) deep, by name or through symlinks (Python 3.11's
 shutil.rmtree, which the store deletes with, dies of RecursionError near 1,000 levels);
-anything `_Unpacker` refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata
+anything `Unpacker` refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata
 headers, ...). An empty file is an empty layer.
 
 Directories the tar does not list but needs (a parent of an entry, of a whiteout, an opaque
@@ -53,16 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import LayerError
-from stepbuild.layer import (  # the unpacking machinery ADD uses; see its docstrings
-    _clean,
-    _is_whiteout,
-    _kept_xattrs,
-    _look_below,
-    _Unpacker,
-    _xattrs,
-)
+from stepbuild.layer import is_whiteout, kept_xattrs, look_below, read_xattrs
 from stepbuild.rootpath import makedirs_in_root, resolve_parent
 from stepbuild.tarformat import CHRTYPE, DIRTYPE, Header, Readable, TarReader
+from stepbuild.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 
 __all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "remove_tree"]
 
@@ -193,8 +187,8 @@ def _scan(fd: int, on_file: Any) -> list[str]:
     return dirs
 
 
-class _Applier(_Unpacker):
-    """`_Unpacker` into the layer root, with OCI whiteouts turned into overlay ones."""
+class _Applier(Unpacker):
+    """`Unpacker` into the layer root, with OCI whiteouts turned into overlay ones."""
 
     def __init__(self, root_fd: int, label: str) -> None:
         super().__init__(root_fd, "", None, None, label)
@@ -203,7 +197,7 @@ class _Applier(_Unpacker):
     def _entry(self, reader: TarReader, h: Header, name: str) -> None:
         if "\0" in name:
             raise self._fail(name, "NUL byte in the name")
-        rel = _clean(name)
+        rel = clean_name(name)
         parts = rel.split("/") if rel else []
         if len(parts) > MAX_DEPTH:
             raise self._fail(name, f"nested more than {MAX_DEPTH} directories deep")
@@ -255,7 +249,7 @@ class _Applier(_Unpacker):
 
     def _directory(self, parent: int, base: str) -> None:
         try:
-            replaces_whiteout = _is_whiteout(os.lstat(base, dir_fd=parent))
+            replaces_whiteout = is_whiteout(os.lstat(base, dir_fd=parent))
         except FileNotFoundError:
             replaces_whiteout = False
         super()._directory(parent, base)
@@ -286,7 +280,7 @@ class _Applier(_Unpacker):
         with os.scandir(dir_fd) as entries:
             subdirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
         for name in sorted(subdirs):
-            hit, lower_dirs = _look_below(below, os.fsencode(name))
+            hit, lower_dirs = look_below(below, os.fsencode(name))
             fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             try:
                 st = os.fstat(fd)
@@ -322,6 +316,6 @@ def _copy_dir_attributes(fd: int, lower: bytes, st: os.stat_result) -> None:
     mtime (overlayfs.rst, "Non-directories"; fs/overlayfs/copy_up.c)."""
     os.fchown(fd, st.st_uid, st.st_gid)  # first: chown clears setgid
     os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    for key, value in _kept_xattrs(_xattrs(lower)):  # overlay's own xattrs left out
+    for key, value in kept_xattrs(read_xattrs(lower)):  # overlay's own xattrs left out
         os.setxattr(fd, key, value)
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

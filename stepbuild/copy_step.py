@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stepbuild import fetch, git, keys, layer, overlay, rootpath
+from stepbuild import fetch, git, keys, overlay, rootpath
 from stepbuild import instructions as ins
 from stepbuild.context import Selection, SourceGroup
 from stepbuild.copy import Copier, Owner, Placement, check_destination, file_target, open_root
@@ -51,6 +51,7 @@ from stepbuild.images import load_state
 from stepbuild.plan import Scope, located
 from stepbuild.run_step import user_ids
 from stepbuild.step import PreparedStep
+from stepbuild.unpack import is_archive, unpack_archive
 
 # What a --link step's key has in place of the parent state: the layer does not depend on it.
 LINK_PARENT = "stepbuild-copy-link/1"
@@ -264,11 +265,11 @@ def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
-        if unpack and entry.kind == "file" and layer.is_archive(archive):
+        if unpack and entry.kind == "file" and is_archive(archive):
             owner = place.owner if chowned else None
-            layer.unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
-                                 uid=owner.uid if owner else None,
-                                 gid=owner.gid if owner else None)
+            unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
+                           uid=owner.uid if owner else None,
+                           gid=owner.gid if owner else None)
             return
         _copy_entry(context, copier, group.resolved, file_target(place, group.name, root_fd),
                     entry)

@@ -13,7 +13,7 @@ How (and why this way):
   pass two writes every other entry. Whiteouts only ever hide what *lower* layers made, so
   applying them all first is exactly right whatever order a foreign layer lists them in
   (the spec only says they SHOULD come before their siblings).
-- Entries are written by `layer`'s unpacker, the one used for ADD: every name is resolved
+- Entries are written by `unpack`'s unpacker, the one used for ADD: every name is resolved
   inside the root with fd-relative calls (`rootpath`), symlinks are written as they are and
   followed only within the root, hard links only to files of the same layer, numeric ids,
   no overlay xattrs (SECURITY.md rules 1-3).
@@ -39,12 +39,12 @@ from typing import Any, cast
 
 from stepbuild.digest import PREFIX
 from stepbuild.errors import DigestMismatch, LayerError
-from stepbuild.layer import (
-    _Unpacker,  # the ADD unpacker: the same safe entry writer
-    remove_entry,
-)
 from stepbuild.rootpath import open_in_root
 from stepbuild.tarformat import DIRTYPE, Header, TarReader
+from stepbuild.unpack import (
+    Unpacker,  # the ADD unpacker: the same safe entry writer
+    remove_entry,
+)
 
 __all__ = ["flatten"]
 
@@ -59,7 +59,7 @@ def flatten(store: Any, diff_ids: Sequence[str], root: Path) -> None:
     """Apply the layers `diff_ids` (base first) from `store` into the empty directory `root`.
 
     Raises `LayerError` naming the layer and the entry for what cannot be applied (see
-    `layer.unpack_archive`; also whiteouts of `.`, `..` or an empty name, and entries whose
+    `unpack.unpack_archive`; also whiteouts of `.`, `..` or an empty name, and entries whose
     path goes through a `.wh.` name), `DigestMismatch`
     for a layer blob that is not what its name says, `BlobNotFound` for a missing one.
     On error `root` holds a partial tree: the caller made it somewhere temporary and
@@ -88,7 +88,7 @@ def _apply_layer(store: Any, diff_id: str, root_fd: int, dir_times: dict[str, in
     with open(path, "rb") as f:
         hashing = _HashingReader(f)
         entries = _Entries(TarReader(hashing), dir_times, label)
-        _Unpacker(root_fd, "", None, None, label).run(cast(TarReader, entries))
+        Unpacker(root_fd, "", None, None, label).run(cast(TarReader, entries))
         hashing.drain()
     if hashing.digest != diff_id:
         raise DigestMismatch(diff_id, hashing.digest, actual_size=hashing.size)

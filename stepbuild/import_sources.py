@@ -53,13 +53,13 @@ Opener = Callable[[], Readable]
 def decompress_to(raw: Readable, out: Path, label: str) -> str:
     """Write the tar `raw` holds (gzip, zstd or plain, by magic bytes) to `out`, streaming;
     return its sha256. A decompression bomb ends in ENOSPC (OSError), not in memory."""
-    from stepbuild.layer import _decompressor
+    from stepbuild.unpack import decompressor
 
     head = read_up_to(raw, 4)
     stream: Readable = Prefixed(head, raw)
     kind = "gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head == ZSTD_MAGIC else None
     if kind is not None:
-        stream = _decompressor(stream, kind)  # type: ignore[arg-type]
+        stream = decompressor(stream, kind)  # type: ignore[arg-type]
     sha = hashlib.sha256()
     try:
         with open(out, "wb") as f:
@@ -156,8 +156,8 @@ class ArchiveSource(Source):
     """
 
     def __init__(self, path: Path, label: str) -> None:
-        from stepbuild.layer import _clean
         from stepbuild.tarformat import LNKTYPE, REGTYPE, SYMTYPE, TarReader
+        from stepbuild.unpack import clean_name
 
         self.label = label
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -168,16 +168,16 @@ class ArchiveSource(Source):
                 for count, h in enumerate(TarReader(f)):
                     if count >= MAX_ARCHIVE_ENTRIES:
                         raise InvalidDocument(label, f"more than {MAX_ARCHIVE_ENTRIES} entries")
-                    name = _clean(os.fsdecode(h.name))
+                    name = clean_name(os.fsdecode(h.name))
                     target = os.fsdecode(h.linkname)
                     members.pop(name, None)
                     links.pop(name, None)
                     if h.type == REGTYPE:
                         members[name] = (f.tell(), h.size)
                     elif h.type == SYMTYPE:
-                        links[name] = _clean(posixpath.join(posixpath.dirname(name), target))
+                        links[name] = clean_name(posixpath.join(posixpath.dirname(name), target))
                     elif h.type == LNKTYPE:
-                        links[name] = _clean(target)
+                        links[name] = clean_name(target)
         except LayerError as exc:
             os.close(self._fd)
             problem = exc.message if members or links else "not a tar archive"
@@ -195,9 +195,9 @@ class ArchiveSource(Source):
         os.close(self._fd)
 
     def _find(self, name: str) -> tuple[int, int] | None:
-        from stepbuild.layer import _clean
+        from stepbuild.unpack import clean_name
 
-        return self._members.get(_clean(name))
+        return self._members.get(clean_name(name))
 
     def size(self, name: str) -> int | None:
         found = self._find(name)
@@ -314,15 +314,15 @@ class LayoutSource(Source):
 def private_copy(store: Any, stream: BinaryIO) -> Iterator[Path]:
     """`stream`'s bytes (decompressed when gzip or zstd) in a new file under tmp/, removed
     on exit. Raises StepbuildError when the disk fills up (a decompression bomb)."""
-    from stepbuild.layer import _decompressor
+    from stepbuild.unpack import decompressor
 
     copy = store.tmp_file("load-")
     try:
         head = read_up_to(stream, 4)
         source: Readable = Prefixed(head, stream)
         if head.startswith(GZIP_MAGIC) or head == ZSTD_MAGIC:
-            source = _decompressor(source, "gzip" if head.startswith(GZIP_MAGIC)  # type: ignore[arg-type]
-                                   else "zstd")
+            source = decompressor(source, "gzip" if head.startswith(GZIP_MAGIC)  # type: ignore[arg-type]
+                                  else "zstd")
         try:
             with open(copy, "wb") as out:
                 while chunk := source.read(_CHUNK):

@@ -43,7 +43,7 @@ the config (oci.py: "never re-serialise a document you did not create").
 Reading archives and layout dirs (with limits, verifying blobs) is `import_sources.py`'s job;
 unpacking a layer is `apply.py`'s. The builder imports this module only for a FROM that names
 a transport (`build.IMPORT_TRANSPORTS`), and this module imports `apply` (and the unpacking
-machinery of `layer`) only when a layer is really unpacked.
+machinery of `unpack`) only when a layer is really unpacked.
 """
 
 from __future__ import annotations

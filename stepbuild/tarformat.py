@@ -1,7 +1,7 @@
 """Tar headers: a deterministic PAX writer and a streaming, bounded reader. No filesystem I/O.
 
 This module owns the byte format of tar streams, and nothing else: `layer.py` decides what
-goes into a layer and what an extracted entry may do to a root directory.
+goes into a layer, `unpack.py` what an extracted entry may do to a root directory.
 
 Why not `tarfile`:
 - Writing: the layer's diff_id is the sha256 of these bytes, so the header layout is part of

@@ -444,7 +444,7 @@ class TeamCache:
                     into: Path) -> None:
         """Unpack the cache mount blob of `record` into the new instance dir `into` (empty,
         in the store); on any failure, leave it empty and warn."""
-        from stepbuild.layer import unpack_archive
+        from stepbuild.unpack import unpack_archive
 
         blob = self.store.tmp_file("cache-mount-blob-")
         try:

@@ -313,7 +313,7 @@ def test_unpack_into_a_merged_overlay_then_capture(tmp_path: Path) -> None:
     project = Path(__file__).resolve().parents[2]
     code = (
         f"import sys; sys.path.insert(0, {str(project)!r}); from pathlib import Path; "
-        "from stepbuild.layer import unpack_archive; "
+        "from stepbuild.unpack import unpack_archive; "
         f"unpack_archive(Path({str(archive)!r}), Path('.'), '/')"
     )
     upper, before, after = run_step(tmp_path, l1, l2, f"{sys.executable} -c {shlex.quote(code)}")

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stepbuild.errors import LayerError
-from stepbuild.layer import LayerBlob, capture, is_archive, unpack_archive
+from stepbuild.layer import LayerBlob, capture
 from stepbuild.rootpath import open_in_root
 from stepbuild.tarformat import (
     BLOCK,
@@ -46,6 +46,7 @@ from stepbuild.tarformat import (
     encode_header,
     padding,
 )
+from stepbuild.unpack import is_archive, unpack_archive
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root: mknod, trusted.* xattrs, chown")
