@@ -41,8 +41,9 @@ from stepbuild.digest import PREFIX
 from stepbuild.errors import DigestMismatch, LayerError
 from stepbuild.rootpath import open_in_root
 from stepbuild.tarformat import DIRTYPE, Header, TarReader
-from stepbuild.unpack import (
-    Unpacker,  # the ADD unpacker: the same safe entry writer
+from stepbuild.unpack import (  # the ADD unpacker: the same safe entry writer and name rule
+    Unpacker,
+    clean_name,
     remove_entry,
 )
 
@@ -94,19 +95,6 @@ def _apply_layer(store: Any, diff_id: str, root_fd: int, dir_times: dict[str, in
         raise DigestMismatch(diff_id, hashing.digest, actual_size=hashing.size)
 
 
-def _clean(name: str) -> str:
-    """An entry name made relative and lexically clean, `..` clamped at the root (as the
-    unpacker does: the key under which a directory's mtime is remembered)."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part == "..":
-            if parts:
-                parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return "/".join(parts)
-
-
 def _base(name: bytes) -> str:
     return os.fsdecode(name).rstrip("/").rpartition("/")[2]
 
@@ -133,7 +121,7 @@ class _Entries:
                 # inside a "whiteout": a tree could not hold it (the name means a whiteout)
                 raise LayerError(f"{self._label}: entry {name!r}: a path through a whiteout")
             if header.type == DIRTYPE:
-                self._dir_times[_clean(os.fsdecode(header.name))] = header.mtime_ns
+                self._dir_times[clean_name(os.fsdecode(header.name))] = header.mtime_ns
             yield header
 
     def read(self, n: int) -> bytes:
@@ -168,7 +156,7 @@ def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, i
     name = os.fsdecode(raw)
     if "\0" in name:
         raise LayerError(f"{label}: entry {name!r}: NUL byte in the name")
-    rel = _clean(name)
+    rel = clean_name(name)
     parent, _, base = rel.rpartition("/")
     if base == _OPAQUE:
         target = None
@@ -210,7 +198,7 @@ def _fix_dir_times(root_fd: int, dir_times: dict[str, int]) -> None:
         for name in dirs:
             if not stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
                 continue  # a symlink to a directory: its own mtime came from its entry
-            rel = _clean(f"{top}/{name}")
+            rel = clean_name(f"{top}/{name}")
             mtime = dir_times.get(rel, 0)
             os.utime(name, ns=(mtime, mtime), dir_fd=fd, follow_symlinks=False)
     os.utime(root_fd, ns=(0, 0))
