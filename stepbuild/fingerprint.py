@@ -56,7 +56,7 @@ _PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
 _STEPFILE_NAMES = ("Stepfile", "Dockerfile")  # cli.STEPFILE_NAMES (not imported: cost)
 
-_volatile: list[str] = []  # why the running build must not be recorded
+_volatile: list[str] = []  # why the running build must not be recorded (a build is a process)
 
 
 def mark_volatile(reason: str) -> None:

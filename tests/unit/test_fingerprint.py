@@ -38,6 +38,13 @@ def settle(*paths: Path) -> None:
         os.utime(path, (OLD, OLD), follow_symlinks=False)
 
 
+@pytest.fixture(autouse=True)
+def no_volatile_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh list: other tests in this process fetched URLs (mark_volatile is per process,
+    and a build is one process)."""
+    monkeypatch.setattr(fingerprint, "_volatile", [])
+
+
 @pytest.fixture
 def context(tmp_path: Path) -> Path:
     ctx = tmp_path / "ctx"
@@ -237,8 +244,7 @@ def test_no_record_when_the_build_cannot_be_trusted(store: Path) -> None:
     assert do_record(w, digest)  # and without those, it is recorded
 
 
-def test_no_record_after_a_volatile_input(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fingerprint, "_volatile", [])
+def test_no_record_after_a_volatile_input(store: Path) -> None:
     w = witness(store)
     digest = make_image(store)
     fingerprint.mark_volatile("ADD http://example/x")
