@@ -57,6 +57,7 @@ TAG_ANNOTATION = "dev.stepbuild.cache.tag"
 WRITERS_ANNOTATION = "dev.stepbuild.cache.writers"
 WRITER_INFIX = ".w-"
 _MAX_TAG = 128  # the Distribution spec's limit on a tag's length
+MAX_WRITERS = 256  # writer tags read per build: one HEAD each
 _WRITER_ID_FILE = "cache-writer-id"
 _WRITER_LOCK_FILE = "cache-writer.lock"
 _GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -178,13 +179,18 @@ class RegistryCache:
         return merged, writers
 
     def _writer_tags(self) -> Iterator[tuple[str, str]]:
-        """(tag, current manifest digest) of TAG's writer tags, by name."""
-        prefix = writer_tag(self.tag, "")
+        """(tag, current manifest digest) of TAG's writer tags, by name; at most MAX_WRITERS
+        (each costs a request on every build: a registry with more is warned about)."""
+        prefix = writer_tag(self.tag, "0" * 16)[:-16]  # a long TAG is cut as writers cut it
         try:
             tags = self.registry.list_tags(self.ref.repository)
         except StepbuildError:
             return  # an unknown repository has no writers; the main map decides
-        for tag in sorted(t for t in tags if t.startswith(prefix)):
+        writers = sorted(t for t in tags if t.startswith(prefix))
+        if len(writers) > MAX_WRITERS:
+            self.warn(f"cache {self.ref}: {len(writers)} writer tags; reading the first "
+                      f"{MAX_WRITERS} (keys only in the others are misses)")
+        for tag in writers[:MAX_WRITERS]:
             try:
                 found = self.registry.head_manifest(self.ref.repository, tag)
             except StepbuildError:

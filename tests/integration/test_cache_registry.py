@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from stepbuild import cache_registry
 from stepbuild.cache_registry import (
     TAG_ANNOTATION,
     WRITERS_ANNOTATION,
@@ -136,20 +137,33 @@ def test_two_writers_fold_into_the_main_tag(tmp_path: Path,
     assert read_keys(ref, tmp_path / "reader")[0] == {key(n) for n in "abcd"}
 
 
-def test_a_lost_fold_loses_no_key(tmp_path: Path,
+@pytest.mark.parametrize("tag", ["main", "t" * 128])  # a long tag: writers cut it
+def test_a_lost_fold_loses_no_key(tmp_path: Path, tag: str,
                                   plain_registry: registry_fixture.RunningRegistry) -> None:
     # Two folds racing: the one that lands last may not have seen the other's writer tag.
     # Simulated by writing the main tag back as writer one left it.
-    ref = f"{plain_registry.host}/lost/cache:main"
+    ref = f"{plain_registry.host}/lost/cache:{tag}"
     one, two = Writer(tmp_path / "one", ref), Writer(tmp_path / "two", ref)
     one.export([key("a")])
-    stale = manifest(plain_registry.host, "lost/cache", "main")
+    stale = manifest(plain_registry.host, "lost/cache", tag)
     two.export([key("b")])
     registry = Connection().open(plain_registry.host, "lost/cache")
-    registry.put_manifest("lost/cache", "main", json.dumps(stale).encode(),
+    registry.put_manifest("lost/cache", tag, json.dumps(stale).encode(),
                           "application/vnd.oci.image.manifest.v1+json")
     found, warnings = read_keys(ref, tmp_path / "reader")
     assert found == {key("a"), key("b")} and warnings == []
+
+
+def test_more_writers_than_read_is_a_warning(tmp_path: Path,
+                                             plain_registry: registry_fixture.RunningRegistry,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = f"{plain_registry.host}/crowd/cache:main"
+    for i in range(3):
+        Writer(tmp_path / f"w{i}", ref).export([key(f"crowd{i}")])
+    monkeypatch.setattr(cache_registry, "MAX_WRITERS", 2)
+    found, warnings = read_keys(ref, tmp_path / "reader")
+    assert found == {key(f"crowd{i}") for i in range(3)}  # the main tag folded them all
+    assert len(warnings) == 1 and "3 writer tags; reading the first 2" in warnings[0]
 
 
 def test_concurrent_writers_keep_every_key(tmp_path: Path,
