@@ -10,6 +10,8 @@ The fingerprint covers, conservatively (a change anywhere is a miss, never a wro
 
 - the command: the build options (not -q/-v/--jobs/--debug, which change no result), the
   working directory, and the environment (build args and secrets can come from it);
+- stepbuild's own code (the stat of its modules and grammar): another version may build the
+  same inputs differently;
 - the stat (inode, mode, size, mtime, ctime) of every entry of the context, ignored or not,
   of the Stepfile and of every ignore file and --build-arg-file it could use. Taken *before*
   the build reads anything, so a file changed during the build makes the next one a miss. If
@@ -91,6 +93,7 @@ def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
     digest = xxhash.xxh3_128(identity.encode())
     env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE_ENV)
     digest.update(json.dumps(env).encode())
+    _feed_code(digest)
     started = time.time_ns()
     newest = 0
     for path in _input_files(options, context):
@@ -137,6 +140,18 @@ def _feed_stat(digest: Any, name: str, path: Path | None, info: os.stat_result |
     digest.update(f"{name}\0{info.st_ino}\0{info.st_mode}\0{info.st_size}\0"
                   f"{info.st_mtime_ns}\0{info.st_ctime_ns}\n".encode(errors="surrogateescape"))
     return max(info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _feed_code(digest: Any) -> None:
+    """Add the stat of stepbuild's own code (package and grammar): another version may build
+    the same inputs differently (a new key schema, a fixed bug), so it must not replay."""
+    package = Path(__file__).resolve().parent
+    for directory in (package, package / "sandbox", package / "grammar",
+                      package.parent / "grammar"):
+        with suppress(OSError), os.scandir(directory) as it:
+            for entry in sorted(it, key=lambda e: e.name):
+                if entry.name.endswith((".py", ".lark")):
+                    _feed_stat(digest, entry.path, None, entry.stat())
 
 
 def _feed_tree(digest: Any, root: Path) -> int | None:

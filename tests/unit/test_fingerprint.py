@@ -259,3 +259,17 @@ def test_no_record_when_the_build_read_a_tag_it_moved(store: Path) -> None:
     set_tag(store, "app", new)
     assert not do_record(w, new, resolved=frozenset({"app"}))
     assert do_record(w, new, resolved=frozenset({"base"}))  # moved but not read: fine
+
+
+def test_another_stepbuild_version_is_another_fingerprint(context: Path, store: Path,
+                                                          tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    package = tmp_path / "site" / "stepbuild"
+    (package / "sandbox").mkdir(parents=True)
+    (package / "keys.py").write_text("KEY_SCHEMA = 1\n")
+    monkeypatch.setattr(fingerprint, "__file__", str(package / "fingerprint.py"))
+    first = value(context, store)
+    assert value(context, store) == first
+    (package / "keys.py").write_text("KEY_SCHEMA = 22\n")
+    assert value(context, store) != first
