@@ -44,7 +44,16 @@ from typing import Any
 from stepbuild import fetch, git, keys, overlay, rootpath
 from stepbuild import instructions as ins
 from stepbuild.context import Selection, SourceGroup
-from stepbuild.copy import Copier, Owner, Placement, check_destination, file_target, open_root
+from stepbuild.copy import (
+    Copier,
+    Owner,
+    Placement,
+    check_destination,
+    file_target,
+    fresh_directory,
+    open_root,
+    upper_directory,
+)
 from stepbuild.errors import BuildError, ContextError, PlanError
 from stepbuild.image import ImageState
 from stepbuild.images import load_state
@@ -237,7 +246,7 @@ def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept]
             for index, group in enumerate(groups):
                 if layout is None:
                     _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
-                                chowned=bool(work["chown"]))
+                                chowned=bool(work["chown"]), upper=tmp / "upper")
                 else:
                     _copy_kept(context, copier, group, layout[index], place)
             for name, data in work["inline"]:
@@ -245,7 +254,8 @@ def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept]
             for download in work["downloads"]:
                 _copy_download(copier, download, file_target(place, download.name, root_fd))
             for index, repo in enumerate(work["git"]):
-                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
+                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged,
+                          tmp / "upper")
             copier.finish()
         finally:
             copier.close()
@@ -261,7 +271,7 @@ def chown_owner(root: Path, chown: str) -> Owner:
 
 
 def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root_fd: int,
-                unpack: bool, merged: Path, chowned: bool) -> None:
+                unpack: bool, merged: Path, chowned: bool, upper: Path) -> None:
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
@@ -275,7 +285,12 @@ def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root
                     entry)
         return
     base = place.dest.rstrip("/") or "/"
+    fresh = fresh_directory(root_fd, base)
     copier.make_dir(base, os.lstat(context.root / group.resolved), top=True)
+    if fresh and len(group.entries) > 1:  # made now through the overlay: write below directly
+        upper_fd = upper_directory(root_fd, base, merged, upper)
+        if upper_fd is not None:
+            copier.write_below_directly(base, upper_fd)
     for entry in group.entries:
         source = f"{group.resolved}/{entry.path}" if group.resolved != "." else entry.path
         _copy_entry(context, copier, source, base.rstrip("/") + "/" + entry.path, entry)
@@ -415,7 +430,7 @@ def _copy_kept(context: Any, copier: Copier, group: SourceGroup, kept: _Kept,
 
 
 def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, target: Path,
-              work: dict[str, Any], merged: Path) -> None:
+              work: dict[str, Any], merged: Path, upper: Path) -> None:
     """Fetch the commit into the step's tmp dir and copy its tree (or subdir) like a
     directory source: its contents go into the destination, which is always a directory."""
     from stepbuild.context import BuildContext
@@ -428,4 +443,4 @@ def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, t
     context = BuildContext(tree)
     group = context.select(["."]).groups[0]
     _copy_group(context, copier, group, place, root_fd, False, merged,
-                chowned=bool(work["chown"]))
+                chowned=bool(work["chown"]), upper=upper)
