@@ -242,11 +242,16 @@ def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept]
             check_destination(place, len(groups) + len(work["inline"]) + len(
                 work["downloads"]) + len(work["git"]), root_fd)
         copier = Copier(root_fd, place)
+        # Writing below a new directory straight to the upper dir, only when it is all this
+        # COPY writes: the entries of one walk never pass through each other's symlinks, while
+        # a second source could (and must then resolve through the image, not the upper dir).
+        alone = len(groups) == 1 and not (work["inline"] or work["downloads"] or work["git"])
+        upper = tmp / "upper" if alone else None
         try:
             for index, group in enumerate(groups):
                 if layout is None:
                     _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
-                                chowned=bool(work["chown"]), upper=tmp / "upper")
+                                chowned=bool(work["chown"]), upper=upper)
                 else:
                     _copy_kept(context, copier, group, layout[index], place)
             for name, data in work["inline"]:
@@ -254,8 +259,7 @@ def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept]
             for download in work["downloads"]:
                 _copy_download(copier, download, file_target(place, download.name, root_fd))
             for index, repo in enumerate(work["git"]):
-                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged,
-                          tmp / "upper")
+                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
             copier.finish()
         finally:
             copier.close()
@@ -271,7 +275,7 @@ def chown_owner(root: Path, chown: str) -> Owner:
 
 
 def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root_fd: int,
-                unpack: bool, merged: Path, chowned: bool, upper: Path) -> None:
+                unpack: bool, merged: Path, chowned: bool, upper: Path | None) -> None:
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
@@ -287,7 +291,7 @@ def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root
     base = place.dest.rstrip("/") or "/"
     fresh = fresh_directory(root_fd, base)
     copier.make_dir(base, os.lstat(context.root / group.resolved), top=True)
-    if fresh and len(group.entries) > 1:  # made now through the overlay: write below directly
+    if fresh and upper is not None and len(group.entries) > 1:  # made now, through the overlay
         upper_fd = upper_directory(root_fd, base, merged, upper)
         if upper_fd is not None:
             copier.write_below_directly(base, upper_fd)
@@ -430,7 +434,7 @@ def _copy_kept(context: Any, copier: Copier, group: SourceGroup, kept: _Kept,
 
 
 def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, target: Path,
-              work: dict[str, Any], merged: Path, upper: Path) -> None:
+              work: dict[str, Any], merged: Path) -> None:
     """Fetch the commit into the step's tmp dir and copy its tree (or subdir) like a
     directory source: its contents go into the destination, which is always a directory."""
     from stepbuild.context import BuildContext
@@ -443,4 +447,4 @@ def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, t
     context = BuildContext(tree)
     group = context.select(["."]).groups[0]
     _copy_group(context, copier, group, place, root_fd, False, merged,
-                chowned=bool(work["chown"]), upper=upper)
+                chowned=bool(work["chown"]), upper=None)
