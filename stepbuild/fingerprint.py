@@ -12,11 +12,13 @@ The fingerprint covers, conservatively (a change anywhere is a miss, never a wro
   working directory, and the environment (build args and secrets can come from it);
 - stepbuild's own code (the stat of its modules and grammar): another version may build the
   same inputs differently;
-- the stat (inode, mode, size, mtime, ctime) of every entry of the context, ignored or not,
-  of the Stepfile and of every ignore file and --build-arg-file it could use. Taken *before*
-  the build reads anything, so a file changed during the build makes the next one a miss. If
-  any entry changed less than RACY_WINDOW_NS before the walk, no record is written: a second
-  write within one timestamp tick would not change its stat (git's "racily clean" files).
+- the stat (inode, mode, size, mtime, ctime) of every entry of the context — but what a
+  literal line of the ignore file (`node_modules`, `.git`) excludes, so that a big ignored tree
+  costs nothing — of the Stepfile and of every ignore file and --build-arg-file it could use.
+  Taken *before* the build reads anything, so a file changed during the build makes the next
+  one a miss. If any entry changed less than RACY_WINDOW_NS before the walk, no record is
+  written: a second write within one timestamp tick would not change its stat (git's "racily
+  clean" files).
 
 A record also holds the store's tags after the build and the result's blobs: any tag that
 changed since (a rebuilt base, an `rmi`) or a blob gone (`prune`) is a miss. It is written
@@ -34,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import posixpath
 import sys
 import tempfile
 import time
@@ -50,7 +53,7 @@ __all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
 FORMAT = "stepbuild-build-fingerprint/1"
 RECORDS = "fingerprints"
 RACY_WINDOW_NS = 2_000_000_000  # as context.py's stat cache
-MAX_ENTRIES = 100_000  # a bigger context is left to the build's own (ignore-aware) walk
+MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 # Options that change what is printed, not what is built.
 _PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
@@ -98,7 +101,7 @@ def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
     newest = 0
     for path in _input_files(options, context):
         newest = max(newest, _feed_stat(digest, str(path), path))
-    walked = _feed_tree(digest, context)
+    walked = _feed_tree(digest, context, _ignored(options, context))
     if walked is None:
         return None
     newest = max(newest, walked)
@@ -124,6 +127,33 @@ def _input_files(options: Any, context: Path) -> list[Path]:
                for suffix in (".stepignore", ".dockerignore")]
     ignores += [context / ".stepignore", context / ".dockerignore"]
     return [*stepfiles, *ignores, *(Path(f).absolute() for f in options.build_arg_file)]
+
+
+def _ignored(options: Any, context: Path) -> set[str]:
+    """Context paths the applicable ignore file excludes by a literal pattern (`node_modules`,
+    `.git`): the walk skips them, since the build never reads what is below them. Nothing is
+    skipped if any pattern re-includes (`!`). ignorefiles.py decides which file applies; this
+    repeats its order without importing the pattern machinery (~9 ms)."""
+    if options.file:
+        stepfile: Path | None = Path(options.file).absolute()
+    else:
+        stepfile = next((context / n for n in _STEPFILE_NAMES if (context / n).is_file()), None)
+    candidates = [stepfile.with_name(stepfile.name + suffix)
+                  for suffix in (".stepignore", ".dockerignore")] if stepfile else []
+    candidates += [context / ".stepignore", context / ".dockerignore"]
+    for candidate in candidates:
+        try:
+            text = candidate.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        lines = [line.strip() for line in text.removeprefix("\ufeff").splitlines()
+                 if not line.startswith("#") and line.strip()]
+        if any(line.startswith("!") for line in lines):
+            return set()
+        literal = {posixpath.normpath(line).strip("/") for line in lines
+                   if not any(c in line for c in "*?[\\")}
+        return literal - {"", ".", ".."} - {p for p in literal if p.startswith("../")}
+    return set()
 
 
 def _feed_stat(digest: Any, name: str, path: Path | None, info: os.stat_result | None = None
@@ -154,9 +184,9 @@ def _feed_code(digest: Any) -> None:
                     _feed_stat(digest, entry.path, None, entry.stat())
 
 
-def _feed_tree(digest: Any, root: Path) -> int | None:
-    """Add every entry below `root` (sorted, not following symlinks); return the newest time,
-    or None if there are more than MAX_ENTRIES."""
+def _feed_tree(digest: Any, root: Path, skipped: set[str]) -> int | None:
+    """Add every entry below `root` (sorted, not following symlinks) but the `skipped` paths
+    and what is below them; return the newest time, or None past MAX_ENTRIES entries."""
     newest = _feed_stat(digest, ".", root)
     count = 0
     pending = [""]
@@ -173,6 +203,8 @@ def _feed_tree(digest: Any, root: Path) -> int | None:
             if count > MAX_ENTRIES:
                 return None
             name = f"{rel}/{entry.name}" if rel else entry.name
+            if name in skipped:
+                continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError:

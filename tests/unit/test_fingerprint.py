@@ -273,3 +273,35 @@ def test_another_stepbuild_version_is_another_fingerprint(context: Path, store: 
     assert value(context, store) == first
     (package / "keys.py").write_text("KEY_SCHEMA = 22\n")
     assert value(context, store) != first
+
+
+@pytest.mark.parametrize(("ignore", "counted"), [
+    (None, True), ("node_modules\n", False), ("/node_modules/\n", False),
+    ("# a comment\n./node_modules\n", False), ("node_modules\n!node_modules/keep\n", True),
+    ("node_*\n", True),  # only literal lines prune the walk (a wildcard costs nothing extra)
+])
+def test_a_literally_ignored_tree_is_not_walked(context: Path, store: Path,
+                                                ignore: str | None, counted: bool) -> None:
+    modules = context / "node_modules" / "pkg"
+    modules.mkdir(parents=True)
+    (modules / "index.js").write_text("1")
+    if ignore is not None:
+        (context / ".dockerignore").write_text(ignore)
+    first = value(context, store)
+    (modules / "index.js").write_text("2")
+    (modules / "new.js").write_text("")
+    assert (value(context, store) != first) is counted
+
+
+def test_the_ignore_file_beside_a_named_stepfile_wins(context: Path, store: Path,
+                                                      tmp_path: Path) -> None:
+    (context / "junk").mkdir()
+    stepfile = tmp_path / "app.Stepfile"
+    stepfile.write_text("FROM base\n")
+    (tmp_path / "app.Stepfile.dockerignore").write_text("junk\n")
+    (context / ".dockerignore").write_text("src\n")  # not the one that applies
+    first = value(context, store, file=str(stepfile))
+    (context / "junk" / "x").write_text("x")
+    assert value(context, store, file=str(stepfile)) == first
+    (context / "src" / "a.txt").write_text("changed")
+    assert value(context, store, file=str(stepfile)) != first
