@@ -13,14 +13,18 @@ from pathlib import Path
 from stepbuild.patterns import read_ignore_file
 
 
+def candidates(context: Path, stepfile: Path | None) -> list[Path]:
+    """Where an ignore file may be, in the order the first one found applies."""
+    found: list[Path] = []
+    if stepfile is not None:
+        found += [stepfile.with_name(stepfile.name + ".stepignore"),
+                  stepfile.with_name(stepfile.name + ".dockerignore")]
+    return found + [context / ".stepignore", context / ".dockerignore"]
+
+
 def ignore_file(context: Path, stepfile: Path | None) -> Path | None:
     """The ignore file that applies, or None."""
-    candidates: list[Path] = []
-    if stepfile is not None:
-        candidates += [stepfile.with_name(stepfile.name + ".stepignore"),
-                       stepfile.with_name(stepfile.name + ".dockerignore")]
-    candidates += [context / ".stepignore", context / ".dockerignore"]
-    return next((path for path in candidates if path.is_file()), None)
+    return next((path for path in candidates(context, stepfile) if path.is_file()), None)
 
 
 def ignore_patterns(context: Path, stepfile: Path | None) -> list[str]:
