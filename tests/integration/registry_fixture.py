@@ -24,19 +24,20 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+
+from tests.local_http import LocalHTTPServer
 
 REGISTRY_BIN = "docker-registry"
 USER, PASSWORD = "alice", "wonderland-42"
@@ -224,10 +225,8 @@ class _TokenServer:
                 pass
 
         self.users, self.key, self.header, self.issued = users, key, header, issued
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler, poll=0.01)
+        self.port = self.http.port
 
     def handle(self, request: BaseHTTPRequestHandler) -> None:
         query = parse_qs(urlsplit(request.path).query)
@@ -275,8 +274,7 @@ class _TokenServer:
         return user
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,17 @@ import os
 import struct
 import subprocess
 import tarfile
-import threading
 import urllib.parse
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.local_http import LocalHTTPServer
 
 pytestmark = pytest.mark.root
 
@@ -674,16 +674,11 @@ class _Server:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        if self.thread.is_alive():
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.thread.join()
+        self.http.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import functools
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.integration.test_build_copy import (
     sh,
     store_snapshot,
 )
+from tests.local_http import LocalHTTPServer
 
 pytestmark = pytest.mark.root
 
@@ -154,14 +154,11 @@ class GitServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.http = LocalHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.close()
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +173,8 @@ def dumb_server(git_server: GitServer) -> Iterator[str]:
     """The same repositories as plain files: git's "dumb" HTTP protocol (no shallow fetch)."""
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(git_server.root))
     handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with LocalHTTPServer(handler) as http:
+        yield http.url
 
 
 @pytest.fixture

@@ -14,15 +14,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from tests.integration.builds import PROJECT, Stepbuild, base_image, step_lines, write_context
+from tests.local_http import LocalHTTPServer
 
 pytestmark = pytest.mark.root
 
@@ -144,14 +144,8 @@ def server() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with LocalHTTPServer(Handler) as http:
+        yield http.url, hits
 
 
 def test_a_url_source_is_never_replayed(sb: Stepbuild, work: Path,
