@@ -22,7 +22,7 @@ from stepbuild.tarformat import (
 )
 
 ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="needs root: mknod, trusted.* xattrs, chown")
+needs_root = pytest.mark.root  # mknod, trusted.* xattrs, chown (conftest: fails if not root)
 
 # security.capability for cap_net_bind_service+ep (struct vfs_cap_data, revision 2)
 CAP_NET_BIND = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)

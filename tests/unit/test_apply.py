@@ -38,8 +38,7 @@ from tests.badtars import (
     write_corpus,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="needs root: whiteout devices, trusted.* xattrs, chown")
+pytestmark = pytest.mark.root  # whiteout devices, trusted.* xattrs, chown
 
 LABEL = "layer sha256:" + "ab" * 32
 

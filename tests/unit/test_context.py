@@ -527,7 +527,7 @@ def test_source_dir_mode_is_in_the_digest(ctx_dir: Path) -> None:
     assert bc.select(["dir"]).digest() != before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.root  # chown
 def test_owner_never_changes_the_digest(ctx_dir: Path) -> None:
     bc = BuildContext(ctx_dir)
     before = bc.select(["."])
