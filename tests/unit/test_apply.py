@@ -37,6 +37,7 @@ from tests.badtars import (
     tar,
     write_corpus,
 )
+from tests.hostwatch import etc_state, leaked_under, open_descriptors
 
 pytestmark = pytest.mark.root  # whiteout devices, trusted.* xattrs, chown
 
@@ -66,11 +67,6 @@ def tree(top: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-def _etc_state() -> tuple[object, ...]:
-    s = Path("/etc").stat()
-    return (s.st_mtime_ns, sorted(os.listdir("/etc")), Path("/etc/passwd").stat().st_mtime_ns)
-
-
 class Beside:
     """base/target (the layer dir being made) and base/sentinel beside it, watched."""
 
@@ -82,12 +78,12 @@ class Beside:
         if not self.sentinel.exists():
             self.sentinel.mkdir()
             (self.sentinel / "file").write_text("host")
-        self._before = (tree(self.sentinel), _etc_state(), sorted(os.listdir(base)))
-        self._fds = set(os.listdir("/proc/self/fd"))
+        self._before = (tree(self.sentinel), etc_state(), sorted(os.listdir(base)))
+        self._fds = open_descriptors()
 
     def check_untouched(self) -> None:
-        assert (tree(self.sentinel), _etc_state(), sorted(os.listdir(self.base))) == self._before
-        assert set(os.listdir("/proc/self/fd")) == self._fds, "a descriptor leaked"
+        assert (tree(self.sentinel), etc_state(), sorted(os.listdir(self.base))) == self._before
+        assert not (leaked := leaked_under(self.base, self._fds)), f"descriptors leaked: {leaked}"
         for dirpath, dirnames, filenames in os.walk(self.target):
             for name in dirnames + filenames:
                 assert self.target in (Path(dirpath) / name).parents

@@ -24,14 +24,11 @@ from stepbuild.rootpath import (
     read_file_in_root,
     resolve_parent,
 )
+from tests.hostwatch import leaked_under, open_descriptors
 
 
 def fd_path(fd: int) -> Path:
     return Path(os.readlink(f"/proc/self/fd/{fd}"))
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 class Tree:
@@ -86,9 +83,9 @@ def tree(tmp_path: Path) -> Iterator[Tree]:
 @pytest.fixture
 def root_fd(tree: Tree) -> Iterator[int]:
     fd = os.open(tree.root, os.O_RDONLY | os.O_DIRECTORY)
-    before = open_fds()
+    before = open_descriptors()
     yield fd
-    assert open_fds() == before, "a descriptor leaked"
+    assert not (leaked := leaked_under(tree.base, before)), f"descriptors leaked: {leaked}"
     os.close(fd)
 
 

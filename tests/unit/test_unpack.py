@@ -41,6 +41,7 @@ from stepbuild.tarformat import (
     encode_header,
 )
 from stepbuild.unpack import is_archive, unpack_archive
+from tests.hostwatch import etc_state, leaked_under, open_descriptors
 from tests.tars import CAP_NET_BIND, ROOT, entry, make_tar, needs_root, raw_meta, reg
 
 # =============================================================================================
@@ -91,8 +92,8 @@ class Env:
         (self.sentinel / "file").write_text("host")
         self.archives = base / "archives"
         self.archives.mkdir()
-        self._before = (snapshot(self.sentinel), snapshot(self.archives), _etc_state())
-        self._fds = _open_paths()
+        self._before = (snapshot(self.sentinel), snapshot(self.archives), etc_state())
+        self._fds = open_descriptors()
 
     def tar(self, data: bytes, name: str = "a.tar") -> Path:
         path = self.archives / name
@@ -104,34 +105,9 @@ class Env:
         unpack_archive(self.tar(data), self.root, dest, **kw)
 
     def check_untouched(self) -> None:
-        assert (snapshot(self.sentinel), snapshot(self.archives), _etc_state()) == self._before
+        assert (snapshot(self.sentinel), snapshot(self.archives), etc_state()) == self._before
         assert sorted(p.name for p in self.base.iterdir()) == ["archives", "root", "sentinel"]
-        inside = (str(self.base), f"{self.base}/")
-        new = _open_paths() - self._fds
-        leaked = {target for _, target in new if target == inside[0] or target.startswith(inside[1])}
-        assert not leaked, f"descriptors leaked: {sorted(leaked)}"
-
-
-def _etc_state() -> tuple[object, ...]:
-    # Not /etc's own mtime: another process on the machine may make and remove a temp file
-    # there mid-test; an escape that wrote to /etc leaves an entry or a changed passwd.
-    return (sorted(os.listdir("/etc")), Path("/etc/passwd").stat().st_mtime_ns)
-
-
-def _open_paths() -> set[tuple[str, str]]:
-    """(fd, what it names) for every descriptor of this process.
-
-    Compared as pairs, and only those naming something under the test's directory count as
-    leaked: a daemon thread an earlier test left (an HTTP server, a connection pool) may open a
-    socket meanwhile, and the garbage collector may close one.
-    """
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
-        except FileNotFoundError:  # the listing's own descriptor, closed by now
-            continue
-    return out
+        assert not (leaked := leaked_under(self.base, self._fds)), f"descriptors leaked: {leaked}"
 
 
 @pytest.fixture
