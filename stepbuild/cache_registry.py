@@ -227,13 +227,10 @@ class RegistryCache:
         return entries, {str(k): str(v) for k, v in folded.items()}, digest
 
     def _read_config(self, config: dict[str, Any]) -> Any:
-        tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
-        try:
+        with _scratch_path() as tmp:
             self.registry.get_blob(self.ref.repository, config["digest"], tmp,
                                    size=config["size"])
             return json.loads(tmp.read_bytes())
-        finally:
-            tmp.unlink(missing_ok=True)
 
     # --- export ---------------------------------------------------------------------------
 
@@ -319,13 +316,10 @@ class RegistryCache:
         entries = dict(sorted(_valid(merged).items()))
         config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-        tmp = Path(tempfile.mkstemp(prefix="stepbuild-cache-map-")[1])
-        try:
+        with _scratch_path() as tmp:
             tmp.write_bytes(config)
             if self.registry.has_blob(repo, config_digest) is None:
                 self.registry.put_blob(repo, config_digest, len(config), tmp)
-        finally:
-            tmp.unlink(missing_ok=True)
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
                     "artifactType": ARTIFACT_TYPE,
                     "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest,
@@ -333,6 +327,13 @@ class RegistryCache:
                     "layers": _blobs_of(entries), "annotations": annotations}
         data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         return str(self.registry.put_manifest(repo, tag, data, MANIFEST_MEDIA_TYPE))
+
+
+@contextmanager
+def _scratch_path() -> Iterator[Path]:
+    """A path for one small blob on its way to or from the registry, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="stepbuild-cache-map-") as tmp:
+        yield Path(tmp) / "blob"
 
 
 def _valid(entries: dict[str, Any]) -> dict[str, Any]:

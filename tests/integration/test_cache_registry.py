@@ -8,12 +8,10 @@ blobs it does not have).
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import secrets
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +27,12 @@ from stepbuild.cache_registry import (
 )
 from stepbuild.connection import Connection
 from stepbuild.teamcache import ARTIFACT_TYPE, CacheError, check_record
+from tests.hostwatch import open_descriptors
 from tests.integration import registry_fixture
 
 pytestmark = pytest.mark.root
 
 plain_registry = registry_fixture.plain_registry
-
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_garbage() -> Iterator[None]:
-    yield
-    gc.collect()  # close what the registry process left open now (test_rootpath counts fds)
 
 
 class Writer:
@@ -135,6 +128,22 @@ def test_two_writers_fold_into_the_main_tag(tmp_path: Path,
     # a writer's second export adds to its tag, it does not replace it
     two.export([key("d")])
     assert read_keys(ref, tmp_path / "reader")[0] == {key(n) for n in "abcd"}
+
+
+def test_export_and_import_leave_no_file_open(tmp_path: Path,
+                                             plain_registry: registry_fixture.RunningRegistry
+                                             ) -> None:
+    # the map's config blob goes through a temp file each way; a build in a long-lived process
+    # (the Python API, a test run) must not keep one descriptor per export or import
+    ref = f"{plain_registry.host}/fds/cache:main"
+    writer = Writer(tmp_path / "one", ref)
+    writer.export([key("a")])  # the first export connects; its sockets stay pooled
+    before = open_descriptors()
+    for name in "bcd":
+        writer.export([key(name)])
+        assert read_keys(ref, tmp_path / "reader")[0] >= {key("a"), key(name)}
+    files = sorted(target for _, target in open_descriptors() - before if target.startswith("/"))
+    assert files == []
 
 
 @pytest.mark.parametrize("tag", ["main", "t" * 128])  # a long tag: writers cut it
