@@ -101,18 +101,17 @@ class Builder:
 
             run.team = TeamCache(self.store, options.cache_from, options.cache_to,
                                  self.progress.warn, connection=options.connection)
-        self._run_stages(run, needed, graph)
-        state = run.results[target.index]
-        descriptor = save_state(self.store, state, run.bases.get(target.index))
-        for tag in options.tags:
-            self.store.tag(tag, descriptor)
-        if run.team is not None and run.team.exporting:  # the final image's stages (mode=min)
-            final: set[int] = set()
-            index: int | None = target.index
-            while index is not None and index not in final:
-                final.add(index)
-                index = run.from_stage.get(index)
-            run.team.export(final)
+        try:
+            self._run_stages(run, needed, graph)
+            state = run.results[target.index]
+            descriptor = save_state(self.store, state, run.bases.get(target.index))
+            for tag in options.tags:
+                self.store.tag(tag, descriptor)
+            if run.team is not None and run.team.exporting:  # the final image's stages (min)
+                run.team.export(_final_stages(run, target.index))
+        finally:
+            if run.team is not None:
+                run.team.close()
         return BuildResult(descriptor.digest, state, run.steps, run.cached)
 
     def _run_stages(self, run: _Run, needed: list[int],
@@ -139,6 +138,16 @@ class Builder:
                         wait(running)
                         raise future.exception()  # type: ignore[misc]
                     run.results[index] = future.result()
+
+
+def _final_stages(run: _Run, target: int) -> set[int]:
+    """The target and the stages it is built FROM, in a chain: what mode=min exports."""
+    final: set[int] = set()
+    index: int | None = target
+    while index is not None and index not in final:
+        final.add(index)
+        index = run.from_stage.get(index)
+    return final
 
 
 def _target_stage(stages: Stages, target: str | None) -> Stage:

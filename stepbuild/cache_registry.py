@@ -125,6 +125,11 @@ class RegistryCache:
             self._registry = self.connection.open(self.ref.registry, self.ref.repository)
         return self._registry
 
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
     @property
     def tag(self) -> str:
         return self.ref.digest or self.ref.tag or "latest"

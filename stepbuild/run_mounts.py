@@ -692,6 +692,11 @@ def observe_cache_mounts(observer: Any) -> None:
     _OBSERVERS.add(observer)
 
 
+def forget_cache_mounts(observer: Any) -> None:
+    """Stop telling `observer` (its build is over; it may live on until collected)."""
+    _OBSERVERS.discard(observer)
+
+
 def _lock(path: Path, *, exclusive: bool, wait: bool) -> int | None:
     import fcntl
 

@@ -264,9 +264,10 @@ class _LocalDir:
                     json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
 
     def finish(self) -> None:
-        pass
+        pass  # every file was renamed into place as it was written
 
-
+    def close(self) -> None:
+        pass  # nothing is held open between calls
 
 # --- the build's view ---------------------------------------------------------------------------
 
@@ -316,6 +317,14 @@ class TeamCache:
     @property
     def exporting(self) -> bool:
         return bool(self.destinations)
+
+    def close(self) -> None:
+        """The build is over: stop observing cache mounts, close registry connections."""
+        from stepbuild.run_mounts import forget_cache_mounts
+
+        forget_cache_mounts(self)
+        for _, backend in (*self.sources, *self.destinations):
+            backend.close()
 
     # --- import ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ blobs it does not have).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import secrets
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from stepbuild import cache_registry
+from stepbuild import cache_registry, run_mounts
 from stepbuild.cache_registry import (
     TAG_ANNOTATION,
     WRITERS_ANNOTATION,
@@ -26,7 +27,13 @@ from stepbuild.cache_registry import (
     writer_tag,
 )
 from stepbuild.connection import Connection
-from stepbuild.teamcache import ARTIFACT_TYPE, CacheError, check_record
+from stepbuild.teamcache import (
+    ARTIFACT_TYPE,
+    CacheError,
+    TeamCache,
+    check_record,
+    parse_cache_spec,
+)
 from tests.hostwatch import open_descriptors
 from tests.integration import registry_fixture
 
@@ -144,6 +151,26 @@ def test_export_and_import_leave_no_file_open(tmp_path: Path,
         assert read_keys(ref, tmp_path / "reader")[0] >= {key("a"), key(name)}
     files = sorted(target for _, target in open_descriptors() - before if target.startswith("/"))
     assert files == []
+
+
+def test_a_closed_team_cache_holds_no_connection_and_observes_nothing(
+        tmp_path: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
+    # a build closes its team cache when it ends (build.py): nothing stays open in a process
+    # that goes on (the Python API), and a later build's cache mounts are not reported to it
+    ref = f"{plain_registry.host}/close/cache:main"
+    Writer(tmp_path / "one", ref).export([key("a")])
+    store = type("Store", (), {"root": tmp_path / "store"})()
+    before = open_descriptors()
+    team = TeamCache(store, [parse_cache_spec(f"type=registry,ref={ref}", "from")], [],
+                     lambda message: None)
+    assert team.sources[0][1].record(key("a")) is not None  # connected and read the map
+    assert team in run_mounts._OBSERVERS
+    team.close()
+    assert team not in run_mounts._OBSERVERS
+    # the https probe of this plain-HTTP registry failed; urllib3 leaves that socket to the
+    # collector (the exception's traceback holds it): not what close() is for
+    gc.collect()
+    assert [target for _, target in open_descriptors() - before] == []
 
 
 @pytest.mark.parametrize("tag", ["main", "t" * 128])  # a long tag: writers cut it

@@ -10,11 +10,9 @@ docker-registry.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,14 +65,6 @@ def read_all(cache: Path) -> list[dict]:
             assert len(data) == layer["size"]
         records.append(record)
     return records
-
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_garbage() -> Iterator[None]:
-    """After the module (and its registry) is torn down, close what the registry process left
-    open now, not during some later test (test_rootpath checks that no descriptor leaks)."""
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
