@@ -32,6 +32,7 @@ from stepbuild.plan import (
     stage_dependencies,
 )
 from stepbuild.progress import Progress
+from stepbuild.teamcache import LazyLayerError
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
 # syntax); stepbuild.imports.TRANSPORTS, repeated here so a build need not import that module.
@@ -90,20 +91,38 @@ class Builder:
         self.jobs = max(1, jobs)
 
     def build(self, stepfile: ins.Stepfile, options: BuildOptions) -> BuildResult:
+        """Build; start again when a team cache hit's layer, fetched only once needed, turns
+        out unusable: that key is a miss then (its step runs), the steps before stay hits."""
+        misses: set[str] = set()
+        while True:
+            try:
+                return self._build(stepfile, options, misses)
+            except LazyLayerError as exc:
+                from stepbuild.fingerprint import mark_volatile
+
+                misses.add(exc.key)
+                mark_volatile("a team cache layer could not be fetched")  # output differs
+                self.progress.warn(f"{exc.message}; treated as a miss, building again")
+
+    def _build(self, stepfile: ins.Stepfile, options: BuildOptions,
+               misses: set[str]) -> BuildResult:
         stages = split_stages(stepfile)
         target = _target_stage(stages, options.target)
         globals_ = global_args(stages, options.build_args, stepfile.escape)
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         needed = needed_stages(target.index, graph)
         run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
+        run.target = target.index
         if options.cache_from or options.cache_to:
             from stepbuild.teamcache import TeamCache
 
             run.team = TeamCache(self.store, options.cache_from, options.cache_to,
-                                 self.progress.warn, connection=options.connection)
+                                 self.progress.warn, connection=options.connection,
+                                 misses=misses)
         try:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
+            run.need_layers(state)
             descriptor = save_state(self.store, state, run.bases.get(target.index))
             for tag in options.tags:
                 self.store.tag(tag, descriptor)
@@ -178,6 +197,7 @@ class _Run:
         self.failed = False
         self.team: Any = None  # teamcache.TeamCache with --cache-from/--cache-to
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
+        self.target = -1  # the index of the stage built
         self._lock = threading.Lock()
 
     def count(self, cached: bool = False) -> int:
@@ -185,6 +205,12 @@ class _Run:
             self.steps += 1
             self.cached += cached
             return self.steps
+
+    def need_layers(self, state: ImageState) -> None:
+        """Something is about to read `state`'s files: fetch the layers of team cache hits
+        that were left for later (teamcache.materialize)."""
+        if self.team is not None:
+            self.team.materialize(state.diff_ids)
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -278,8 +304,8 @@ class _Run:
         step = self.builder.executor.prepare(instruction, state, scope, self)
         record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
         if record is None and self.team is not None and not self.options.no_cache:
-            lowers = [self.builder.store.layer_dir(d) for d in reversed(state.diff_ids)]
-            record = self.team.lookup(step.key, lowers)  # a team cache hit, imported
+            # a hit; its layer imported now in the target stage, elsewhere once needed
+            record = self.team.lookup(step.key, state.diff_ids, stage.index == self.target)
         if record is not None:
             with self._lock:
                 self.cached += 1
@@ -292,6 +318,10 @@ class _Run:
             started = self.builder.clock()
             epoch = self.options.source_date_epoch
             created = timestamp(epoch if epoch is not None else started)
+            if not step.work.get("link"):  # --link: made on an empty root
+                self.need_layers(state)
+            for other in step.reads:
+                self.need_layers(other)
             diff_id = self.builder.executor.execute(step, state, self, label)
             finished = self.builder.clock()
             # started/finished are for people and tests (did two stages overlap?), not keys.

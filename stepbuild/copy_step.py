@@ -116,7 +116,7 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
     if copy.link:
         inputs["link"] = True
         if chown:
-            owner = _parent_owner(executor, state, chown)
+            owner = _parent_owner(executor, state, chown, run)
             inputs["owner"] = [owner.uid, owner.gid]
     key = keys.step_key(LINK_PARENT if copy.link else state.key, inputs)
     flags = "".join(f" {flag}" for flag, on in (
@@ -133,7 +133,7 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
             "chmod": int(chmod, 8) if chmod else None,
             "unpack": isinstance(copy, ins.Add) and copy.unpack is not False,
             "where": f"{run.stages.filename}:{copy.loc.line}"}
-    return PreparedStep(copy, key, inputs, created_by, work)
+    return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else ())
 
 
 @contextmanager
@@ -172,11 +172,12 @@ class _GitInput:
     written: str
 
 
-def _parent_owner(executor: Any, state: ImageState, chown: str) -> Owner:
+def _parent_owner(executor: Any, state: ImageState, chown: str, run: Any) -> Owner:
     """--link --chown: names are looked up in the parent image, mounted read-only."""
     uid, _, gid = chown.partition(":")
     if uid.isdigit() and (gid.isdigit() or not gid):
         return Owner(int(uid), int(gid or uid))  # nothing to look up
+    run.need_layers(state)
     lowers = [executor.store.layer_dir(d) for d in reversed(state.diff_ids)]
     with overlay.mounted_readonly(executor.scratch_file("chown"), lowers) as root:
         return chown_owner(root, chown)

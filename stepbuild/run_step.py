@@ -64,7 +64,8 @@ def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
         inputs["mounts"] = run_mounts.key_inputs(planned)
         work["mounts"] = planned
     key = keys.step_key(state.key, inputs)
-    return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work)
+    reads = tuple(p.state for p in work.get("mounts", ()) if p.state is not None)
+    return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
 
 
 def _mount_sources(executor: Any, run: ins.Run, build: Any) -> Any:

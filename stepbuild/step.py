@@ -6,15 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepbuild import instructions as ins
+from stepbuild.image import ImageState
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedStep:
     """A cached step ready to run: its key, its inputs (recorded with the cache entry so that
-    a miss can be explained), its history text, and the expanded values needed to run it."""
+    a miss can be explained), its history text, the expanded values needed to run it, and the
+    other images whose files it reads when it runs (`COPY --from`, `RUN --mount from=`)."""
 
     instruction: ins.Run | ins.Copy | ins.Add
     key: str
     inputs: dict[str, Any]
     created_by: str
     work: dict[str, Any] = field(default_factory=dict)
+    reads: tuple[ImageState, ...] = ()

@@ -32,6 +32,14 @@ Import on a local miss: each source in order; a hit copies the blob (its sha256 
 decompresses it (its sha256 must be the record's diff_id), applies it into a layer dir,
 commits it and writes the local cache record — the step is CACHED. Anything unreadable or
 wrong degrades to a miss with a warning; a wrong layer is never used.
+
+Only the layers a build needs are fetched (as BuildKit's lazy blobs): outside the target stage
+a hit only records what it would import, and `materialize(diff_ids)` fetches a layer when
+something reads it — a step that runs on it, a `COPY --from` or `RUN --mount from=` that runs,
+the target image, an export. A builder stage whose result reaches the target only through a
+`COPY --from` that hits too is never downloaded. Because such a fetch comes after the step was
+taken as CACHED, a failure raises `LazyLayerError`; the build then starts again with that key
+a miss (build.py), so a bad cache still never fails a build.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +59,7 @@ from typing import Any
 
 from stepbuild.errors import StepbuildError, UsageError
 
-__all__ = ["CacheSpec", "TeamCache", "parse_cache_spec"]
+__all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
 
 RECORD_SCHEMA = "stepbuild-cache/1"
 MOUNT_SCHEMA = "stepbuild-cache-mount/1"
@@ -65,6 +73,15 @@ _CHUNK = 1 << 20
 
 class CacheError(StepbuildError):
     """A cache source or record that cannot be used (reported as a warning, never fatal)."""
+
+
+class LazyLayerError(CacheError):
+    """A hit's layer, left to fetch when needed, could not be fetched: build again with
+    `key` a miss."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +289,18 @@ class _LocalDir:
 # --- the build's view ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Lazy:
+    """A hit whose layer is not fetched yet: its source, and the layers it applies on."""
+
+    key: str
+    record: dict[str, Any]
+    spec: CacheSpec
+    backend: Any
+    parents: tuple[str, ...]
+    local: dict[str, Any]  # the local cache record, written once the layer is there
+
+
 @dataclass(slots=True)
 class _Used:
     key: str
@@ -284,14 +313,20 @@ class _Used:
 class TeamCache:
     """The --cache-from sources and --cache-to destinations of one build.
 
-    `lookup(key, lowers)` is called on a local miss; `note(...)` for every step that ran or
-    hit; `export(final_stages)` after the build. `warn` reports a source that cannot be read.
+    `lookup(key, parents, eager)` is called on a local miss; `materialize(diff_ids)` before
+    anything reads those layers; `note(...)` for every step that ran or hit;
+    `export(final_stages)` after the build. `warn` reports a source that cannot be read.
+    `misses`: keys to treat as misses (a lazy fetch of theirs failed in an earlier attempt).
     """
 
     def __init__(self, store: Any, sources: Sequence[CacheSpec], destinations: Sequence[CacheSpec],
-                 warn: Callable[[str], None], connection: Any = None) -> None:
+                 warn: Callable[[str], None], connection: Any = None,
+                 misses: Collection[str] = ()) -> None:
         self.store = store
         self.warn = warn
+        self.misses = set(misses)
+        self._lazy: dict[str, _Lazy] = {}  # diff_id → a hit whose layer is not fetched yet
+        self._fetching = threading.Lock()  # one lazy fetch at a time (stage threads)
         if connection is None and any(s.type == "registry" for s in (*sources, *destinations)):
             from stepbuild.connection import Connection
 
@@ -328,9 +363,12 @@ class TeamCache:
 
     # --- import ---------------------------------------------------------------------------
 
-    def lookup(self, key: str, lowers: Sequence[Path]) -> dict[str, Any] | None:
-        """A local cache record for `key` made from the first source that has a usable one
-        (its layer imported into the store), or None."""
+    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> dict[str, Any] | None:
+        """A local cache record for `key` (on the layers `parents`) from the first source that
+        has a usable one, or None. `eager`: import its layer now (the target stage's layers
+        are all needed); otherwise it is fetched by `materialize`, if ever."""
+        if key in self.misses:
+            return None
         for index, (spec, backend) in enumerate(self.sources):
             if index in self._broken:
                 continue
@@ -343,23 +381,52 @@ class TeamCache:
                 continue
             if record is None:
                 continue
+            local = {"diff_ids": [record["diff_id"]] if record["diff_id"] else [],
+                     "created": record["created"], "created_by": record["created_by"],
+                     "imported": True}
+            lazy = _Lazy(key, record, spec, backend, tuple(parents), local)
+            diff_id = record["diff_id"]
+            if diff_id is None or self.store.has_layer(diff_id):
+                self.store.put_cache(key, local)
+                return local
+            if not eager:
+                with self._fetching:
+                    self._lazy.setdefault(diff_id, lazy)
+                return local
+            self.materialize(parents)  # the layers below, first (LazyLayerError)
             try:
-                return self._import(key, record, backend, lowers)
+                self._fetch(lazy, parents)
             except (CacheError, StepbuildError, OSError) as exc:
                 message = getattr(exc, "message", None) or str(exc)
                 self.warn(f"cache {spec.describe()}: key {key}: {message}; treated as a miss")
+                continue
+            return local
         return None
 
-    def _import(self, key: str, record: dict[str, Any], backend: Any,
-                lowers: Sequence[Path]) -> dict[str, Any]:
-        store = self.store
-        diff_id = record["diff_id"]
-        if diff_id is not None and not store.has_layer(diff_id):
-            self._import_layer(record, backend, lowers)
-        local = {"diff_ids": [diff_id] if diff_id else [], "created": record["created"],
-                 "created_by": record["created_by"], "imported": True}
-        store.put_cache(key, local)
-        return local
+    def materialize(self, diff_ids: Sequence[str]) -> None:
+        """Fetch the layers among `diff_ids` (an image's, bottom first) that a hit left for
+        later, in order: each is applied on the ones below it. `LazyLayerError` when one
+        cannot be fetched (its key becomes a miss for the next attempt)."""
+        with self._fetching:
+            for index, diff_id in enumerate(diff_ids):
+                lazy = self._lazy.get(diff_id)
+                if lazy is None or self.store.has_layer(diff_id):
+                    continue
+                try:
+                    self._fetch(lazy, diff_ids[:index])
+                except (CacheError, StepbuildError, OSError) as exc:
+                    self.misses.add(lazy.key)
+                    message = getattr(exc, "message", None) or str(exc)
+                    raise LazyLayerError(lazy.key, f"cache {lazy.spec.describe()}: key "
+                                         f"{lazy.key}: {message}") from None
+                del self._lazy[diff_id]
+
+    def _fetch(self, lazy: _Lazy, parents: Sequence[str]) -> None:
+        """Import `lazy`'s layer on `parents` (all present), then its local cache record."""
+        if not self.store.has_layer(lazy.record["diff_id"]):
+            lowers = [self.store.layer_dir(d) for d in reversed(parents)]
+            self._import_layer(lazy.record, lazy.backend, lowers)
+        self.store.put_cache(lazy.key, lazy.local)
 
     def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
         from stepbuild.apply import apply_layer, remove_tree
@@ -538,6 +605,7 @@ class TeamCache:
             for spec, backend in self.destinations:
                 steps = [u for u in self._used.values()
                          if spec.mode == "max" or u.stage in final_stages]
+                steps = [u for u in steps if self._fetched_for_export(u, spec)]
                 try:
                     written = self._export_to(backend, steps, compressed_layer,
                                               mounts if spec.cache_mounts else [])
@@ -548,6 +616,18 @@ class TeamCache:
             for _name, _record, blob in mounts:
                 blob.unlink(missing_ok=True)
         return written
+
+    def _fetched_for_export(self, used: _Used, spec: CacheSpec) -> bool:
+        """Is `used`'s layer in the store (fetched now if a hit left it for later)?"""
+        lazy = self._lazy.get(used.diff_id) if used.diff_id is not None else None
+        if lazy is None:
+            return True
+        try:
+            self.materialize((*lazy.parents, lazy.record["diff_id"]))
+        except LazyLayerError as exc:
+            self.warn(f"{exc.message}; not exported to {spec.describe()}")
+            return False
+        return True
 
     def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any,
                    mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
