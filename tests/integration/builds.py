@@ -65,6 +65,22 @@ def base_image(sb: Stepbuild, workdir: Path, *build_args: str) -> str:
     return "base"
 
 
+EPOCH = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")  # same base and layers in every store
+
+
+def store_with_base(work: Path, name: str, *build_args: str) -> Stepbuild:
+    """A new store at work/name holding the busybox `base` (built with `build_args`)."""
+    sb = Stepbuild(work / name)
+    base_image(sb, work, *build_args)
+    return sb
+
+
+def build_app(sb: Stepbuild, context: Path, *args: str) -> tuple[str, str]:
+    """(image digest, stderr) of a build tagged `app`, with EPOCH."""
+    result = sb.build(context, "-t", "app", *EPOCH, *args)
+    return result.stdout.strip().splitlines()[-1], result.stderr
+
+
 def write_context(directory: Path, stepfile: str, files: dict[str, str] | None = None) -> Path:
     """A build context with a Stepfile and files (name → content)."""
     directory.mkdir(parents=True, exist_ok=True)

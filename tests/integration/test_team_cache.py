@@ -19,13 +19,19 @@ import pytest
 
 from stepbuild.teamcache import RECORD_SCHEMA, check_record
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    EPOCH,
+    Stepbuild,
+    build_app,
+    step_lines,
+    store_with_base,
+    write_context,
+)
 
 pytestmark = pytest.mark.root
 
 plain_registry = registry_fixture.plain_registry
 
-EPOCH = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")
 STEPFILE = (
     "FROM base\n"
     "RUN sleep 1 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /token\n"
@@ -33,18 +39,6 @@ STEPFILE = (
     "RUN cat /token /data.txt > /both && rm /etc/group\n"
     'CMD ["cat", "/both"]\n'
 )
-
-
-def builder(work: Path, name: str) -> Stepbuild:
-    sb = Stepbuild(work / name)
-    base_image(sb, work, *EPOCH)
-    return sb
-
-
-def build(sb: Stepbuild, context: Path, *args: str) -> tuple[str, str]:
-    """(image digest, stderr) of a build tagged `app`."""
-    result = sb.build(context, "-t", "app", *EPOCH, *args)
-    return result.stdout.strip().splitlines()[-1], result.stderr
 
 
 def keys_of(sb: Stepbuild) -> set[str]:
@@ -75,17 +69,17 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(work: Path) -> tuple[Stepbuild, Path, Path, str]:
     """Builder A: built `app` and exported its cache to work/cache-a."""
-    sb = builder(work, "a")
+    sb = store_with_base(work, "a", *EPOCH)
     context = write_context(work / "ctx-a", STEPFILE, {"data.txt": "hello\n"})
     cache = work / "cache-a"
-    digest, stderr = build(sb, context, "--cache-to", f"type=local,dest={cache}")
+    digest, stderr = build_app(sb, context, "--cache-to", f"type=local,dest={cache}")
     assert step_lines(stderr)[-3:] == ["DONE", "DONE", "DONE"]
     return sb, context, cache, digest
 
 
 def fresh_b(work: Path, name: str, source: Path) -> tuple[Stepbuild, Path]:
     """Builder B: an empty store with `base`, and A's context copied to another path."""
-    sb = builder(work, name)
+    sb = store_with_base(work, name, *EPOCH)
     context = work / f"ctx-{name}" / "deeper"
     shutil.copytree(source, context)
     return sb, context
@@ -108,9 +102,9 @@ def test_keys_are_machine_independent(work: Path) -> None:
     shutil.copytree(context_a, context_b)
     for path in context_b.rglob("*"):
         os.utime(path, (time.time() + 50, time.time() + 50))
-    a, b = builder(work, "keys-a"), builder(work, "keys-b")
-    digest_a, _ = build(a, context_a)
-    digest_b, _ = build(b, context_b)
+    a, b = store_with_base(work, "keys-a", *EPOCH), store_with_base(work, "keys-b", *EPOCH)
+    digest_a, _ = build_app(a, context_a)
+    digest_b, _ = build_app(b, context_b)
     assert keys_of(a) == keys_of(b) and len(keys_of(a)) >= 3  # base ADD + RUN, COPY, RUN
     assert digest_a == digest_b
 
@@ -123,21 +117,21 @@ def test_colleague_reuses_the_cache(work: Path,
     assert (cache / "oci-layout").is_file()
     b, context_b = fresh_b(work, "b", context_a)
     assert keys_of(a) - keys_of(b)  # B lacks A's app steps before the build
-    digest_b, stderr = build(b, context_b, "--cache-from", f"type=local,src={cache}")
+    digest_b, stderr = build_app(b, context_b, "--cache-from", f"type=local,src={cache}")
     assert step_lines(stderr) [-3:] == ["CACHED", "CACHED", "CACHED"], stderr
     assert "DONE" not in " ".join(step_lines(stderr)[1:])
     assert digest_b == digest_a
     assert b.run("app") == a.run("app")  # A's token: the sleep step never ran on B
     # B's own store now has the steps: a rebuild without --cache-from hits locally
-    again, stderr = build(b, context_b)
+    again, stderr = build_app(b, context_b)
     assert again == digest_a and step_lines(stderr)[-3:] == ["CACHED"] * 3
 
 
 def test_mode_min_and_max(work: Path) -> None:
-    sb = builder(work, "modes")
+    sb = store_with_base(work, "modes", *EPOCH)
     context = write_context(work / "ctx-modes", "FROM base AS tools\nRUN echo t > /t\n"
                                                 "FROM base\nCOPY --from=tools /t /t\nRUN cat /t\n")
-    build(sb, context, "--cache-to", f"type=local,dest={work / 'min'}",
+    build_app(sb, context, "--cache-to", f"type=local,dest={work / 'min'}",
           "--cache-to", f"type=local,dest={work / 'max'},mode=max")
     made_by = lambda d: sorted(r["created_by"] for r in read_all(work / d))  # noqa: E731
     assert len(made_by("min")) == 2 and not any("echo t" in c for c in made_by("min"))
@@ -156,7 +150,7 @@ def test_corrupt_record_is_a_miss(work: Path,
     token_key = next(r["key"] for r in read_all(cache) if "sleep 1" in r["created_by"])
     (bad / "keys" / f"{token_key}.json").write_text('{"schema": "stepbuild-cache/1", "ke')
     b, context_b = fresh_b(work, "b-record", context_a)
-    digest_b, stderr = build(b, context_b, "--cache-from", f"type=local,src={bad}")
+    digest_b, stderr = build_app(b, context_b, "--cache-from", f"type=local,src={bad}")
     assert "warning:" in stderr and token_key in stderr and "treated as a miss" in stderr
     assert step_lines(stderr)[-3] == "DONE"  # the token step ran again
     assert b.run("app") != a.run("app")
@@ -173,7 +167,7 @@ def test_corrupt_blob_is_a_miss(work: Path,
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
     b, context_b = fresh_b(work, "b-blob", context_a)
-    digest_b, stderr = build(b, context_b, "--cache-from", f"type=local,src={bad}")
+    digest_b, stderr = build_app(b, context_b, "--cache-from", f"type=local,src={bad}")
     assert "warning:" in stderr and "does not match its digest" in stderr
     assert step_lines(stderr)[-3] == "DONE"
     assert b.run("app") != a.run("app")  # the wrong layer was not used
@@ -192,14 +186,14 @@ def test_a_record_for_a_wrong_layer_is_a_miss(work: Path,
     token["layer"] = other["layer"]
     (bad / "keys" / f"{token['key']}.json").write_text(json.dumps(token))
     b, context_b = fresh_b(work, "b-swap", context_a)
-    _, stderr = build(b, context_b, "--cache-from", f"type=local,src={bad}")
+    _, stderr = build_app(b, context_b, "--cache-from", f"type=local,src={bad}")
     assert "is not layer" in stderr and step_lines(stderr)[-3] == "DONE"
 
 
 def test_four_builders_share_one_cache_dir(work: Path) -> None:
     cache = work / "shared"
-    builder(work, "base-only")  # the keys of `base` alone
-    stores = [builder(work, f"w{i}") for i in range(4)]
+    store_with_base(work, "base-only", *EPOCH)  # the keys of `base` alone
+    stores = [store_with_base(work, f"w{i}", *EPOCH) for i in range(4)]
     # two Stepfiles, each built by two builders (who race on the same keys)
     contexts = [write_context(work / f"ctx-w{i}",
                               STEPFILE.replace("FROM base\n", f"FROM base\nENV V={i % 2}\n"),
@@ -208,7 +202,7 @@ def test_four_builders_share_one_cache_dir(work: Path) -> None:
 
     def one(i: int) -> None:
         try:
-            results[i], _ = build(stores[i], contexts[i], "--cache-to",
+            results[i], _ = build_app(stores[i], contexts[i], "--cache-to",
                                   f"type=local,dest={cache}", "--cache-from",
                                   f"type=local,src={cache}")
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -229,7 +223,7 @@ def test_four_builders_share_one_cache_dir(work: Path) -> None:
     assert not list((cache / "tmp").iterdir())
     # and a fifth, empty builder hits everything from it
     late, context = fresh_b(work, "late", contexts[3])
-    digest, stderr = build(late, context, "--cache-from", f"type=local,src={cache}")
+    digest, stderr = build_app(late, context, "--cache-from", f"type=local,src={cache}")
     assert step_lines(stderr)[-3:] == ["CACHED"] * 3
     assert digest in results
 
@@ -248,9 +242,9 @@ def test_registry_cache(work: Path, plain_registry: registry_fixture.RunningRegi
                         exported: tuple[Stepbuild, Path, Path, str]) -> None:
     a, context_a, _, digest_a = exported
     ref = f"{plain_registry.host}/team/cache:app"
-    _, stderr = build(a, context_a, "--cache-to", f"type=registry,ref={ref},mode=max")
+    _, stderr = build_app(a, context_a, "--cache-to", f"type=registry,ref={ref},mode=max")
     b, context_b = fresh_b(work, "b-registry", context_a)
-    digest_b, stderr = build(b, context_b, "--cache-from", f"type=registry,ref={ref}")
+    digest_b, stderr = build_app(b, context_b, "--cache-from", f"type=registry,ref={ref}")
     assert step_lines(stderr)[-3:] == ["CACHED"] * 3, stderr
     assert digest_b == digest_a and b.run("app") == a.run("app")
     # B pushes its image beside the cache: the imported layers are mounted, not re-uploaded
@@ -258,7 +252,7 @@ def test_registry_cache(work: Path, plain_registry: registry_fixture.RunningRegi
     assert pushed.stderr.count("mounted from team/cache") == 3, pushed.stderr
     # an unknown tag is an empty cache; a tag that is not a cache is a warning, not a failure
     c, context_c = fresh_b(work, "c-registry", context_a)
-    _, stderr = build(c, context_c, "--cache-from",
+    _, stderr = build_app(c, context_c, "--cache-from",
                       f"type=registry,ref={plain_registry.host}/team/cache:nothing")
     assert step_lines(stderr)[-3:] == ["DONE"] * 3 and "warning" not in stderr
 
@@ -269,7 +263,7 @@ def test_registry_image_is_not_a_cache(work: Path,
     a, context_a, _, _ = exported
     a("push", "app", f"{plain_registry.host}/team/image:1")
     d, context_d = fresh_b(work, "d-registry", context_a)
-    _, stderr = build(d, context_d, "--cache-from",
+    _, stderr = build_app(d, context_d, "--cache-from",
                       f"type=registry,ref={plain_registry.host}/team/image:1")
     assert "not a stepbuild cache" in stderr and "treated as a miss" in stderr
     assert stderr.count("not a stepbuild cache") == 1  # once per build, not per step
@@ -321,8 +315,8 @@ def test_four_builders_at_once_share_a_registry_cache_and_a_cache_dir(
     # writer tag (cache_registry.py); no key may be lost, whatever the timing.
     ref = f"{plain_registry.host}/team/shared:main"
     cache = work / "shared-both"
-    base_keys = keys_of(builder(work, "both-base-only"))
-    stores = [builder(work, f"both{i}") for i in range(3)]
+    base_keys = keys_of(store_with_base(work, "both-base-only", *EPOCH))
+    stores = [store_with_base(work, f"both{i}", *EPOCH) for i in range(3)]
     jobs = [(stores[0], 0), (stores[1], 0), (stores[2], 1), (stores[2], 2)]
     contexts = [write_context(work / f"ctx-both{v}",
                               STEPFILE.replace("FROM base\n", f"FROM base\nENV BOTH={v}\n"),
@@ -332,7 +326,7 @@ def test_four_builders_at_once_share_a_registry_cache_and_a_cache_dir(
     def one(i: int) -> None:
         sb, variant = jobs[i]
         try:
-            results[i], _ = build(sb, contexts[variant],
+            results[i], _ = build_app(sb, contexts[variant],
                                   "--cache-to", f"type=registry,ref={ref},mode=max",
                                   "--cache-to", f"type=local,dest={cache},mode=max",
                                   "--cache-from", f"type=registry,ref={ref}",
@@ -357,6 +351,6 @@ def test_four_builders_at_once_share_a_registry_cache_and_a_cache_dir(
         for source in (f"type=registry,ref={ref}", f"type=local,src={cache}"):
             late, context = fresh_b(work, f"late-both{variant}-{source[5:10]}",
                                     contexts[variant])
-            digest, stderr = build(late, context, "--cache-from", source)
+            digest, stderr = build_app(late, context, "--cache-from", source)
             assert step_lines(stderr)[-3:] == ["CACHED"] * 3, (source, stderr)
             assert digest in digests

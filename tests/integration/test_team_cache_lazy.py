@@ -19,13 +19,18 @@ import pytest
 
 from stepbuild.store import Store
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, base_image, write_context
+from tests.integration.builds import (
+    EPOCH,
+    Stepbuild,
+    build_app,
+    store_with_base,
+    write_context,
+)
 
 pytestmark = pytest.mark.root
 
 plain_registry = registry_fixture.plain_registry
 
-EPOCH = ("--build-arg", "SOURCE_DATE_EPOCH=1700000000")
 BUILDER = (
     "FROM base AS builder\n"
     "RUN head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /token"
@@ -43,18 +48,6 @@ CHANGED_APP = BUILDER + (
     "COPY --from=builder /token /token\n"
     'CMD ["cat", "/token"]\n'
 )
-
-
-def builder(work: Path, name: str) -> Stepbuild:
-    sb = Stepbuild(work / name)
-    base_image(sb, work, *EPOCH)
-    return sb
-
-
-def build(sb: Stepbuild, context: Path, *args: str) -> tuple[str, str]:
-    """(image digest, stderr) of a build tagged `app`."""
-    result = sb.build(context, "-t", "app", *EPOCH, *args)
-    return result.stdout.strip().splitlines()[-1], result.stderr
 
 
 def step_lines(stderr: str) -> list[str]:
@@ -80,10 +73,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(work: Path) -> tuple[Stepbuild, str, Path]:
     """Builder A built `app` from a context and exported every stage to work/cache-a."""
-    sb = builder(work, "a")
+    sb = store_with_base(work, "a", *EPOCH)
     context = write_context(work / "ctx-a", STEPFILE)
     cache = work / "cache-a"
-    digest, stderr = build(sb, context, "--cache-to", f"type=local,dest={cache},mode=max")
+    digest, stderr = build_app(sb, context, "--cache-to", f"type=local,dest={cache},mode=max")
     assert step_lines(stderr) == ["DONE", "DONE"], stderr
     return sb, digest, cache
 
@@ -101,12 +94,12 @@ def test_a_stage_read_only_through_a_cached_copy_from_is_never_fetched(
     source = f"type=local,src={cache}"
     if backend == "registry":
         ref = f"{plain_registry.host}/lazy/cache:app"
-        build(a, work / "ctx-a", "--cache-to", f"type=registry,ref={ref},mode=max")
+        build_app(a, work / "ctx-a", "--cache-to", f"type=registry,ref={ref},mode=max")
         source = f"type=registry,ref={ref}"
     big = builder_layer(cache)["diff_id"]
-    b = builder(work, f"b-{backend}")
+    b = store_with_base(work, f"b-{backend}", *EPOCH)
     context = write_context(work / f"ctx-b-{backend}" / "deeper", STEPFILE)
-    digest_b, stderr = build(b, context, "--cache-from", source)
+    digest_b, stderr = build_app(b, context, "--cache-from", source)
     assert step_lines(stderr) == ["CACHED", "CACHED"], stderr
     assert digest_b == digest_a and b.run("app") == a.run("app")
     store = Store(b.root)
@@ -114,7 +107,7 @@ def test_a_stage_read_only_through_a_cached_copy_from_is_never_fetched(
     assert not list((b.root / "blobs").rglob(builder_layer(cache)["layer"]["digest"][7:]))
     check_store(b)
     # the builder stage as the target needs its layer: now it is fetched, and still CACHED
-    _, stderr = build(b, context, "--cache-from", source, "--target", "builder")
+    _, stderr = build_app(b, context, "--cache-from", source, "--target", "builder")
     assert step_lines(stderr) == ["CACHED"] and store.has_layer(big), stderr
     check_store(b)
 
@@ -123,10 +116,10 @@ def test_an_export_fetches_what_a_lazy_hit_left(work: Path,
                                                 exported: tuple[Stepbuild, str, Path]) -> None:
     """B re-exports (mode=max) what it imported: the builder's layer is fetched for that."""
     a, _, cache = exported
-    b = builder(work, "b-export")
+    b = store_with_base(work, "b-export", *EPOCH)
     context = write_context(work / "ctx-b-export", STEPFILE)
     again = work / "cache-b"
-    _, stderr = build(b, context, "--cache-from", f"type=local,src={cache}",
+    _, stderr = build_app(b, context, "--cache-from", f"type=local,src={cache}",
                       "--cache-to", f"type=local,dest={again},mode=max")
     assert step_lines(stderr) == ["CACHED", "CACHED"] and "warning" not in stderr, stderr
     record = builder_layer(again)
@@ -146,7 +139,7 @@ def test_a_lazy_layer_that_cannot_be_fetched_is_a_miss_and_the_build_starts_agai
     data[len(data) // 2] ^= 0xFF
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
-    b = builder(work, "b-bad")
+    b = store_with_base(work, "b-bad", *EPOCH)
     context = write_context(work / "ctx-b-bad", CHANGED_APP)
     result = b.build(context, "-t", "app", *EPOCH, "--cache-from", f"type=local,src={bad}")
     stderr = result.stderr

@@ -23,7 +23,12 @@ import pytest
 from stepbuild.run_mounts import cache_dir_name
 from stepbuild.teamcache import MOUNT_SCHEMA, check_mount_record, parse_cache_spec
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    step_lines,
+    store_with_base,
+    write_context,
+)
 
 pytestmark = pytest.mark.root
 
@@ -36,12 +41,6 @@ READ = ("FROM base\n"
         "RUN --mount=type=cache,target=/c sh -c 'echo reading; cat /c/marker /c/d/f"
         " || echo no-marker'\n")
 MARKER_DIR = cache_dir_name({"id": "/c"})
-
-
-def builder(work: Path, name: str) -> Stepbuild:
-    sb = Stepbuild(work / name)
-    base_image(sb, work)
-    return sb
 
 
 def output(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -74,7 +73,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def exported(work: Path) -> tuple[Stepbuild, Path]:
     """Builder A filled /c and exported it (and its steps) to work/cache-a."""
-    a = builder(work, "a")
+    a = store_with_base(work, "a")
     context = write_context(work / "ctx-a", FILL, {})
     cache = work / "cache-a"
     result = a.build(context, "-t", "filled", "--cache-to",
@@ -122,7 +121,7 @@ def test_export_writes_a_record_and_a_deterministic_blob(
 
 def test_colleague_gets_the_cache_mount(work: Path, exported: tuple[Stepbuild, Path]) -> None:
     _, cache = exported
-    b = builder(work, "b")
+    b = store_with_base(work, "b")
     assert not (b.root / "cache-mounts" / MARKER_DIR).exists()
     context = write_context(work / "ctx-b", READ, {})
     result = b.build(context, "-t", "reader", "--cache-from", f"type=local,src={cache}")
@@ -136,7 +135,7 @@ def test_colleague_gets_the_cache_mount(work: Path, exported: tuple[Stepbuild, P
 def test_a_local_cache_mount_is_never_overwritten(work: Path,
                                                   exported: tuple[Stepbuild, Path]) -> None:
     _, cache = exported
-    c = builder(work, "c")
+    c = store_with_base(work, "c")
     own = write_context(work / "ctx-c-own",
                         "FROM base\nRUN --mount=type=cache,target=/c sh -c 'echo mine >"
                         " /c/marker'\n", {})
@@ -158,7 +157,7 @@ def test_corrupt_blob_gives_an_empty_cache_and_a_warning(
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
-    d = builder(work, "d")
+    d = store_with_base(work, "d")
     context = write_context(work / "ctx-d", READ, {})
     result = d.build(context, "--cache-from", f"type=local,src={broken}")
     assert output(result)[0] == "reading" and output(result)[-1] == "no-marker", result.stderr
@@ -178,7 +177,7 @@ def test_corrupt_record_gives_an_empty_cache_and_a_warning(
     path = broken / "cache-mounts" / f"{MARKER_DIR}.json"
     record = json.loads(path.read_bytes())
     path.write_text(json.dumps({**record, "identity": {"id": "/c", "uid": 5}}))
-    e = builder(work, "e")
+    e = store_with_base(work, "e")
     result = e.build(write_context(work / "ctx-e", READ, {}),
                      "--cache-from", f"type=local,src={broken}")
     assert output(result)[-1] == "no-marker" and "for another cache" in result.stderr
@@ -191,7 +190,7 @@ def test_registry_cache_mounts(work: Path, plain_registry: registry_fixture.Runn
     pushed = a.build(work / "ctx-a", "--cache-to",
                      f"type=registry,ref={ref},cache-mounts=true")
     assert step_lines(pushed.stderr)[-1] == "CACHED"  # a hit still exports the mount it declares
-    f = builder(work, "f")
+    f = store_with_base(work, "f")
     result = f.build(write_context(work / "ctx-f", READ, {}),
                      "--cache-from", f"type=registry,ref={ref}")
     assert step_lines(result.stderr)[-1] == "DONE"
