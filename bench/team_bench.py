@@ -15,10 +15,10 @@ ran it again (other random bytes): the `reused` column.
 - stepbuild: `--cache-to type=registry,ref=…,mode=max` / `--cache-from type=registry,ref=…`;
   B's store is fresh each round (base built untimed).
 - BuildKit (dockerd, the peers' docker-buildkit): `--build-arg BUILDKIT_INLINE_CACHE=1` and a
-  push / `--cache-from IMAGE`. Inline cache is what the docker driver offers; it holds only the
-  final image's steps (mode=min), so a colleague's BuildKit reruns the toolchain stage. A
-  `mode=max` registry export needs a separate buildkitd (docker-container driver), which the
-  peers' setup does not run.
+  push / `--cache-from IMAGE`, the cache the docker driver offers (a `mode=max` registry
+  export needs a separate buildkitd, which the peers' setup does not run). Inline cache holds
+  the final image's layers only, but its keys chain through the toolchain's: the `COPY --from`
+  matches without the toolchain being run or fetched.
 - Buildah (`buildah-overlay`): `--layers --cache-to REPO` / `--cache-from REPO`
   (`--tls-verify=false`: the registry is plain HTTP). B: every image but `base` removed.
 
