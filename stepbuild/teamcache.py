@@ -286,6 +286,7 @@ class _LocalDir:
     def close(self) -> None:
         pass  # nothing is held open between calls
 
+
 # --- the build's view ---------------------------------------------------------------------------
 
 
