@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -43,6 +42,7 @@ from typing import Any, BinaryIO
 
 from stepbuild.compress import NONE, compressed_layer, compression_of, media_type
 from stepbuild.digest import PREFIX, digest_hex
+from stepbuild.durable import fsync_dir, replacing, write_file
 from stepbuild.errors import DigestMismatch, StepbuildError, UsageError
 from stepbuild.oci import (
     ANNOTATION_REF_NAME,
@@ -60,7 +60,7 @@ from stepbuild.oci import (
 from stepbuild.tarformat import DIRTYPE, END_OF_ARCHIVE, REGTYPE, SYMTYPE, Header, encode_header
 from stepbuild.tarformat import padding as tar_padding
 
-__all__ = ["ImageSource", "OciImage", "fill_layout", "fsync_dir", "load_image", "oci_image",
+__all__ = ["ImageSource", "OciImage", "fill_layout", "load_image", "oci_image",
            "umask", "write_docker_archive", "write_oci_archive"]
 
 _CHUNK = 1 << 20
@@ -71,15 +71,6 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so the renames into it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the image ----------------------------------------------------------------------------------
@@ -263,34 +254,12 @@ def _put_layout_blob(blobs: Path, desc: Descriptor,
     with suppress(FileNotFoundError):
         if final.stat().st_size == desc.size:
             return  # already there (an earlier export, or another image sharing it)
-    fd, name = tempfile.mkstemp(prefix=".blob-", dir=blobs)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            copy(f.write)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~umask())
-            os.fsync(f.fileno())
-        os.rename(name, final)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
+    with replacing(final, 0o666 & ~umask(), sync_dir=False) as f:  # the caller syncs blobs/
+        copy(f.write)
 
 
 def _put_file(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~umask())
-            os.fsync(f.fileno())
-        os.rename(name, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-    fsync_dir(path.parent)
+    write_file(path, data, 0o666 & ~umask())
 
 
 # --- docker archive ----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ from pathlib import Path
 
 import xxhash
 
+from stepbuild.durable import fsync_dir
 from stepbuild.errors import ContextError
 from stepbuild.patterns import (
     MatchState,
@@ -743,8 +744,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)

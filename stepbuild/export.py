@@ -61,7 +61,6 @@ from stepbuild.archives import (
     ImageSource,
     OciImage,
     fill_layout,
-    fsync_dir,
     load_image,
     oci_image,
     umask,
@@ -70,6 +69,7 @@ from stepbuild.archives import (
 )
 from stepbuild.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.digest import PREFIX
+from stepbuild.durable import fsync_dir
 from stepbuild.errors import UsageError
 from stepbuild.tarformat import END_OF_ARCHIVE
 

@@ -29,7 +29,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepbuild.durable import write_file
 from stepbuild.errors import UsageError
 from stepbuild.reference import DOCKER_HUB
 
@@ -195,23 +195,7 @@ def _auths(config: dict[str, Any], path: Path) -> dict[str, Any]:
 def _write_config(path: Path, config: dict[str, Any]) -> None:
     """temp (0600, same dir) → fsync → rename → fsync(dir)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data = (json.dumps(config, indent="\t") + "\n").encode()
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_file(path, (json.dumps(config, indent="\t") + "\n").encode(), 0o600)
 
 
 def _credentials_in(

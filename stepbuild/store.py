@@ -42,6 +42,7 @@ from stepbuild.digest import (
     sha256_bytes,
     sha256_file,
 )
+from stepbuild.durable import fsync_dir
 from stepbuild.errors import (
     BlobNotFound,
     DigestMismatch,
@@ -178,7 +179,7 @@ class Store:
             pass  # another process created it first: theirs is as good as ours
         finally:
             _unlink(tmp)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     # --- temp space -------------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Store:
         except BaseException:
             _unlink(tmp)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     # --- locks ------------------------------------------------------------------------------
 
@@ -355,7 +356,7 @@ class Store:
         except BaseException:
             _unlink(tmp)
             raise
-        _fsync_dir(self._blobs)
+        fsync_dir(self._blobs)
 
     def _reuse_blob(self, digest: str, size: int) -> bool:
         """True if the blob is already there with the right size; refreshes its mtime.
@@ -402,7 +403,7 @@ class Store:
             else:
                 self._discard(Path(upper))
             os.utime(final)
-        _fsync_dir(self._layers)
+        fsync_dir(self._layers)
         return final / "diff"
 
     def _rename_layer(self, upper: Path, final: Path) -> None:
@@ -1118,16 +1119,6 @@ def _flock(path: Path, exclusive: bool) -> int:
 
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so the renames into it survive a power loss (rename(2) alone
-    only orders them)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

@@ -49,7 +49,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
@@ -57,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stepbuild.durable import replacing
 from stepbuild.errors import StepbuildError, UsageError
 
 __all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
@@ -238,23 +238,12 @@ class _LocalDir:
             self._write(layout, b'{"imageLayoutVersion":"1.0.0"}')
 
     def _write(self, final: Path, data: bytes | None = None, source: Path | None = None) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", dir=self.root / "tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if source is not None:
-                    with open(source, "rb") as src:
-                        shutil.copyfileobj(src, out, _CHUNK)
-                else:
-                    out.write(data or b"")
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(name, 0o644)
-            os.rename(name, final)
-        except BaseException:
-            with suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
-        _fsync_dir(final.parent)
+        with replacing(final, 0o644, tmp_dir=self.root / "tmp") as out:
+            if source is not None:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            else:
+                out.write(data or b"")
 
     def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
         digest, size, source = desc.digest, desc.size, store.blob_path(desc.digest)
@@ -668,11 +657,3 @@ def _empty_dir(path: Path) -> None:
                 remove_tree(child)
             else:
                 child.unlink()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
