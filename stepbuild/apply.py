@@ -49,6 +49,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from stepbuild.rootpath import makedirs_in_root, resolve_parent
 from stepbuild.tarformat import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 
-__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "remove_tree"]
+__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied", "remove_tree"]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _WHITEOUT_PREFIX = ".wh."
@@ -112,6 +113,22 @@ def apply_layer(
             raise LayerError(f"{label}: {exc.strerror or exc}: {exc.filename}") from exc
     finally:
         os.close(root_fd)
+
+
+def commit_applied(store: Any, tar: Path, diff_id: str, lowers: Sequence[Path], label: str,
+                   prefix: str) -> None:
+    """Apply the layer tar `tar` (its diff_id already verified) on `lowers` into a new dir
+    under the store's tmp/ (named `prefix`…) and commit it as layer `diff_id` with `tar` as
+    its blob: both are consumed. On error the half-applied dir is removed; `tar` stays the
+    caller's."""
+    target = store.tmp_dir(prefix)
+    try:
+        apply_layer(tar, target, lowers=lowers, label=label)
+        store.commit_layer(target, diff_id, tar)
+    except BaseException:
+        with suppress(OSError):
+            remove_tree(target)  # any depth (shutil.rmtree is recursive)
+        raise
 
 
 def remove_tree(path: Path) -> None:

@@ -466,25 +466,19 @@ def _import_image(store: Any, source: Source, image: _Image) -> str:
 def _unpack_layer(store: Any, opener: Opener, layer: _Layer, lowers: list[Path],
                   label: str) -> None:
     """Decompress (verifying the diff_id), apply into tmp/, commit. Cleans up on error."""
-    from stepbuild.apply import apply_layer, remove_tree
+    from stepbuild.apply import commit_applied
 
     tar = store.tmp_file("import-")
-    target: Path | None = None
     try:
         actual = decompress_to(opener(), tar, label)
         if actual != layer.diff_id:
             raise DigestMismatch(layer.diff_id, actual)
-        target = store.tmp_dir("import-")
-        apply_layer(tar, target, lowers=lowers, label=label)
-        store.commit_layer(target, layer.diff_id, tar)  # consumes both
+        commit_applied(store, tar, layer.diff_id, lowers, label, "import-")
     except OSError as exc:
         raise LayerError(f"{label}: {exc.strerror or exc}") from exc
     finally:
         with suppress(FileNotFoundError):
             tar.unlink()
-        if target is not None:
-            with suppress(OSError):
-                remove_tree(target)  # any depth (shutil.rmtree is recursive)
 
 
 # =============================================================================================

@@ -419,7 +419,7 @@ class TeamCache:
         self.store.put_cache(lazy.key, lazy.local)
 
     def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
-        from stepbuild.apply import apply_layer, remove_tree
+        from stepbuild.apply import commit_applied
         from stepbuild.compress import compression_of
         from stepbuild.errors import DigestMismatch
         from stepbuild.import_sources import decompress_to
@@ -428,7 +428,6 @@ class TeamCache:
         store, layer, diff_id = self.store, record["layer"], record["diff_id"]
         compressed = store.tmp_file("cache-blob-")
         tar = store.tmp_file("cache-layer-")
-        target = None
         try:
             backend.fetch_blob(layer, compressed)
             digest, size = _sha256_file(compressed)
@@ -440,10 +439,8 @@ class TeamCache:
             if actual != diff_id:
                 raise CacheError(f"blob {layer['digest']} is not layer {diff_id} "
                                  f"(it decompresses to {actual})")
-            target = store.tmp_dir("cache-import-")
-            apply_layer(tar, target, lowers=list(lowers), label=f"layer {layer['digest']}")
-            store.commit_layer(target, diff_id, tar)  # consumes both
-            target = None
+            commit_applied(store, tar, diff_id, lowers, f"layer {layer['digest']}",
+                           "cache-import-")
             if hasattr(backend, "remember"):
                 backend.remember(store, diff_id, Descriptor(layer["mediaType"], layer["digest"],
                                                             layer["size"]))
@@ -460,9 +457,6 @@ class TeamCache:
             for path in (compressed, tar):
                 with suppress(FileNotFoundError):
                     path.unlink()
-            if target is not None:
-                with suppress(OSError):
-                    remove_tree(target)
 
     # --- cache mounts (run_mounts calls these through observe_cache_mounts) ---------------
 

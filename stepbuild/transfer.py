@@ -540,7 +540,7 @@ class _Puller:
 
     def _layers(self, layers: tuple[oci.Descriptor, ...], diff_ids: tuple[str, ...]) -> int:
         """Fetch (in parallel) and apply (in order) every layer the store lacks."""
-        from stepbuild.apply import apply_layer, remove_tree
+        from stepbuild.apply import commit_applied
 
         store, downloaded = self.store, 0
         jobs = list(zip(layers, diff_ids, strict=True))
@@ -550,21 +550,15 @@ class _Puller:
                 key = _short(diff_id)
                 if fetched is not None:
                     compressed, tar, kind = fetched
-                    target = None
                     try:
-                        target = store.tmp_dir("pull-")
-                        apply_layer(tar, target, lowers=lowers, label=f"layer {blob.digest}")
-                        store.commit_layer(target, diff_id, tar)  # consumes both
-                        target = None
+                        commit_applied(store, tar, diff_id, lowers, f"layer {blob.digest}",
+                                       "pull-")
                         if kind is not None:
                             self._keep_compressed(compressed, blob, diff_id, kind)
                     finally:
                         for path in (compressed, tar):
                             with suppress(FileNotFoundError):
                                 path.unlink()
-                        if target is not None:
-                            with suppress(OSError):
-                                remove_tree(target)
                     downloaded += 1
                     self.display.status(key, "pulled")
                 record_remote_blob(store, diff_id, blob, self.ref.registry, self.repo)

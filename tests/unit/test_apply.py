@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from stepbuild.apply import MAX_DEPTH, apply_layer, remove_tree
+from stepbuild.apply import MAX_DEPTH, apply_layer, commit_applied, remove_tree
 from stepbuild.errors import LayerError
 from stepbuild.layer import capture
+from stepbuild.store import Store
 from stepbuild.tarformat import DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE
 from tests.badtars import (
     OPAQUE,
@@ -298,3 +299,30 @@ def test_property_nothing_escapes(tmp_path: Path, data: st.DataObject) -> None:
                 assert is_whiteout(path)
     where.done()
 
+
+
+# --- commit_applied: apply into the store's tmp/, then commit ---------------------------------
+
+
+def test_commit_applied_commits_the_layer_and_consumes_the_tar(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    data = tar(reg("app/hello", b"hi\n"))
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = store.tmp_file("test-")
+    path.write_bytes(data)
+    commit_applied(store, path, diff_id, [], "test layer", "applied-")
+    assert store.has_layer(diff_id) and not path.exists()
+    assert (store.layer_dir(diff_id) / "app" / "hello").read_bytes() == b"hi\n"
+    assert not any(p.name.startswith("applied-") for p in (store.root / "tmp").iterdir())
+
+
+def test_commit_applied_removes_what_a_failed_apply_left(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    data = tar(reg("a", b"x"), reg("a/b", b"y"))  # `a` is a file: a/b cannot be made
+    path = store.tmp_file("test-")
+    path.write_bytes(data)
+    with pytest.raises(LayerError):
+        commit_applied(store, path, "sha256:" + hashlib.sha256(data).hexdigest(), [],
+                       "test layer", "applied-")
+    assert not any(p.name.startswith("applied-") for p in (store.root / "tmp").iterdir())
+    assert path.exists()  # the caller's to remove
