@@ -68,6 +68,7 @@ from stepbuild.errors import (
     StepbuildError,
     UsageError,
 )
+from stepbuild.images import put_received
 from stepbuild.import_sources import (
     ArchiveSource,
     LayoutSource,
@@ -446,21 +447,7 @@ def _import_image(store: Any, source: Source, image: _Image) -> str:
         lowers.insert(0, store.layer_dir(layer.diff_id))
         size = store.blob_path(layer.diff_id).stat().st_size
         descriptors.append(oci.Descriptor(oci.MEDIA_TYPE_LAYER, layer.diff_id, size))
-    config = image.config
-    if not descriptors:
-        # A manifest needs a layer (the schema says so): the empty one, as images.save_state
-        # writes it; the config must then list its diff_id, so it is re-serialised.
-        parsed = oci.ImageConfig.from_bytes(config, "config")
-        config = oci.ImageConfig.from_json(
-            {**parsed.to_json(), "rootfs": {"type": "layers",
-                                            "diff_ids": [oci.EMPTY_LAYER_DIFF_ID]}}).to_bytes()
-        digest, size = store.put_blob(oci.EMPTY_LAYER)
-        descriptors.append(oci.Descriptor(oci.MEDIA_TYPE_LAYER, digest, size))
-    config_digest, config_size = store.put_blob(config)
-    manifest = oci.Manifest(oci.Descriptor(oci.MEDIA_TYPE_CONFIG, config_digest, config_size),
-                            tuple(descriptors), image.annotations)
-    digest, _ = store.put_blob(manifest.to_bytes())
-    return str(digest)
+    return str(put_received(store, image.config, descriptors, image.annotations).digest)
 
 
 def _unpack_layer(store: Any, opener: Opener, layer: _Layer, lowers: list[Path],

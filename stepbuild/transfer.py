@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -67,6 +67,7 @@ from stepbuild.errors import (
     StepbuildError,
     UsageError,
 )
+from stepbuild.images import put_received
 from stepbuild.reference import Reference, parse_reference
 from stepbuild.store import REMOTE_DIR, parse_remote_record
 
@@ -614,18 +615,8 @@ class _Puller:
         layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, d, store.blob_path(d).stat().st_size,
                                  annotations=blob.annotations)
                   for d, blob in zip(config.diff_ids, manifest.layers, strict=True)]
-        if not layers:  # a manifest needs a layer: the empty one (as images.save_state does)
-            config_bytes = oci.ImageConfig.from_json(
-                {**config.to_json(), "rootfs": {"type": "layers",
-                                                "diff_ids": [oci.EMPTY_LAYER_DIFF_ID]}}
-            ).to_bytes()
-            digest, size = store.put_blob(oci.EMPTY_LAYER)
-            layers.append(oci.Descriptor(oci.MEDIA_TYPE_LAYER, digest, size))
-        config_digest, config_size = store.put_blob(config_bytes)
-        local = oci.Manifest(oci.Descriptor(oci.MEDIA_TYPE_CONFIG, config_digest, config_size),
-                             tuple(layers), manifest.annotations)
-        digest, size = store.put_blob(local.to_bytes())
-        return oci.Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size, platform=config.platform)
+        local = put_received(store, config_bytes, layers, manifest.annotations)
+        return replace(local, platform=config.platform)
 
 
 def _platform_entry(index: oci.Index, ref: Reference) -> oci.Descriptor:
