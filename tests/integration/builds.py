@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +114,16 @@ def step_lines(stderr: str, label: str = "") -> list[str]:
         if words and words[0] in ("CACHED", "DONE"):
             outcomes.append(words[0])
     return outcomes
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "4m") mounted at `path` (made here) for the block: a disk that
+    fills up. Use it in the private mount namespace (fixture `private_mount_ns`)."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

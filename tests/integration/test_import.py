@@ -40,7 +40,13 @@ from stepbuild.imports import import_base, load
 from stepbuild.store import Store
 from stepbuild.tarformat import DIRTYPE, REGTYPE, SYMTYPE, Header, encode_header
 from tests.badtars import case_names, corpus, ent, reg, tar
-from tests.integration.builds import Stepbuild, base_image, rootfs_tarball, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    base_image,
+    rootfs_tarball,
+    small_tmpfs,
+    write_context,
+)
 from tests.unit.test_apply import tree
 
 pytestmark = pytest.mark.root
@@ -395,14 +401,8 @@ def test_image_without_layers(place: Place) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path, private_mount_ns: None) -> Iterator[Path]:
     """A 16 MiB tmpfs at tmp/small (in the test's private mount namespace)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "16m") as small:
         yield small
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_decompression_bomb_on_a_full_disk(small_disk: Path) -> None:

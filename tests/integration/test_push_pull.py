@@ -26,7 +26,13 @@ import requests
 from stepbuild.digest import sha256_bytes
 from stepbuild.store import Store
 from tests.integration import registry_fixture
-from tests.integration.builds import Stepbuild, assert_clear_error, base_image, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    assert_clear_error,
+    base_image,
+    small_tmpfs,
+    write_context,
+)
 from tests.integration.registry_fixture import PASSWORD, USER, RunningRegistry
 
 pytestmark = pytest.mark.root
@@ -271,14 +277,8 @@ def test_a_corrupt_blob_in_the_registry_is_refused(source: Stepbuild, fresh: Ste
 @pytest.fixture()
 def small_disk(tmp_path: Path, private_mount_ns: None) -> Iterator[Path]:
     """A 4 MiB tmpfs (in the test session's private mount namespace, which the CLI inherits)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(small)],
-                   check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as small:
         yield small
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_a_full_disk_during_pull_leaves_the_store_intact(
