@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import StepbuildError, UsageError
+from stepbuild.progress import human_size
 
 NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
 
@@ -454,20 +455,11 @@ def images(options: argparse.Namespace) -> int:
     for name, descriptor in sorted(store.images()):
         manifest = store.manifest(descriptor)
         size = sum(layer.size for layer in manifest.layers)
-        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], _human(size)))
+        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], human_size(size)))
     width = max(len(r[0]) for r in rows)
     for row in rows:
         print(f"{row[0]:<{width}}  {row[1]:<12}  {row[2]}")
     return 0
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{size}B"
 
 
 def _resolve(store: Any, name: str) -> Any:
@@ -514,7 +506,7 @@ def prune(options: argparse.Namespace) -> int:
     # and run (they hold it shared) and nothing it sees in tmp/ is still in use.
     store = Store(store_root(options.root), grace_period=0)
     stats = store.prune(keep_cache=False)
-    print(f"removed {stats.layers} layers, {stats.blobs} blobs ({_human(stats.bytes_freed)}),"
+    print(f"removed {stats.layers} layers, {stats.blobs} blobs ({human_size(stats.bytes_freed)}),"
           f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
           f" {stats.tmp_entries} temporary entries")
     if getattr(options, "cache_mounts", False):

@@ -74,3 +74,13 @@ class Progress:
         with self._lock:
             self.stream.write(prefix + line + "\n")
             self.stream.flush()
+
+
+def human_size(n: int) -> str:
+    """A byte count as people read it (decimal units, as docker shows them): 512B, 3.4MB."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{n}B"

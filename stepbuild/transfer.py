@@ -68,6 +68,7 @@ from stepbuild.errors import (
     UsageError,
 )
 from stepbuild.images import put_received
+from stepbuild.progress import human_size
 from stepbuild.reference import Reference, parse_reference
 from stepbuild.store import REMOTE_DIR, parse_remote_record
 
@@ -151,7 +152,8 @@ class TransferDisplay:
         if not self.tty:
             return
         with self._lock:
-            self._lines[key] = f"{verb} {_size(done)}" + (f"/{_size(total)}" if total else "")
+            amount = human_size(done) + (f"/{human_size(total)}" if total else "")
+            self._lines[key] = f"{verb} {amount}"
             if time.monotonic() - self._last_draw >= 0.1:
                 self._draw()
 
@@ -181,15 +183,6 @@ class TransferDisplay:
 
 def _short(digest: str) -> str:
     return digest_hex(digest)[:12]
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{n}B"
 
 
 # =============================================================================================
@@ -415,7 +408,7 @@ class _Pusher:
                 registry.put_blob(repo, blob.digest, blob.size, self.store.blob_path(blob.digest),
                                   on_progress=lambda _d, done, total: self.display.bytes(
                                       key, "pushing", done, total))
-                self.display.status(key, f"pushed {_size(blob.size)}")
+                self.display.status(key, f"pushed {human_size(blob.size)}")
         record_remote_blob(self.store, content_id, blob, host, repo)
         return outcome
 
@@ -579,7 +572,7 @@ class _Puller:
         compressed = self.store.tmp_file("pull-blob-")
         tar = self.store.tmp_file("pull-layer-")
         try:
-            self.display.status(key, f"downloading {_size(blob.size)}")
+            self.display.status(key, f"downloading {human_size(blob.size)}")
             self.registry.get_blob(self.repo, blob.digest, compressed, size=blob.size,
                                    on_progress=lambda _d, done, total: self.display.bytes(
                                        key, "downloading", done, total))
