@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import Stepbuild, base_image, write_context
+from tests.integration.builds import Stepbuild, store_with_base, write_context
 
 pytestmark = pytest.mark.root
 
@@ -22,9 +22,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sb(work: Path) -> Stepbuild:
-    store = Stepbuild(work / "store")
-    base_image(store, work)
-    return store
+    return store_with_base(work, "store")
 
 
 def tree(directory: Path) -> Path:

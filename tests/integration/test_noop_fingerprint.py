@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import PROJECT, Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    PROJECT,
+    Stepbuild,
+    step_lines,
+    store_with_base,
+    write_context,
+)
 from tests.local_http import LocalHTTPServer
 
 pytestmark = pytest.mark.root
@@ -37,9 +43,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sb(work: Path) -> Stepbuild:
-    store = Stepbuild(work / "store")
-    base_image(store, work)
-    return store
+    return store_with_base(work, "store")
 
 
 def settled(context: Path) -> Path:
