@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stepbuild import instructions as ins
-from stepbuild.errors import BaseImageError, BuildError, ImageNotFound, PlanError, StepbuildError
+from stepbuild.errors import (
+    BaseImageError,
+    BuildError,
+    ImageNotFound,
+    LazyLayerError,
+    PlanError,
+    StepbuildError,
+)
 from stepbuild.image import ImageState, healthcheck_json, scratch, set_env, timestamp
 from stepbuild.images import base_descriptor, load_state, save_state
 from stepbuild.plan import (
@@ -32,7 +39,6 @@ from stepbuild.plan import (
     stage_dependencies,
 )
 from stepbuild.progress import Progress
-from stepbuild.teamcache import LazyLayerError
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
 # syntax); stepbuild.imports.TRANSPORTS, repeated here so a build need not import that module.

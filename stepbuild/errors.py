@@ -250,3 +250,13 @@ class RegistryError(StepbuildError):
         self.status = status
         self.codes = codes
         self.temporary = temporary
+
+
+class LazyLayerError(StepbuildError):
+    """A team cache hit's layer, left to fetch when needed (teamcache.materialize), could
+    not be fetched: the build starts again with `key` a miss (build.py). Here, not in
+    teamcache.py, so that a build without a team cache does not import it to catch this."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.durable import replacing
-from stepbuild.errors import StepbuildError, UsageError
+from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
 
 __all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
 
@@ -73,15 +73,6 @@ _CHUNK = 1 << 20
 
 class CacheError(StepbuildError):
     """A cache source or record that cannot be used (reported as a warning, never fatal)."""
-
-
-class LazyLayerError(CacheError):
-    """A hit's layer, left to fetch when needed, could not be fetched: build again with
-    `key` a miss."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 @dataclass(frozen=True, slots=True)
