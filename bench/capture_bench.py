@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stepbuild.layer import capture  # noqa: E402
-from stepbuild.unpack import unpack_archive  # noqa: E402
+from stepbuild.layers.capture import capture  # noqa: E402
+from stepbuild.layers.unpack import unpack_archive  # noqa: E402
 
 
 def make_tree(top: Path, big: bool, small: bool) -> None:

@@ -180,7 +180,7 @@ def time_in_process(function, text: str, runs: int) -> dict[str, float]:  # type
 
 
 def profile_warm(text: str, repeat: int = 20, top: int = 10) -> str:
-    from stepbuild.parse import parse
+    from stepbuild.frontend.parse import parse
 
     parse(text)
     profiler = cProfile.Profile()
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from stepbuild.parse import parse, parse_syntax
+    from stepbuild.frontend.parse import parse, parse_syntax
 
     text = generate_stepfile(options.instructions)
     stepfile = parse(text, "Stepfile")
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     script = options.script or (str(REPO / ".venv" / "bin" / "stepbuild")
                                 if (REPO / ".venv" / "bin" / "stepbuild").exists() else None)
     cli = [py, "-m", "stepbuild", "parse", "-f", str(path)]
-    load = "import stepbuild.parse as p; p._parser()"
+    load = "import stepbuild.frontend.parse as p; p._parser()"
     rows: list[tuple[str, list[str], dict[str, object]]] = [
         ("python -c pass", [py, "-c", "pass"], {}),
         ("python -c 'import lark'", [py, "-c", "import lark"], {}),
-        ("import stepbuild.parse + load grammar", [py, "-c", load], {}),
+        ("import stepbuild.frontend.parse + load grammar", [py, "-c", load], {}),
         ("python -m stepbuild parse -f FILE", cli, {}),
         ("  same, empty grammar cache", cli, {"fresh_cache": True}),
     ]

@@ -1,3 +1,3 @@
-from stepbuild.cli import main
+from stepbuild.cli.main import main
 
 raise SystemExit(main())

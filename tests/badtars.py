@@ -3,14 +3,14 @@
 Written at test time (`corpus(sentinel)` builds them in memory, `write_corpus(dir, sentinel)`
 writes them as files), never committed as binaries: every case is a few lines of code naming
 what it tries, so a reader sees the attack and a diff shows a change. The tars are made by
-our own writer (`stepbuild.tarformat.encode_header`) plus hand-made headers for what a writer
+our own writer (`stepbuild.layers.tar.encode_header`) plus hand-made headers for what a writer
 must refuse to write (NUL in names, bad checksums, oversized metadata, truncation).
 
 Each `Case` says what a layer unpacker must do with it (SECURITY.md families A-E, rule 2):
 either contain it inside the target (and `check` asserts where things landed) or refuse it
 (`refused` is a regex the error message must match; the message must also name `entry`).
 `sentinel` is a directory *beside* the target that no case may touch; some cases aim at its
-absolute path. Used by tests/unit/test_apply.py (apply_layer on each case) and
+absolute path. Used by tests/unit/layers/test_apply.py (apply_layer on each case) and
 tests/integration/test_import.py (each case as the layer of an archive loaded into a store).
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stepbuild.tarformat import (
+from stepbuild.layers.tar import (
     BLKTYPE,
     BLOCK,
     CHRTYPE,

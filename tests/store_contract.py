@@ -3,7 +3,7 @@
 Each check is a function `check(make_store, root)`: `make_store(root)` opens a store rooted
 at `root` (a fresh, empty, real directory; checks that need a second process call it again
 in the child, so it must work after fork). Run them all with `run_contract`, or let pytest
-parametrise over `CHECKS` (tests/unit/test_store.py does) to see each by name.
+parametrise over `CHECKS` (tests/unit/store/test_store.py does) to see each by name.
 
 Families: idempotent put, verified read, layer commit (and its races), atomic index under
 concurrent writers, cache records (corrupt ones are misses), prune (keeps what is reachable,
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.digest import sha256_bytes
 from stepbuild.errors import (
     BlobNotFound,
     DigestMismatch,
@@ -33,8 +32,15 @@ from stepbuild.errors import (
     InvalidDocument,
     StoreError,
 )
-from stepbuild.oci import MEDIA_TYPE_LAYER, ContainerConfig, Descriptor, ImageConfig, Index
-from stepbuild.store import PruneStats, Store
+from stepbuild.oci.digest import sha256_bytes
+from stepbuild.oci.documents import (
+    MEDIA_TYPE_LAYER,
+    ContainerConfig,
+    Descriptor,
+    ImageConfig,
+    Index,
+)
+from stepbuild.store.store import PruneStats, Store
 
 MakeStore = Callable[[Path], Store]
 Check = Callable[[MakeStore, Path], None]

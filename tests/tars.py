@@ -1,5 +1,5 @@
-"""Hand-made tar streams for the layer and unpack tests (tests/unit/test_layer.py,
-tests/unit/test_unpack.py): entries made by our own writer, plus raw metadata headers for
+"""Hand-made tar streams for the layer and unpack tests (tests/unit/layers/test_capture.py,
+tests/unit/layers/test_unpack.py): entries made by our own writer, plus raw metadata headers for
 what the writer must refuse to write (NUL in names, malformed pax records); and the
 `needs_root` mark and capability blob both files use.
 """
@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from stepbuild.tarformat import (
+from stepbuild.layers.tar import (
     BLOCK,
     END_OF_ARCHIVE,
     REGTYPE,

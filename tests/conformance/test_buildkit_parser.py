@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from stepbuild.errors import ParseError
-from stepbuild.flags import FlagError, Kind, parse_flags
-from stepbuild.parse import decode, parse, parse_syntax
-from stepbuild.syntax import (
+from stepbuild.frontend.flags import FlagError, Kind, parse_flags
+from stepbuild.frontend.parse import decode, parse, parse_syntax
+from stepbuild.frontend.syntax import (
     ArgumentError,
     chomp_heredoc,
     dump,
@@ -237,7 +237,7 @@ def check_directives() -> str | None:
         got = [{"name": d.name, "value": d.value} for d in tree.directives]
         if got != case["expect"]:
             return f"{case['text']!r}: {got} != {case['expect']}"
-    from stepbuild.lines import detect_directive
+    from stepbuild.frontend.lines import detect_directive
 
     for group, name in (("detect_syntax", "syntax"), ("parse_directive_check", "check")):
         for case in data[group]:
@@ -299,7 +299,7 @@ def test_instruction_errors() -> None:
 
 
 def check_instructions_ok() -> str | None:
-    from stepbuild.instructions import Healthcheck, Run
+    from stepbuild.frontend.instructions import Healthcheck, Run
 
     for case in _derived("instructions-ok.json")["cases"]:
         instruction = parse(case["dockerfile"]).instructions[0]
@@ -320,7 +320,7 @@ def test_instructions_ok() -> None:
 
 
 def check_instructions_heredoc() -> str | None:
-    from stepbuild.instructions import Copy, Run
+    from stepbuild.frontend.instructions import Copy, Run
 
     data = _derived("instructions-heredoc.json")
     for case in data["copy_heredoc"]:

@@ -1,4 +1,4 @@
-"""BuildKit's own shell-lexer test tables, run against `stepbuild.words`.
+"""BuildKit's own shell-lexer test tables, run against `stepbuild.frontend.words`.
 
 Data (read-only): /work/shared/conformance/buildkit-parser/derived/, see its README section
 "Shell lexer data". Every case is its own test; `test_summary` runs them all and prints counts.
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stepbuild.errors import ExpansionError
-from stepbuild.words import Lexer
+from stepbuild.frontend.words import Lexer
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "conformance" / "buildkit-parser"
 DERIVED = DATA / "derived"

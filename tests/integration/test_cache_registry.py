@@ -18,21 +18,22 @@ from typing import Any
 
 import pytest
 
-from stepbuild import cache_registry, run_mounts
-from stepbuild.cache_registry import (
-    TAG_ANNOTATION,
-    WRITERS_ANNOTATION,
-    RegistryCache,
-    writer_id,
-    writer_tag,
-)
-from stepbuild.connection import Connection
-from stepbuild.teamcache import (
+from stepbuild.build.mounts import realise as run_mounts
+from stepbuild.distribution.connection import Connection
+from stepbuild.teamcache import registry as cache_registry
+from stepbuild.teamcache.cache import (
     ARTIFACT_TYPE,
     CacheError,
     TeamCache,
     check_record,
     parse_cache_spec,
+)
+from stepbuild.teamcache.registry import (
+    TAG_ANNOTATION,
+    WRITERS_ANNOTATION,
+    RegistryCache,
+    writer_id,
+    writer_tag,
 )
 from tests.hostwatch import open_descriptors
 from tests.integration import registry_fixture

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from stepbuild.oci import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, validate_layout
+from stepbuild.oci.documents import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, validate_layout
 from tests.integration.builds import Stepbuild, base_image, write_context
 from tests.unit.test_oci import Validate, oci_schema, validate  # noqa: F401 - fixtures
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from stepbuild.digest import sha256_bytes
+from stepbuild.archive.load import import_base, load
 from stepbuild.errors import (
     DigestMismatch,
     ImageNotFound,
@@ -36,9 +36,9 @@ from stepbuild.errors import (
     LayerError,
     StepbuildError,
 )
-from stepbuild.imports import import_base, load
-from stepbuild.store import Store
-from stepbuild.tarformat import DIRTYPE, REGTYPE, SYMTYPE, Header, encode_header
+from stepbuild.layers.tar import DIRTYPE, REGTYPE, SYMTYPE, Header, encode_header
+from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.store import Store
 from tests.badtars import case_names, corpus, ent, reg, tar
 from tests.integration.builds import (
     Stepbuild,
@@ -538,7 +538,8 @@ def test_whiteouts_and_opaque_dirs_survive_skopeo(tmp_path: Path) -> None:
 
 
 def test_builder_knows_the_transports() -> None:
-    from stepbuild import build, imports
+    from stepbuild.archive import load as imports
+    from stepbuild.build import builder as build
 
     assert build.IMPORT_TRANSPORTS == imports.TRANSPORTS
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild import run_mounts
-from stepbuild.cli import main
+from stepbuild.build.mounts import realise as run_mounts
+from stepbuild.cli.main import main
 from tests.hostwatch import open_descriptors
 from tests.integration import registry_fixture
 from tests.integration.builds import EPOCH, Stepbuild, base_image, write_context

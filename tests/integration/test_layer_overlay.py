@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.layer import capture
+from stepbuild.layers.capture import capture
 
 pytestmark = pytest.mark.root
 
@@ -277,7 +277,7 @@ def test_unpack_into_a_merged_overlay_then_capture(tmp_path: Path) -> None:
     """ADD of an archive into a mounted merged view: merged dirs, a lower file replaced, a
     lower dir replaced by a file, a file written through an absolute symlink; the capture
     of that step round-trips like any other."""
-    from stepbuild.tarformat import (
+    from stepbuild.layers.tar import (
         DIRTYPE,
         END_OF_ARCHIVE,
         REGTYPE,
@@ -313,7 +313,7 @@ def test_unpack_into_a_merged_overlay_then_capture(tmp_path: Path) -> None:
     project = Path(__file__).resolve().parents[2]
     code = (
         f"import sys; sys.path.insert(0, {str(project)!r}); from pathlib import Path; "
-        "from stepbuild.unpack import unpack_archive; "
+        "from stepbuild.layers.unpack import unpack_archive; "
         f"unpack_archive(Path({str(archive)!r}), Path('.'), '/')"
     )
     upper, before, after = run_step(tmp_path, l1, l2, f"{sys.executable} -c {shlex.quote(code)}")

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import requests
 
-from stepbuild.digest import sha256_bytes
-from stepbuild.store import Store
+from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.store import Store
 from tests.integration import registry_fixture
 from tests.integration.builds import (
     Stepbuild,
@@ -164,8 +164,8 @@ def test_a_layer_only_known_to_be_in_the_registry_is_mounted_not_downloaded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The team-cache case: the store knows which blob holds a layer and where, but has not
     downloaded it; pushing to the same registry mounts it."""
-    from stepbuild.registry import Registry
-    from stepbuild.transfer import Connection, push
+    from stepbuild.distribution.client import Registry
+    from stepbuild.distribution.transfer import Connection, push
 
     ref = f"{plain_registry.host}/lazy/base:1"
     source("push", "base", ref)

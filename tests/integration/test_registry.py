@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.digest import sha256_bytes, sha256_file
+from stepbuild.distribution.auth import Credentials, load_credentials, login
+from stepbuild.distribution.client import Registry
 from stepbuild.errors import DigestMismatch, RegistryError
-from stepbuild.oci import (
+from stepbuild.oci.digest import sha256_bytes, sha256_file
+from stepbuild.oci.documents import (
     DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
     DOCKER_MANIFEST,
@@ -33,8 +35,6 @@ from stepbuild.oci import (
     Index,
     Manifest,
 )
-from stepbuild.registry import Registry
-from stepbuild.registry_auth import Credentials, load_credentials, login
 from tests.integration import registry_fixture
 from tests.integration.registry_fixture import PASSWORD, USER, RunningRegistry
 

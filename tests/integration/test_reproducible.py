@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from stepbuild import oci
+from stepbuild.oci import documents as oci
 from tests.integration.builds import Stepbuild, base_image, write_context
 from tests.unit.test_oci import oci_schema, validate  # noqa: F401  (fixtures)
 

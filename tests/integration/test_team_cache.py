@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.teamcache import RECORD_SCHEMA, check_record
+from stepbuild.teamcache.cache import RECORD_SCHEMA, check_record
 from tests.integration import registry_fixture
 from tests.integration.builds import (
     EPOCH,
@@ -287,8 +287,8 @@ def registry_records(ref: str, work: Path) -> dict[str, dict]:
     import gzip
     import hashlib
 
-    from stepbuild.cache_registry import RegistryCache
-    from stepbuild.connection import Connection
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.teamcache.registry import RegistryCache
 
     warnings: list[str] = []
     work.mkdir(exist_ok=True)

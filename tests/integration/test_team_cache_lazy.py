@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.store import Store
+from stepbuild.store.store import Store
 from tests.integration import registry_fixture
 from tests.integration.builds import (
     EPOCH,

@@ -1,0 +1,378 @@
+"""Exporters: an image in the store → the files other tools read.
+
+`stepbuild build --output SPEC` (after the build) and `stepbuild export IMAGE --output SPEC`;
+SPEC is `type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, or a bare path for
+`type=local` (as `docker buildx build -o DIR`). Paths containing commas cannot be given.
+
+| type       | dest | what is written                                                   |
+|------------|------|-------------------------------------------------------------------|
+| oci        | file | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
+| oci-layout | dir  | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
+| docker     | file | a docker-archive (`docker load`, `podman load`)                   |
+| local      | dir  | the image's root filesystem, flattened (`flatten.py`)             |
+| tar        | file | that same tree as one deterministic tar                           |
+
+Layers: oci and oci-layout carry them compressed with `--compression` (gzip by default;
+`compression=` per output wins), each compressed once per store (`compress.py`), so every
+export and push of a layer has the same digest; the docker archive carries them uncompressed.
+Names (index entries' `org.opencontainers.image.ref.name`, docker RepoTags) come from `name=`
+if given, else the build's `-t` tags, else the image argument of `export` when it is a tag.
+What goes into each archive: `archives.py`.
+
+Destinations (decided; checked before a build starts, `check_destination`):
+- Files (oci, docker, tar) are written to a temp file beside `dest`, fsynced and renamed over
+  it: an existing file is replaced whole or not at all; a directory there is refused.
+- oci-layout: a missing or empty dir becomes a new layout (built beside it, renamed into
+  place). An existing OCI layout (it has `oci-layout`) is *added to*, as `skopeo copy` does:
+  blobs not there yet are written (temp + rename each), then index.json is rewritten (temp +
+  rename) with our entries replacing those of the same ref names, under a flock on the
+  directory (other stepbuilds wait; other tools do not lock). Anything else is refused.
+- local: a missing or empty dir, or a previous local export (marked by the xattr
+  `user.stepbuild.export` on its root), is replaced: the tree is built in a sibling temp dir,
+  then renamed into place (a previous export is renamed away first, then deleted). A
+  non-empty dir without the mark is refused, never merged into. On a filesystem without user
+  xattrs the mark cannot be set, and the next export there asks for the dir to be removed.
+
+Determinism: archive members have mtime 0, uid/gid 0, modes 0644/0755, a fixed order; JSON is
+canonical; compression is fixed (`compress.py`); the flattened tree has fixed directory
+mtimes. The same image exported twice gives byte-identical files.
+
+Verification (SECURITY.md rule 4): every blob is hashed while it is copied out of the store
+and compared with its descriptor (size first); a mismatch raises `DigestMismatch` and the
+destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepbuild.archive.write import (
+    ImageSource,
+    OciImage,
+    fill_layout,
+    load_image,
+    oci_image,
+    umask,
+    write_docker_archive,
+    write_oci_archive,
+)
+from stepbuild.errors import UsageError
+from stepbuild.fs.durable import fsync_dir
+from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
+from stepbuild.layers.tar import END_OF_ARCHIVE
+from stepbuild.oci.digest import PREFIX
+
+__all__ = ["OUTPUT_TYPES", "Exported", "Output", "check_destination", "export_image",
+           "parse_output"]
+
+OUTPUT_TYPES = ("oci", "oci-layout", "docker", "local", "tar")
+FILE_TYPES = frozenset({"oci", "docker", "tar"})
+COMPRESSED_TYPES = frozenset({"oci", "oci-layout"})
+EXPORT_XATTR = "user.stepbuild.export"
+
+_KEYS = frozenset({"type", "dest", "compression", "name"})
+# image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One `--output`: where to write what. `compression` None: the command's choice;
+    `names` empty: the default names (see the module docstring)."""
+
+    type: str
+    dest: Path
+    compression: str | None = None
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """What one output wrote. `digest`: oci/oci-layout the manifest written, docker the
+    config (the image ID docker and podman show), local None, tar the sha256 of the tar."""
+
+    output: Output
+    digest: str | None
+
+
+# --- specs -------------------------------------------------------------------------------------
+
+
+def parse_output(text: str) -> Output:
+    """Parse an `--output` value; `UsageError` for anything wrong with it."""
+    if "=" not in text:
+        if not text:
+            raise UsageError("--output needs a value", hint="type=oci,dest=image.tar")
+        return Output("local", Path(text))
+    fields: dict[str, str] = {}
+    names: list[str] = []
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in _KEYS:
+            raise UsageError(f"--output {text!r}: unknown or malformed field {part!r}",
+                             hint="type=TYPE,dest=PATH[,compression=gzip|zstd|none][,name=N]")
+        if key == "name":
+            names.append(_check_name(value))
+        elif key in fields:
+            raise UsageError(f"--output {text!r}: {key} given twice")
+        else:
+            fields[key] = value
+    kind, dest = fields.get("type", ""), fields.get("dest", "")
+    if kind not in OUTPUT_TYPES:
+        raise UsageError(f"--output {text!r}: unknown type {kind!r}",
+                         hint=f"one of {', '.join(OUTPUT_TYPES)}")
+    if not dest:
+        raise UsageError(f"--output {text!r}: dest=PATH is required")
+    compression = fields.get("compression")
+    if compression is not None:
+        check_compression(compression)
+        if kind not in COMPRESSED_TYPES:
+            raise UsageError(f"--output {text!r}: compression applies to oci and oci-layout",
+                             hint="docker archives always hold uncompressed layers")
+    return Output(kind, Path(dest), compression, tuple(names))
+
+
+def _check_name(name: str) -> str:
+    if not _REF_NAME.fullmatch(name):
+        raise UsageError(f"invalid image name {name!r}",
+                         hint="letters, digits and . _ - : @ + / between them, e.g. app:1.0")
+    return name
+
+
+def check_destination(output: Output) -> None:
+    """Refuse now (`UsageError`) an output that could not be written, so that a build does
+    not run for nothing. Called again when writing."""
+    dest = output.dest
+    parent = dest.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {dest}: {parent} is not a directory")
+    if output.type in FILE_TYPES:
+        if dest.is_dir():
+            raise UsageError(f"cannot write {dest}: it is a directory",
+                             hint=f"type={output.type} writes a file")
+    elif output.type == "local":
+        _local_state(dest)
+    else:
+        _layout_state(dest)
+
+
+def _dir_state(dest: Path) -> str:
+    """"absent", "empty" or "full"; `UsageError` if `dest` is there but not a directory."""
+    if not os.path.lexists(dest):
+        return "absent"
+    if dest.is_symlink() or not dest.is_dir():
+        raise UsageError(f"cannot write {dest}: it exists and is not a directory")
+    return "full" if any(os.scandir(dest)) else "empty"
+
+
+def _local_state(dest: Path) -> str:
+    state = _dir_state(dest)
+    if state == "full":
+        try:
+            os.getxattr(dest, EXPORT_XATTR, follow_symlinks=False)
+        except OSError:
+            raise UsageError(f"{dest} is not empty and not a previous stepbuild export",
+                             hint="remove it, or choose another dest") from None
+        return "previous"
+    return state
+
+
+def _layout_state(dest: Path) -> str:
+    state = _dir_state(dest)
+    if state == "full":
+        if not (dest / "oci-layout").is_file() or not (dest / "index.json").is_file():
+            raise UsageError(f"{dest} is not empty and not an OCI image layout",
+                             hint="remove it, or choose another dest")
+        return "layout"
+    return state
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def export_image(store: Any, image: str, outputs: Sequence[Output], *,
+                 compression: str = DEFAULT_COMPRESSION,
+                 names: Sequence[str] | None = None) -> list[Exported]:
+    """Write image `image` (a tag or digest in `store`) to every output, in order.
+
+    `compression` applies to outputs that do not name their own. `names` are the image's
+    names for index entries and RepoTags (None: `[image]` if it is a tag, else none); an
+    output's `name=` fields win. Holds the store lock shared (prune waits). Each output is
+    complete or untouched when this returns or raises; outputs already written stay.
+    """
+    check_compression(compression)
+    for output in outputs:
+        check_destination(output)
+    with store.lock(exclusive=False):
+        if names is None:
+            names = [image] if any(name == image for name, _ in store.images()) else []
+        source = load_image(store, image)
+        return [_export_one(store, source, output, compression, output.names or tuple(names))
+                for output in outputs]
+
+
+def _export_one(store: Any, source: ImageSource, output: Output, compression: str,
+                names: Sequence[str]) -> Exported:
+    kind, dest = output.type, output.dest
+    if kind in COMPRESSED_TYPES:
+        image = oci_image(store, source, output.compression or compression)
+        if kind == "oci":
+            with _replacing(dest) as tmp, open(tmp, "wb") as f:
+                write_oci_archive(f, store, image, names)
+        else:
+            _write_oci_layout(dest, store, image, names)
+        return Exported(output, image.manifest.digest)
+    if kind == "docker":
+        with _replacing(dest) as tmp, open(tmp, "wb") as f:
+            write_docker_archive(f, store, source, names)
+        return Exported(output, source.manifest.config.digest)
+    if kind == "local":
+        _write_local(dest, store, source)
+        return Exported(output, None)
+    return Exported(output, _write_tar(dest, store, source))
+
+
+@contextmanager
+def _replacing(dest: Path) -> Iterator[Path]:
+    """A temp file beside `dest` to write; then fsynced, made 0666 & ~umask, renamed over
+    `dest`. Deleted instead if the block raises."""
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o666 & ~umask())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _write_oci_layout(dest: Path, store: Any, image: OciImage, names: Sequence[str]) -> None:
+    state = _layout_state(dest)
+    if state == "layout":
+        with _dir_lock(dest):
+            fill_layout(dest, store, image, names)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())
+        fill_layout(tmp, store, image, names)
+        _rename_dir(tmp, dest)
+    except _DestinationTaken:  # another export made a layout there meanwhile: add to it
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_oci_layout(dest, store, image, names)
+        return
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+class _DestinationTaken(Exception):
+    """A directory appeared at the destination after it was checked."""
+
+
+def _rename_dir(tmp: Path, dest: Path, *, previous: bool = False) -> None:
+    """Move the finished tree `tmp` to `dest`: onto nothing or an empty directory (rename(2)
+    replaces those atomically), or, with `previous`, in place of the tree there, which is
+    renamed away first (and put back if the second rename fails) and then deleted."""
+    trash = None
+    if previous:
+        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        os.rename(dest, trash / "tree")
+    try:
+        os.rename(tmp, dest)
+    except OSError as exc:
+        if trash is not None:
+            os.rename(trash / "tree", dest)
+            _remove_tree(trash)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise _DestinationTaken(str(dest)) from exc
+        raise
+    if trash is not None:
+        _remove_tree(trash)
+
+
+@contextmanager
+def _dir_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on a directory: concurrent stepbuild writers of a layout wait."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- root filesystem ---------------------------------------------------------------------------
+
+
+def _write_local(dest: Path, store: Any, source: ImageSource) -> None:
+    from stepbuild.layers.flatten import flatten
+
+    state = _local_state(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        flatten(store, source.config.diff_ids, tmp)
+        with suppress(OSError):  # no user xattrs there: the next export asks for a clean dir
+            os.setxattr(tmp, EXPORT_XATTR, source.digest.encode(), follow_symlinks=False)
+        _rename_dir(tmp, dest, previous=state == "previous")
+    except _DestinationTaken:
+        _remove_tree(tmp)
+        raise UsageError(f"{dest} was filled by someone else during the export") from None
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    fsync_dir(dest.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a tree we made (best effort: a leftover is garbage beside dest, not an error);
+    a non-root exporter may have unpacked read-only dirs, made writable on the way."""
+
+    def writable(func: Callable[..., Any], failed: str, _exc: Any) -> None:
+        if func in (os.rmdir, os.unlink):
+            with suppress(OSError):
+                os.chmod(os.path.dirname(failed), 0o700)
+                func(failed)
+
+    shutil.rmtree(path, onerror=writable)
+
+
+def _write_tar(dest: Path, store: Any, source: ImageSource) -> str:
+    """The flattened tree as one tar (`layer.capture` of it: sorted, PAX, numeric ids,
+    xattrs, hard links kept); returns its sha256."""
+    from stepbuild.layers.capture import capture
+    from stepbuild.layers.flatten import flatten
+
+    work = store.tmp_dir("flatten-")
+    try:
+        flatten(store, source.config.diff_ids, work)
+        with _replacing(dest) as tmp:
+            blob = capture(work, [], tmp)
+            if blob is not None:
+                return blob.diff_id
+            tmp.write_bytes(END_OF_ARCHIVE)
+            return PREFIX + hashlib.sha256(END_OF_ARCHIVE).hexdigest()
+    finally:
+        _remove_tree(work)

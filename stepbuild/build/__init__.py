@@ -1,0 +1,1 @@
+"""The builder: stages, cache keys, the step loop, RUN and COPY/ADD steps."""

@@ -1,0 +1,487 @@
+"""The builder loop: for each step, key → lookup → (execute → capture → commit) → next state.
+
+`Builder.build` walks the stages of a Stepfile in order. Config-only instructions change the
+image config (`image.py`); RUN, COPY and ADD are cached steps: their key (`keys.py`) covers the
+parent state and everything the step sees; a hit reuses the recorded layer, a miss runs the
+step in an overlay (`execute.py`), captures the upper dir as a layer (`layer.py`) and commits
+it to the store before recording the key. Nothing is committed for a step that fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stepbuild.build.images import base_descriptor, load_state, save_state
+from stepbuild.build.plan import (
+    Scope,
+    Stage,
+    Stages,
+    declare_arg,
+    expand_at,
+    global_args,
+    located,
+    needed_stages,
+    split_stages,
+    stage_dependencies,
+)
+from stepbuild.build.state import ImageState, healthcheck_json, scratch, set_env, timestamp
+from stepbuild.errors import (
+    BaseImageError,
+    BuildError,
+    ImageNotFound,
+    LazyLayerError,
+    PlanError,
+    StepbuildError,
+)
+from stepbuild.frontend import instructions as ins
+from stepbuild.progress import Progress
+
+# FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
+# syntax); stepbuild.archive.load.TRANSPORTS, repeated here so a build need not import that module.
+IMPORT_TRANSPORTS = ("oci-archive:", "oci-layout:", "docker-archive:")
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptions:
+    """What the user asked for on the command line."""
+
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    network: str = "host"
+    source_date_epoch: int | None = None
+    target: str | None = None
+    pull: str = "missing"  # FROM a registry reference: missing, always or never
+    cache_from: tuple[Any, ...] = ()  # teamcache.CacheSpec: import sources, in order
+    cache_to: tuple[Any, ...] = ()  # teamcache.CacheSpec: export destinations
+    # connection.Connection for every registry the build reaches (FROM and the team cache);
+    # None: the defaults (the default auth file, TLS verified against the system's CAs).
+    connection: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    manifest_digest: str
+    state: ImageState
+    steps: int
+    cached: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a cached step produced: its layer (or None) and when it was first built."""
+
+    diff_id: str | None
+    created: str
+
+
+class Builder:
+    """Builds Stepfiles into images in one store.
+
+    Collaborators are injected: `store` (store.Store), `executor` (execute.Executor: runs RUN
+    and COPY/ADD steps for real) and `progress` (progress.Progress). No globals.
+    Independent stages run at the same time, up to `jobs` of them, each in its own thread
+    (the builder entered its private mount namespace before starting any).
+    """
+
+    def __init__(self, store: Any, executor: Any, progress: Progress,
+                 clock: Callable[[], float] = time.time, jobs: int = 1) -> None:
+        self.store = store
+        self.executor = executor
+        self.progress = progress
+        self.clock = clock
+        self.jobs = max(1, jobs)
+
+    def build(self, stepfile: ins.Stepfile, options: BuildOptions) -> BuildResult:
+        """Build; start again when a team cache hit's layer, fetched only once needed, turns
+        out unusable: that key is a miss then (its step runs), the steps before stay hits."""
+        misses: set[str] = set()
+        while True:
+            try:
+                return self._build(stepfile, options, misses)
+            except LazyLayerError as exc:
+                from stepbuild.cli.noop import mark_volatile
+
+                misses.add(exc.key)
+                mark_volatile("a team cache layer could not be fetched")  # output differs
+                self.progress.warn(f"{exc.message}; treated as a miss, building again")
+
+    def _build(self, stepfile: ins.Stepfile, options: BuildOptions,
+               misses: set[str]) -> BuildResult:
+        stages = split_stages(stepfile)
+        target = _target_stage(stages, options.target)
+        globals_ = global_args(stages, options.build_args, stepfile.escape)
+        graph = stage_dependencies(stages, globals_, stepfile.escape)
+        needed = needed_stages(target.index, graph)
+        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
+        run.target = target.index
+        if options.cache_from or options.cache_to:
+            from stepbuild.teamcache.cache import TeamCache
+
+            run.team = TeamCache(self.store, options.cache_from, options.cache_to,
+                                 self.progress.warn, connection=options.connection,
+                                 misses=misses)
+        try:
+            self._run_stages(run, needed, graph)
+            state = run.results[target.index]
+            run.need_layers(state)
+            descriptor = save_state(self.store, state, run.bases.get(target.index))
+            for tag in options.tags:
+                self.store.tag(tag, descriptor)
+            if run.team is not None and run.team.exporting:  # the final image's stages (min)
+                run.team.export(_final_stages(run, target.index))
+        finally:
+            if run.team is not None:
+                run.team.close()
+        return BuildResult(descriptor.digest, state, run.steps, run.cached)
+
+    def _run_stages(self, run: _Run, needed: list[int],
+                    graph: Mapping[int, frozenset[int]]) -> None:
+        """Run each needed stage once its dependencies are done; the first error wins."""
+        if self.jobs == 1 or len(needed) == 1:
+            for index in needed:  # in definition order, which respects every dependency
+                run.results[index] = run.stage(run.stages.stages[index])
+            return
+        from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+        pending = list(needed)
+        running: dict[Future[ImageState], int] = {}
+        with ThreadPoolExecutor(self.jobs, thread_name_prefix="stage") as pool:
+            while pending or running:
+                for index in [i for i in pending if graph[i] <= run.results.keys()]:
+                    pending.remove(index)
+                    running[pool.submit(run.stage, run.stages.stages[index])] = index
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    index = running.pop(future)
+                    if future.exception() is not None:
+                        run.failed = True  # other stages stop at their next step
+                        wait(running)
+                        raise future.exception()  # type: ignore[misc]
+                    run.results[index] = future.result()
+
+
+def _final_stages(run: _Run, target: int) -> set[int]:
+    """The target and the stages it is built FROM, in a chain: what mode=min exports."""
+    final: set[int] = set()
+    index: int | None = target
+    while index is not None and index not in final:
+        final.add(index)
+        index = run.from_stage.get(index)
+    return final
+
+
+def _target_stage(stages: Stages, target: str | None) -> Stage:
+    if target is None:
+        return stages.stages[-1]
+    stage = stages.find(target)
+    if stage is None:
+        names = ", ".join(s.name for s in stages.stages if s.name) or "none"
+        raise PlanError(f"target stage {target!r} could not be found", hint=f"stages: {names}")
+    return stage
+
+
+class _Run:
+    """The state of one build: per-stage results and counters (shared by stage threads)."""
+
+    def __init__(self, builder: Builder, stages: Stages, options: BuildOptions,
+                 globals_: dict[str, str], escape: str, labelled: bool) -> None:
+        self.builder = builder
+        self.stages = stages
+        self.options = options
+        self.globals = globals_
+        self.escape = escape
+        self.labelled = labelled
+        self.results: dict[int, ImageState] = {}
+        self.bases: dict[int, tuple[str, str]] = {}  # stage → its base image (name, digest)
+        self.steps = 0
+        self.cached = 0
+        self.failed = False
+        self.team: Any = None  # teamcache.TeamCache with --cache-from/--cache-to
+        self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
+        self.target = -1  # the index of the stage built
+        self._lock = threading.Lock()
+
+    def count(self, cached: bool = False) -> int:
+        with self._lock:
+            self.steps += 1
+            self.cached += cached
+            return self.steps
+
+    def need_layers(self, state: ImageState) -> None:
+        """Something is about to read `state`'s files: fetch the layers of team cache hits
+        that were left for later (teamcache.materialize)."""
+        if self.team is not None:
+            self.team.materialize(state.diff_ids)
+
+    # --- stages ------------------------------------------------------------------------------
+
+    def label(self, stage: Stage) -> str:
+        return (stage.name or str(stage.index)) if self.labelled else ""
+
+    def stage(self, stage: Stage) -> ImageState:
+        state, triggers = self.base(stage)
+        if self.options.source_date_epoch is not None:
+            state = replace(state, created=timestamp(self.options.source_date_epoch))
+        scope = Scope(self.escape, env=state.env)
+        for instruction in (*triggers, *stage.instructions):
+            if self.failed:
+                raise BuildError("stopped: another stage failed")
+            self.builder.progress.step(self.label(stage), self.count(), instruction)
+            state, scope = self.apply(instruction, state, scope, stage)
+            scope = scope.with_env(state.env)
+        return state
+
+    def base(self, stage: Stage) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
+        """The stage's starting state, and the ONBUILD triggers it must run first."""
+        self.builder.progress.step(self.label(stage), self.count(), stage.base)
+        name = expand_at(Scope(self.escape, self.globals), self.stages.filename, stage.base,
+                         stage.base.image)
+        if name == "scratch":
+            return scratch(), ()
+        earlier = self.stages.find(name)
+        if earlier is not None and earlier.index < stage.index:
+            self.from_stage[stage.index] = earlier.index
+            if earlier.index in self.bases:
+                self.bases[stage.index] = self.bases[earlier.index]
+            return self.results[earlier.index], ()
+        imported = None
+        if name.startswith(IMPORT_TRANSPORTS):  # imported into the store on first use
+            from stepbuild.archive.load import import_base
+
+            try:
+                imported = import_base(self.builder.store, name)
+            except ImageNotFound as exc:
+                raise located(PlanError, self.stages.filename, stage.base, exc.message,
+                              hint=exc.hint) from None
+        state = load_state(self.builder.store, imported or name)
+        if imported is None and (state is None or self.options.pull == "always"):
+            imported = self.from_registry(stage, name, found=state is not None)  # last
+            if imported is not None:
+                state = load_state(self.builder.store, imported)
+        if state is None:
+            raise located(BaseImageError, self.stages.filename, stage.base,
+                          f"base image {name!r} not found in the local store",
+                          hint="build or load it first (stepbuild images lists them)")
+        base = base_descriptor(self.builder.store, name) if imported is None else (name, imported)
+        if base is not None:
+            self.bases[stage.index] = base
+        return onbuild_triggers(state, self.stages.filename, stage.base)
+
+    def from_registry(self, stage: Stage, name: str, found: bool) -> str | None:
+        """FROM a registry reference: the local digest of the base, pulled (or found under its
+        normalised name) as --pull says; None to keep what the store resolved (or lacks)."""
+        from stepbuild.distribution.transfer import TransferDisplay, base_image
+
+        progress = self.builder.progress
+        try:
+            return base_image(self.builder.store, name, self.options.pull, found=found,
+                              display=TransferDisplay(progress.stream, quiet=progress.quiet),
+                              connection=self.options.connection)
+        except StepbuildError as exc:
+            kind = PlanError if exc.exit_code == 2 else BaseImageError  # a bad reference: 2
+            raise located(kind, self.stages.filename, stage.base, exc.message,
+                          hint=exc.hint) from None
+
+    # --- one instruction ---------------------------------------------------------------------
+
+    def apply(self, instruction: ins.Instruction, state: ImageState, scope: Scope,
+              stage: Stage) -> tuple[ImageState, Scope]:
+        if isinstance(instruction, ins.Arg):
+            for declaration in instruction.declarations:
+                scope = declare_arg(scope, declaration, self.options.build_args, self.globals)
+            return state.with_config(f"ARG {_arg_text(instruction)}"), scope
+        if isinstance(instruction, ins.Run | ins.Copy | ins.Add):
+            return self.cached_step(instruction, state, scope, stage), scope
+        try:
+            return _apply_config(instruction, state, scope), scope
+        except StepbuildError as exc:
+            if isinstance(exc, PlanError) and exc.position is not None:
+                raise
+            raise located(PlanError, self.stages.filename, instruction, exc.message) from None
+
+    def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
+                    scope: Scope, stage: Stage) -> ImageState:
+        label = self.label(stage)
+        step = self.builder.executor.prepare(instruction, state, scope, self)
+        record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
+        if record is None and self.team is not None and not self.options.no_cache:
+            # a hit; its layer imported now in the target stage, elsewhere once needed
+            record = self.team.lookup(step.key, state.diff_ids, stage.index == self.target)
+        if record is not None:
+            with self._lock:
+                self.cached += 1
+            self.builder.progress.cached(label)
+            diff_ids = record.get("diff_ids") or [None]
+            epoch = self.options.source_date_epoch
+            result = StepResult(diff_ids[0], timestamp(epoch) if epoch is not None
+                                else record["created"])
+        else:
+            started = self.builder.clock()
+            epoch = self.options.source_date_epoch
+            created = timestamp(epoch if epoch is not None else started)
+            if not step.work.get("link"):  # --link: made on an empty root
+                self.need_layers(state)
+            for other in step.reads:
+                self.need_layers(other)
+            diff_id = self.builder.executor.execute(step, state, self, label)
+            finished = self.builder.clock()
+            # started/finished are for people and tests (did two stages overlap?), not keys.
+            self.builder.store.put_cache(step.key, {
+                "diff_ids": [diff_id] if diff_id else [], "created": created,
+                "created_by": step.created_by, "inputs": step.inputs,
+                "started": started, "finished": finished,
+            })
+            self.builder.progress.done(label, finished - started)
+            result = StepResult(diff_id, created)
+        if self.team is not None:
+            self.team.note(step.key, stage.index, result.diff_id,
+                           result.created if record is None else record["created"],
+                           step.created_by)
+        return state.with_layer(result.diff_id, step.created_by, result.created)
+
+
+def onbuild_triggers(state: ImageState, filename: str, base: ins.From
+                     ) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
+    """The base image's ONBUILD triggers as instructions, and the state without them.
+
+    Triggers run once: in the child build, before its own instructions, in order; the new
+    image does not inherit them (Docker clears OnBuild). A trigger that does not parse is an
+    error at the FROM that brought it.
+    """
+    expressions = list(state.config.get("OnBuild") or [])
+    if not expressions:
+        return state, ()
+    from stepbuild.errors import ParseError
+    from stepbuild.frontend.parse import parse
+
+    triggers: list[ins.Instruction] = []
+    for expression in expressions:
+        try:
+            parsed = parse(expression, f"{filename} (ONBUILD of {base.image})")
+        except ParseError as exc:
+            raise located(PlanError, filename, base,
+                          f"ONBUILD trigger of {base.image} is invalid: {exc.message}") from None
+        triggers += [replace(i, loc=base.loc) for i in parsed.instructions]
+    config = {k: v for k, v in state.config.items() if k != "OnBuild"}
+    return replace(state, config=config), tuple(triggers)
+
+
+def _arg_text(instruction: ins.Arg) -> str:
+    return " ".join(d.name if d.default is None else f"{d.name}={d.default}"
+                    for d in instruction.declarations)
+
+
+# --- config-only instructions -------------------------------------------------------------------
+
+
+def _apply_config(instruction: ins.Instruction, state: ImageState, scope: Scope) -> ImageState:
+    handler = _CONFIG_HANDLERS.get(type(instruction))
+    if handler is None:
+        raise BuildError(f"{type(instruction).__name__.upper()} is not supported here")
+    return handler(instruction, state, scope)
+
+
+def _env(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
+    env = set_env(state.env, pairs)
+    text = " ".join(f"{k}={v}" for k, v in pairs.items())
+    return state.with_config(f"ENV {text}", Env=env)
+
+
+def _label(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    labels = dict(state.config.get("Labels") or {})
+    pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
+    labels.update(pairs)
+    text = " ".join(f"{k}={v}" for k, v in pairs.items())
+    return state.with_config(f"LABEL {text}", Labels=labels)
+
+
+def _workdir(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    path = scope.expand(instruction.path)
+    if not path.startswith("/"):
+        path = state.workdir.rstrip("/") + "/" + path
+    path = _clean_path(path)
+    return state.with_config(f"WORKDIR {path}", WorkingDir=path)
+
+
+def _clean_path(path: str) -> str:
+    import posixpath
+
+    cleaned = posixpath.normpath(path)
+    return "/" + cleaned.lstrip("/")
+
+
+def _user(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    user = scope.expand(instruction.user)
+    return state.with_config(f"USER {user}", User=user)
+
+
+def _expose(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    ports = dict(state.config.get("ExposedPorts") or {})
+    words = [w for port in instruction.ports for w in scope.expand_words(port)]
+    for word in words:
+        ports[word if "/" in word else f"{word}/tcp"] = {}
+    return state.with_config(f"EXPOSE {' '.join(words)}", ExposedPorts=ports)
+
+
+def _volume(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    volumes = dict(state.config.get("Volumes") or {})
+    paths = [scope.expand(p) for p in instruction.paths]
+    for path in paths:
+        volumes[path] = {}
+    return state.with_config(f"VOLUME {paths}", Volumes=volumes)
+
+
+def _command_argv(command: ins.Command, state: ImageState) -> list[str]:
+    return [*state.shell, *command.args] if command.shell_form else list(command.args)
+
+
+def _cmd(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    argv = _command_argv(instruction.command, state)
+    return state.with_config(f"CMD {argv}", Cmd=argv)
+
+
+def _entrypoint(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    argv = _command_argv(instruction.command, state) if instruction.command.args else None
+    # Docker: setting ENTRYPOINT resets a CMD inherited from the base image.
+    return state.with_config(f"ENTRYPOINT {argv or []}", Entrypoint=argv, Cmd=None)
+
+
+def _shell(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    return state.with_config(f"SHELL {list(instruction.argv)}", Shell=list(instruction.argv))
+
+
+def _stopsignal(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    signal = scope.expand(instruction.signal)
+    return state.with_config(f"STOPSIGNAL {signal}", StopSignal=signal)
+
+
+def _healthcheck(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    check = healthcheck_json(instruction.test, instruction.interval, instruction.timeout,
+                             instruction.start_period, instruction.start_interval,
+                             instruction.retries)
+    return state.with_config(f"HEALTHCHECK {' '.join(instruction.test)}", Healthcheck=check)
+
+
+def _onbuild(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    triggers = [*(state.config.get("OnBuild") or []), instruction.expression]
+    return state.with_config(f"ONBUILD {instruction.expression}", OnBuild=triggers)
+
+
+def _maintainer(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+    # MAINTAINER sets the image's author (a top-level field of the config document).
+    return replace(state.with_config(f"MAINTAINER {instruction.name}"), author=instruction.name)
+
+
+_CONFIG_HANDLERS: dict[type, Callable[[Any, ImageState, Scope], ImageState]] = {
+    ins.Env: _env, ins.Label: _label, ins.Workdir: _workdir, ins.User: _user,
+    ins.Expose: _expose, ins.Volume: _volume, ins.Cmd: _cmd, ins.Entrypoint: _entrypoint,
+    ins.Shell: _shell, ins.Stopsignal: _stopsignal, ins.Healthcheck: _healthcheck,
+    ins.Onbuild: _onbuild, ins.Maintainer: _maintainer,
+}
+

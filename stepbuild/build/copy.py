@@ -1,0 +1,455 @@
+"""COPY and ADD steps: their cache inputs, and putting the files into the mounted overlay.
+
+Sources come from the build context, from an earlier stage or an image (`COPY --from`),
+from heredocs (`COPY <<EOF`), from URLs (ADD) or from git repositories (ADD of an
+`http(s)://…/repo.git#ref:subdir` URL, `git.py`). `prepare` computes the key inputs: the
+digest of the selected context files (content, modes, links — not mtimes), the source
+stage's state for `--from`, heredoc bodies, downloaded content digests, the commit a git ref
+resolves to. `perform` copies with Docker's destination rules (`copy.py`); a `--from` source
+is mounted read-only for the copy; a git commit is fetched into the step's tmp dir.
+
+`--link` (BuildKit, Dockerfile reference "COPY --link"): the files are copied into an empty
+root — the executor mounts no lower layers for such a step (`execute.py`) — so the layer
+depends on the step's own inputs only, and its key leaves out the parent state
+(`LINK_PARENT` stands in for it): when an earlier step changes, the step still hits and the
+same layer (same diff_id) is put on top of the new parent. The documented trade-offs follow:
+nothing of the parent is read, so a destination path through a symlink of the parent is not
+followed (the layer holds real directories there), an existing directory at the destination
+is not seen (`COPY --link f /etc` writes a file `/etc`: write `/etc/`), and a directory the
+layer creates replaces the parent's mode and mtime for that path. `--chown` with names is
+resolved in the parent's /etc/passwd and /etc/group while preparing, and the numeric ids are
+part of the key.
+
+`--parents` (COPY only; Dockerfile reference "COPY --parents", BuildKit's dockerfile2llb
+copies the pivot with an include pattern): each source keeps its path relative to the
+context (or `--from` root) under the destination, which is always a directory; a `/./` in a
+source is the pivot: only the part after it is kept (`./a/./b/c` → `<dest>/b/c`). The parent
+directories on the kept path are copied as directories of the tree: with the source
+directories' modes and mtimes (and the owner given by --chown), like a directory met inside a
+copied tree.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepbuild.build import keys
+from stepbuild.build.copy_files import (
+    Copier,
+    Owner,
+    Placement,
+    check_destination,
+    file_target,
+    fresh_directory,
+    open_root,
+    upper_directory,
+)
+from stepbuild.build.images import load_state
+from stepbuild.build.plan import Scope, located
+from stepbuild.build.run import user_ids
+from stepbuild.build.state import ImageState
+from stepbuild.build.step import PreparedStep
+from stepbuild.errors import BuildError, ContextError, PlanError
+from stepbuild.frontend import instructions as ins
+from stepbuild.fs import rootpath
+from stepbuild.layers.unpack import is_archive, unpack_archive
+from stepbuild.sandbox import host as overlay
+from stepbuild.sources import git
+from stepbuild.sources import url as fetch
+from stepbuild.sources.context import Selection, SourceGroup
+
+# What a --link step's key has in place of the parent state: the layer does not depend on it.
+LINK_PARENT = "stepbuild-copy-link/1"
+
+
+def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
+            run: Any) -> PreparedStep:
+    word = "ADD" if isinstance(copy, ins.Add) else "COPY"
+    expanded = [scope.expand(s) for s in copy.sources]
+    is_add = isinstance(copy, ins.Add)
+    gits = [s for s in expanded if is_add and git.is_git_url(s)]
+    urls = [s for s in expanded if fetch.is_url(s) and s not in gits]
+    if urls and isinstance(copy, ins.Copy):
+        raise BuildError("COPY cannot fetch URLs; use ADD", hint=urls[0])
+    sources = [s for s in expanded if not fetch.is_url(s)]
+    excludes = [scope.expand(e) for e in copy.excludes]
+    parents = isinstance(copy, ins.Copy) and copy.parents
+    source = _from(executor, copy, scope, run)
+    selection = layout = None
+    if sources and source is None:
+        selection, layout = select(executor.context, sources, excludes, parents)
+    checksum = scope.expand(copy.checksum) if isinstance(copy, ins.Add) and (
+        copy.checksum) else None
+    if checksum is not None and (sources or copy.inline):
+        raise located(PlanError, run.stages.filename, copy,
+                      "ADD --checksum can't be specified for non-HTTP(S) sources")
+    if checksum is not None and gits and urls:
+        raise located(PlanError, run.stages.filename, copy,
+                      "ADD --checksum can't be given for both a git repository and a URL")
+    chmod = _chmod(scope.expand(copy.chmod), run, copy) if copy.chmod else None
+    with _at_line(run, copy):
+        repos = [_resolve_git(s, checksum) for s in gits]
+        downloads = [fetch.download(url, executor.scratch_file("download"), checksum)
+                     for url in urls]
+    inline = [(s.name, scope.expand(s.data) if s.expand else s.data) for s in copy.inline]
+    dest = destination(scope.expand(copy.dest), state.workdir)
+    chown = scope.expand(copy.chown) if copy.chown else None
+    keep_git_dir = isinstance(copy, ins.Add) and copy.keep_git_dir
+    inputs: dict[str, Any] = {
+        "op": word.lower(), "selection": selection.digest() if selection else None,
+        "from": source.key if source else None, "sources": sources if source else None,
+        "dest": dest, "chown": chown, "chmod": chmod, "excludes": excludes,
+        "inline": [[name, keys.digest(data)] for name, data in inline],
+        "urls": [[d.url, d.digest] for d in downloads],
+        "sde": executor.source_date_epoch}
+    # Only present when used, so that the keys of other steps stay as they were.
+    if repos:
+        inputs["git"] = [[r.source.shown, r.commit] for r in repos]
+        inputs["keep_git_dir"] = keep_git_dir
+    if parents:
+        inputs["parents"] = {"sources": sources, "dirs": _layout_key(layout)}
+    owner = None
+    if copy.link:
+        inputs["link"] = True
+        if chown:
+            owner = _parent_owner(executor, state, chown, run)
+            inputs["owner"] = [owner.uid, owner.gid]
+    key = keys.step_key(LINK_PARENT if copy.link else state.key, inputs)
+    flags = "".join(f" {flag}" for flag, on in (
+        ("--link", copy.link), ("--parents", parents),
+        ("--keep-git-dir=true", keep_git_dir and repos)) if on)
+    origin = f" --from={scope.expand(copy.from_)}" if isinstance(copy, ins.Copy) and (
+        copy.from_) else ""
+    shown = [next((r.source.shown for r in repos if s == r.written), s) for s in expanded]
+    created_by = f"{word}{flags}{origin} {' '.join([*shown, *(n for n, _ in inline)])} {dest}"
+    work = {"selection": selection, "layout": layout, "source": source, "sources": sources,
+            "excludes": excludes, "dest": dest, "inline": inline, "chown": chown,
+            "owner": owner, "downloads": downloads, "git": repos,
+            "keep_git_dir": keep_git_dir, "parents": parents, "link": copy.link,
+            "chmod": int(chmod, 8) if chmod else None,
+            "unpack": isinstance(copy, ins.Add) and copy.unpack is not False,
+            "where": f"{run.stages.filename}:{copy.loc.line}"}
+    return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else ())
+
+
+@contextmanager
+def _at_line(run: Any, copy: ins.Copy | ins.Add) -> Iterator[None]:
+    """Errors of fetching sources (git, URLs) name the Stepfile line; exit status stays 1."""
+    try:
+        yield
+    except BuildError as exc:
+        raise BuildError(f"{run.stages.filename}:{copy.loc.line}: {exc.message}",
+                         hint=exc.hint) from None
+
+
+def _resolve_git(written: str, checksum: str | None) -> _GitInput:
+    repo = git.parse(written)
+    commit, ref_name = git.resolve(repo)
+    if checksum is not None:
+        # Dockerfile reference, ADD --checksum: for a git source, the commit sha or a prefix.
+        if not re.fullmatch(r"[0-9a-f]{1,64}", checksum):
+            raise BuildError(f"invalid ADD --checksum {checksum!r} for git source {repo.shown}",
+                             hint="for a git source the checksum is the commit sha or a"
+                                  " prefix of it")
+        if not commit.startswith(checksum):
+            raise BuildError(f"ADD checksum mismatch for {repo.shown}: expected commit"
+                             f" {checksum}, got {commit}")
+    return _GitInput(repo, commit, ref_name, written)
+
+
+@dataclass(frozen=True, slots=True)
+class _GitInput:
+    """A git source of an ADD: as parsed, the commit its ref names and that ref's full name
+    (`git.resolve`), and the source word as written (for the history text)."""
+
+    source: git.GitSource
+    commit: str
+    ref_name: str
+    written: str
+
+
+def _parent_owner(executor: Any, state: ImageState, chown: str, run: Any) -> Owner:
+    """--link --chown: names are looked up in the parent image, mounted read-only."""
+    uid, _, gid = chown.partition(":")
+    if uid.isdigit() and (gid.isdigit() or not gid):
+        return Owner(int(uid), int(gid or uid))  # nothing to look up
+    run.need_layers(state)
+    lowers = [executor.store.layer_dir(d) for d in reversed(state.diff_ids)]
+    with overlay.mounted_readonly(executor.scratch_file("chown"), lowers) as root:
+        return chown_owner(root, chown)
+
+
+def _from(executor: Any, copy: ins.Copy | ins.Add, scope: Scope, run: Any
+          ) -> ImageState | None:
+    """The image state a `COPY --from` reads: an earlier stage's result, or an image."""
+    if not isinstance(copy, ins.Copy) or not copy.from_:
+        return None
+    name = scope.expand(copy.from_)
+    stage = run.stages.find(name)
+    if stage is not None:
+        built: ImageState = run.results[stage.index]  # the stage graph made sure it is built
+        return built
+    state = load_state(executor.store, name)
+    if state is None:
+        raise located(PlanError, run.stages.filename, copy,
+                      f"COPY --from={name}: no stage or image of that name",
+                      hint="name an earlier stage, or build or load the image first")
+    return state
+
+
+def _chmod(value: str, run: Any, copy: ins.Copy | ins.Add) -> str:
+    if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
+        raise located(PlanError, run.stages.filename, copy,
+                      f"invalid --chmod value {value!r}: expected an octal mode such as 0755")
+    return value
+
+
+def destination(dest: str, workdir: str) -> str:
+    """An absolute, clean destination; a trailing "/" (or "/.") is kept: it means "a dir"."""
+    is_dir = dest.endswith(("/", "/.")) or dest in (".", "..")
+    absolute = dest if dest.startswith("/") else workdir.rstrip("/") + "/" + dest
+    cleaned = "/" + posixpath.normpath(absolute).lstrip("/")
+    return cleaned.rstrip("/") + "/" if is_dir else cleaned
+
+
+def perform(executor: Any, step: PreparedStep, merged: Path, tmp: Path) -> None:
+    """Copy the step's sources into the mounted image root `merged` (empty for --link)."""
+    work = step.work
+    source: ImageState | None = work["source"]
+    if source is None:
+        _copy_all(executor.context, work["selection"], work["layout"], step, merged, tmp)
+        return
+    from stepbuild.sources.context import BuildContext
+
+    lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
+    with overlay.mounted_readonly(tmp / "from", lowers) as root:
+        context = BuildContext(root)
+        selection, layout = select(context, work["sources"], work["excludes"], work["parents"])
+        _copy_all(context, selection, layout, step, merged, tmp)
+
+
+def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept] | None,
+              step: PreparedStep, merged: Path, tmp: Path) -> None:
+    work = step.work
+    owner = work["owner"] or (chown_owner(merged, work["chown"]) if work["chown"] else Owner())
+    place = Placement(work["dest"], owner, work["chmod"])
+    groups = selection.groups if selection else ()
+    with open_root(merged) as root_fd:
+        if layout is None:  # with --parents the destination is always a directory
+            check_destination(place, len(groups) + len(work["inline"]) + len(
+                work["downloads"]) + len(work["git"]), root_fd)
+        copier = Copier(root_fd, place)
+        # Writing below a new directory straight to the upper dir, only when it is all this
+        # COPY writes: the entries of one walk never pass through each other's symlinks, while
+        # a second source could (and must then resolve through the image, not the upper dir).
+        alone = len(groups) == 1 and not (work["inline"] or work["downloads"] or work["git"])
+        upper = tmp / "upper" if alone else None
+        try:
+            for index, group in enumerate(groups):
+                if layout is None:
+                    _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
+                                chowned=bool(work["chown"]), upper=upper)
+                else:
+                    _copy_kept(context, copier, group, layout[index], place)
+            for name, data in work["inline"]:
+                copier.write_file(file_target(place, name, root_fd), data.encode(), 0o644, 0)
+            for download in work["downloads"]:
+                _copy_download(copier, download, file_target(place, download.name, root_fd))
+            for index, repo in enumerate(work["git"]):
+                _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
+            copier.finish()
+        finally:
+            copier.close()
+
+
+def chown_owner(root: Path, chown: str) -> Owner:
+    """--chown: names resolved in the image; a lone numeric uid is also the gid (Dockerfile
+    reference: "providing a UID without a GID uses the UID as the GID")."""
+    if chown.isdigit():
+        return Owner(int(chown), int(chown))
+    ids = user_ids(root, chown)
+    return Owner(ids.uid, ids.gid)
+
+
+def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root_fd: int,
+                unpack: bool, merged: Path, chowned: bool, upper: Path | None) -> None:
+    if not group.is_dir:
+        entry = group.entries[0]
+        archive = context.root / group.resolved
+        if unpack and entry.kind == "file" and is_archive(archive):
+            owner = place.owner if chowned else None
+            unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
+                           uid=owner.uid if owner else None,
+                           gid=owner.gid if owner else None)
+            return
+        _copy_entry(context, copier, group.resolved, file_target(place, group.name, root_fd),
+                    entry)
+        return
+    base = place.dest.rstrip("/") or "/"
+    fresh = fresh_directory(root_fd, base)
+    copier.make_dir(base, os.lstat(context.root / group.resolved), top=True)
+    if fresh and upper is not None and len(group.entries) > 1:  # made now, through the overlay
+        upper_fd = upper_directory(root_fd, base, merged, upper)
+        if upper_fd is not None:
+            copier.write_below_directly(base, upper_fd)
+    for entry in group.entries:
+        source = f"{group.resolved}/{entry.path}" if group.resolved != "." else entry.path
+        _copy_entry(context, copier, source, base.rstrip("/") + "/" + entry.path, entry)
+
+
+def _copy_entry(context: Any, copier: Copier, source: str, target: str, entry: Any) -> None:
+    """Copy one entry; `source` is relative to the context (or source image) root."""
+    if entry.kind == "dir":
+        copier.make_dir(target, os.lstat(context.root / source))
+    elif entry.kind == "symlink":
+        copier.copy_symlink(entry.link_target, target, os.lstat(context.root / source))
+    else:
+        fd = context.open_file(source)
+        try:
+            copier.copy_file(fd, target, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+
+def _copy_download(copier: Copier, download: fetch.Download, target: str) -> None:
+    # Docker: a downloaded file gets mode 600 and its Last-Modified time as mtime.
+    os.chmod(download.path, 0o600)
+    os.utime(download.path, (download.mtime, download.mtime))
+    fd = os.open(download.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        copier.copy_file(fd, target, os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
+# --- --parents ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """Where one source group goes with --parents: `path` under the destination ("." for the
+    pivot itself), and the source directories whose metadata the destination (`pivot`) and
+    the parent directories on the way (`dirs`, relative to the destination) take; None for
+    one that is not a real directory (reached through a symlink)."""
+
+    path: str
+    pivot: os.stat_result | None
+    dirs: tuple[tuple[str, os.stat_result | None], ...]
+
+
+def select(context: Any, sources: Sequence[str], excludes: Sequence[str], parents: bool
+           ) -> tuple[Selection, tuple[_Kept, ...] | None]:
+    """The selection of `sources` in `context` and, with --parents, where each group goes.
+
+    A source is split at its first "/./" (BuildKit: `strings.Cut(src, "/./")`); without one
+    the pivot is the root. The groups are selected as usual (wildcards, ignore files, a
+    top-level symlink followed), then each keeps its path relative to the pivot.
+    """
+    if not parents:
+        return context.select(sources, excludes=excludes), None
+    groups: list[SourceGroup] = []
+    layout: list[_Kept] = []
+    root_fd = os.open(context.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for raw in sources:
+            pivot, cut, rest = raw.partition("/./")
+            if not cut:
+                pivot, rest = "", raw
+            pivot = posixpath.normpath("/" + pivot).lstrip("/") or "."
+            for group in context.select([f"{pivot}/{rest}"], excludes=excludes).groups:
+                layout.append(_kept(root_fd, raw, pivot, group.source_path))
+                groups.append(group)
+    finally:
+        os.close(root_fd)
+    return Selection(tuple(groups)), tuple(layout)
+
+
+def _kept(root_fd: int, raw: str, pivot: str, path: str) -> _Kept:
+    if pivot == ".":
+        kept = path
+    elif path == pivot:
+        kept = "."
+    elif path.startswith(pivot + "/"):
+        kept = path[len(pivot) + 1:]
+    else:
+        raise ContextError(f"COPY --parents source {raw} leads out of its pivot {pivot}/./",
+                           hint="the part after /./ may not climb above it with ..")
+    parts = kept.split("/") if kept != "." else []
+    dirs = tuple(("/".join(parts[:i]), _dir_stat(root_fd, _join(pivot, "/".join(parts[:i]))))
+                 for i in range(1, len(parts)))
+    return _Kept(kept, _dir_stat(root_fd, pivot), dirs)
+
+
+def _join(parent: str, name: str) -> str:
+    return name if parent == "." else f"{parent}/{name}"
+
+
+def _dir_stat(root_fd: int, path: str) -> os.stat_result | None:
+    """lstat of a directory of the source root, resolved inside it; None if not a directory."""
+    if path == ".":
+        return os.fstat(root_fd)
+    parent, name = rootpath.resolve_parent(root_fd, path)
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(parent)
+    return info if stat.S_ISDIR(info.st_mode) else None
+
+
+def _layout_key(layout: Sequence[_Kept] | None) -> list[Any] | None:
+    """What of the --parents layout the key needs beyond the selection digest: the kept paths
+    and the modes of the directories they create (mtimes never go in keys)."""
+    if layout is None:
+        return None
+    return [[kept.path, _mode(kept.pivot), [[rel, _mode(info)] for rel, info in kept.dirs]]
+            for kept in layout]
+
+
+def _mode(info: os.stat_result | None) -> int | None:
+    return stat.S_IMODE(info.st_mode) if info else None
+
+
+def _copy_kept(context: Any, copier: Copier, group: SourceGroup, kept: _Kept,
+               place: Placement) -> None:
+    """Copy one group to `<dest>/<kept path>`, making the parent directories on the way."""
+    base = place.dest.rstrip("/").removesuffix("/.")  # "" is the image root
+    copier.make_dir(base or "/", kept.pivot, top=True)
+    for rel, info in kept.dirs:
+        copier.make_dir(f"{base}/{rel}", info)
+    target = f"{base}/{kept.path}" if kept.path != "." else (base or "/")
+    if not group.is_dir:
+        _copy_entry(context, copier, group.resolved, target, group.entries[0])
+        return
+    if kept.path != ".":
+        copier.make_dir(target, os.lstat(context.root / group.resolved))
+    for entry in group.entries:
+        source = f"{group.resolved}/{entry.path}" if group.resolved != "." else entry.path
+        _copy_entry(context, copier, source, target.rstrip("/") + "/" + entry.path, entry)
+
+
+# --- git sources --------------------------------------------------------------------------
+
+
+def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, target: Path,
+              work: dict[str, Any], merged: Path) -> None:
+    """Fetch the commit into the step's tmp dir and copy its tree (or subdir) like a
+    directory source: its contents go into the destination, which is always a directory."""
+    from stepbuild.sources.context import BuildContext
+
+    try:
+        tree = git.checkout(repo.source, repo.commit, repo.ref_name, target,
+                           work["keep_git_dir"])
+    except BuildError as exc:
+        raise BuildError(f"{work['where']}: {exc.message}", hint=exc.hint) from None
+    context = BuildContext(tree)
+    group = context.select(["."]).groups[0]
+    _copy_group(context, copier, group, place, root_fd, False, merged,
+                chowned=bool(work["chown"]), upper=None)

@@ -1,0 +1,395 @@
+"""COPY and ADD file operations: put selected context files into an image root, Docker's way.
+
+Destination rules (Dockerfile reference, COPY): a relative destination is relative to WORKDIR
+(the caller joins it); with several sources, or a wildcard that matched several, the
+destination must be a directory ending in "/"; a source directory is copied by its contents;
+a source file goes to `dest/<name>` when dest ends in "/" or is an existing directory, else to
+`dest` itself; missing parent directories are created. Files keep their mode (unless --chmod),
+mtime, symlinks, hard links (within one COPY) and xattrs; owners become 0:0 unless --chown.
+
+Every path inside the image root is resolved *inside* it (`rootpath`), so a symlink in the
+image (`/app -> /srv`) is followed within the root and never out to the host. The root is a
+mounted overlay: writes land in the step's upper dir.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepbuild.errors import BuildError
+from stepbuild.fs import rootpath
+
+# xattrs worth keeping on copied files: user data and file capabilities. trusted.* and
+# security.selinux belong to the host, not to the image.
+KEPT_XATTR_PREFIXES = ("user.", "security.capability")
+_COPY_CHUNK = 1 << 20
+
+
+class CopyError(BuildError):
+    """A COPY/ADD cannot be done as asked (bad destination, missing source...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where things go: the destination as written (absolute), the owner and --chmod."""
+
+    dest: str
+    owner: Owner = Owner()
+    chmod: int | None = None
+
+    @property
+    def dest_is_dir(self) -> bool:
+        return self.dest.endswith("/") or self.dest.endswith("/.")
+
+
+@contextmanager
+def open_root(root: Path) -> Iterator[int]:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _reporting(path: str) -> Iterator[None]:
+    """Turn what the file system refuses into a CopyError naming the destination.
+
+    rootpath and the syscalls raise OSError (a component that is a file, a symlink loop, no
+    space left...) or ValueError (a path that names no entry); the user should see which
+    destination failed and why, not a traceback.
+    """
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        why = str(exc)
+        if isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+            if exc.strerror.endswith(" in"):  # rootpath's "'x' is not a directory in" <path>
+                why += f" {exc.filename}"
+        raise CopyError(f"cannot copy to {path}: {why}") from None
+
+
+def is_directory(root_fd: int, path: str) -> bool:
+    """Whether `path` (inside the root, symlinks followed within it) is a directory."""
+    try:
+        fd = rootpath.open_in_root(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, ValueError):
+        return False  # missing, not a directory, a symlink loop...: the write will say which
+    os.close(fd)
+    return True
+
+
+def fresh_directory(root_fd: int, path: str) -> bool:
+    """Whether nothing is at `path` inside the root (nor, maybe, at its parents): a COPY that
+    makes it may write below it directly (`Copier.write_below_directly`)."""
+    if not path.strip("/"):
+        return False
+    try:
+        parent, name = rootpath.resolve_parent(root_fd, path)
+    except FileNotFoundError:
+        return True  # a parent is missing too
+    except (OSError, ValueError):
+        return False
+    try:
+        os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(parent)
+    return False
+
+
+def upper_directory(root_fd: int, path: str, merged: Path, upper: Path) -> int | None:
+    """An fd of the directory `path` (inside the mounted overlay `merged`) in the overlay's
+    upper dir `upper`, if it is there and empty; else None."""
+    try:
+        fd = rootpath.open_in_root(root_fd, path, os.O_RDONLY | os.O_DIRECTORY)
+    except (OSError, ValueError):
+        return None
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")  # symlinks on the way resolved
+    finally:
+        os.close(fd)
+    prefix = str(merged).rstrip("/") + "/"
+    if not real.startswith(prefix):
+        return None
+    try:
+        with open_root(upper) as upper_root:
+            found = rootpath.open_in_root(upper_root, real[len(prefix):],
+                                          os.O_RDONLY | os.O_DIRECTORY, follow_last=False)
+    except (OSError, ValueError):
+        return None
+    if os.listdir(found):
+        os.close(found)
+        return None
+    return found
+
+
+def check_destination(place: Placement, sources: int, root_fd: int) -> None:
+    """Several sources need a directory destination written with a trailing slash."""
+    if sources > 1 and not place.dest_is_dir and not is_directory(root_fd, place.dest):
+        raise CopyError(
+            "when using COPY with more than one source file, the destination must be a"
+            " directory and end with a /", hint=f"write the destination as {place.dest}/")
+
+
+def file_target(place: Placement, name: str, root_fd: int) -> str:
+    """Where a single source file named `name` lands."""
+    if place.dest_is_dir or is_directory(root_fd, place.dest):
+        return place.dest.rstrip("/").removesuffix("/.") + "/" + name
+    return place.dest
+
+
+class Copier:
+    """Writes files into one image root; remembers hard links across one COPY."""
+
+    def __init__(self, root_fd: int, place: Placement) -> None:
+        self.root_fd = root_fd
+        self.place = place
+        self._links: dict[tuple[int, int], str] = {}
+        self._parents: dict[str, int] = {}
+        self._dirs: list[tuple[str, os.stat_result | None, int]] = []
+        self._direct: tuple[str, int] | None = None  # (dir, fd of it in the upper dir)
+
+    def write_below_directly(self, path: str, upper_fd: int) -> None:
+        """Everything below the directory `path` goes straight to `upper_fd`, the same
+        directory in the overlay's upper dir, instead of through the overlay.
+
+        Only for a directory this COPY has just created through the overlay where nothing
+        was (`fresh_directory`): nothing below it exists in any lower layer, so writing the
+        upper dir directly is what the overlay would do, without its per-file cost (creating
+        a file through overlayfs costs several times a plain create). Nothing below `path` is
+        then ever looked up through the overlay: every path below it resolves from `upper_fd`
+        (`_resolve`). The Copier owns `upper_fd` (closed by `close`).
+        """
+        below = path.rstrip("/") + "/"
+        for head in [h for h in self._parents if (h + "/").startswith(below)]:
+            os.close(self._parents.pop(head))  # resolved through the overlay: not below
+        self._direct = (below, upper_fd)
+
+    def _resolve(self, path: str) -> tuple[int, str]:
+        """(root fd, path relative to it) for `path`: the upper dir below a direct dir."""
+        if self._direct is not None and path.startswith(self._direct[0]):
+            return self._direct[1], path[len(self._direct[0]):]
+        return self.root_fd, path
+
+    def make_dir(self, path: str, source: os.stat_result | None = None, *,
+                 top: bool = False) -> None:
+        """Create a directory (and parents); its metadata is set by `finish`.
+
+        A directory made here gets the owner, --chmod or the source's mode (0755 without a
+        source) and the source's mtime. An existing one is left as it is when it is the
+        destination of the COPY itself (`top`, or no `source`: `COPY etc/ /etc/` must not
+        chmod or chown /etc); an existing directory met inside a copied tree takes the
+        source's metadata, like any other copied entry (BuildKit: fsutil copy's
+        `overwriteTargetMetadata`).
+        """
+        with _reporting(path):
+            if not path.strip("/"):
+                return  # the root itself (`COPY dir/ /`): it exists, and it is never re-owned
+            parent, name = self._parent(path)
+            created = False
+            try:
+                if name:
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=parent)
+                        created = True
+                    except FileExistsError:
+                        self._require_dir(parent, name, path)
+            finally:
+                os.close(parent)
+            if not created and (top or source is None):
+                return
+            mode = self.place.chmod if self.place.chmod is not None else (
+                stat.S_IMODE(source.st_mode) if source else 0o755)
+            self._dirs.append((path, source, mode))
+
+    def copy_file(self, source_fd: int, path: str, source: os.stat_result) -> None:
+        """Copy an open regular file's bytes and metadata to `path`."""
+        with _reporting(path):
+            key = (source.st_dev, source.st_ino)
+            if source.st_nlink > 1 and key in self._links:
+                self._hard_link(self._links[key], path)
+                return
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+                try:
+                    _copy_bytes(source_fd, fd, source.st_size)
+                    self._set_metadata(source_fd, fd, source)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(parent)
+            if source.st_nlink > 1:
+                self._links[key] = path
+
+    def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
+        """Create a file with the given content (heredoc sources, downloaded URLs)."""
+        with _reporting(path):
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+                try:
+                    view = memoryview(data)
+                    while view:  # os.write may write less than asked
+                        view = view[os.write(fd, view):]
+                    chmod = self.place.chmod if self.place.chmod is not None else mode
+                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                    os.fchmod(fd, chmod)
+                    os.utime(fd, ns=(mtime_ns, mtime_ns))
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(parent)
+
+    def copy_symlink(self, target: str, path: str, source: os.stat_result) -> None:
+        with _reporting(path):
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                os.symlink(target, name, dir_fd=parent)
+                os.chown(name, self.place.owner.uid, self.place.owner.gid, dir_fd=parent,
+                         follow_symlinks=False)
+                os.utime(name, ns=(source.st_mtime_ns, source.st_mtime_ns), dir_fd=parent,
+                         follow_symlinks=False)
+            finally:
+                os.close(parent)
+
+    def finish(self) -> None:
+        """Set directory owners, modes and mtimes, deepest first (children change mtimes)."""
+        for path, source, mode in sorted(self._dirs, key=lambda item: -item[0].count("/")):
+            with _reporting(path):
+                fd = rootpath.open_in_root(*self._resolve(path), os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                    os.fchmod(fd, mode)
+                    if source is not None:
+                        os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
+                finally:
+                    os.close(fd)
+
+    def _parent(self, path: str) -> tuple[int, str]:
+        """(a dup of) the fd of `path`'s parent dir, made if missing, and the final name.
+
+        Parents are resolved inside the root once per directory and kept open for the COPY:
+        a 2,000-file COPY otherwise walks the root 2,000 times (~10 opens each).
+        """
+        head, _, name = path.rstrip("/").rpartition("/")
+        cached = self._parents.get(head)
+        if cached is None or not name:
+            owner = self.place.owner
+            fd, name = rootpath.resolve_parent(*self._resolve(path), create=True, mode=0o755,
+                                               uid=owner.uid, gid=owner.gid)
+            if head in self._parents:
+                return fd, name
+            self._parents[head] = fd
+            cached = fd
+        return os.dup(cached), name
+
+    def close(self) -> None:
+        """Close the cached parent directories (always call it, also after an error)."""
+        for fd in self._parents.values():
+            os.close(fd)
+        self._parents.clear()
+        if self._direct is not None:
+            os.close(self._direct[1])
+            self._direct = None
+
+    def _hard_link(self, first: str, path: str) -> None:
+        first_parent, first_name = rootpath.resolve_parent(*self._resolve(first))
+        try:
+            parent, name = self._parent(path)
+            try:
+                _remove_non_dir(parent, name, path)
+                os.link(first_name, name, src_dir_fd=first_parent, dst_dir_fd=parent,
+                        follow_symlinks=False)
+            finally:
+                os.close(parent)
+        finally:
+            os.close(first_parent)
+
+    def _set_metadata(self, source_fd: int, fd: int, source: os.stat_result) -> None:
+        mode = self.place.chmod if self.place.chmod is not None else stat.S_IMODE(
+            source.st_mode)
+        os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+        os.fchmod(fd, mode)  # after chown: chown clears setuid bits
+        # After chown too: chown (and any write) removes security.capability (the kernel's
+        # killpriv), so file capabilities copied before it would be silently lost.
+        _copy_xattrs(source_fd, fd)
+        os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
+
+    def _require_dir(self, parent: int, name: str, path: str) -> None:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode) and is_directory(*self._resolve(path)):
+            return  # a symlink to a directory inside the root: followed, within the root
+        if not stat.S_ISDIR(info.st_mode):
+            raise CopyError(f"cannot copy a directory to {path}: it exists and is not a"
+                            " directory")
+
+
+def _remove_non_dir(parent: int, name: str, path: str) -> None:
+    """Make room for a new file: remove an existing file or symlink, refuse a directory."""
+    try:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise CopyError(f"cannot copy to {path}: it is an existing directory",
+                        hint="end the destination with / to copy into it")
+    os.unlink(name, dir_fd=parent)
+
+
+def _copy_bytes(source_fd: int, target_fd: int, size: int) -> None:
+    """Copy in the kernel with sendfile(2): it works between file systems (the context's and
+    the overlay's), where copy_file_range(2) fails with EXDEV for every file."""
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(target_fd, source_fd, offset, min(size - offset, 1 << 30))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            os.lseek(source_fd, offset, os.SEEK_SET)
+            sent = _copy_by_reading(source_fd, target_fd)
+        if sent == 0:
+            break
+        offset += sent
+
+
+def _copy_by_reading(source_fd: int, target_fd: int) -> int:
+    chunk = os.read(source_fd, _COPY_CHUNK)
+    view = memoryview(chunk)
+    while view:
+        written = os.write(target_fd, view)
+        view = view[written:]
+    return len(chunk)
+
+
+def _copy_xattrs(source_fd: int, target_fd: int) -> None:
+    try:
+        names = os.listxattr(source_fd)
+    except OSError:
+        return  # the context filesystem has no xattrs
+    for name in names:
+        if name.startswith(KEPT_XATTR_PREFIXES):
+            os.setxattr(target_fd, name, os.getxattr(source_fd, name))

@@ -1,0 +1,79 @@
+"""Images in the store as `ImageState` values: load one by name, save one as a manifest.
+
+The bridge between the builder's `ImageState` and the store's OCI documents. Layers are stored
+uncompressed for now (digest == diff_id). An image with no layer at all gets the canonical
+empty layer, because an OCI manifest must list at least one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepbuild.build.state import ImageState
+from stepbuild.oci import documents as oci
+
+
+def base_descriptor(store: Any, name: str) -> tuple[str, str] | None:
+    """(name, manifest digest) of an image in the store, for the base annotations."""
+    descriptor = store.resolve(name)
+    return (name, descriptor.digest) if descriptor is not None else None
+
+
+def load_state(store: Any, name: str) -> ImageState | None:
+    """The image `name` (tag or digest) as a state, or None when the store does not have it."""
+    descriptor = store.resolve(name)
+    if descriptor is None:
+        return None
+    config = store.config(store.manifest(descriptor))
+    state = ImageState.from_oci_json(config.to_json())
+    if state.diff_ids == (oci.EMPTY_LAYER_DIFF_ID,):
+        state = ImageState(config=state.config, history=state.history, created=state.created,
+                           architecture=state.architecture, os=state.os, author=state.author)
+    return state
+
+
+def put_received(store: Any, config: bytes, layers: list[oci.Descriptor],
+                 annotations: dict[str, str] | None) -> oci.Descriptor:
+    """Write the manifest of an image that came from elsewhere (a pull, an archive) in the
+    store's form: its config blob byte for byte (so the image keeps its config digest) and
+    `layers`, the uncompressed layer blobs already in the store; return the manifest's blob
+    descriptor (untagged). No layer at all: the empty one, and the config re-serialised to
+    list its diff_id (a manifest needs a layer, the schema says so; as `save_state` does)."""
+    if not layers:
+        parsed = oci.ImageConfig.from_bytes(config, "config")
+        config = oci.ImageConfig.from_json(
+            {**parsed.to_json(), "rootfs": {"type": "layers",
+                                            "diff_ids": [oci.EMPTY_LAYER_DIFF_ID]}}).to_bytes()
+        digest, size = store.put_blob(oci.EMPTY_LAYER)
+        layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, digest, size)]
+    config_digest, config_size = store.put_blob(config)
+    manifest = oci.Manifest(oci.Descriptor(oci.MEDIA_TYPE_CONFIG, config_digest, config_size),
+                            tuple(layers), annotations)
+    digest, size = store.put_blob(manifest.to_bytes())
+    return oci.Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size)
+
+
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
+ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+
+def save_state(store: Any, state: ImageState, base: tuple[str, str] | None = None) -> Any:
+    """Write the config and manifest of `state`; return the manifest descriptor.
+
+    The manifest is annotated with the creation time and, when the image was built on an
+    image (not scratch), that base's name and manifest digest (image-spec annotations.md).
+    """
+    diff_ids = state.diff_ids
+    if not diff_ids:
+        digest, _ = store.put_blob(oci.EMPTY_LAYER)
+        diff_ids = (digest,)
+    document = state.to_oci_json()
+    document["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
+    config = oci.ImageConfig.from_json(document)
+    layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, d, store.blob_path(d).stat().st_size)
+              for d in diff_ids]
+    annotations = {ANNOTATION_CREATED: state.created}
+    if base is not None:
+        annotations[ANNOTATION_BASE_NAME], annotations[ANNOTATION_BASE_DIGEST] = base
+    return store.put_image(config, layers, annotations)

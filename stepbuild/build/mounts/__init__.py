@@ -1,0 +1,1 @@
+"""RUN --mount: planned as values, realised for one step."""

@@ -1,0 +1,274 @@
+"""RUN steps: their cache inputs, and running them in the sandbox over a mounted overlay.
+
+`prepare` computes what a RUN's result depends on (argv, environment, user, cwd, network,
+its `--mount`s' declarations and sources — `run_mounts.plan` —, a heredoc script's body);
+`perform` runs it in `sandbox.run` inside the step's overlay, with its mounts in place
+(`run_mounts.realised`), and raises `StepFailed` with the location, the command, the exit
+status and the last output lines when it fails. Mount points the image lacks (/proc, /dev,
+/sys, /etc/hosts...) are created as stubs before and removed from the upper dir after, so
+they never land in a layer (run_mounts does the same for the --mount targets).
+
+Heredocs, as BuildKit's dockerfile2llb dispatchRun: `RUN <<EOF` whose body starts with `#!`
+is written to a file (mode 0755) mounted read-only at /dev/pipes/EOF and run as
+`SHELL /dev/pipes/EOF`, so the kernel picks the interpreter; its body is not expanded. Any
+other single `RUN <<EOF` runs its body as the shell's command text; heredocs feeding a
+command line are handed to the shell, which does their redirection and expansion.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from stepbuild.build import keys, users
+from stepbuild.build.plan import Scope
+from stepbuild.build.state import ImageState
+from stepbuild.build.step import PreparedStep
+from stepbuild.errors import BuildError, PlanError, SourcePosition, StepbuildError, StepFailed
+from stepbuild.frontend import instructions as ins
+from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
+from stepbuild.fs import rootpath
+
+# Paths the sandbox mounts over; created as empty stubs when the image lacks them and removed
+# from the layer afterwards, so that they never land in an image (BuildKit does the same).
+MOUNT_STUBS = ("proc", "dev", "sys", "etc/hosts", "etc/resolv.conf", "etc/hostname")
+HOSTNAME = "stepbuild"
+
+
+PIPES = "/dev/pipes"  # where a `#!` heredoc script is mounted, as in BuildKit
+
+
+def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
+            build: Any) -> PreparedStep:
+    """The key inputs and the work of a RUN. `build` is the builder's run of this Stepfile
+    (stages, their results, the file name), for `--mount from=` and located errors."""
+    argv = run_argv(run.command, state.shell)
+    env = scope.run_env(executor.build_args)
+    network = run.network if run.network not in (None, "default") else executor.network
+    inputs: dict[str, Any] = {"op": "run", "argv": argv, "env": keys.without_proxies(env),
+                              "user": state.user, "cwd": state.workdir, "network": network}
+    if executor.source_date_epoch is not None:
+        inputs["sde"] = executor.source_date_epoch  # it clamps the layer's mtimes
+    work: dict[str, Any] = {"argv": argv, "env": env, "network": network}
+    script = heredoc_script(run.command)
+    if script is not None:
+        inputs["script"] = list(script)  # the body: argv names only the file
+        work["script"] = script
+    if run.mounts:
+        from stepbuild.build.mounts import realise as run_mounts
+
+        sources = _mount_sources(executor, run, build)
+        planned = run_mounts.plan(run, lambda word: _expand(scope, word, sources),
+                                  state.workdir, sources)
+        inputs["mounts"] = run_mounts.key_inputs(planned)
+        work["mounts"] = planned
+    key = keys.step_key(state.key, inputs)
+    reads = tuple(p.state for p in work.get("mounts", ()) if p.state is not None)
+    return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
+
+
+def _mount_sources(executor: Any, run: ins.Run, build: Any) -> Any:
+    from stepbuild.build.images import load_state
+    from stepbuild.build.mounts import realise as run_mounts
+
+    stages = getattr(build, "stages", None)
+    results = getattr(build, "results", {})
+    filename = getattr(stages, "filename", "Stepfile")
+
+    def error(message: str) -> StepbuildError:
+        loc = run.loc
+        text = run.text.split("\n", 1)[0]
+        return PlanError(message, SourcePosition(filename, loc.line, loc.column, text))
+
+    def state(name: str) -> Any:
+        stage = stages.find(name) if stages is not None else None
+        if stage is not None and stage.index in results:
+            return results[stage.index]
+        return load_state(executor.store, name)
+
+    return run_mounts.Sources(executor.context, state, error,
+                              getattr(executor, "secrets", None) or {},
+                              getattr(executor, "ssh", None) or {})
+
+
+def _expand(scope: Scope, word: str, sources: Any) -> str:
+    try:
+        return scope.expand(word)
+    except StepbuildError as exc:
+        raise sources.error(exc.message) from None
+
+
+def perform(executor: Any, step: PreparedStep, state: ImageState, merged: Path, tmp: Path,
+            filename: str, label: str) -> list[str]:
+    """Run the step in the sandbox; return the stubs made (for `remove_stubs`)."""
+    from stepbuild.sandbox.spec import Mount, SandboxSpec
+
+    ids = user_ids(merged, state.user)
+    etc = tmp / "etc"
+    write_etc_files(etc, HOSTNAME)
+    stubs = _make_stubs(merged)
+    env = tuple(step.work["env"])
+    progress = executor.progress
+    with ExitStack() as stack:
+        mounts: list[Mount] = []
+        if "script" in step.work:
+            mounts.append(_script_mount(tmp, *step.work["script"]))
+        if step.work.get("mounts"):
+            from stepbuild.build.mounts import realise as run_mounts
+
+            try:
+                done = stack.enter_context(run_mounts.realised(
+                    step.work["mounts"], store=executor.store, executor=executor,
+                    merged=merged, tmp=tmp, env=env,
+                    note=lambda message: progress.note(label, message)))
+            except BuildError as exc:  # e.g. a from= source path the stage does not have
+                line = step.instruction.loc.line
+                raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
+            mounts += done.mounts
+            env = run_mounts.with_env(env, done.env)
+        spec = SandboxSpec(
+            rootfs=str(merged), argv=tuple(step.work["argv"]), env=with_home(env, ids),
+            cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+            hostname=HOSTNAME, network=step.work["network"], etc_dir=str(etc),
+            mounts=tuple(mounts),
+        )
+        result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data))
+    progress.flush_output(label)
+    for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind
+        progress.note(label, notice)
+    if result.exit_code != 0:
+        loc = step.instruction.loc
+        text = step.instruction.text.split("\n", 1)[0]
+        raise StepFailed(SourcePosition(filename, loc.line, loc.column, text),
+                         step.created_by, result.exit_code, result.output_tail)
+    return stubs
+
+
+def _script_mount(tmp: Path, name: str, body: str) -> Any:
+    """The `#!` heredoc as an executable file in a directory mounted read-only on /dev/pipes
+    (inside the sandbox's /dev tmpfs, so its mount point is never in a layer)."""
+    from stepbuild.sandbox.spec import Mount
+
+    pipes = tmp / "pipes"
+    pipes.mkdir(mode=0o755)
+    os.chmod(pipes, 0o755)
+    script = pipes / name
+    script.write_text(body)
+    os.chmod(script, 0o755)
+    return Mount("bind", str(pipes), PIPES, readonly=True, options="create=dir")
+
+
+def run_argv(command: ins.Command, shell: tuple[str, ...]) -> list[str]:
+    """The argv of a RUN: exec form as is; shell form through SHELL, heredocs included.
+
+    `RUN <<EOF` alone makes the heredoc the script: a `#!` one is run as a file (see
+    `heredoc_script`), any other is the shell's command text; otherwise the shell gets the
+    command line followed by the heredoc bodies and their terminators, and does the
+    redirection itself.
+    """
+    if not command.shell_form:
+        return list(command.args)
+    script = heredoc_script(command)
+    if script is not None:
+        return [*shell, f"{PIPES}/{script[0]}"]
+    text = command.args[0] if command.args else ""
+    heredocs = command.heredocs
+    if len(heredocs) == 1 and heredoc_marker(text.strip()) is not None:
+        doc = heredocs[0]
+        return [*shell, chomp_heredoc(doc.content) if doc.chomp else doc.content]
+    for doc in heredocs:
+        text += "\n" + doc.content + doc.name
+    return [*shell, text]
+
+
+def heredoc_script(command: ins.Command) -> tuple[str, str] | None:
+    """(file name, body) of a `RUN <<EOF` whose body starts with `#!`, else None.
+
+    BuildKit tests the body as written (before `<<-` strips tabs), writes it chomped, names
+    the file after the delimiter, and never expands it.
+    """
+    if not command.shell_form or len(command.heredocs) != 1 or not command.args:
+        return None
+    if heredoc_marker(command.args[0].strip()) is None:
+        return None
+    doc = command.heredocs[0]
+    if not doc.content.startswith("#!"):
+        return None
+    name = doc.name.replace("/", "_") if doc.name not in (".", "..") else "script"
+    return name, chomp_heredoc(doc.content) if doc.chomp else doc.content
+
+
+def with_home(env: tuple[str, ...], ids: users.Ids) -> tuple[str, ...]:
+    """HOME from the user's passwd entry when the image sets none, as runc does for Docker."""
+    if any(item.startswith("HOME=") for item in env):
+        return env
+    return (*env, f"HOME={ids.home}")
+
+
+def user_ids(root: Path, user: str) -> users.Ids:
+    """USER or --chown resolved in the image's own /etc/passwd and /etc/group (root: 0:0)."""
+    if not user:
+        user = "0"
+    return users.resolve(user, _read_image_file(root, "/etc/passwd"),
+                         _read_image_file(root, "/etc/group"))
+
+
+def _read_image_file(root: Path, path: str) -> str:
+    try:
+        return rootpath.read_file_in_root(root, path).decode("utf-8", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+
+
+def write_etc_files(etc: Path, hostname: str) -> None:
+    """The per-step /etc/hosts, /etc/resolv.conf and /etc/hostname (bind-mounted, never
+    part of a layer)."""
+    etc.mkdir()
+    (etc / "hostname").write_text(hostname + "\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"127.0.1.1\t{hostname}\n")
+    try:
+        resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        resolv = ""
+    (etc / "resolv.conf").write_text(resolv)
+
+
+def _make_stubs(merged: Path) -> list[str]:
+    """Create the mount points the image lacks (they land in the upper dir; removed later)."""
+    made = []
+    for stub in MOUNT_STUBS:
+        path = merged / stub
+        if os.path.lexists(path):
+            continue
+        if not path.parent.is_dir() or path.parent.is_symlink():
+            continue  # e.g. no /etc at all: the sandbox skips that mount
+        if "/" in stub:
+            path.touch(mode=0o644)
+        else:
+            path.mkdir(mode=0o755)
+        made.append(stub)
+    return made
+
+
+def remove_stubs(upper: Path, stubs: list[str]) -> None:
+    """Remove mount-point stubs made for the sandbox, if they are still empty."""
+    for stub in sorted(stubs, reverse=True):
+        path = upper / stub
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            elif path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+        except OSError:
+            pass  # not empty: the step wrote there, keep it
+        parent = path.parent
+        while parent != upper:
+            try:
+                parent.rmdir()  # a parent dir created only to hold a stub
+            except OSError:
+                break
+            parent = parent.parent

@@ -1,0 +1,59 @@
+"""`stepbuild run IMAGE [CMD...]`: a throwaway container of an image in the build sandbox.
+
+The image's layers are mounted as an overlay with a fresh upper dir that is deleted afterwards,
+and the command runs as RUN steps do (same namespaces, same confinement), with the image's
+ENTRYPOINT, CMD, Env, User and WorkingDir. Its output goes to our stdout as it comes. This is
+how users and tests look inside a result.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepbuild.build.images import load_state
+from stepbuild.build.run import user_ids, with_home, write_etc_files
+from stepbuild.errors import StepbuildError
+from stepbuild.sandbox import host as overlay
+
+
+def run_image(store: Any, name: str, command: list[str], network: str = "host") -> int:
+    """Run `command` (or the image's CMD) in image `name`; return its exit status."""
+    from stepbuild import sandbox
+    from stepbuild.sandbox.spec import SandboxSpec
+
+    state = load_state(store, name)
+    if state is None:
+        raise StepbuildError(f"image {name!r} not found in the store",
+                             hint="stepbuild images lists them")
+    argv = [*(state.config.get("Entrypoint") or []), *(command or state.config.get("Cmd")
+                                                       or [])]
+    if not argv:
+        raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
+    lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
+    tmp = store.tmp_dir("run-")
+    try:
+        with overlay.mounted(tmp, lowers) as merged:
+            ids = user_ids(merged, state.user)
+            etc = _etc_dir(tmp)
+            spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
+                               env=with_home(state.env, ids),
+                               cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+                               hostname="stepbuild", network=network, etc_dir=str(etc))
+            result = sandbox.run(spec, on_output=_to_stdout)
+        return int(result.exit_code)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def _etc_dir(tmp: Path) -> Path:
+    etc = tmp / "etc"
+    write_etc_files(etc, "stepbuild")
+    return etc

@@ -1,0 +1,1 @@
+"""The command line: argument parsing, exit codes, the one place errors are printed."""

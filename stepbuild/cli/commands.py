@@ -1,0 +1,539 @@
+"""The store commands behind the CLI: build, images, inspect, history, rmi, run, prune, check.
+
+Each function takes the parsed options and returns an exit status; errors are raised as
+`StepbuildError` for `cli.main` to print. Heavy modules are imported inside the functions so
+that `stepbuild parse` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from stepbuild.errors import StepbuildError, UsageError
+from stepbuild.progress import human_size
+
+NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
+
+
+def store_root(option: str | None) -> Path:
+    """--root, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir."""
+    if option:
+        return Path(option)
+    if os.environ.get("STEPBUILD_ROOT"):
+        return Path(os.environ["STEPBUILD_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/stepbuild")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "stepbuild"
+
+
+def open_store(options: argparse.Namespace) -> Any:
+    from stepbuild.store.store import Store
+
+    return Store(store_root(options.root))
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("this command must run as root", hint=NOT_ROOT_HINT)
+
+
+# --- build -------------------------------------------------------------------------------------
+
+
+def build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import noop as fingerprint
+
+    _require_root()
+    pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
+    context_dir = Path(options.context)
+    if not context_dir.is_dir():
+        raise UsageError(f"the build context {context_dir} is not a directory")
+    # Nothing changed since the last build? Then say so before importing the builder.
+    witness = fingerprint.take(options, pull_policy, store_root(options.root))
+    if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
+                                                  verbose=options.verbose):
+        return 0
+    return _full_build(options, pull_policy, context_dir, witness)
+
+
+def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
+                witness: Any) -> int:
+    from stepbuild.build.builder import Builder, BuildOptions
+    from stepbuild.cli import noop as fingerprint
+    from stepbuild.cli.main import read_stepfile
+    from stepbuild.frontend.cache import parse_cached
+
+    text, name = read_stepfile(options.file, options.context)
+    outputs = _outputs(options)  # a bad --output fails now, not after the build
+    pushes = _push_targets(options)  # so does a bad --push target
+    cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
+    connection = _connection(options)  # FROM, --push and the team cache all reach out with it
+    store = open_store(options)
+    stepfile = parse_cached(store.root / "parse-cache", text, name)
+    build_args = read_build_arg_files(options.build_arg_file)
+    build_args.update(parse_build_args(options.build_arg))
+    epoch = source_date_epoch(build_args)
+    progress = _progress(options)
+    if options.reproducible and epoch is None:
+        epoch = 0  # timestamps must not differ between the two builds
+        progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
+    warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
+    for warning in warnings:
+        progress.warn(warning)
+    enter_build_namespace()
+    context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
+    executor = _executor(store, context, progress, build_args, options.network, epoch,
+                         *_mount_options(options))
+    builder = Builder(store, executor, progress, jobs=options.jobs)
+    # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
+    wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
+                          no_cache=options.no_cache, network=options.network,
+                          source_date_epoch=epoch, target=options.target,
+                          pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
+                          connection=connection)
+    with store.lock(exclusive=False):
+        try:
+            result = builder.build(stepfile, wanted)
+            if options.reproducible:
+                check_reproducible(builder, stepfile, wanted, result)
+        finally:
+            executor.close()
+        if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
+            _export(store, result.manifest_digest, outputs, options, options.tag,
+                    None if options.quiet else sys.stderr)
+        for target in pushes:  # build --push
+            _push(store, result.manifest_digest, target, options, connection, stdout=False)
+    context.save()
+    if witness is not None:
+        fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
+                           resolved=store.resolved, transcript=progress.transcript,
+                           warnings=warnings)
+    progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
+    print(result.manifest_digest)
+    return 0
+
+
+def _cache_specs(options: argparse.Namespace) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """--cache-from and --cache-to, parsed (stepbuild/teamcache/cache.py)."""
+    sources, destinations = getattr(options, "cache_from", []), getattr(options, "cache_to", [])
+    if not sources and not destinations:
+        return (), ()
+    from stepbuild.teamcache.cache import parse_cache_spec
+
+    return (tuple(parse_cache_spec(v, "from") for v in sources),
+            tuple(parse_cache_spec(v, "to") for v in destinations))
+
+
+def check_reproducible(builder: Any, stepfile: Any, wanted: Any, first: Any) -> None:
+    """Build again without the cache and compare: same layers, same config, same digest."""
+    from dataclasses import replace
+
+    from stepbuild.errors import BuildError
+
+    second = builder.build(stepfile, replace(wanted, tags=(), no_cache=True))
+    if second.manifest_digest == first.manifest_digest:
+        builder.progress.warn(f"reproducible: a second build gave {first.manifest_digest} too")
+        return
+    differing = [i for i, (a, b) in enumerate(zip(first.state.diff_ids, second.state.diff_ids,
+                                                   strict=False)) if a != b]
+    where = f"layer {differing[0] + 1} differs" if differing else "the config differs"
+    raise BuildError(f"the build is not reproducible: {first.manifest_digest} then "
+                     f"{second.manifest_digest} ({where})",
+                     hint="a step writes something that changes between runs (time, random)")
+
+
+def parse_build_args(values: list[str]) -> dict[str, str]:
+    """--build-arg K=V, or K alone to take the value from the environment (skipped if unset)."""
+    args: dict[str, str] = {}
+    for value in values:
+        name, has_value, given = value.partition("=")
+        if not name:
+            raise UsageError(f"invalid --build-arg {value!r}: expected NAME=VALUE")
+        if has_value:
+            args[name] = given
+        elif name in os.environ:
+            args[name] = os.environ[name]
+    return args
+
+
+def unused_build_args(stepfile: Any, build_args: dict[str, str]) -> list[str]:
+    """A warning for --build-arg names no ARG in the Stepfile declares (Docker warns too)."""
+    from stepbuild.build.keys import PROXY_ARGS
+    from stepbuild.frontend.instructions import Arg
+
+    declared = {d.name for i in stepfile.instructions if isinstance(i, Arg)
+                for d in i.declarations}
+    unused = sorted(set(build_args) - declared - PROXY_ARGS - {"SOURCE_DATE_EPOCH"})
+    if not unused:
+        return []
+    return [f"build-args {', '.join(unused)} were not consumed by any ARG in the Stepfile"]
+
+
+def read_build_arg_files(paths: list[str]) -> dict[str, str]:
+    """--build-arg-file FILE: KEY=VALUE lines (blank lines and # comments skipped)."""
+    args: dict[str, str] = {}
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot read --build-arg-file {path}: {exc.strerror}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, has_value, value = line.partition("=")
+            if not has_value or not name.strip():
+                raise UsageError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+            args[name.strip()] = value
+    return args
+
+
+def source_date_epoch(build_args: dict[str, str]) -> int | None:
+    text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}")
+    return int(text)
+
+
+def enter_build_namespace() -> None:
+    """Move this process into a private mount namespace: every mount it makes vanishes with it.
+
+    Called before any thread starts (unshare of the mount namespace applies to the calling
+    thread only).
+    """
+    from stepbuild.sandbox import linux
+
+    linux.enter_private_mount_namespace()
+
+
+def _progress(options: argparse.Namespace) -> Any:
+    from stepbuild.progress import Progress
+
+    return Progress(quiet=getattr(options, "quiet", False),
+                    verbose=getattr(options, "verbose", False))
+
+
+def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
+    import xxhash
+
+    from stepbuild.sources.context import BuildContext
+    from stepbuild.sources.ignore import ignore_patterns
+
+    absolute = str(context_dir.resolve())
+    name = xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json"
+    stat_cache = store.root / "context-cache" / name
+    stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
+    return BuildContext(context_dir, ignore=ignore_patterns(context_dir, stepfile),
+                        stat_cache=stat_cache)
+
+
+def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str],
+              network: str, epoch: int | None, secrets: dict[str, Any] | None = None,
+              ssh: dict[str, str] | None = None) -> Any:
+    from stepbuild import sandbox
+    from stepbuild.build.execute import Executor
+
+    return Executor(store, context, sandbox, progress, build_args, network, epoch,
+                    secrets=secrets, ssh=ssh)
+
+
+def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """--secret and --ssh, checked now (a missing file is a usage error before building)."""
+    values = (getattr(options, "secret", None) or [], getattr(options, "ssh", None) or [])
+    if not any(values):
+        return {}, {}
+    from stepbuild.build.mounts.realise import parse_secret, parse_ssh
+
+    return dict(map(parse_secret, values[0])), dict(map(parse_ssh, values[1]))
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def _outputs(options: argparse.Namespace) -> list[Any]:
+    """The parsed --output values, their destinations checked (UsageError)."""
+    if not getattr(options, "output", None):
+        return []
+    from stepbuild.archive.export import check_destination, parse_output
+
+    outputs = [parse_output(value) for value in options.output]
+    for output in outputs:
+        check_destination(output)
+    return outputs
+
+
+def _export(store: Any, image: str, outputs: list[Any], options: argparse.Namespace,
+            names: list[str] | None, stream: Any) -> None:
+    """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
+    from stepbuild.archive.export import export_image
+
+    results = export_image(store, image, outputs, compression=options.compression, names=names)
+    for result in results if stream is not None else ():
+        print(f"{result.output.type} {result.output.dest} {result.digest or '-'}", file=stream)
+
+
+def export(options: argparse.Namespace) -> int:
+    """`stepbuild export IMAGE -o ...`: one line per output on stdout (type, dest, digest)."""
+    outputs = _outputs(options)
+    _export(open_store(options), options.image, outputs, options, None, sys.stdout)
+    return 0
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+def load(options: argparse.Namespace) -> int:
+    """`stepbuild load [-i FILE]`: import an OCI or docker archive (stepbuild/archive/load.py);
+    one line per image, as `docker load` prints them."""
+    from stepbuild.archive.load import load as load_archive
+
+    _require_root()  # unpacking makes whiteout devices and sets trusted.* xattrs
+    stream: Any
+    if options.input:
+        try:
+            stream = open(options.input, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot read {options.input}: {exc.strerror}") from None
+    elif sys.stdin.isatty():
+        raise UsageError("no archive on standard input",
+                         hint="stepbuild load < image.tar, or stepbuild load -i image.tar")
+    else:
+        stream = sys.stdin.buffer
+    store = open_store(options)
+    with stream:
+        loaded = load_archive(store, stream)
+    for image in loaded:
+        for name in image.names:
+            print(f"Loaded image: {name}")
+        if not image.names:
+            print(f"Loaded image ID: {image.digest}")
+    return 0
+
+
+# --- registries: push, pull, tag, login, logout (stepbuild/distribution/transfer.py) -------
+
+
+def _connection(options: argparse.Namespace) -> Any:
+    """--authfile, --tls-verify and --ca-file as one connection.Connection."""
+    from stepbuild.distribution.connection import Connection
+
+    return Connection(authfile=options.authfile, tls_verify=options.tls_verify,
+                      ca_file=options.ca_file)
+
+
+def _display(options: argparse.Namespace) -> Any:
+    from stepbuild.distribution.transfer import TransferDisplay
+
+    return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
+
+
+def _pull_policy(options: argparse.Namespace) -> str:
+    """--pull[=POLICY]. In `build --pull DIR` argparse took DIR for the policy: it is the
+    context (docker's --pull takes no value; podman's only with `=`)."""
+    value = str(getattr(options, "pull", "missing"))
+    if value in ("missing", "always", "never"):  # transfer.PULL_POLICIES (not imported here)
+        return value
+    if options.context != ".":
+        raise UsageError(f"invalid --pull value {value!r}", hint="--pull=missing|always|never")
+    options.context = value
+    return "always"
+
+
+def _push_targets(options: argparse.Namespace) -> list[str]:
+    """build --push: the -t names, each read as a registry reference (checked before the
+    build starts)."""
+    if not getattr(options, "push", False):
+        return []
+    from stepbuild.distribution.reference import parse_reference
+
+    if not options.tag:
+        raise UsageError("--push needs a name to push to",
+                         hint="add -t REGISTRY/REPOSITORY:TAG")
+    for name in options.tag:
+        parse_reference(name)
+    return list(options.tag)
+
+
+def _push(store: Any, image: str, destination: str | None, options: argparse.Namespace,
+          connection: Any, *, stdout: bool = True) -> None:
+    from stepbuild.distribution.transfer import push as push_image
+
+    result = push_image(store, image, destination, compression=options.compression,
+                        connection=connection, display=_display(options))
+    if stdout:
+        print(result.digest)
+
+
+def push(options: argparse.Namespace) -> int:
+    """`stepbuild push IMAGE [REF]`: a line per blob on stderr, the digest on stdout."""
+    _push(open_store(options), options.image, options.destination, options,
+          _connection(options))
+    return 0
+
+
+def pull(options: argparse.Namespace) -> int:
+    """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
+    from stepbuild.distribution.transfer import pull as pull_image
+
+    _require_root()  # applying layers makes whiteout devices and sets trusted.* xattrs
+    result = pull_image(open_store(options), options.image, connection=_connection(options),
+                        display=_display(options))
+    print(result.digest)
+    return 0
+
+
+def tag(options: argparse.Namespace) -> int:
+    """`stepbuild tag SOURCE TARGET`."""
+    from stepbuild.distribution.transfer import find_local
+
+    store = open_store(options)
+    store.tag(options.target, find_local(store, options.image))
+    return 0
+
+
+def login(options: argparse.Namespace) -> int:
+    """`stepbuild login REGISTRY`: the credentials are checked against the registry first."""
+    from stepbuild.distribution.transfer import login as check_and_store
+
+    username, password = _credentials(options)
+    path = check_and_store(options.registry, username, password,
+                           connection=_connection(options))
+    print(f"Login Succeeded (credentials stored in {path})")
+    return 0
+
+
+def _credentials(options: argparse.Namespace) -> tuple[str, str]:
+    """-u / a prompt; -p, --password-stdin or a prompt (never echoed)."""
+    import getpass
+
+    interactive = sys.stdin.isatty()
+    username = options.username
+    if not username:
+        if not interactive or options.password_stdin:
+            raise UsageError("no username", hint="give one with -u USER")
+        username = input("Username: ").strip()
+    if options.password_stdin:
+        if options.password is not None:
+            raise UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    elif options.password is not None:
+        print("stepbuild: warning: a password on the command line is visible to other users;"
+              " prefer --password-stdin", file=sys.stderr)
+        password = options.password
+    elif interactive:
+        password = getpass.getpass("Password: ")
+    else:
+        raise UsageError("no password", hint="give it on standard input with --password-stdin")
+    if not username or not password:
+        raise UsageError("username and password must not be empty")
+    return username, password
+
+
+def logout(options: argparse.Namespace) -> int:
+    """`stepbuild logout REGISTRY`."""
+    from stepbuild.distribution.transfer import logout as remove_login
+
+    path = remove_login(options.registry, authfile=options.authfile)
+    print(f"Removed login credentials for {options.registry} from {path}")
+    return 0
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def images(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    rows = [("NAME", "DIGEST", "SIZE")]
+    for name, descriptor in sorted(store.images()):
+        manifest = store.manifest(descriptor)
+        size = sum(layer.size for layer in manifest.layers)
+        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], human_size(size)))
+    width = max(len(r[0]) for r in rows)
+    for row in rows:
+        print(f"{row[0]:<{width}}  {row[1]:<12}  {row[2]}")
+    return 0
+
+
+def _resolve(store: Any, name: str) -> Any:
+    descriptor = store.resolve(name)
+    if descriptor is None:
+        raise StepbuildError(f"image {name!r} not found in the store",
+                             hint="stepbuild images lists them")
+    return descriptor
+
+
+def inspect(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    descriptor = _resolve(store, options.image)
+    manifest = store.manifest(descriptor)
+    config = store.config(manifest)
+    document = {"digest": descriptor.digest, "manifest": manifest.to_json(),
+                "config": config.to_json()}
+    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
+def history(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    config = store.config(store.manifest(_resolve(store, options.image)))
+    for entry in reversed(config.to_json().get("history", [])):
+        layer = "-" if entry.get("empty_layer") else "layer"
+        print(f"{entry.get('created', ''):<21} {layer:<6} {entry.get('created_by', '')}")
+    return 0
+
+
+def rmi(options: argparse.Namespace) -> int:
+    store = open_store(options)
+    if not store.untag(options.image):
+        raise StepbuildError(f"no image tagged {options.image!r}")
+    print(f"untagged {options.image}; `stepbuild prune` frees the space")
+    return 0
+
+
+def prune(options: argparse.Namespace) -> int:
+    from stepbuild.store.store import Store
+
+    # No grace period: prune takes the store lock exclusively, so it waits for every build
+    # and run (they hold it shared) and nothing it sees in tmp/ is still in use.
+    store = Store(store_root(options.root), grace_period=0)
+    stats = store.prune(keep_cache=False)
+    print(f"removed {stats.layers} layers, {stats.blobs} blobs ({human_size(stats.bytes_freed)}),"
+          f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
+          f" {stats.tmp_entries} temporary entries")
+    if getattr(options, "cache_mounts", False):
+        from stepbuild.build.mounts.realise import prune_cache_mounts
+
+        print(f"removed {prune_cache_mounts(store)} cache mounts")
+    return 0
+
+
+def check(options: argparse.Namespace) -> int:
+    problems = open_store(options).check()
+    for problem in problems:
+        print(problem)
+    if problems:
+        return 1
+    print("store is consistent")
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def run(options: argparse.Namespace) -> int:
+    from stepbuild.build.runner import run_image
+
+    _require_root()
+    store = open_store(options)
+    enter_build_namespace()
+    with store.lock(exclusive=False):  # prune waits while a container uses the layers
+        return int(run_image(store, options.image, options.command, options.network))

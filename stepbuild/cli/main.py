@@ -1,0 +1,281 @@
+"""The `stepbuild` command line: argument parsing, exit codes, and the one place errors print.
+
+Exit status: 0 success, 1 a build or run failed, 2 bad usage or a bad Stepfile. Errors are
+`StepbuildError`s rendered in a few lines; a traceback only with `--debug`. Commands import
+what they need lazily so that start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stepbuild.errors import StepbuildError, UsageError
+
+if TYPE_CHECKING:
+    from stepbuild.frontend.syntax import Node
+
+STEPFILE_NAMES = ("Stepfile", "Dockerfile")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _argument_parser()
+    options = parser.parse_args(argv)
+    if not hasattr(options, "run"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(options.run(options))
+    except StepbuildError as exc:
+        if options.debug:
+            raise
+        print(f"stepbuild: error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `stepbuild history IMG | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepbuild", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--root", help="the store directory (default: $STEPBUILD_ROOT, else"
+                        " /var/lib/stepbuild as root, else $XDG_DATA_HOME/stepbuild)")
+    commands = parser.add_subparsers(title="commands")
+
+    parse = commands.add_parser("parse", help="parse a Stepfile and print its instructions")
+    parse.add_argument("-f", "--file", help="the Stepfile ('-' for standard input); default:"
+                       " Stepfile, then Dockerfile, in the context directory")
+    parse.add_argument("--json", action="store_true", help="one JSON object per instruction")
+    parse.add_argument("--syntax-tree", action="store_true",
+                       help="print BuildKit's syntax-tree dump (no flag or argument checks)")
+    parse.add_argument("context", nargs="?", default=".", help="the context directory")
+    parse.set_defaults(run=_parse_command)
+    _add_store_commands(commands)
+    return parser
+
+
+def _add_store_commands(commands: Any) -> None:
+    """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
+    from stepbuild.cli import commands as impl
+
+    build = commands.add_parser("build", help="build an image from a Stepfile")
+    build.add_argument("-f", "--file", help="the Stepfile ('-' for stdin)")
+    build.add_argument("-t", "--tag", action="append", default=[], help="name:tag (repeatable)")
+    build.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
+                       help="set a build ARG; K alone takes the value from the environment")
+    build.add_argument("--build-arg-file", action="append", default=[], metavar="FILE",
+                       help="KEY=VALUE lines of build ARGs (--build-arg wins)")
+    build.add_argument("--no-cache", action="store_true", help="run every step again")
+    build.add_argument("--network", choices=("host", "none"), default="host",
+                       help="network of RUN steps (default: host, as docker build)")
+    build.add_argument("--target", help="build up to this stage")
+    build.add_argument("--reproducible", action="store_true",
+                       help="build twice (the second time without cache) and fail unless the"
+                       " image digests match")
+    build.add_argument("--secret", action="append", default=[], metavar="id=ID,src=FILE|env=VAR",
+                       help="a secret for RUN --mount=type=secret (repeatable)")
+    build.add_argument("--ssh", action="append", default=[], metavar="default|ID=SOCKET",
+                       help="an ssh agent socket for RUN --mount=type=ssh (repeatable;"
+                            " default: $SSH_AUTH_SOCK)")
+    build.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="stages built at once (default: the number of CPUs)")
+    _add_output_arguments(build, required=False)
+    build.add_argument("--push", action="store_true",
+                       help="push the result to every -t name (a registry reference)")
+    build.add_argument("--pull", nargs="?", const="always", default="missing",
+                       metavar="missing|always|never",
+                       help="FROM a registry reference: pull the base when it is missing from"
+                            " the store (default), always, or never (bare --pull: always)")
+    build.add_argument("--cache-to", action="append", default=[],
+                       metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
+                       help="export the build cache (repeatable)")
+    build.add_argument("--cache-from", action="append", default=[],
+                       metavar="type=local,src=DIR|type=registry,ref=REF",
+                       help="import the build cache on a miss, sources in order (repeatable)")
+    _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
+    build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
+    build.add_argument("context", nargs="?", default=".", help="the build context directory")
+    build.set_defaults(run=impl.build)
+
+    for name, helptext, func in (("images", "list tagged images", impl.images),
+                                 ("prune", "remove what no tag reaches", impl.prune),
+                                 ("check", "verify the store's consistency", impl.check)):
+        sub = commands.add_parser(name, help=helptext)
+        sub.set_defaults(run=func)
+        if name == "prune":
+            sub.add_argument("--cache-mounts", action="store_true",
+                             help="also delete the RUN --mount=type=cache directories")
+    for name, helptext, func in (("inspect", "print an image's manifest and config",
+                                  impl.inspect),
+                                 ("history", "print an image's history", impl.history),
+                                 ("rmi", "remove an image's tag", impl.rmi)):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("image")
+        sub.set_defaults(run=func)
+    export = commands.add_parser("export", help="write an image as an OCI or docker archive,"
+                                 " an OCI layout, or its root filesystem")
+    export.add_argument("image")
+    _add_output_arguments(export, required=True)
+    export.set_defaults(run=impl.export)
+    load = commands.add_parser("load", help="import the images of an OCI or docker archive"
+                               " (tagged with the names it gives them)")
+    load.add_argument("-i", "--input", metavar="FILE",
+                      help="read the archive from FILE (default: standard input)")
+    load.set_defaults(run=impl.load)
+    run = commands.add_parser("run", help="run a command in a throwaway container of an image")
+    run.add_argument("--rm", action="store_true",
+                     help="accepted for docker compatibility: containers are always removed")
+    run.add_argument("--network", choices=("host", "none"), default="host")
+    run.add_argument("image")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(run=impl.run)
+    _add_registry_commands(commands, impl)
+
+
+def _add_registry_commands(commands: Any, impl: Any) -> None:
+    """push, pull, tag, login, logout (stepbuild/distribution/transfer.py does the work)."""
+    push = commands.add_parser("push", help="push an image to a registry")
+    push.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                      help="layer compression (default: gzip)")
+    push.add_argument("image", help="the image in the store")
+    push.add_argument("destination", nargs="?", metavar="REF",
+                      help="REGISTRY/REPOSITORY[:TAG] (default: IMAGE read as a reference)")
+    pull = commands.add_parser("pull", help="pull an image from a registry into the store")
+    pull.add_argument("image", metavar="REF", help="[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+    for sub, func in ((push, impl.push), (pull, impl.pull)):
+        _add_registry_arguments(sub)
+        sub.add_argument("-q", "--quiet", action="store_true",
+                         help="no progress, only the digest")
+        sub.set_defaults(run=func)
+    tag = commands.add_parser("tag", help="give an image in the store another name")
+    tag.add_argument("image", metavar="SOURCE")
+    tag.add_argument("target", metavar="TARGET")
+    tag.set_defaults(run=impl.tag)
+    login = commands.add_parser("login", help="check and store credentials for a registry")
+    login.add_argument("-u", "--username")
+    login.add_argument("-p", "--password", help="(visible to other users: prefer"
+                       " --password-stdin)")
+    login.add_argument("--password-stdin", action="store_true",
+                       help="read the password from standard input")
+    _add_registry_arguments(login)
+    login.add_argument("registry", metavar="REGISTRY")
+    login.set_defaults(run=impl.login)
+    logout = commands.add_parser("logout", help="remove the stored credentials of a registry")
+    logout.add_argument("--authfile", help="the auth file (default: $REGISTRY_AUTH_FILE,"
+                        " else ~/.docker/config.json)")
+    logout.add_argument("registry", metavar="REGISTRY")
+    logout.set_defaults(run=impl.logout)
+
+
+def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--authfile", help="the auth file (default: $REGISTRY_AUTH_FILE,"
+                        " else ~/.docker/config.json)")
+    parser.add_argument("--tls-verify", type=_boolean, default=True, metavar="BOOL",
+                        help="verify the registry's certificate; false also allows plain HTTP"
+                             " (default: true)")
+    parser.add_argument("--ca-file", help="CA certificate(s) to trust for the registry")
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """--output and --compression (stepbuild/archive/export.py documents them)."""
+    parser.add_argument("-o", "--output", action="append", default=[], required=required,
+                        metavar="type=TYPE,dest=PATH",
+                        help="write the image: TYPE oci, oci-layout, docker, local or tar"
+                             " (repeatable; a bare PATH means type=local)")
+    parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                        help="layer compression of oci and oci-layout outputs (default: gzip)")
+
+
+def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
+    """Find and read the Stepfile: (text, name for messages). Raises UsageError/ParseError."""
+    from stepbuild.frontend.lines import decode
+
+    if file == "-":
+        return decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
+    if file is None:
+        candidates = [Path(context) / name for name in STEPFILE_NAMES]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise UsageError(f"no Stepfile or Dockerfile in {context}",
+                             hint="name one with -f FILE")
+        path = found
+    else:
+        path = Path(file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    return decode(data, str(path)), str(path)
+
+
+def _parse_command(options: argparse.Namespace) -> int:
+    from stepbuild.frontend.parse import parse_syntax
+    from stepbuild.frontend.syntax import dump
+
+    text, name = read_stepfile(options.file, options.context)
+    tree = parse_syntax(text, name)
+    if options.syntax_tree:
+        _print_warnings(tree.warnings)
+        sys.stdout.write(dump(list(tree.nodes)))
+        return 0
+    from stepbuild.frontend.convert import to_stepfile
+
+    stepfile = to_stepfile(tree)
+    _print_warnings(stepfile.warnings)
+    out = []
+    for node in tree.nodes:
+        out.append(json.dumps(node_json(node), ensure_ascii=False) if options.json
+                   else _readable(node))
+    sys.stdout.write("".join(line + "\n" for line in out))
+    return 0
+
+
+def _print_warnings(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        print(f"stepbuild: warning: {warning}", file=sys.stderr)
+
+
+def node_json(node: Node) -> dict[str, object]:
+    """The `--json` form of one instruction (tools and tests read it)."""
+    data: dict[str, object] = {
+        "instruction": node.keyword,
+        "flags": list(node.flags),
+        "args": list(node.args),
+        "json": node.is_json,
+        "heredocs": [
+            {"name": h.name, "content": h.content, "expand": h.expand, "chomp": h.chomp,
+             "fd": h.fd} for h in node.heredocs
+        ],
+        "line": node.start_line,
+        "column": node.column,
+        "end_line": node.end_line,
+        "original": node.original,
+    }
+    if node.trigger is not None:
+        data["trigger"] = node_json(node.trigger)
+    return data
+
+
+def _readable(node: Node) -> str:
+    span = f"{node.start_line}" if node.start_line == node.end_line else (
+        f"{node.start_line}-{node.end_line}")
+    heredocs = (node.trigger or node).heredocs
+    notes = "".join(f"  <<{h.name}: {h.content.count(chr(10))} lines" for h in heredocs)
+    return f"{span:>7}  {node.dump()}{notes}"

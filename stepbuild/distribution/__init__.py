@@ -1,0 +1,1 @@
+"""The OCI Distribution client: references, auth, transport, push and pull."""

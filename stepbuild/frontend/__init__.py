@@ -1,0 +1,1 @@
+"""Stepfile text → typed instructions. Imports nothing of the builder."""

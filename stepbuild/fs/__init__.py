@@ -1,0 +1,1 @@
+"""Filesystem helpers: paths resolved inside a root, durable writes."""

@@ -1,0 +1,1 @@
+"""Layer formats and conversions: tar, capture, apply, unpack, flatten, compress."""

@@ -1,0 +1,338 @@
+"""Apply an OCI layer tar: a layer changeset → an overlay-native layer dir (an overlay lower dir).
+
+The layer dirs of the store are used directly as overlayfs lower dirs, so a layer that comes
+from elsewhere (`stepbuild load`, FROM oci-archive:…) is unpacked into the form overlayfs reads
+(Documentation/filesystems/overlayfs.rst), as containerd's overlay differ does
+(archive.OverlayConvertWhiteout) — the inverse of `layer.capture`:
+
+- `<dir>/.wh.<name>` (image-spec layer.md, "Whiteouts") → a 0/0 character device `<dir>/<name>`,
+  overlay's whiteout. If this layer itself has an entry `<name>` (before or after the
+  whiteout; a whiteout only hides what is *below* the layer), a non-directory already hides
+  the lower one and the whiteout adds nothing; a directory becomes opaque (its lower content is
+  deleted, its own content stays).
+- `<dir>/.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on `<dir>` (made if missing).
+- Any other `.wh..wh.*` name at the top (AUFS metadata such as `.wh..wh.plnk`) is skipped, as
+  moby's ApplyLayer does.
+
+Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`): every entry resolved inside
+the target by `rootpath` (absolute symlinks and surplus `..` contained, not refused), numeric
+ids only, hard links only to files of this layer, device numbers range-checked, overlay xattrs
+in the tar dropped, the last of duplicate entries wins, directory attributes set last.
+
+Refused, with a LayerError naming the entry and the layer (SECURITY.md rule 2: only what cannot
+be contained or represented): a whiteout of `.`, `..` or of an empty name; a path component
+(not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist); an opaque
+marker at the layer root (overlayfs ignores opacity on a lower layer's root dir — checked on
+this kernel — so the layer could not hide what is below it) or under a non-directory; a 0/0
+character device entry (overlay would read it as a whiteout); NUL in names; directories
+nested more than MAX_DEPTH (512) deep, by name or through symlinks (Python 3.11's
+shutil.rmtree, which the store deletes with, dies of RecursionError near 1,000 levels);
+anything `Unpacker` refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata
+headers, ...). An empty file is an empty layer.
+
+Directories the tar does not list but needs (a parent of an entry, of a whiteout, an opaque
+dir without its own entry) take the mode, owner, mtime and xattrs of the same directory in the
+lower layers, as overlay's copy-up would have made them (containerd's `mkparent` with
+WithParents); without one they are 0755 root. Otherwise a layer omitting `tmp/` would turn a
+lower `/tmp` (1777) into 0755, since overlay shows the upper dir's attributes.
+
+What it must not do: decompress or verify digests (the caller verifies the tar first: SECURITY
+rule 4), import `tarfile`, look up names, follow a link out of the target, write into the
+lowers (read only, with lstat on paths made of real directories: they are store dirs).
+The target should be an empty dir under the store's tmp/; on error it is left half-written
+for the caller to delete with `remove_tree` (any depth) — never renamed into the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from stepbuild.errors import LayerError
+from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
+from stepbuild.layers.capture import is_whiteout, kept_xattrs, look_below, read_xattrs
+from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
+from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
+
+__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied", "remove_tree"]
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+_WHITEOUT_PREFIX = ".wh."
+_OPAQUE_MARKER = ".wh..wh..opq"
+_META_PREFIX = ".wh..wh."
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Directory levels a layer may have. Python 3.11's shutil.rmtree recurses once per level and
+# fails with RecursionError near 1,000 (measured: a 1,500-deep tree), and the store deletes
+# layer dirs with it (prune, discards); rootpath allows 4,096. Real images stay far below.
+MAX_DEPTH = 512
+# How deep `inherit_dirs` looks (one open fd and one stack frame per level). Deeper dirs the
+# tar does not list stay 0755 root: a cosmetic difference, in trees no real image has.
+_INHERIT_DEPTH = 256
+
+
+def apply_layer(
+    tar: Path | Readable, target: Path, *, lowers: Sequence[Path] = (), label: str = "layer"
+) -> None:
+    """Unpack the uncompressed layer tar `tar` (a path or a stream) into the dir `target`.
+
+    `lowers` are the layer dirs below this one, top first (overlay-native, as this function
+    writes them); they only lend their attributes to directories the tar needs but does not
+    list. `label` names the layer in errors ("layer sha256:…"). The target's own attributes
+    become 0755 root:root (a "./" entry is ignored: overlay shows the upper dir's root).
+    Raises LayerError; see the module docstring for what is converted, contained and refused.
+    """
+    root_fd = os.open(target, _DIR_FLAGS)
+    try:
+        os.fchown(root_fd, 0, 0)
+        os.fchmod(root_fd, 0o755)
+        applier = _Applier(root_fd, label)
+        if isinstance(tar, Path) and tar.stat().st_size == 0:
+            return  # an empty file is an empty layer (Go's archive/tar reads it as one)
+        try:
+            if isinstance(tar, Path):
+                with open(tar, "rb") as stream:
+                    applier.run(TarReader(stream))
+            else:
+                applier.run(TarReader(tar))
+        except RecursionError:  # shutil.rmtree of a deep dir a later entry replaced
+            raise LayerError(f"{label}: directory tree too deep to handle") from None
+        except LayerError as exc:  # the reader's format errors do not know the layer
+            if exc.message.startswith(f"{label}: "):
+                raise
+            raise LayerError(f"{label}: {exc.message}", hint=exc.hint) from exc
+        try:
+            if _deeper_than(root_fd, MAX_DEPTH):  # deep through symlinks in the layer
+                raise LayerError(f"{label}: directories nested more than {MAX_DEPTH} deep")
+            applier.inherit_dirs([os.fsencode(p) for p in lowers])
+        except OSError as exc:
+            raise LayerError(f"{label}: {exc.strerror or exc}: {exc.filename}") from exc
+    finally:
+        os.close(root_fd)
+
+
+def commit_applied(store: Any, tar: Path, diff_id: str, lowers: Sequence[Path], label: str,
+                   prefix: str) -> None:
+    """Apply the layer tar `tar` (its diff_id already verified) on `lowers` into a new dir
+    under the store's tmp/ (named `prefix`…) and commit it as layer `diff_id` with `tar` as
+    its blob: both are consumed. On error the half-applied dir is removed; `tar` stays the
+    caller's."""
+    target = store.tmp_dir(prefix)
+    try:
+        apply_layer(tar, target, lowers=lowers, label=label)
+        store.commit_layer(target, diff_id, tar)
+    except BaseException:
+        with suppress(OSError):
+            remove_tree(target)  # any depth (shutil.rmtree is recursive)
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree of any depth (shutil.rmtree recurses once per level), never
+    following symlinks; nothing if `path` is gone. For trees no one else writes into."""
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        os.unlink(path)
+        return
+    _walk(top, MAX_DEPTH_WALK, on_file=lambda fd, name: os.unlink(name, dir_fd=fd),
+          on_dir_done=lambda fd, name: os.rmdir(name, dir_fd=fd))
+    os.rmdir(path)
+
+
+MAX_DEPTH_WALK = 1 << 20  # remove_tree goes as deep as the tree does
+
+
+def _deeper_than(root_fd: int, limit: int) -> bool:
+    """Whether the tree under `root_fd` has directories more than `limit` levels down."""
+    try:
+        _walk(os.dup(root_fd), limit)
+    except _TooDeep:
+        return True
+    return False
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _walk(fd: int, limit: int, on_file: Any = None, on_dir_done: Any = None) -> None:
+    """Depth-first over the directories under `fd` (consumed) with one open descriptor:
+    down by name, up by `..` (the tree is private: nothing renames dirs meanwhile), so its
+    depth costs neither descriptors nor stack frames. `on_file(dir_fd, name)` for every
+    non-directory, `on_dir_done(parent_fd, name)` after a directory's contents."""
+    stack: list[tuple[str, list[str]]] = [("", _scan(fd, on_file))]
+    try:
+        while stack:
+            name, todo = stack[-1]
+            if todo:
+                child = todo.pop()
+                if len(stack) > limit:
+                    raise _TooDeep
+                down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = down
+                stack.append((child, _scan(fd, on_file)))
+                continue
+            stack.pop()
+            if not stack:
+                break
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if on_dir_done is not None:
+                on_dir_done(fd, name)
+    finally:
+        os.close(fd)
+
+
+def _scan(fd: int, on_file: Any) -> list[str]:
+    """The subdirectory names of `fd`; `on_file` called for everything else."""
+    dirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.name)
+            elif on_file is not None:
+                on_file(fd, entry.name)
+    return dirs
+
+
+class _Applier(Unpacker):
+    """`Unpacker` into the layer root, with OCI whiteouts turned into overlay ones."""
+
+    def __init__(self, root_fd: int, label: str) -> None:
+        super().__init__(root_fd, "", None, None, label)
+        self._explicit: set[tuple[int, int]] = set()  # (st_dev, st_ino) of listed dirs
+
+    def _entry(self, reader: TarReader, h: Header, name: str) -> None:
+        if "\0" in name:
+            raise self._fail(name, "NUL byte in the name")
+        rel = clean_name(name)
+        parts = rel.split("/") if rel else []
+        if len(parts) > MAX_DEPTH:
+            raise self._fail(name, f"nested more than {MAX_DEPTH} directories deep")
+        if parts and parts[0].startswith(_META_PREFIX) and parts[-1] != _OPAQUE_MARKER:
+            return  # AUFS metadata (.wh..wh.plnk/…, .wh..wh.aufs): not content
+        if any(part.startswith(_WHITEOUT_PREFIX) for part in parts[:-1]):
+            raise self._fail(name, "a directory named .wh.* (the prefix marks whiteouts; "
+                                   "no file of an OCI layer can have such a name)")
+        last = parts[-1] if parts else ""
+        if last == _OPAQUE_MARKER:
+            self._opaque(rel.rpartition("/")[0], name)
+        elif last.startswith(_WHITEOUT_PREFIX):
+            self._whiteout(rel, last[len(_WHITEOUT_PREFIX):], name)
+        elif h.type == CHRTYPE and h.devmajor == 0 and h.devminor == 0:
+            raise self._fail(name, "a 0/0 character device is an overlay whiteout; OCI layers "
+                                   "express whiteouts as .wh.<name> entries")
+        else:
+            super()._entry(reader, h, name)
+
+    def _whiteout(self, rel: str, hidden: str, name: str) -> None:
+        if hidden in ("", ".", ".."):
+            raise self._fail(name, f"whiteout of {hidden or 'an empty name'!r}")
+        head = rel.rpartition("/")[0]
+        parent, base = resolve_parent(self._root, f"{head}/{hidden}" if head else hidden,
+                                      create=True)
+        try:
+            try:
+                st = os.lstat(base, dir_fd=parent)
+            except FileNotFoundError:
+                os.mknod(base, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+                return
+            if stat.S_ISDIR(st.st_mode):
+                _set_opaque(parent, base)  # this layer's dir stays; the lower one is hidden
+        finally:
+            os.close(parent)
+
+    def _opaque(self, dir_rel: str, name: str) -> None:
+        if not dir_rel:
+            raise self._fail(name, "opaque marker at the layer root: overlayfs ignores "
+                                   "opacity on a layer's root dir, so it cannot be applied")
+        fd = makedirs_in_root(self._root, dir_rel)
+        try:
+            st, root = os.fstat(fd), os.fstat(self._root)
+            if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+                raise self._fail(name, "opaque marker resolves to the layer root")
+            os.setxattr(fd, OPAQUE_XATTR, b"y")
+        finally:
+            os.close(fd)
+
+    def _directory(self, parent: int, base: str) -> None:
+        try:
+            replaces_whiteout = is_whiteout(os.lstat(base, dir_fd=parent))
+        except FileNotFoundError:
+            replaces_whiteout = False
+        super()._directory(parent, base)
+        if replaces_whiteout:
+            _set_opaque(parent, base)
+
+    def _hardlink(self, parent: int, base: str, h: Header, name: str) -> None:
+        try:
+            super()._hardlink(parent, base, h, name)
+        except (FileNotFoundError, NotADirectoryError):
+            # the way to the target is not in this layer: a link out, or to a lower layer
+            raise self._fail(name, f"hard link to {os.fsdecode(h.linkname)!r}, which is "
+                                   "not a file of this layer") from None
+
+    def _set_attributes(self, fd: int, h: Header) -> None:
+        super()._set_attributes(fd, h)
+        if h.type == DIRTYPE:
+            st = os.fstat(fd)
+            self._explicit.add((st.st_dev, st.st_ino))
+
+    def inherit_dirs(self, lowers: list[bytes]) -> None:
+        """Give each directory the tar did not list the attributes of the directory it
+        covers in `lowers` (top first), found as overlay's lookup would find it."""
+        if lowers:
+            self._inherit(self._root, lowers, 0)
+
+    def _inherit(self, dir_fd: int, below: list[bytes], depth: int) -> None:
+        with os.scandir(dir_fd) as entries:
+            subdirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        for name in sorted(subdirs):
+            hit, lower_dirs = look_below(below, os.fsencode(name))
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            try:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) not in self._explicit and hit is not None \
+                        and stat.S_ISDIR(hit[1].st_mode):
+                    _copy_dir_attributes(fd, hit[0], hit[1])
+                opaque = _has_opaque(fd)
+                if lower_dirs and not opaque and depth < _INHERIT_DEPTH:
+                    self._inherit(fd, lower_dirs, depth + 1)
+            finally:
+                os.close(fd)
+
+
+def _set_opaque(parent: int, base: str) -> None:
+    fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
+    try:
+        os.setxattr(fd, OPAQUE_XATTR, b"y")
+    finally:
+        os.close(fd)
+
+
+def _has_opaque(fd: int) -> bool:
+    try:
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return False
+        raise
+
+
+def _copy_dir_attributes(fd: int, lower: bytes, st: os.stat_result) -> None:
+    """What overlay's copy-up keeps of a directory: owner, mode, xattrs (not overlay's),
+    mtime (overlayfs.rst, "Non-directories"; fs/overlayfs/copy_up.c)."""
+    os.fchown(fd, st.st_uid, st.st_gid)  # first: chown clears setgid
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    for key, value in kept_xattrs(read_xattrs(lower)):  # overlay's own xattrs left out
+        os.setxattr(fd, key, value)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

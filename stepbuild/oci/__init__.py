@@ -1,0 +1,1 @@
+"""OCI documents and the digest value type."""

@@ -1,0 +1,1 @@
+"""Where a build's inputs come from: the context, ignore files, URLs, git."""

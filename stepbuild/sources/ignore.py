@@ -1,0 +1,35 @@
+"""Which ignore file applies to a build, and its patterns.
+
+Docker's rules, with stepbuild's own names first: a file beside the build file named after it
+(`Stepfile.stepignore`, `Dockerfile.dockerignore`, `app.Stepfile.stepignore`...) wins; else
+the context's `.stepignore`, else its `.dockerignore`. Ignored files are never read or hashed,
+so changing them never misses the cache (context.py applies the patterns).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stepbuild.sources.patterns import read_ignore_file
+
+
+def candidates(context: Path, stepfile: Path | None) -> list[Path]:
+    """Where an ignore file may be, in the order the first one found applies."""
+    found: list[Path] = []
+    if stepfile is not None:
+        found += [stepfile.with_name(stepfile.name + ".stepignore"),
+                  stepfile.with_name(stepfile.name + ".dockerignore")]
+    return found + [context / ".stepignore", context / ".dockerignore"]
+
+
+def ignore_file(context: Path, stepfile: Path | None) -> Path | None:
+    """The ignore file that applies, or None."""
+    return next((path for path in candidates(context, stepfile) if path.is_file()), None)
+
+
+def ignore_patterns(context: Path, stepfile: Path | None) -> list[str]:
+    """The patterns of the applicable ignore file (none: an empty list)."""
+    path = ignore_file(context, stepfile)
+    if path is None:
+        return []
+    return read_ignore_file(path.read_text(encoding="utf-8", errors="replace"))

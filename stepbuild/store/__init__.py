@@ -1,0 +1,1 @@
+"""The on-disk store: blobs, layer dirs, tags, records, garbage collection."""

@@ -1,0 +1,1 @@
+"""The team cache: records shared through a directory or a registry."""

@@ -1,0 +1,644 @@
+"""The team cache: `--cache-to` / `--cache-from`, step keys → layers shared between stores.
+
+Keys (keys.py) are content-based and machine-independent, so a record made by one builder is
+valid for another. Two backends:
+
+- `type=local,dest=DIR` / `type=local,src=DIR`: an OCI layout on a (shared) filesystem.
+  `blobs/sha256/<hex>` holds the gzip-compressed layers, `keys/<key>.json` one small record per
+  step key. Every file is written to a temp name in DIR, fsynced and renamed into place; a blob
+  that exists is done; no shared index is ever rewritten, so several builders may export into
+  one DIR at once.
+- `type=registry,ref=HOST/REPO:TAG`: the layer blobs are pushed to REPO beside OCI artifact
+  manifests (artifactType `application/vnd.stepbuild.cache.v1+json`) whose config blob is a
+  key → record map: one tag per writing store, folded into TAG (cache_registry.py says why
+  and how). An import reads the maps once per build, then only the blobs of keys that hit.
+
+A record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null, "created",
+"created_by"}`. `mode=min` (default) exports the steps of the final image's stages, `mode=max`
+every step of every stage that ran or hit.
+
+Cache mounts (`RUN --mount=type=cache`), with `cache-mounts=true` on a --cache-to: every cache
+mount a RUN step of the build used is exported as a deterministic tar of its directory
+(layer.capture, no lowers), gzip-compressed, stored as a blob beside the layers, with a record
+`{"schema", "id", "identity", "digest", "size"}` named by the hash of the cache's identity
+(the name of its directory in the store): `cache-mounts/<hash>.json` in a local dir, the map
+entry `cache-mounts/<hash>` in a registry artifact. Any --cache-from source with such a record
+seeds a cache mount that does not exist in the store yet (a local one is never overwritten),
+when a step first mounts it: the blob's digest is verified and it is unpacked with the safe
+unpacker into the new instance's temp dir, which is then renamed into place. A record or blob
+that cannot be used leaves the cache empty, with a warning.
+
+Import on a local miss: each source in order; a hit copies the blob (its sha256 verified),
+decompresses it (its sha256 must be the record's diff_id), applies it into a layer dir,
+commits it and writes the local cache record — the step is CACHED. Anything unreadable or
+wrong degrades to a miss with a warning; a wrong layer is never used.
+
+Only the layers a build needs are fetched (as BuildKit's lazy blobs): outside the target stage
+a hit only records what it would import, and `materialize(diff_ids)` fetches a layer when
+something reads it — a step that runs on it, a `COPY --from` or `RUN --mount from=` that runs,
+the target image, an export. A builder stage whose result reaches the target only through a
+`COPY --from` that hits too is never downloaded. Because such a fetch comes after the step was
+taken as CACHED, a failure raises `LazyLayerError`; the build then starts again with that key
+a miss (build.py), so a bad cache still never fails a build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Callable, Collection, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
+from stepbuild.fs.durable import replacing
+
+__all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
+
+RECORD_SCHEMA = "stepbuild-cache/1"
+MOUNT_SCHEMA = "stepbuild-cache-mount/1"
+MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
+ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CHUNK = 1 << 20
+
+
+class CacheError(StepbuildError):
+    """A cache source or record that cannot be used (reported as a warning, never fatal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """One --cache-to / --cache-from value."""
+
+    type: str  # "local" or "registry"
+    location: str  # DIR or REF
+    mode: str = "min"
+    cache_mounts: bool = False  # export RUN --mount=type=cache contents too (cache-to)
+
+    def describe(self) -> str:
+        return f"type={self.type},{'ref' if self.type == 'registry' else 'dir'}={self.location}"
+
+
+def parse_cache_spec(text: str, direction: str) -> CacheSpec:
+    """`type=local,dest=DIR` (to) / `type=local,src=DIR` (from) /
+    `type=registry,ref=REF[,mode=min|max]`. `direction` is "to" or "from"."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"invalid --cache-{direction} {text!r}: {part!r} is not KEY=VALUE")
+        fields[name.strip()] = value.strip()
+    kind = fields.pop("type", "local" if ("src" in fields or "dest" in fields) else "registry")
+    mode = fields.pop("mode", "min")
+    if mode not in ("min", "max"):
+        raise UsageError(f"invalid --cache-{direction} mode {mode!r}", hint="mode=min|max")
+    if kind == "local":
+        name = "dest" if direction == "to" else "src"
+        location = fields.pop(name, None)
+        if not location:
+            raise UsageError(f"--cache-{direction} type=local needs {name}=DIR")
+    elif kind == "registry":
+        location = fields.pop("ref", None)
+        if not location:
+            raise UsageError(f"--cache-{direction} type=registry needs ref=REGISTRY/REPO:TAG")
+        from stepbuild.distribution.reference import parse_reference
+
+        parse_reference(location)
+    else:
+        raise UsageError(f"unknown --cache-{direction} type {kind!r}", hint="type=local|registry")
+    fields.pop("compression", None)
+    mounts = fields.pop("cache-mounts", "false").lower()
+    if mounts not in ("true", "false"):
+        raise UsageError(f"invalid --cache-{direction} cache-mounts={mounts!r}",
+                         hint="cache-mounts=true|false")
+    if fields:
+        raise UsageError(f"--cache-{direction}: unknown option(s) {', '.join(sorted(fields))}")
+    return CacheSpec(kind, location, mode, mounts == "true")
+
+
+def _record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
+            created_by: str) -> dict[str, Any]:
+    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
+            "created": created, "created_by": created_by}
+
+
+def check_record(key: str, record: Any) -> dict[str, Any]:
+    """The record if it is well-formed and for `key`; CacheError otherwise."""
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise CacheError(f"cache record {key} is not a stepbuild cache record")
+    if record.get("key") != key:
+        raise CacheError(f"cache record {key} is for another key")
+    diff_id, layer = record.get("diff_id"), record.get("layer")
+    if not isinstance(record.get("created"), str) or not isinstance(record.get("created_by"),
+                                                                      str):
+        raise CacheError(f"cache record {key}: bad created/created_by")
+    if diff_id is None:
+        if layer is not None:
+            raise CacheError(f"cache record {key}: a layer without a diff_id")
+        return record
+    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
+        raise CacheError(f"cache record {key}: bad diff_id")
+    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
+            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
+            or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
+        raise CacheError(f"cache record {key}: bad layer descriptor")
+    return record
+
+
+def check_mount_record(name: str, record: Any) -> dict[str, Any]:
+    """The cache-mount record if well-formed and for the cache named `name` (the hash of its
+    identity); CacheError otherwise."""
+    from stepbuild.build.mounts.realise import cache_dir_name
+
+    if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
+        raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")
+    identity = record.get("identity")
+    if (not isinstance(identity, dict) or not isinstance(record.get("id"), str)
+            or identity.get("id") != record["id"]):
+        raise CacheError(f"cache mount record {name}: bad id/identity")
+    try:
+        ok = cache_dir_name(identity) == name
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CacheError(f"cache mount record {name} is for another cache")
+    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
+            or not isinstance(record.get("size"), int) or record["size"] < 0):
+        raise CacheError(f"cache mount record {name}: bad digest/size")
+    return record
+
+
+# --- backends -----------------------------------------------------------------------------------
+
+
+class _LocalDir:
+    """An OCI layout directory with keys/<key>.json records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _blob(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]
+
+    # import
+    def record(self, key: str) -> dict[str, Any] | None:
+        data = self._read_json(self.root / "keys" / f"{key}.json", "cache record")
+        return None if data is None else check_record(key, data)
+
+    def mount_record(self, name: str) -> dict[str, Any] | None:
+        data = self._read_json(self.root / "cache-mounts" / f"{name}.json",
+                               "cache mount record")
+        return None if data is None else check_mount_record(name, data)
+
+    @staticmethod
+    def _read_json(path: Path, what: str) -> Any:
+        """A record file's JSON, None when absent; CacheError when unreadable or malformed."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise CacheError(f"{what} {path} does not parse") from None
+
+    def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
+        try:
+            shutil.copyfile(self._blob(layer["digest"]), dest)
+        except OSError as exc:
+            raise CacheError(f"cannot read blob {layer['digest']} in {self.root}: "
+                             f"{exc.strerror or exc}") from None
+
+    # export
+    def prepare(self) -> None:
+        for sub in ("blobs/sha256", "keys", "cache-mounts", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        layout = self.root / "oci-layout"
+        if not layout.exists():
+            self._write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+
+    def _write(self, final: Path, data: bytes | None = None, source: Path | None = None) -> None:
+        with replacing(final, 0o644, tmp_dir=self.root / "tmp") as out:
+            if source is not None:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            else:
+                out.write(data or b"")
+
+    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
+        digest, size, source = desc.digest, desc.size, store.blob_path(desc.digest)
+        final = self._blob(digest)
+        with suppress(FileNotFoundError):
+            if final.stat().st_size == size:
+                return  # existing = done (content-addressed)
+        self._write(final, source=source)
+
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        self._write(self.root / "keys" / f"{key}.json",
+                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+    def put_file(self, digest: str, size: int, path: Path) -> None:
+        final = self._blob(digest)
+        with suppress(FileNotFoundError):
+            if final.stat().st_size == size:
+                return
+        self._write(final, source=path)
+
+    def put_mount_record(self, name: str, record: dict[str, Any]) -> None:
+        (self.root / "cache-mounts").mkdir(exist_ok=True)
+        self._write(self.root / "cache-mounts" / f"{name}.json",
+                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
+
+    def finish(self) -> None:
+        pass  # every file was renamed into place as it was written
+
+    def close(self) -> None:
+        pass  # nothing is held open between calls
+
+
+# --- the build's view ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Lazy:
+    """A hit whose layer is not fetched yet: its source, and the layers it applies on."""
+
+    key: str
+    record: dict[str, Any]
+    spec: CacheSpec
+    backend: Any
+    parents: tuple[str, ...]
+    local: dict[str, Any]  # the local cache record, written once the layer is there
+
+
+@dataclass(slots=True)
+class _Used:
+    key: str
+    stage: int
+    diff_id: str | None
+    created: str
+    created_by: str
+
+
+class TeamCache:
+    """The --cache-from sources and --cache-to destinations of one build.
+
+    `lookup(key, parents, eager)` is called on a local miss; `materialize(diff_ids)` before
+    anything reads those layers; `note(...)` for every step that ran or hit;
+    `export(final_stages)` after the build. `warn` reports a source that cannot be read.
+    `misses`: keys to treat as misses (a lazy fetch of theirs failed in an earlier attempt).
+    """
+
+    def __init__(self, store: Any, sources: Sequence[CacheSpec], destinations: Sequence[CacheSpec],
+                 warn: Callable[[str], None], connection: Any = None,
+                 misses: Collection[str] = ()) -> None:
+        self.store = store
+        self.warn = warn
+        self.misses = set(misses)
+        self._lazy: dict[str, _Lazy] = {}  # diff_id → a hit whose layer is not fetched yet
+        self._fetching = threading.Lock()  # one lazy fetch at a time (stage threads)
+        if connection is None and any(s.type == "registry" for s in (*sources, *destinations)):
+            from stepbuild.distribution.connection import Connection
+
+            connection = Connection()
+        self.sources = [(s, self._backend(s, connection)) for s in sources]
+        self.destinations = [(s, self._backend(s, connection)) for s in destinations]
+        self._used: dict[str, _Used] = {}
+        self._broken: set[int] = set()  # sources that failed as a whole (registry map)
+        self._lock = threading.Lock()
+        self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
+        if self.sources or any(s.cache_mounts for s in destinations):
+            from stepbuild.build.mounts.realise import observe_cache_mounts
+
+            observe_cache_mounts(self)
+
+    def _backend(self, spec: CacheSpec, connection: Any) -> Any:
+        if spec.type == "local":
+            return _LocalDir(Path(spec.location))
+        from stepbuild.teamcache.registry import RegistryCache
+
+        return RegistryCache(spec.location, connection, self.store.root, self.warn)
+
+    @property
+    def exporting(self) -> bool:
+        return bool(self.destinations)
+
+    def close(self) -> None:
+        """The build is over: stop observing cache mounts, close registry connections."""
+        from stepbuild.build.mounts.realise import forget_cache_mounts
+
+        forget_cache_mounts(self)
+        for _, backend in (*self.sources, *self.destinations):
+            backend.close()
+
+    # --- import ---------------------------------------------------------------------------
+
+    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> dict[str, Any] | None:
+        """A local cache record for `key` (on the layers `parents`) from the first source that
+        has a usable one, or None. `eager`: import its layer now (the target stage's layers
+        are all needed); otherwise it is fetched by `materialize`, if ever."""
+        if key in self.misses:
+            return None
+        for index, (spec, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            try:
+                record = backend.record(key)
+            except CacheError as exc:
+                if getattr(backend, "entries", None) == {}:  # a registry map: unreadable
+                    self._broken.add(index)
+                self.warn(f"cache {spec.describe()}: {exc.message}; treated as a miss")
+                continue
+            if record is None:
+                continue
+            local = {"diff_ids": [record["diff_id"]] if record["diff_id"] else [],
+                     "created": record["created"], "created_by": record["created_by"],
+                     "imported": True}
+            lazy = _Lazy(key, record, spec, backend, tuple(parents), local)
+            diff_id = record["diff_id"]
+            if diff_id is None or self.store.has_layer(diff_id):
+                self.store.put_cache(key, local)
+                return local
+            if not eager:
+                with self._fetching:
+                    self._lazy.setdefault(diff_id, lazy)
+                return local
+            self.materialize(parents)  # the layers below, first (LazyLayerError)
+            try:
+                self._fetch(lazy, parents)
+            except (CacheError, StepbuildError, OSError) as exc:
+                message = getattr(exc, "message", None) or str(exc)
+                self.warn(f"cache {spec.describe()}: key {key}: {message}; treated as a miss")
+                continue
+            return local
+        return None
+
+    def materialize(self, diff_ids: Sequence[str]) -> None:
+        """Fetch the layers among `diff_ids` (an image's, bottom first) that a hit left for
+        later, in order: each is applied on the ones below it. `LazyLayerError` when one
+        cannot be fetched (its key becomes a miss for the next attempt)."""
+        with self._fetching:
+            for index, diff_id in enumerate(diff_ids):
+                lazy = self._lazy.get(diff_id)
+                if lazy is None or self.store.has_layer(diff_id):
+                    continue
+                try:
+                    self._fetch(lazy, diff_ids[:index])
+                except (CacheError, StepbuildError, OSError) as exc:
+                    self.misses.add(lazy.key)
+                    message = getattr(exc, "message", None) or str(exc)
+                    raise LazyLayerError(lazy.key, f"cache {lazy.spec.describe()}: key "
+                                         f"{lazy.key}: {message}") from None
+                del self._lazy[diff_id]
+
+    def _fetch(self, lazy: _Lazy, parents: Sequence[str]) -> None:
+        """Import `lazy`'s layer on `parents` (all present), then its local cache record."""
+        if not self.store.has_layer(lazy.record["diff_id"]):
+            lowers = [self.store.layer_dir(d) for d in reversed(parents)]
+            self._import_layer(lazy.record, lazy.backend, lowers)
+        self.store.put_cache(lazy.key, lazy.local)
+
+    def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
+        from stepbuild.archive.read import decompress_to
+        from stepbuild.errors import DigestMismatch
+        from stepbuild.layers.apply import commit_applied
+        from stepbuild.layers.compress import compression_of
+        from stepbuild.oci.documents import Descriptor
+
+        store, layer, diff_id = self.store, record["layer"], record["diff_id"]
+        compressed = store.tmp_file("cache-blob-")
+        tar = store.tmp_file("cache-layer-")
+        try:
+            backend.fetch_blob(layer, compressed)
+            digest, size = _sha256_file(compressed)
+            if digest != layer["digest"] or size != layer["size"]:
+                raise CacheError(f"blob {layer['digest']} does not match its digest "
+                                 f"(got {digest}, {size} bytes)")
+            with open(compressed, "rb") as raw:
+                actual = decompress_to(raw, tar, f"layer {layer['digest']}")
+            if actual != diff_id:
+                raise CacheError(f"blob {layer['digest']} is not layer {diff_id} "
+                                 f"(it decompresses to {actual})")
+            commit_applied(store, tar, diff_id, lowers, f"layer {layer['digest']}",
+                           "cache-import-")
+            if hasattr(backend, "remember"):
+                backend.remember(store, diff_id, Descriptor(layer["mediaType"], layer["digest"],
+                                                            layer["size"]))
+            kind = compression_of(layer["mediaType"])
+            if kind not in (None, "none"):
+                with suppress(StepbuildError, OSError):
+                    store.ingest_blob(compressed, layer["digest"])
+                    if store.compressed_blob(diff_id, kind) is None:
+                        store.record_compressed(diff_id, kind, Descriptor(
+                            layer["mediaType"], layer["digest"], layer["size"]))
+        except DigestMismatch as exc:
+            raise CacheError(exc.message) from None
+        finally:
+            for path in (compressed, tar):
+                with suppress(FileNotFoundError):
+                    path.unlink()
+
+    # --- cache mounts (run_mounts calls these through observe_cache_mounts) ---------------
+
+    def _ours(self, store_root: Path) -> bool:
+        return bool(os.path.realpath(store_root) == os.path.realpath(self.store.root))
+
+    def cache_mount_planned(self, p: Any) -> None:
+        """A RUN of this process declared cache mount `p` (it runs or hits): export the
+        cache if our store has it. (Another build of this process planning at the same time
+        can only add its caches that exist in our store.)"""
+        from stepbuild.build.mounts.realise import cache_dir_name, cache_mounts_dir
+
+        if any(s.cache_mounts for s, _ in self.destinations):
+            name = cache_dir_name(p.identity)
+            with self._lock:
+                self._mounts.setdefault(name, (p.cache_id, dict(p.identity),
+                                               cache_mounts_dir(self.store.root) / name))
+
+    def cache_mount_used(self, store_root: Path, p: Any, base: Path) -> None:
+        if self._ours(store_root) and any(s.cache_mounts for s, _ in self.destinations):
+            with self._lock:
+                self._mounts[base.name] = (p.cache_id, dict(p.identity), base)
+
+    def cache_mount_seed(self, store_root: Path, p: Any) -> Callable[[Path], None] | None:
+        """A seed for the new cache mount `p` from the first source that has it, or None."""
+        if not self._ours(store_root) or not self.sources:
+            return None
+        from stepbuild.build.mounts.realise import cache_dir_name
+
+        name = cache_dir_name(p.identity)
+        for index, (spec, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            try:
+                record = backend.mount_record(name)
+            except CacheError as exc:
+                self.warn(f"cache {spec.describe()}: cache mount {p.cache_id}: {exc.message};"
+                          " starting it empty")
+                continue
+            if record is not None:
+                return lambda into: self._seed_mount(spec, backend, record, into)
+        return None
+
+    def _seed_mount(self, spec: CacheSpec, backend: Any, record: dict[str, Any],
+                    into: Path) -> None:
+        """Unpack the cache mount blob of `record` into the new instance dir `into` (empty,
+        in the store); on any failure, leave it empty and warn."""
+        from stepbuild.layers.unpack import unpack_archive
+
+        blob = self.store.tmp_file("cache-mount-blob-")
+        try:
+            backend.fetch_blob({"digest": record["digest"], "size": record["size"]}, blob)
+            digest, size = _sha256_file(blob)
+            if digest != record["digest"] or size != record["size"]:
+                raise CacheError(f"blob {record['digest']} does not match its digest "
+                                 f"(got {digest}, {size} bytes)")
+            unpack_archive(blob, into, "/")
+        except (StepbuildError, OSError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            self.warn(f"cache {spec.describe()}: cache mount {record['id']}: {message};"
+                      " starting it empty")
+            _empty_dir(into)
+        finally:
+            blob.unlink(missing_ok=True)
+
+    def _mount_blobs(self) -> list[tuple[str, dict[str, Any], Path]]:
+        """(name, record, blob path in the store's tmp) for every cache mount the build used
+        that has content. Each is read under a shared lock on its main instance."""
+        import fcntl
+
+        from stepbuild.layers.capture import capture
+        from stepbuild.layers.compress import compress_stream
+
+        out = []
+        with self._lock:
+            used = sorted(self._mounts.items())
+        for name, (cache_id, identity, base) in used:
+            data = base / "data"
+            tar = self.store.tmp_file("cache-mount-tar-")
+            blob = self.store.tmp_file("cache-mount-gz-")
+            keep = False
+            try:
+                if not data.is_dir():
+                    continue  # not in our store (never made here)
+                fd = os.open(base / "data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                             | os.O_NOFOLLOW, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    if not data.is_dir():
+                        continue
+                    layer = capture(data, [], tar)
+                finally:
+                    os.close(fd)
+                if layer is None:
+                    continue  # an empty cache: nothing to seed another builder with
+                with open(tar, "rb") as src, open(blob, "wb") as dst:
+                    digest, size = compress_stream(src, dst, "gzip", size=layer.size,
+                                                   expect=layer.diff_id)
+                out.append((name, {"schema": MOUNT_SCHEMA, "id": cache_id,
+                                   "identity": identity, "digest": digest, "size": size},
+                            blob))
+                keep = True
+            except (StepbuildError, OSError) as exc:
+                message = getattr(exc, "message", None) or str(exc)
+                self.warn(f"cache mount {cache_id}: cannot export it: {message}")
+            finally:
+                tar.unlink(missing_ok=True)
+                if not keep:
+                    blob.unlink(missing_ok=True)
+        return out
+
+    # --- export ---------------------------------------------------------------------------
+
+    def note(self, key: str, stage: int, diff_id: str | None, created: str,
+             created_by: str) -> None:
+        """A step of stage `stage` ran or hit with this result."""
+        if self.destinations:
+            with self._lock:
+                self._used[key] = _Used(key, stage, diff_id, created, created_by)
+
+    def export(self, final_stages: set[int]) -> int:
+        """Write the noted steps to every destination; return how many records were written
+        (to the last one). mode=min: only steps of `final_stages`."""
+        from stepbuild.layers.compress import compressed_layer
+
+        written = 0
+        mounts = (self._mount_blobs() if any(s.cache_mounts for s, _ in self.destinations)
+                  else [])
+        try:
+            for spec, backend in self.destinations:
+                steps = [u for u in self._used.values()
+                         if spec.mode == "max" or u.stage in final_stages]
+                steps = [u for u in steps if self._fetched_for_export(u, spec)]
+                try:
+                    written = self._export_to(backend, steps, compressed_layer,
+                                              mounts if spec.cache_mounts else [])
+                except OSError as exc:
+                    raise CacheError(f"cannot export the cache to {spec.describe()}: "
+                                     f"{exc.strerror or exc}") from None
+        finally:
+            for _name, _record, blob in mounts:
+                blob.unlink(missing_ok=True)
+        return written
+
+    def _fetched_for_export(self, used: _Used, spec: CacheSpec) -> bool:
+        """Is `used`'s layer in the store (fetched now if a hit left it for later)?"""
+        lazy = self._lazy.get(used.diff_id) if used.diff_id is not None else None
+        if lazy is None:
+            return True
+        try:
+            self.materialize((*lazy.parents, lazy.record["diff_id"]))
+        except LazyLayerError as exc:
+            self.warn(f"{exc.message}; not exported to {spec.describe()}")
+            return False
+        return True
+
+    def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any,
+                   mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
+        backend.prepare()
+        for name, record, blob in mounts:  # a record only after its blob is there
+            backend.put_file(record["digest"], record["size"], blob)
+            backend.put_mount_record(name, record)
+        for used in steps:  # a record only after its blob is there
+            layer = None
+            if used.diff_id is not None:
+                desc = compressed_layer(self.store, used.diff_id, "gzip")
+                backend.put_blob(self.store, used.diff_id, desc)
+                layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
+            backend.put_record(used.key, _record(used.key, used.diff_id, layer, used.created,
+                                                 used.created_by))
+        backend.finish()
+        return len(steps)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return "sha256:" + sha.hexdigest(), size
+
+
+def _empty_dir(path: Path) -> None:
+    """Remove everything below `path` (a new cache instance a failed seed wrote into)."""
+    from stepbuild.layers.apply import remove_tree
+
+    for entry in os.listdir(path):
+        child = path / entry
+        with suppress(OSError):
+            if child.is_dir() and not child.is_symlink():
+                remove_tree(child)
+            else:
+                child.unlink()

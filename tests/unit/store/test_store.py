@@ -1,0 +1,73 @@
+"""Store: the contract suite (tests/store_contract.py) on a real directory, plus what is
+specific to this implementation (the on-disk layout other tools read)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stepbuild.oci.documents import ANNOTATION_REF_NAME, validate_layout
+from stepbuild.store.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from store_contract import CHECKS, Check, build_image  # noqa: E402
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_contract(check: Check, tmp_path: Path) -> None:
+    check(Store, tmp_path)
+
+
+def test_new_store_is_an_oci_layout_with_private_dirs(tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "store"
+    Store(root)
+    assert json.loads((root / "oci-layout").read_bytes()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((root / "index.json").read_bytes())
+    assert index["schemaVersion"] == 2 and index["manifests"] == []
+    for name in ("", "blobs", "blobs/sha256", "layers", "cache", "tmp"):
+        assert stat.S_IMODE(os.stat(root / name).st_mode) == 0o700, name
+    assert validate_layout(root) == []
+
+
+def test_tags_are_ref_name_annotations(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    image = build_image(store)
+    store.tag("localhost:5000/team/app:1.0", image)
+    (entry,) = json.loads((tmp_path / "index.json").read_bytes())["manifests"]
+    assert entry["annotations"] == {ANNOTATION_REF_NAME: "localhost:5000/team/app:1.0"}
+    assert entry["digest"] == image.digest
+    assert entry["platform"] == {"architecture": "amd64", "os": "linux"}
+    assert validate_layout(tmp_path) == []
+
+
+def test_blobs_are_read_only(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    digest, _ = store.put_blob(b"x")
+    assert stat.S_IMODE(store.blob_path(digest).stat().st_mode) == 0o444
+
+
+def test_a_read_only_layout_opens_without_writing(tmp_path: Path) -> None:
+    Store(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    Store(tmp_path).images()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_umoci_and_skopeo_read_the_store(tmp_path: Path) -> None:
+    # scripts/setup.sh installs both: a missing one is a failure, not a skip
+    assert shutil.which("umoci") and shutil.which("skopeo"), "install umoci and skopeo"
+    store = Store(tmp_path / "store")
+    store.tag("app:1.0", build_image(store))
+    ref = f"{tmp_path / 'store'}:app:1.0"
+    subprocess.run(["umoci", "stat", "--image", ref], check=True, capture_output=True)
+    inspect = subprocess.run(
+        ["skopeo", "inspect", f"oci:{ref}"], check=True, capture_output=True, text=True
+    )
+    assert json.loads(inspect.stdout)["Architecture"] == "amd64"
