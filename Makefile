@@ -36,6 +36,7 @@ lint: setup
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m ruff check stepbuild tests
 	$(PY) -m mypy -p stepbuild
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) bench/parse_bench.py

@@ -63,10 +63,8 @@ from stepbuild.archive.read import (
     LayoutSource,
     Opener,
     Source,
-    decompress_to,
     private_copy,
 )
-from stepbuild.build.images import put_received
 from stepbuild.errors import (
     DigestMismatch,
     ImageNotFound,
@@ -75,8 +73,10 @@ from stepbuild.errors import (
     StepbuildError,
     UsageError,
 )
+from stepbuild.layers.decompress import decompress_to
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import PREFIX, is_digest, sha256_bytes
+from stepbuild.store.received import put_received
 
 __all__ = [
     "TRANSPORTS",

@@ -10,8 +10,7 @@ layers); this module only reads named files out of one, with limits, and verifie
 - `LayoutSource`: an OCI layout dir; each file opened inside it (rootpath); a blob is copied
   into tmp/ while it is hashed, whatever happens to the dir meanwhile.
 - `verified_blob`: size first, then sha256, before the caller decompresses anything
-  (SECURITY.md rule 4); `decompress_to`: gzip / zstd / plain by magic bytes, streamed into a
-  file while hashed (a decompression bomb ends in ENOSPC, never in memory).
+  (SECURITY.md rule 4); `layers/decompress.py` then decompresses it.
 
 No store logic beyond asking for temp files; no tar *extraction* (see apply.py).
 """
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from stepbuild.errors import DigestMismatch, InvalidDocument, LayerError, StepbuildError
+from stepbuild.layers.decompress import GZIP_MAGIC, ZSTD_MAGIC, Prefixed, read_up_to
 from stepbuild.layers.tar import Readable
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import PREFIX
@@ -38,61 +38,13 @@ __all__ = [
     "LayoutSource",
     "Opener",
     "Source",
-    "decompress_to",
     "private_copy",
 ]
 
 _CHUNK = 1 << 20
 MAX_ARCHIVE_ENTRIES = 100_000
 _MAX_LINKS = 40
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 Opener = Callable[[], Readable]
-
-
-def decompress_to(raw: Readable, out: Path, label: str) -> str:
-    """Write the tar `raw` holds (gzip, zstd or plain, by magic bytes) to `out`, streaming;
-    return its sha256. A decompression bomb ends in ENOSPC (OSError), not in memory."""
-    from stepbuild.layers.unpack import decompressor
-
-    head = read_up_to(raw, 4)
-    stream: Readable = Prefixed(head, raw)
-    kind = "gzip" if head.startswith(GZIP_MAGIC) else "zstd" if head == ZSTD_MAGIC else None
-    if kind is not None:
-        stream = decompressor(stream, kind)  # type: ignore[arg-type]
-    sha = hashlib.sha256()
-    try:
-        with open(out, "wb") as f:
-            while chunk := stream.read(_CHUNK):
-                sha.update(chunk)
-                f.write(chunk)
-    except LayerError as exc:
-        raise LayerError(f"{label}: {exc.message}") from exc
-    return PREFIX + sha.hexdigest()
-
-
-def read_up_to(raw: Readable, n: int) -> bytes:
-    data = b""
-    while len(data) < n and (chunk := raw.read(n - len(data))):
-        data += chunk
-    return data
-
-
-class Prefixed:
-    """`head` then the rest of `stream`: bytes already read for a magic-number check."""
-
-    def __init__(self, head: bytes, stream: Readable) -> None:
-        self._head = head
-        self._stream = stream
-
-    def read(self, n: int = -1, /) -> bytes:
-        if self._head:
-            if n < 0:
-                data, self._head = self._head + self._stream.read(), b""
-                return data
-            data, self._head = self._head[:n], self._head[n:]
-            return data
-        return self._stream.read(n)
 
 
 class Source:

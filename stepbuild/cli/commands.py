@@ -66,8 +66,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                 witness: Any) -> int:
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.cli import noop as fingerprint
-    from stepbuild.cli.main import read_stepfile
     from stepbuild.frontend.cache import parse_cached
+    from stepbuild.frontend.source import read_stepfile
 
     text, name = read_stepfile(options.file, options.context)
     outputs = _outputs(options)  # a bad --output fails now, not after the build

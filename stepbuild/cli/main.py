@@ -11,15 +11,14 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.errors import StepbuildError, UsageError
+from stepbuild.errors import StepbuildError
+from stepbuild.frontend.source import read_stepfile
 
 if TYPE_CHECKING:
     from stepbuild.frontend.syntax import Node
 
-STEPFILE_NAMES = ("Stepfile", "Dockerfile")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,28 +200,6 @@ def _add_output_arguments(parser: argparse.ArgumentParser, *, required: bool) ->
                              " (repeatable; a bare PATH means type=local)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                         help="layer compression of oci and oci-layout outputs (default: gzip)")
-
-
-def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
-    """Find and read the Stepfile: (text, name for messages). Raises UsageError/ParseError."""
-    from stepbuild.frontend.lines import decode
-
-    if file == "-":
-        return decode(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
-    if file is None:
-        candidates = [Path(context) / name for name in STEPFILE_NAMES]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise UsageError(f"no Stepfile or Dockerfile in {context}",
-                             hint="name one with -f FILE")
-        path = found
-    else:
-        path = Path(file)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    return decode(data, str(path)), str(path)
 
 
 def _parse_command(options: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ from typing import Any
 
 import xxhash
 
+from stepbuild.frontend.source import STEPFILE_NAMES
+
 __all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/1"
@@ -58,7 +60,6 @@ CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 _PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
 # Environment entries that differ between shells without meaning anything to a build.
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
-_STEPFILE_NAMES = ("Stepfile", "Dockerfile")  # cli.STEPFILE_NAMES (not imported: cost)
 
 _volatile: list[str] = []  # why the running build must not be recorded (a build is a process)
 
@@ -128,7 +129,7 @@ def _input_files(options: Any, context: Path) -> list[Path]:
 def _stepfiles(options: Any, context: Path) -> list[Path]:
     if options.file:
         return [Path(options.file).absolute()]
-    return [context / name for name in _STEPFILE_NAMES]
+    return [context / name for name in STEPFILE_NAMES]
 
 
 def _ignored(options: Any, context: Path) -> set[str]:

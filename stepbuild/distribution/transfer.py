@@ -54,7 +54,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from stepbuild.build.images import put_received
 from stepbuild.distribution.connection import Connection, system_ca
 from stepbuild.distribution.reference import Reference, parse_reference
 from stepbuild.errors import (
@@ -70,6 +69,7 @@ from stepbuild.errors import (
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import digest_hex
 from stepbuild.progress import human_size
+from stepbuild.store.received import put_received
 from stepbuild.store.store import REMOTE_DIR, parse_remote_record
 
 if TYPE_CHECKING:
@@ -98,8 +98,6 @@ DEFAULT_JOBS = 4  # blobs transferred at once (docker: 3 up, 3 down)
 MAX_CONFIG = 16 << 20  # image configs (long histories); imports.py has the same limit
 MAX_SOURCES = 8  # repositories remembered per blob
 MAX_MOUNT_TRIES = 3
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Layer media types we can unpack (foreign, non-distributable and encrypted ones we cannot).
 _PULLABLE_LAYERS = oci.LAYER_TYPES - {oci.DOCKER_LAYER_FOREIGN}
 
@@ -562,7 +560,7 @@ class _Puller:
     def _fetch(self, job: tuple[oci.Descriptor, str]) -> tuple[Path, Path, str | None] | None:
         """Download and decompress one layer, checking its diff_id (a worker thread).
         None when the store has the layer already."""
-        from stepbuild.archive.read import decompress_to
+        from stepbuild.layers.decompress import compression_of, decompress_to
 
         blob, diff_id = job
         key = _short(diff_id)
@@ -587,7 +585,7 @@ class _Puller:
                 with suppress(FileNotFoundError):
                     path.unlink()
             raise
-        kind = "gzip" if head.startswith(_GZIP_MAGIC) else "zstd" if head == _ZSTD_MAGIC else None
+        kind = compression_of(head)
         self.display.status(key, "downloaded")
         return compressed, tar, kind
 

@@ -20,8 +20,7 @@ from stepbuild.frontend.flags import (
     parse_flags,
     parse_mount,
 )
-from stepbuild.frontend.parse import SyntaxTree
-from stepbuild.frontend.syntax import Node, chomp_heredoc, heredoc_marker
+from stepbuild.frontend.syntax import Node, SyntaxTree, chomp_heredoc, heredoc_marker
 
 # Healthcheck durations below this are refused (Docker's container.MinimumDuration), 0 aside.
 MINIMUM_DURATION_NS = 1_000_000

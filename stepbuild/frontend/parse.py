@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,12 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedInput, VisitError
 
 from stepbuild.errors import ParseError, SourcePosition
-from stepbuild.frontend.lines import Directive, LineReader, LogicalLine, decode
+from stepbuild.frontend.convert import to_stepfile
+from stepbuild.frontend.lines import LineReader, LogicalLine, decode
 from stepbuild.frontend.syntax import (
     ArgumentError,
     Node,
+    SyntaxTree,
     heredocs_in_line,
     parse_arguments,
     unquote_flag,
@@ -40,28 +41,8 @@ __all__ = ["SyntaxTree", "decode", "parse", "parse_syntax"]
 GRAMMAR_NAME = "stepfile.lark"
 
 
-@dataclass(frozen=True, slots=True)
-class SyntaxTree:
-    """A parsed Stepfile at the syntax level: nodes, directives, escape character, warnings."""
-
-    filename: str
-    nodes: tuple[Node, ...]
-    directives: tuple[Directive, ...]
-    escape: str
-    warnings: tuple[str, ...]
-    lines: tuple[str, ...]
-
-    def directive(self, name: str) -> str | None:
-        return next((d.value for d in self.directives if d.name == name), None)
-
-    def source_line(self, number: int) -> str:
-        return self.lines[number - 1] if 1 <= number <= len(self.lines) else ""
-
-
 def parse(text: str, filename: str = "Stepfile") -> Stepfile:
     """Parse Stepfile text into typed instructions. Raises ParseError."""
-    from stepbuild.frontend.convert import to_stepfile
-
     return to_stepfile(parse_syntax(text, filename))
 
 

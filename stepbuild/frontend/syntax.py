@@ -16,6 +16,10 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stepbuild.frontend.lines import Directive
 
 # Which instructions may carry heredocs (BuildKit: heredocDirectives / heredocCompoundDirectives).
 HEREDOC_INSTRUCTIONS = frozenset({"add", "copy", "run"})
@@ -409,3 +413,21 @@ def _raw_words(line: str) -> list[str]:
 def chomp_heredoc(content: str) -> str:
     """Strip leading tabs from every line, as `<<-` asks."""
     return re.sub(r"(?m)^\t+", "", content)
+
+
+@dataclass(frozen=True, slots=True)
+class SyntaxTree:
+    """A parsed Stepfile at the syntax level: nodes, directives, escape character, warnings."""
+
+    filename: str
+    nodes: tuple[Node, ...]
+    directives: tuple[Directive, ...]
+    escape: str
+    warnings: tuple[str, ...]
+    lines: tuple[str, ...]
+
+    def directive(self, name: str) -> str | None:
+        return next((d.value for d in self.directives if d.name == name), None)
+
+    def source_line(self, number: int) -> str:
+        return self.lines[number - 1] if 1 <= number <= len(self.lines) else ""

@@ -3,19 +3,15 @@
 Keys (keys.py) are content-based and machine-independent, so a record made by one builder is
 valid for another. Two backends:
 
-- `type=local,dest=DIR` / `type=local,src=DIR`: an OCI layout on a (shared) filesystem.
-  `blobs/sha256/<hex>` holds the gzip-compressed layers, `keys/<key>.json` one small record per
-  step key. Every file is written to a temp name in DIR, fsynced and renamed into place; a blob
-  that exists is done; no shared index is ever rewritten, so several builders may export into
-  one DIR at once.
+- `type=local,dest=DIR` / `type=local,src=DIR`: an OCI layout on a (shared) filesystem
+  (`local.py`).
 - `type=registry,ref=HOST/REPO:TAG`: the layer blobs are pushed to REPO beside OCI artifact
   manifests (artifactType `application/vnd.stepbuild.cache.v1+json`) whose config blob is a
-  key → record map: one tag per writing store, folded into TAG (cache_registry.py says why
+  key → record map: one tag per writing store, folded into TAG (`registry.py` says why
   and how). An import reads the maps once per build, then only the blobs of keys that hit.
 
-A record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null, "created",
-"created_by"}`. `mode=min` (default) exports the steps of the final image's stages, `mode=max`
-every step of every stage that ran or hit.
+The record formats are `records.py`'s. `mode=min` (default) exports the steps of the final
+image's stages, `mode=max` every step of every stage that ran or hit.
 
 Cache mounts (`RUN --mount=type=cache`), with `cache-mounts=true` on a --cache-to: every cache
 mount a RUN step of the build used is exported as a deterministic tar of its directory
@@ -45,10 +41,7 @@ a miss (build.py), so a bad cache still never fails a build.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
-import shutil
 import threading
 from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
@@ -57,22 +50,15 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
-from stepbuild.fs.durable import replacing
+from stepbuild.teamcache.local import CHUNK, LocalDir
+from stepbuild.teamcache.records import (
+    MOUNT_SCHEMA,
+    CacheError,
+    make_record,
+)
 
 __all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
 
-RECORD_SCHEMA = "stepbuild-cache/1"
-MOUNT_SCHEMA = "stepbuild-cache-mount/1"
-MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
-ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
-CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
-MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-_CHUNK = 1 << 20
-
-
-class CacheError(StepbuildError):
-    """A cache source or record that cannot be used (reported as a warning, never fatal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,148 +109,6 @@ def parse_cache_spec(text: str, direction: str) -> CacheSpec:
     if fields:
         raise UsageError(f"--cache-{direction}: unknown option(s) {', '.join(sorted(fields))}")
     return CacheSpec(kind, location, mode, mounts == "true")
-
-
-def _record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
-            created_by: str) -> dict[str, Any]:
-    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
-            "created": created, "created_by": created_by}
-
-
-def check_record(key: str, record: Any) -> dict[str, Any]:
-    """The record if it is well-formed and for `key`; CacheError otherwise."""
-    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
-        raise CacheError(f"cache record {key} is not a stepbuild cache record")
-    if record.get("key") != key:
-        raise CacheError(f"cache record {key} is for another key")
-    diff_id, layer = record.get("diff_id"), record.get("layer")
-    if not isinstance(record.get("created"), str) or not isinstance(record.get("created_by"),
-                                                                      str):
-        raise CacheError(f"cache record {key}: bad created/created_by")
-    if diff_id is None:
-        if layer is not None:
-            raise CacheError(f"cache record {key}: a layer without a diff_id")
-        return record
-    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
-        raise CacheError(f"cache record {key}: bad diff_id")
-    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
-            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
-            or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
-        raise CacheError(f"cache record {key}: bad layer descriptor")
-    return record
-
-
-def check_mount_record(name: str, record: Any) -> dict[str, Any]:
-    """The cache-mount record if well-formed and for the cache named `name` (the hash of its
-    identity); CacheError otherwise."""
-    from stepbuild.build.mounts.realise import cache_dir_name
-
-    if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
-        raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")
-    identity = record.get("identity")
-    if (not isinstance(identity, dict) or not isinstance(record.get("id"), str)
-            or identity.get("id") != record["id"]):
-        raise CacheError(f"cache mount record {name}: bad id/identity")
-    try:
-        ok = cache_dir_name(identity) == name
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise CacheError(f"cache mount record {name} is for another cache")
-    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
-            or not isinstance(record.get("size"), int) or record["size"] < 0):
-        raise CacheError(f"cache mount record {name}: bad digest/size")
-    return record
-
-
-# --- backends -----------------------------------------------------------------------------------
-
-
-class _LocalDir:
-    """An OCI layout directory with keys/<key>.json records."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def _blob(self, digest: str) -> Path:
-        return self.root / "blobs" / "sha256" / digest.split(":", 1)[1]
-
-    # import
-    def record(self, key: str) -> dict[str, Any] | None:
-        data = self._read_json(self.root / "keys" / f"{key}.json", "cache record")
-        return None if data is None else check_record(key, data)
-
-    def mount_record(self, name: str) -> dict[str, Any] | None:
-        data = self._read_json(self.root / "cache-mounts" / f"{name}.json",
-                               "cache mount record")
-        return None if data is None else check_mount_record(name, data)
-
-    @staticmethod
-    def _read_json(path: Path, what: str) -> Any:
-        """A record file's JSON, None when absent; CacheError when unreadable or malformed."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise CacheError(f"{what} {path} does not parse") from None
-
-    def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
-        try:
-            shutil.copyfile(self._blob(layer["digest"]), dest)
-        except OSError as exc:
-            raise CacheError(f"cannot read blob {layer['digest']} in {self.root}: "
-                             f"{exc.strerror or exc}") from None
-
-    # export
-    def prepare(self) -> None:
-        for sub in ("blobs/sha256", "keys", "cache-mounts", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        layout = self.root / "oci-layout"
-        if not layout.exists():
-            self._write(layout, b'{"imageLayoutVersion":"1.0.0"}')
-
-    def _write(self, final: Path, data: bytes | None = None, source: Path | None = None) -> None:
-        with replacing(final, 0o644, tmp_dir=self.root / "tmp") as out:
-            if source is not None:
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, _CHUNK)
-            else:
-                out.write(data or b"")
-
-    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
-        digest, size, source = desc.digest, desc.size, store.blob_path(desc.digest)
-        final = self._blob(digest)
-        with suppress(FileNotFoundError):
-            if final.stat().st_size == size:
-                return  # existing = done (content-addressed)
-        self._write(final, source=source)
-
-    def put_record(self, key: str, record: dict[str, Any]) -> None:
-        self._write(self.root / "keys" / f"{key}.json",
-                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
-
-    def put_file(self, digest: str, size: int, path: Path) -> None:
-        final = self._blob(digest)
-        with suppress(FileNotFoundError):
-            if final.stat().st_size == size:
-                return
-        self._write(final, source=path)
-
-    def put_mount_record(self, name: str, record: dict[str, Any]) -> None:
-        (self.root / "cache-mounts").mkdir(exist_ok=True)
-        self._write(self.root / "cache-mounts" / f"{name}.json",
-                    json.dumps(record, sort_keys=True, separators=(",", ":")).encode())
-
-    def finish(self) -> None:
-        pass  # every file was renamed into place as it was written
-
-    def close(self) -> None:
-        pass  # nothing is held open between calls
 
 
 # --- the build's view ---------------------------------------------------------------------------
@@ -325,7 +169,7 @@ class TeamCache:
 
     def _backend(self, spec: CacheSpec, connection: Any) -> Any:
         if spec.type == "local":
-            return _LocalDir(Path(spec.location))
+            return LocalDir(Path(spec.location))
         from stepbuild.teamcache.registry import RegistryCache
 
         return RegistryCache(spec.location, connection, self.store.root, self.warn)
@@ -410,10 +254,10 @@ class TeamCache:
         self.store.put_cache(lazy.key, lazy.local)
 
     def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
-        from stepbuild.archive.read import decompress_to
         from stepbuild.errors import DigestMismatch
         from stepbuild.layers.apply import commit_applied
         from stepbuild.layers.compress import compression_of
+        from stepbuild.layers.decompress import decompress_to
         from stepbuild.oci.documents import Descriptor
 
         store, layer, diff_id = self.store, record["layer"], record["diff_id"]
@@ -616,8 +460,8 @@ class TeamCache:
                 desc = compressed_layer(self.store, used.diff_id, "gzip")
                 backend.put_blob(self.store, used.diff_id, desc)
                 layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-            backend.put_record(used.key, _record(used.key, used.diff_id, layer, used.created,
-                                                 used.created_by))
+            backend.put_record(used.key, make_record(used.key, used.diff_id, layer,
+                                                     used.created, used.created_by))
         backend.finish()
         return len(steps)
 
@@ -625,7 +469,7 @@ class TeamCache:
 def _sha256_file(path: Path) -> tuple[str, int]:
     sha, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             sha.update(chunk)
             size += len(chunk)
     return "sha256:" + sha.hexdigest(), size

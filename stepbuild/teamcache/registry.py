@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import StepbuildError
-from stepbuild.teamcache.cache import (
+from stepbuild.teamcache.records import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,

@@ -21,13 +21,8 @@ import pytest
 from stepbuild.build.mounts import realise as run_mounts
 from stepbuild.distribution.connection import Connection
 from stepbuild.teamcache import registry as cache_registry
-from stepbuild.teamcache.cache import (
-    ARTIFACT_TYPE,
-    CacheError,
-    TeamCache,
-    check_record,
-    parse_cache_spec,
-)
+from stepbuild.teamcache.cache import TeamCache, parse_cache_spec
+from stepbuild.teamcache.records import ARTIFACT_TYPE, CacheError, check_record
 from stepbuild.teamcache.registry import (
     TAG_ANNOTATION,
     WRITERS_ANNOTATION,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.teamcache.cache import RECORD_SCHEMA, check_record
+from stepbuild.teamcache.records import RECORD_SCHEMA, check_record
 from tests.integration import registry_fixture
 from tests.integration.builds import (
     EPOCH,

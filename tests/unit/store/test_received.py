@@ -1,13 +1,13 @@
-"""images.put_received: a pulled or imported image's manifest in the store's form."""
+"""store.received.put_received: a pulled or imported image's manifest in the store's form."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from stepbuild.build.images import put_received
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.received import put_received
 from stepbuild.store.store import Store
 
 

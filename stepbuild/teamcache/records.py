@@ -1,0 +1,79 @@
+"""The team cache's record formats: what a step record and a cache-mount record hold, checked.
+
+A step record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null,
+"created", "created_by"}`. A cache-mount record: `{"schema", "id", "identity", "digest",
+"size"}`, named by the hash of the cache's identity. Both backends (`local.py`, `registry.py`)
+store these bytes as they are; every record read from a source is checked here before it is
+trusted, because a shared cache is written by other machines.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from stepbuild.errors import StepbuildError
+
+RECORD_SCHEMA = "stepbuild-cache/1"
+MOUNT_SCHEMA = "stepbuild-cache-mount/1"
+MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
+ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
+CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class CacheError(StepbuildError):
+    """A cache source or record that cannot be used (reported as a warning, never fatal)."""
+
+
+def make_record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
+            created_by: str) -> dict[str, Any]:
+    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
+            "created": created, "created_by": created_by}
+
+
+def check_record(key: str, record: Any) -> dict[str, Any]:
+    """The record if it is well-formed and for `key`; CacheError otherwise."""
+    if not isinstance(record, dict) or record.get("schema") != RECORD_SCHEMA:
+        raise CacheError(f"cache record {key} is not a stepbuild cache record")
+    if record.get("key") != key:
+        raise CacheError(f"cache record {key} is for another key")
+    diff_id, layer = record.get("diff_id"), record.get("layer")
+    if not isinstance(record.get("created"), str) or not isinstance(record.get("created_by"),
+                                                                      str):
+        raise CacheError(f"cache record {key}: bad created/created_by")
+    if diff_id is None:
+        if layer is not None:
+            raise CacheError(f"cache record {key}: a layer without a diff_id")
+        return record
+    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
+        raise CacheError(f"cache record {key}: bad diff_id")
+    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
+            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
+            or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
+        raise CacheError(f"cache record {key}: bad layer descriptor")
+    return record
+
+
+def check_mount_record(name: str, record: Any) -> dict[str, Any]:
+    """The cache-mount record if well-formed and for the cache named `name` (the hash of its
+    identity); CacheError otherwise."""
+    from stepbuild.build.mounts.realise import cache_dir_name
+
+    if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
+        raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")
+    identity = record.get("identity")
+    if (not isinstance(identity, dict) or not isinstance(record.get("id"), str)
+            or identity.get("id") != record["id"]):
+        raise CacheError(f"cache mount record {name}: bad id/identity")
+    try:
+        ok = cache_dir_name(identity) == name
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CacheError(f"cache mount record {name} is for another cache")
+    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
+            or not isinstance(record.get("size"), int) or record["size"] < 0):
+        raise CacheError(f"cache mount record {name}: bad digest/size")
+    return record
