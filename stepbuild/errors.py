@@ -1,7 +1,7 @@
 """The one exception family of stepbuild.
 
 Every error a user can cause or meet is a `StepbuildError` carrying what they need to fix it.
-Errors are raised below `cli.py` and rendered once, there (see `render`); nothing else prints
+Errors are raised below `cli/main.py` and rendered once, there (see `render`); nothing else prints
 or exits. Tests assert on the type and attributes, not on the wording.
 """
 
@@ -209,7 +209,8 @@ class SandboxError(BuildError):
 class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the
-    context changed while it was read. Raised by `context.py`; the message names the source."""
+    context changed while it was read. Raised by `sources/context.py`; the message names the
+    source."""
 
 
 class InvalidReference(UsageError, ValueError):
@@ -254,8 +255,8 @@ class RegistryError(StepbuildError):
 
 class LazyLayerError(StepbuildError):
     """A team cache hit's layer, left to fetch when needed (teamcache.materialize), could
-    not be fetched: the build starts again with `key` a miss (build.py). Here, not in
-    teamcache.py, so that a build without a team cache does not import it to catch this."""
+    not be fetched: the build starts again with `key` a miss (build/builder.py). Here, not in
+    teamcache/cache.py, so that a build without a team cache does not import it to catch this."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)

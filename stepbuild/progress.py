@@ -24,7 +24,7 @@ class Progress:
         self._partial: dict[str, bytes] = {}
         self._lock = threading.Lock()
         # (label, line) of every step line and its CACHED/DONE line, printed or not: what a
-        # no-op rebuild replays (fingerprint.py)
+        # no-op rebuild replays (cli/noop.py)
         self.transcript: list[tuple[str, str]] = []
 
     def step(self, label: str, number: int, instruction: Any) -> None:

@@ -9,15 +9,15 @@ SPEC is `type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, or a bare path for
 | oci        | file | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
 | oci-layout | dir  | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
 | docker     | file | a docker-archive (`docker load`, `podman load`)                   |
-| local      | dir  | the image's root filesystem, flattened (`flatten.py`)             |
+| local      | dir  | the image's root filesystem, flattened (`layers/flatten.py`)             |
 | tar        | file | that same tree as one deterministic tar                           |
 
 Layers: oci and oci-layout carry them compressed with `--compression` (gzip by default;
-`compression=` per output wins), each compressed once per store (`compress.py`), so every
+`compression=` per output wins), each compressed once per store (`layers/compress.py`), so every
 export and push of a layer has the same digest; the docker archive carries them uncompressed.
 Names (index entries' `org.opencontainers.image.ref.name`, docker RepoTags) come from `name=`
 if given, else the build's `-t` tags, else the image argument of `export` when it is a tag.
-What goes into each archive: `archives.py`.
+What goes into each archive: `write.py`.
 
 Destinations (decided; checked before a build starts, `check_destination`):
 - Files (oci, docker, tar) are written to a temp file beside `dest`, fsynced and renamed over
@@ -34,7 +34,7 @@ Destinations (decided; checked before a build starts, `check_destination`):
   xattrs the mark cannot be set, and the next export there asks for the dir to be removed.
 
 Determinism: archive members have mtime 0, uid/gid 0, modes 0644/0755, a fixed order; JSON is
-canonical; compression is fixed (`compress.py`); the flattened tree has fixed directory
+canonical; compression is fixed (`layers/compress.py`); the flattened tree has fixed directory
 mtimes. The same image exported twice gives byte-identical files.
 
 Verification (SECURITY.md rule 4): every blob is hashed while it is copied out of the store

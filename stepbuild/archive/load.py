@@ -38,10 +38,10 @@ The config blob is stored with its original bytes, so the image keeps its config
 image ID: the same as `skopeo inspect`/`podman images` show); the manifest is new, because
 the store keeps layers uncompressed (digest == diff_id), and keeps the source manifest's
 annotations. Stored with `put_blob` + `tag` rather than `put_image`, which re-serialises
-the config (oci.py: "never re-serialise a document you did not create").
+the config (oci/documents.py: "never re-serialise a document you did not create").
 
-Reading archives and layout dirs (with limits, verifying blobs) is `import_sources.py`'s job;
-unpacking a layer is `apply.py`'s. The builder imports this module only for a FROM that names
+Reading archives and layout dirs (with limits, verifying blobs) is `read.py`'s job;
+unpacking a layer is `layers/apply.py`'s. The builder imports this module only for a FROM that names
 a transport (`build.IMPORT_TRANSPORTS`), and this module imports `apply` (and the unpacking
 machinery of `unpack`) only when a layer is really unpacked.
 """

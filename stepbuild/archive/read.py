@@ -1,6 +1,6 @@
 """Where imported images are read from: a tar archive in a private copy, or an OCI layout dir.
 
-`imports.py` decides what an archive means (OCI layout or docker save, which image, which
+`load.py` decides what an archive means (OCI layout or docker save, which image, which
 layers); this module only reads named files out of one, with limits, and verifies blobs:
 
 - `private_copy`: a stream (stdin, a user's file) copied into the store's tmp/, decompressed
@@ -12,7 +12,7 @@ layers); this module only reads named files out of one, with limits, and verifie
 - `verified_blob`: size first, then sha256, before the caller decompresses anything
   (SECURITY.md rule 4); `layers/decompress.py` then decompresses it.
 
-No store logic beyond asking for temp files; no tar *extraction* (see apply.py).
+No store logic beyond asking for temp files; no tar *extraction* (see layers/apply.py).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Sources come from the build context, from an earlier stage or an image (`COPY --from`),
 from heredocs (`COPY <<EOF`), from URLs (ADD) or from git repositories (ADD of an
-`http(s)://…/repo.git#ref:subdir` URL, `git.py`). `prepare` computes the key inputs: the
+`http(s)://…/repo.git#ref:subdir` URL, `sources/git.py`). `prepare` computes the key inputs: the
 digest of the selected context files (content, modes, links — not mtimes), the source
 stage's state for `--from`, heredoc bodies, downloaded content digests, the commit a git ref
-resolves to. `perform` copies with Docker's destination rules (`copy.py`); a `--from` source
+resolves to. `perform` copies with Docker's destination rules (`copy_files.py`); a `--from` source
 is mounted read-only for the copy; a git commit is fetched into the step's tmp dir.
 
 `--link` (BuildKit, Dockerfile reference "COPY --link"): the files are copied into an empty

@@ -53,7 +53,7 @@ __all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/1"
 RECORDS = "fingerprints"
-RACY_WINDOW_NS = 2_000_000_000  # as context.py's stat cache
+RACY_WINDOW_NS = 2_000_000_000  # as sources/context.py's stat cache
 MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 # Options that change what is printed, not what is built.
@@ -311,7 +311,7 @@ def _contents_of(store_root: Path, digest: str) -> tuple[list[str], list[str]] |
     return found, diff_ids
 
 
-# --- the store, read directly (importing store.py would cost what we save) ------------------
+# --- the store, read directly (importing store/store.py would cost what we save) ------------------
 
 
 def _tags(store_root: Path) -> dict[str, str] | None:
@@ -327,7 +327,7 @@ def _tags(store_root: Path) -> dict[str, str] | None:
 
 @contextmanager
 def _shared_lock(store_root: Path) -> Iterator[None]:
-    """store.py's store lock, shared: no prune while we check and print."""
+    """store/store.py's store lock, shared: no prune while we check and print."""
     fd = os.open(store_root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

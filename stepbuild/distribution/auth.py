@@ -1,6 +1,6 @@
 """Registry credentials and authentication: auth files, `WWW-Authenticate`, the token cache.
 
-Three jobs, no HTTP of its own (`registry.py` sends the requests):
+Three jobs, no HTTP of its own (`client.py` sends the requests):
 
 - **Auth files.** Credentials are read from, in order: `--authfile` (the `authfile` argument;
   then it is the only file), else `$REGISTRY_AUTH_FILE`, else `$DOCKER_CONFIG/config.json`
@@ -362,7 +362,7 @@ class Authenticator:
     401 on the way); `authorization(scopes)` before each request; `invalidate(scopes)` when a
     request with that header still got 401 (expired token, insufficient scope). Without a
     challenge, or with credentials but a registry that asks for none, no header is sent.
-    Bearer tokens come from `fetch` (HTTP lives in `registry.py`) and are cached by scope set
+    Bearer tokens come from `fetch` (HTTP lives in `client.py`) and are cached by scope set
     until shortly before they expire; fetches are serialised, so parallel transfers needing
     the same token fetch it once.
     """

@@ -4,7 +4,7 @@ Speaks the Distribution API (https://github.com/opencontainers/distribution-spec
 ping (`/v2/`), blob HEAD/GET, uploads (monolithic POST + PUT, or chunked PATCHes with
 `Content-Range`), cross-repository mounts, manifest GET/PUT with content negotiation, tag
 lists. Authentication follows the registry's `WWW-Authenticate` challenge (anonymous, Basic,
-or Bearer tokens per scope: `registry_auth.py`). go-containerregistry's `remote` and
+or Bearer tokens per scope: `auth.py`). go-containerregistry's `remote` and
 `transport` packages are the model, kept small.
 
 Contracts:
@@ -19,7 +19,7 @@ Contracts:
 - Errors are `RegistryError` (status, Distribution error codes, temporary) with messages
   for 401 (authentication), 404 (unknown repository, tag or blob) and network failures, or
   `DigestMismatch`. Nothing else escapes, except OSError from local files.
-- Transport (`registry_transport.py`): HTTPS, plain HTTP only for a loopback registry
+- Transport (`transport.py`): HTTPS, plain HTTP only for a loopback registry
   without TLS or when allowed; redirects (blob downloads from a storage backend) followed by
   hand, the `Authorization` header only ever sent to the registry's own origin.
 - Threads: one `Registry` may serve many threads at once (one HTTP session per thread, one
@@ -71,7 +71,7 @@ class Registry:
 
     `auth` None means anonymous (pass what `registry_auth.load_credentials` found).
     `insecure_http`: None decides by itself (plain HTTP only for a loopback registry without
-    TLS, or with `tls_verify=False`: see registry_transport.py), True always uses plain
+    TLS, or with `tls_verify=False`: see transport.py), True always uses plain
     HTTP, False never does. `retries` is how many times a temporary failure is retried,
     after `backoff` * 2^n seconds; `timeout` is (connect, read) in seconds. Methods take
     repository names without the host (`library/busybox`). `close()` (or `with`) at the end.

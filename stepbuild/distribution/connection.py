@@ -2,7 +2,7 @@
 
 Every build makes one (its --authfile/--tls-verify/--ca-file), even a no-op build that never
 talks to a registry, so this module imports nothing but the standard library; the registry
-client (registry.py, requests) is imported only when `open` is called.
+client (client.py, requests) is imported only when `open` is called.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """How to reach registries: the auth file (None: the default search, registry_auth.py),
+    """How to reach registries: the auth file (None: the default search, auth.py),
     TLS verification and a CA file (None: `certs.d/<host>/ca.crt` under /etc/containers or
     /etc/docker if there is one, else the system's CAs), retries."""
 

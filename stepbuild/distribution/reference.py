@@ -18,7 +18,7 @@ reads it. The grammar and the normalisation follow distribution's `reference` pa
   Docker also accepts others, which we refuse with a clear message).
 
 Pure: no network, no configuration. Which host serves `docker.io` and which credentials
-apply are `registry.py`'s and `registry_auth.py`'s business. Errors are `InvalidReference`.
+apply are `client.py`'s and `auth.py`'s business. Errors are `InvalidReference`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ with the reference's familiar form (`127.0.0.1:5000/app:1`, `busybox:latest`).
 digest): which blob (descriptor) holds that content in which `host/repository`. Written after
 every blob pushed, found or pulled; read to find mount sources. Hints only: a stale record costs
 a refused mount and an upload, a corrupt one is ignored (`stepbuild check` reports it, and
-`prune` removes it and the records of layers and configs that are gone; store.py parses them).
+`prune` removes it and the records of layers and configs that are gone; store/store.py parses them).
 `record_remote_blob` is public so that the registry cache can record layers it knows to be in
 a registry without downloading them.
 
@@ -95,7 +95,7 @@ __all__ = [
 
 PULL_POLICIES = ("missing", "always", "never")
 DEFAULT_JOBS = 4  # blobs transferred at once (docker: 3 up, 3 down)
-MAX_CONFIG = 16 << 20  # image configs (long histories); imports.py has the same limit
+MAX_CONFIG = 16 << 20  # image configs (long histories); archive/load.py has the same limit
 MAX_SOURCES = 8  # repositories remembered per blob
 MAX_MOUNT_TRIES = 3
 # Layer media types we can unpack (foreign, non-distributable and encrypted ones we cannot).

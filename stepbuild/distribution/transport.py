@@ -1,6 +1,6 @@
 """HTTP to one registry: scheme and TLS, authentication, retries, redirects, errors.
 
-The layer under `registry.py` (go-containerregistry's `transport` package in spirit): it
+The layer under `client.py` (go-containerregistry's `transport` package in spirit): it
 knows nothing of blobs or manifests. `Transport.request` sends one request with the right
 `Authorization` (only ever to the registry's own origin), follows redirects when asked,
 answers a 401 once by learning the challenge, and turns anything unexpected into a

@@ -1,7 +1,7 @@
 """Durable file writes: a temp file on the same filesystem → fsync → rename → fsync(dir).
 
 A crash leaves the old file or the new one, never a torn one (containerd's content store:
-ingest to temp, then rename). The store keeps its own temp dir and lock (store.py); this is
+ingest to temp, then rename). The store keeps its own temp dir and lock (store/store.py); this is
 for the files written elsewhere: OCI layouts, the team cache dir, the registry auth file.
 """
 
@@ -32,7 +32,7 @@ def replacing(dest: Path, mode: int, *, tmp_dir: Path | None = None,
     """A temp file (in `tmp_dir`, default `dest`'s dir) open for writing; when the block ends
     it is fsynced, given `mode` and renamed over `dest` (then `dest`'s dir is fsynced unless
     `sync_dir` is False: a caller writing many files fsyncs once). Removed if the block raises."""
-    import tempfile  # not at the top: context.py needs only fsync_dir, on the no-op path
+    import tempfile  # not at the top: sources/context.py needs only fsync_dir, on the no-op path
 
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=tmp_dir or dest.parent)
     try:

@@ -55,7 +55,7 @@ from typing import Any
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
-from stepbuild.layers.capture import is_whiteout, kept_xattrs, look_below, read_xattrs
+from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs, look_below, read_xattrs
 from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 

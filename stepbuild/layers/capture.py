@@ -5,12 +5,11 @@ mounted) becomes an OCI layer changeset tar, written and sha256-hashed in one pa
 is the layer's diff_id (image-spec config.md, `rootfs.diff_ids`). Overlay-native whiteouts
 (0/0 char devices, the `opaque` xattr; Documentation/filesystems/overlayfs.rst) become OCI
 `.wh.<name>` / `.wh..wh..opq` entries (image-spec layer.md, "Whiteouts"), only in the stream:
-the upper dir is not modified. The overlay helpers it reads with (`is_whiteout`,
-`read_xattrs`, `kept_xattrs`, `look_below`, `is_overlay_xattr`) are public for `apply.py`,
-which does the inverse, and `unpack.py`, which drops overlay xattrs found in archives.
-Unpacking an archive into a directory is `unpack.py`'s job.
+the upper dir is not modified. It reads the upper and lower dirs with
+`overlayfs.py`'s helpers, which `apply.py` (the inverse) shares. Unpacking an archive into a
+directory is `unpack.py`'s job.
 
-What it must not do: mount anything, import `tarfile` (see `tarformat.py` for why), look up user
+What it must not do: mount anything, import `tarfile` (see `tar.py` for why), look up user
 or group names. The upper dir and the lower dirs are trusted store directories that nothing
 modifies while a capture runs.
 
@@ -20,7 +19,6 @@ digest of a compressed blob is the store's business, not this module's.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -29,6 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepbuild.errors import LayerError
+from stepbuild.layers.overlayfs import (
+    Hit,
+    is_whiteout,
+    kept_xattrs,
+    look_below,
+    overlay_opaque,
+    read_xattrs,
+)
 from stepbuild.layers.tar import (
     BLKTYPE,
     CHRTYPE,
@@ -47,23 +53,12 @@ __all__ = [
     "LayerBlob",
     "capture",
     "clamp_mtimes",
-    "is_overlay_xattr",
-    "is_whiteout",
-    "kept_xattrs",
-    "look_below",
-    "read_xattrs",
 ]
 
 _CHUNK = 1 << 20
 _NS = 1_000_000_000
 _WHITEOUT_PREFIX = b".wh."
 _OPAQUE_MARKER = b".wh..wh..opq"
-# `trusted.overlay.*`, or `user.overlay.*` on a `userxattr` mount (overlayfs.rst, "User xattr")
-_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-# Overlay state that makes an upper dir an incomplete diff (redirect_dir moves, metacopy
-# files without data) or that overlay never writes into an upper dir (whiteouts of the
-# nested-overlay "xwhiteout" kind): refuse it (BuildKit's checkRedirect; SECURITY.md rule 10).
-_REFUSED_OVERLAY_KEYS = frozenset({"redirect", "metacopy", "whiteout", "whiteouts"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,102 +138,7 @@ class _HashedOutput:
         return "sha256:" + self._sha.hexdigest()
 
 
-def is_whiteout(st: os.stat_result) -> bool:
-    """An overlay whiteout: a character device with device number 0/0 (overlayfs.rst)."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def read_xattrs(path: bytes) -> dict[str, bytes]:
-    """All xattrs of `path` (not following a symlink); {} where the filesystem has no xattrs."""
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno == errno.ENOTSUP:
-            return {}
-        raise
-    values = {}
-    for name in names:
-        try:
-            values[name] = os.getxattr(path, name, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno != errno.ENODATA:
-                raise
-    return values
-
-
-def is_overlay_xattr(name: str) -> bool:
-    """Overlay's own state (`trusted.overlay.*`, `user.overlay.*`), never data in a layer."""
-    return name.startswith(_OVERLAY_XATTR_PREFIXES)
-
-
-def kept_xattrs(xattrs: dict[str, bytes]) -> tuple[tuple[str, bytes], ...]:
-    """The xattrs a layer records: all but overlay's (security.capability included)."""
-    return tuple(sorted((k, v) for k, v in xattrs.items() if not is_overlay_xattr(k)))
-
-
-def _overlay_opaque(path: bytes, xattrs: dict[str, bytes], is_dir: bool) -> bool:
-    """Whether an upper entry is an opaque dir; raise LayerError for state we cannot convert."""
-    opaque = False
-    for name, value in xattrs.items():
-        if not is_overlay_xattr(name):
-            continue
-        key = name.split(".", 2)[2]  # escaped `*.overlay.overlay.*` xattrs are plain data
-        if key in _REFUSED_OVERLAY_KEYS:
-            raise LayerError(
-                f"upper dir entry {os.fsdecode(path)} has overlay state {name}: "
-                "the layer would be incomplete",
-                hint="mount the overlay with redirect_dir=off,metacopy=off,index=off",
-            )
-        if key == "opaque" and is_dir:
-            if value != b"y":
-                raise LayerError(f"unknown overlay state {name}={value!r} on {os.fsdecode(path)}")
-            opaque = True
-    return opaque
-
-
-def _lower_opaque(path: bytes) -> bool:
-    for prefix in _OVERLAY_XATTR_PREFIXES:
-        try:
-            if os.getxattr(path, prefix + "opaque", follow_symlinks=False) == b"y":
-                return True
-        except OSError as exc:
-            if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
-                raise
-    return False
-
-
-_Hit = tuple[bytes, os.stat_result]
-
-
-def look_below(below: list[bytes], name: bytes) -> tuple[_Hit | None, list[bytes]]:
-    """Overlay's lookup of `name` in the lower dirs `below` (top first, where the parent is
-    visible): the topmost visible entry, or None if there is none or a whiteout hides it; and
-    the lower dirs the lookup continues in when that entry is a directory.
-
-    As fs/overlayfs/namei.c does: a whiteout or a non-directory ends the lookup, and so does
-    an opaque directory, after itself.
-    """
-    hit: _Hit | None = None
-    dirs: list[bytes] = []
-    for lower in below:
-        path = lower + b"/" + name
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            if hit is None and not is_whiteout(st):
-                hit = (path, st)
-            break
-        if hit is None:
-            hit = (path, st)
-        dirs.append(path)
-        if _lower_opaque(path):
-            break
-    return hit, dirs
-
-
-def _copied_up(st: os.stat_result, xattrs: dict[str, bytes], hit: _Hit | None) -> bool:
+def _copied_up(st: os.stat_result, xattrs: dict[str, bytes], hit: Hit | None) -> bool:
     """An upper dir overlay made only to hold a changed child: identical to the lower dir.
 
     Copy-up preserves mode, owner, mtime (to the nanosecond) and xattrs (overlayfs.rst,
@@ -269,7 +169,7 @@ class _Capture:
 
     def run(self, upper: bytes) -> None:
         below = list(self._lowers)
-        if _overlay_opaque(upper, read_xattrs(upper), is_dir=True):
+        if overlay_opaque(upper, read_xattrs(upper), is_dir=True):
             if below:
                 self._marker(_OPAQUE_MARKER)
             below = []
@@ -314,7 +214,7 @@ class _Capture:
             return  # tar cannot carry sockets; GNU tar and moby skip them too
         xattrs = read_xattrs(path)
         is_dir = stat.S_ISDIR(st.st_mode)
-        opaque = _overlay_opaque(path, xattrs, is_dir)
+        opaque = overlay_opaque(path, xattrs, is_dir)
         if not is_dir:
             self._nondir(path, rel + name, st, xattrs)
             return

@@ -1,6 +1,6 @@
 """Tar headers: a deterministic PAX writer and a streaming, bounded reader. No filesystem I/O.
 
-This module owns the byte format of tar streams, and nothing else: `layer.py` decides what
+This module owns the byte format of tar streams, and nothing else: `capture.py` decides what
 goes into a layer, `unpack.py` what an extracted entry may do to a root directory.
 
 Why not `tarfile`:

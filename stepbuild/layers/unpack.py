@@ -9,7 +9,7 @@ This module owns one conversion and its parts:
   and `apply.py` subclasses it to turn OCI whiteouts into overlay ones.
 - `decompressor`, `clean_name`, `remove_entry`: the pieces other readers of archives share.
 
-What it must not do: mount anything, import `tarfile` (see `tarformat.py` for why), look up user
+What it must not do: mount anything, import `tarfile` (see `tar.py` for why), look up user
 or group names, build a host path by joining an entry name, or follow a link out of the root.
 Archive contents are not trusted at all (SECURITY.md families A–E).
 """
@@ -27,7 +27,7 @@ from typing import BinaryIO, Protocol
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, open_in_root, resolve_parent
-from stepbuild.layers.capture import is_overlay_xattr
+from stepbuild.layers.overlayfs import is_overlay_xattr
 from stepbuild.layers.tar import (
     BLKTYPE,
     CHRTYPE,

@@ -6,7 +6,7 @@ is strict: anything else (other algorithms, upper case, `..`, `/`, NUL) is refus
 gets near a path. Vocabulary: a *digest* names a blob as stored; a *diff_id* is the digest of
 an uncompressed layer tar. Both have this same form.
 
-No store logic here; `store.py` decides where files live.
+No store logic here; `store/store.py` decides where files live.
 """
 
 from __future__ import annotations

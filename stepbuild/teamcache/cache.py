@@ -1,7 +1,7 @@
 """The team cache: `--cache-to` / `--cache-from`, step keys → layers shared between stores.
 
-Keys (keys.py) are content-based and machine-independent, so a record made by one builder is
-valid for another. Two backends:
+Keys (build/keys.py) are content-based and machine-independent, so a record made by one
+builder is valid for another. Two backends:
 
 - `type=local,dest=DIR` / `type=local,src=DIR`: an OCI layout on a (shared) filesystem
   (`local.py`).
@@ -35,7 +35,7 @@ something reads it — a step that runs on it, a `COPY --from` or `RUN --mount f
 the target image, an export. A builder stage whose result reaches the target only through a
 `COPY --from` that hits too is never downloaded. Because such a fetch comes after the step was
 taken as CACHED, a failure raises `LazyLayerError`; the build then starts again with that key
-a miss (build.py), so a bad cache still never fails a build.
+a miss (build/builder.py), so a bad cache still never fails a build.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The team cache in a registry: `--cache-to/--cache-from type=registry,ref=HOST/REPO:TAG`.
 
 The cache is a set of OCI artifacts in REPO (artifactType `application/vnd.stepbuild.cache.v1+
-json`): each manifest's config blob is a key → record map (teamcache.py's records) and its
+json`): each manifest's config blob is a key → record map (records.py's records) and its
 layers are the blobs those records name, so a registry's garbage collection keeps them.
 
 A registry has no compare-and-set on tags, so two builders that both read-merge-write one tag
@@ -245,8 +245,8 @@ class RegistryCache:
         self._pending = {}
 
     def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
-        """HEAD, else mount from a repository known to hold it, else upload (transfer.py's
-        pusher, which also remembers that the registry has it)."""
+        """HEAD, else mount from a repository known to hold it, else upload (the pusher of
+        distribution/transfer.py, which also remembers that the registry has it)."""
         from stepbuild.distribution.transfer import TransferDisplay, _Pusher
 
         pusher = _Pusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
