@@ -10,7 +10,7 @@ layers); this module only reads named files out of one, with limits, and verifie
 - `LayoutSource`: an OCI layout dir; each file opened inside it (rootpath); a blob is copied
   into tmp/ while it is hashed, whatever happens to the dir meanwhile.
 - `verified_blob`: size first, then sha256, before the caller decompresses anything
-  (SECURITY.md rule 4); `decompress_to`: gzip / zstd / plain by magic bytes, streamed into a
+  (docs/security.md rule 4); `decompress_to`: gzip / zstd / plain by magic bytes, streamed into a
   file while hashed (a decompression bomb ends in ENOSPC, never in memory).
 
 No store logic beyond asking for temp files; no tar *extraction* (see apply.py).
