@@ -6,7 +6,7 @@ what it tries, so a reader sees the attack and a diff shows a change. The tars a
 our own writer (`stepbuild.layers.tar.encode_header`) plus hand-made headers for what a writer
 must refuse to write (NUL in names, bad checksums, oversized metadata, truncation).
 
-Each `Case` says what a layer unpacker must do with it (SECURITY.md families A-E, rule 2):
+Each `Case` says what a layer unpacker must do with it (docs/security.md families A-E, rule 2):
 either contain it inside the target (and `check` asserts where things landed) or refuse it
 (`refused` is a regex the error message must match; the message must also name `entry`).
 `sentinel` is a directory *beside* the target that no case may touch; some cases aim at its
@@ -46,7 +46,7 @@ class Case:
     """One bad tar. `data` is the uncompressed tar; exactly one of `refused` / `check`."""
 
     name: str
-    family: str  # SECURITY.md: A names, B links, C whiteouts, D special files, E format
+    family: str  # docs/security.md families: A names, B links, C whiteouts, D special, E format
     data: bytes
     refused: str | None = None  # regex over the error message
     entry: str | None = None  # the entry the error names (refused cases)

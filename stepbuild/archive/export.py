@@ -37,7 +37,7 @@ Determinism: archive members have mtime 0, uid/gid 0, modes 0644/0755, a fixed o
 canonical; compression is fixed (`layers/compress.py`); the flattened tree has fixed directory
 mtimes. The same image exported twice gives byte-identical files.
 
-Verification (SECURITY.md rule 4): every blob is hashed while it is copied out of the store
+Verification (docs/security.md rule 4): every blob is hashed while it is copied out of the store
 and compared with its descriptor (size first); a mismatch raises `DigestMismatch` and the
 destination is left as it was.
 """

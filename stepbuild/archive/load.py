@@ -22,7 +22,7 @@ Two entry points:
   archive's identity (path, device, inode, size, mtime, ctime; for a layout dir the bytes
   of its index.json) to the imported manifest, so an unchanged archive is imported once.
 
-Verification (SECURITY.md rule 4): an archive is first streamed into a private file under the
+Verification (docs/security.md rule 4): an archive is first streamed into a private file under the
 store's tmp/ (a layout dir's blobs are copied there one by one), so what is verified is what
 is used. Then, for every blob a descriptor names, its size, then its sha256, before it is
 parsed, decompressed or unpacked; documents have size limits. A layer is decompressed by its
@@ -494,7 +494,7 @@ def _record_path(store: Any, identity: list[Any]) -> Path:
 
 def _cached_import(store: Any, identity: list[Any]) -> str | None:
     """The manifest digest an identical archive was imported as, if the store still has the
-    image whole; a bad or stale record is a miss (SECURITY.md rule 7)."""
+    image whole; a bad or stale record is a miss (docs/security.md rule 7)."""
     try:
         record = oci.load_json(_record_path(store, identity).read_bytes(), "import record")
         if not isinstance(record, dict) or record.get("identity") != identity:

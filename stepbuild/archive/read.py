@@ -10,7 +10,7 @@ layers); this module only reads named files out of one, with limits, and verifie
 - `LayoutSource`: an OCI layout dir; each file opened inside it (rootpath); a blob is copied
   into tmp/ while it is hashed, whatever happens to the dir meanwhile.
 - `verified_blob`: size first, then sha256, before the caller decompresses anything
-  (SECURITY.md rule 4); `layers/decompress.py` then decompresses it.
+  (docs/security.md rule 4); `layers/decompress.py` then decompresses it.
 
 No store logic beyond asking for temp files; no tar *extraction* (see layers/apply.py).
 """

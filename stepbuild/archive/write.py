@@ -26,7 +26,7 @@ added to one without a tag, digest references left out.
 
 Archives are deterministic: members root-owned, mtime 0, 0644 files, 0755 dirs, a fixed
 order; JSON canonical. Every blob is hashed while copied out of the store and compared with
-its descriptor, size first (SECURITY.md rule 4): `DigestMismatch`.
+its descriptor, size first (docs/security.md rule 4): `DigestMismatch`.
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ def write_oci_archive(out: BinaryIO, store: Any, image: OciImage,
 
 
 def fill_layout(root: Path, store: Any, image: OciImage, names: Sequence[str]) -> None:
-    """Add the image to the layout at `root`: blobs first, index.json last (SECURITY rule 5)."""
+    """Add the image to the layout at `root`: blobs first, index.json last
+    (docs/security.md rule 5)."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(mode=0o777, parents=True, exist_ok=True)
     for desc in image.blobs:

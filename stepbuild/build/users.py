@@ -1,7 +1,7 @@
 """USER and --chown: names → numeric ids, read from the image's own /etc/passwd and /etc/group.
 
 Pure parsing here; the caller reads the files inside the image's root (never the host's, and
-never through NSS: SECURITY.md rule 9). Docker's rules: `user`, `user:group`, `uid`, `uid:gid`;
+never through NSS: docs/security.md rule 9). Docker's rules: `user`, `user:group`, `uid`, `uid:gid`;
 a user given by name takes its primary group from passwd unless a group is named; a numeric
 uid that is not in passwd is allowed (gid 0); a name that is not found is an error.
 """

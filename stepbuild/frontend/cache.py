@@ -1,7 +1,7 @@
 """A cache of parsed Stepfiles, so that an unchanged Stepfile is not parsed again.
 
-A no-op rebuild must stay under 0.1 s (DESIGN.md, performance budget); importing lark and
-parsing take about a third of that. The parsed `Stepfile` (frozen dataclasses) is pickled
+A no-op rebuild must stay under 0.1 s (docs/architecture.md, "Performance budget"); importing
+lark and parsing take about a third of that. The parsed `Stepfile` (frozen dataclasses) is pickled
 under the store root, keyed by the file's name and text and by the parser's own source files
 (so a changed parser never serves stale results). Pickle is safe here only because the store
 is private to its owner (0700, like everything under it): never point this at a shared dir.

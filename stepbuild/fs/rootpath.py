@@ -7,7 +7,7 @@ component by component with fd-relative `open(2)` calls and `O_NOFOLLOW`; a syml
 way is read and its target spliced into the walk *within* the root: an absolute target starts
 again at the root, and `..` never climbs above the root (the semantics of `RESOLVE_IN_ROOT` in
 openat2(2), and of Go's `os.Root`). Never join a host path from strings and `open()` it:
-SECURITY.md rule 1; runc, moby and kaniko have each shipped that bug.
+docs/security.md rule 1; runc, moby and kaniko have each shipped that bug.
 
 `..` is taken by opening `..` from the current directory and then checking that the directory
 reached is the one the walk came through (same `st_dev`/`st_ino`); so only two descriptors are

@@ -19,7 +19,7 @@ the target by `rootpath` (absolute symlinks and surplus `..` contained, not refu
 ids only, hard links only to files of this layer, device numbers range-checked, overlay xattrs
 in the tar dropped, the last of duplicate entries wins, directory attributes set last.
 
-Refused, with a LayerError naming the entry and the layer (SECURITY.md rule 2: only what cannot
+Refused, with a LayerError naming the entry and the layer (docs/security.md rule 2: only what cannot
 be contained or represented): a whiteout of `.`, `..` or of an empty name; a path component
 (not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist); an opaque
 marker at the layer root (overlayfs ignores opacity on a lower layer's root dir — checked on
@@ -36,9 +36,9 @@ lower layers, as overlay's copy-up would have made them (containerd's `mkparent`
 WithParents); without one they are 0755 root. Otherwise a layer omitting `tmp/` would turn a
 lower `/tmp` (1777) into 0755, since overlay shows the upper dir's attributes.
 
-What it must not do: decompress or verify digests (the caller verifies the tar first: SECURITY
-rule 4), import `tarfile`, look up names, follow a link out of the target, write into the
-lowers (read only, with lstat on paths made of real directories: they are store dirs).
+What it must not do: decompress or verify digests (the caller verifies the tar first:
+docs/security.md rule 4), import `tarfile`, look up names, follow a link out of the target, write
+into the lowers (read only, with lstat on paths made of real directories: they are store dirs).
 The target should be an empty dir under the store's tmp/; on error it is left half-written
 for the caller to delete with `remove_tree` (any depth) — never renamed into the store.
 """

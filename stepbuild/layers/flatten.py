@@ -16,9 +16,9 @@ How (and why this way):
 - Entries are written by `unpack`'s unpacker, the one used for ADD: every name is resolved
   inside the root with fd-relative calls (`rootpath`), symlinks are written as they are and
   followed only within the root, hard links only to files of the same layer, numeric ids,
-  no overlay xattrs (SECURITY.md rules 1-3).
+  no overlay xattrs (docs/security.md rules 1-3).
 - Pass two hashes the tar as it is read; a blob whose sha256 is not its diff_id raises
-  `DigestMismatch` (SECURITY.md rule 4) and the caller discards the half-made tree.
+  `DigestMismatch` (docs/security.md rule 4) and the caller discards the half-made tree.
 - Directory mtimes end deterministic: each directory gets the mtime of the last layer entry
   that named it, and a directory no entry named (made implicitly as a parent) gets 0. So
   deletions and additions inside a directory by later layers, which change its mtime on

@@ -32,7 +32,7 @@ __all__ = [
 _OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 # Overlay state that makes an upper dir an incomplete diff (redirect_dir moves, metacopy
 # files without data) or that overlay never writes into an upper dir (whiteouts of the
-# nested-overlay "xwhiteout" kind): refuse it (BuildKit's checkRedirect; SECURITY.md rule 10).
+# nested-overlay "xwhiteout" kind): refuse it (BuildKit's checkRedirect; docs/security.md rule 10).
 _REFUSED_OVERLAY_KEYS = frozenset({"redirect", "metacopy", "whiteout", "whiteouts"})
 
 

@@ -8,7 +8,7 @@ Why not `tarfile`:
   stepbuild's output and must not drift with the interpreter (tarfile's handling of the
   device fields and PAX records has changed between releases). This writer is small and
   pinned by a golden-digest test.
-- Reading: SECURITY.md rule 3. The interpreter here is 3.11.7, whose tarfile has the PAX
+- Reading: docs/security.md rule 3. The interpreter here is 3.11.7, whose tarfile has the PAX
   header ReDoS (CVE-2024-6232, fixed in 3.11.10) and the negative-offset infinite loop
   (CVE-2025-8194); tarfile also looks up user and group names, which we must never do. This
   reader parses with no regular expressions, bounds every metadata header (1 MiB, as Go's

@@ -11,7 +11,7 @@ This module owns one conversion and its parts:
 
 What it must not do: mount anything, import `tarfile` (see `tar.py` for why), look up user
 or group names, build a host path by joining an entry name, or follow a link out of the root.
-Archive contents are not trusted at all (SECURITY.md families A–E).
+Archive contents are not trusted at all (docs/security.md families A–E).
 """
 
 from __future__ import annotations
@@ -281,7 +281,7 @@ class Unpacker:
         os.fchown(fd, *self._owner(h))
         os.fchmod(fd, h.mode)
         for key, value in h.xattrs:
-            if not is_overlay_xattr(key):  # overlay state is never data (SECURITY.md rule 10)
+            if not is_overlay_xattr(key):  # overlay state is never data (docs/security.md rule 10)
                 os.setxattr(fd, key, value)
         os.utime(fd, ns=(h.mtime_ns, h.mtime_ns))
 
@@ -332,7 +332,7 @@ class Unpacker:
                 raise self._fail(name, f"hard link target {target!r} does not exist") from None
             if (tst.st_dev, tst.st_ino) not in self._made:
                 # Only links to what this archive wrote: never to a file of the root it was
-                # unpacked into, let alone outside it (SECURITY.md family B).
+                # unpacked into, let alone outside it (docs/security.md family B).
                 raise self._fail(name, f"hard link to {target!r}, which the archive did not create")
             try:
                 cur = os.lstat(base, dir_fd=parent)

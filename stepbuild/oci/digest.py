@@ -72,7 +72,7 @@ def verify(path: Path | str, digest: str, size: int | None = None) -> None:
     """Raise `DigestMismatch` unless the file at `path` has this digest (and size, if given).
 
     The size is checked first, from `stat`, so a file of the wrong length is refused without
-    reading it (SECURITY rule 4); `actual` is then None and the sizes are on the error.
+    reading it (docs/security.md rule 4); `actual` is then None and the sizes are on the error.
     """
     parse_digest(digest)
     if size is not None:

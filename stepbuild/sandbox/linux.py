@@ -158,9 +158,9 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None, work: s
 
     Each lower is its own `lowerdir+` parameter (Linux >= 6.8), so the one-page limit of the
     classic option string does not cap the stack depth. redirect_dir, metacopy and index are
-    off so the upper dir is a complete, self-contained diff (overlayfs.rst; SECURITY.md rule
-    10). upper=None gives a read-only overlay of the lowers; a single lower is then simply
-    bound read-only, as overlayfs refuses one lower without an upper dir.
+    off so the upper dir is a complete, self-contained diff (overlayfs.rst;
+    docs/security.md rule 10). upper=None gives a read-only overlay of the lowers; a single
+    lower is then simply bound read-only, as overlayfs refuses one lower without an upper dir.
     Raises OSError(errno, "mount overlay <target>: <kernel message>").
     """
     if upper is None and len(lowers) == 1:
@@ -191,7 +191,7 @@ def open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
     """openat2(RESOLVE_IN_ROOT): open `path` as if `root_fd` were "/" (openat2(2)).
 
     Absolute symlinks and ".." are resolved inside the root, so a rootfs cannot point a mount
-    target at a host path (SECURITY.md rule 1); magic links (/proc/*/fd/*) are refused.
+    target at a host path (docs/security.md rule 1); magic links (/proc/*/fd/*) are refused.
     """
     how = ctypes.create_string_buffer(  # struct open_how
         struct.pack("QQQ", flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS))

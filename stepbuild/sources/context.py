@@ -5,7 +5,7 @@ directory, the .dockerignore and `--exclude` filters, the walk of selected direc
 content hash of every selected file, and a stat cache that lets an unchanged file go unread.
 Writes nothing, except the stat cache file in `BuildContext.save()` (temp file, fsync, rename).
 
-Safety (SECURITY.md rule 1, family H): nothing outside the context is read. `..` past the
+Safety (docs/security.md rule 1, family H): nothing outside the context is read. `..` past the
 context root and symlinks that would lead out of it are refused; below the top-level source no
 symlink is ever followed; directories and files are opened relative to their parent's fd with
 O_NOFOLLOW, so a path swapped for a symlink while we read fails instead of escaping; fifos,
@@ -44,10 +44,11 @@ How BuildKit does it, and where we differ (evidence read from the upstream code)
 * `--exclude` patterns are matched against paths relative to the copied directory (fsutil
   copy's `srcComponents`); for a wildcard source also against each match, relative to the
   wildcard's fixed part, as the reference's example `COPY --exclude=*.txt hom* /mydir/` says.
-* The digest leaves out mtimes (DESIGN.md: never mtimes) and uid/gid: BuildKit clients send
-  the context with `resetUIDAndGID` (buildkit client/solve.go prepareSyncedDirs, the docker
-  CLI's build session), so host ownership never reaches Docker's cache key, and COPY without
-  `--chown` writes 0:0 anyway. Both are still recorded on each entry for the copy itself.
+* The digest leaves out mtimes (docs/architecture.md, "Cache keys": never mtimes) and uid/gid:
+  BuildKit clients send the context with `resetUIDAndGID` (buildkit client/solve.go
+  prepareSyncedDirs, the docker CLI's build session), so host ownership never reaches Docker's
+  cache key, and COPY without `--chown` writes 0:0 anyway. Both are still recorded on each
+  entry for the copy itself.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ class BuildContext:
     `select` is safe to call many times (once per COPY); it reads the context each time, so a
     file changed between two COPYs is seen. `save` persists what was learnt; it is idempotent
     and writes only when something changed. A stat cache that cannot be read or parsed is
-    ignored and rebuilt (SECURITY.md rule 7: derived data is disposable).
+    ignored and rebuilt (docs/security.md rule 7: derived data is disposable).
     """
 
     def __init__(self, root: Path | str, *, ignore: Sequence[str] = (),
@@ -728,7 +729,7 @@ def _parse_stat_cache(data: bytes) -> dict[tuple[int, int], tuple[int, int, int,
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """temp file in the same directory -> fsync -> rename -> fsync(dir) (SECURITY.md rule 5)."""
+    """temp file in the same dir -> fsync -> rename -> fsync(dir) (docs/security.md rule 5)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile (it costs ~4 ms to import on the no-op path): O_EXCL never reuses a name,
     # O_NOFOLLOW never writes through a planted symlink.

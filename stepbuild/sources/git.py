@@ -28,7 +28,7 @@ How (BuildKit's git source, `source/git`, does the same steps):
   set-url origin <redacted>`, `reflog expire --all`). Its own files keep git's modes. With
   a subdir only the subdir is copied, so a kept `.git` (at the top) is not part of it.
 
-Safety (SECURITY.md rule 9): the host's `git` runs outside any rootfs, in the store's tmp
+Safety (docs/security.md rule 9): the host's `git` runs outside any rootfs, in the store's tmp
 dir, with no system or user configuration (`GIT_CONFIG_NOSYSTEM`, an empty HOME and
 `GIT_CONFIG_GLOBAL`, as BuildKit's `gitutil` does), no terminal prompt, only the http and
 https transports (`GIT_ALLOW_PROTOCOL`), no template (so no sample hooks), a timeout and a

@@ -114,7 +114,7 @@ class Store:
     Contracts that hold for every method:
     - Atomic: each final name (blob, layer dir, cache record, index.json) appears complete
       or not at all. Everything is written under tmp/ (or a staging name beside the final
-      one), fsynced, renamed into place, and the directory fsynced (SECURITY rule 5). A
+      one), fsynced, renamed into place, and the directory fsynced (docs/security.md rule 5). A
       crash leaves only garbage in tmp/ (or `layers/<hex>.tmp-*`); `check()` stays clean
       and `prune()` removes it once it is older than the grace period.
     - Idempotent: putting content that is already there succeeds and changes nothing
@@ -313,7 +313,7 @@ class Store:
         """Move a file in as a blob; return `(digest, size)`.
 
         The file is hashed; if `digest` is given it must match (`DigestMismatch`) — check
-        before you trust (SECURITY rule 4). A file under tmp/ is consumed: moved into place,
+        before you trust (docs/security.md rule 4). A file under tmp/ is consumed: moved into place,
         or deleted on any error. A file elsewhere is copied into tmp/ first and left alone.
         If the blob already exists, ours is discarded and the call succeeds. The blob and
         its directory are fsynced before this returns.
@@ -570,7 +570,7 @@ class Store:
         """The cache record for `key`, or None on a miss.
 
         A miss is: no record; a record that does not parse (it is moved to cache/corrupt/,
-        SECURITY rule 7: a bad cache entry costs a rebuild, never a failed build); a record
+        docs/security.md rule 7: a bad cache entry costs a rebuild, never a failed build); a record
         naming a layer or blob that is no longer in the store. Raises ValueError for a key
         that is not 32 lower-case hex digits (a bug in the caller, not a user error).
         """
@@ -596,7 +596,7 @@ class Store:
         A record is any JSON object; the store reads two optional fields of it, the content
         it depends on: `"diff_ids"` (layers: dir and blob) and `"blobs"` (other blobs, e.g.
         a config). Those must already be committed (`BlobNotFound` otherwise): call this
-        only after `commit_layer`/`put_blob` returned, never before (SECURITY rule 5).
+        only after `commit_layer`/`put_blob` returned, never before (docs/security.md rule 5).
         Records are roots for `prune`. Concurrent writers of one key: the last rename wins.
         """
         path = self._cache_file(key)
@@ -666,10 +666,11 @@ class Store:
         """Record that `blob` is layer `diff_id` compressed with `compression`.
 
         Both blobs must be in the store (`BlobNotFound`), `blob` with its size
-        (`DigestMismatch`): record only after the compressed blob was ingested (SECURITY rule
-        5). The caller vouches that `blob` decompresses to `diff_id` (`compress.py` checks
-        it while compressing). Replaces any record for the pair, atomically. A record is
-        kept by `prune` as long as its diff_id is reachable, and keeps its blob alive.
+        (`DigestMismatch`): record only after the compressed blob was ingested
+        (docs/security.md rule 5). The caller vouches that `blob` decompresses to `diff_id`
+        (`compress.py` checks it while compressing). Replaces any record for the pair,
+        atomically. A record is kept by `prune` as long as its diff_id is reachable, and
+        keeps its blob alive.
         """
         path = self._compressed_file(diff_id, compression)
         data = canonical_json(_compressed_json(diff_id, compression, blob))

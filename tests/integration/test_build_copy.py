@@ -1,5 +1,5 @@
 """COPY and ADD through the real CLI: Docker's semantics, metadata, escapes, ADD of archives and
-URLs, and the build cache (SECURITY.md family H).
+URLs, and the build cache (docs/security.md family H).
 
 Every test builds into a store of its own (`sb`, a copy of a store where the busybox base
 image was built once per module). Results are checked from inside the image
@@ -53,8 +53,8 @@ def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sb(tmp_path: Path, base_store: Path) -> Iterator[Stepbuild]:
     """A store of this test's own, holding the busybox base tagged `base`.
 
-    Afterwards (SECURITY.md): a sentinel directory beside the context is untouched and the
-    store passes its consistency check, whatever the test built or failed to build.
+    Afterwards (docs/security.md rule 11): a sentinel directory beside the context is untouched
+    and the store passes its consistency check, whatever the test built or failed to build.
     """
     sentinel = tmp_path / "sentinel"
     sentinel.mkdir()

@@ -4,8 +4,8 @@ Each test builds into a store of its own (a copy of a module-wide store holding 
 base). Git sources are bare repositories served over git's smart HTTP protocol by
 `git http-backend` (CGI) behind a tiny http.server on 127.0.0.1; the request log shows
 what the builder fetched. Failures must be one `stepbuild: error:` line naming the Stepfile
-line, with the store consistent and nothing new in it (SECURITY.md: and a sentinel beside
-the context untouched).
+line, with the store consistent and nothing new in it (and, docs/security.md rule 11, a
+sentinel beside the context untouched).
 """
 
 from __future__ import annotations

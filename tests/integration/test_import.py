@@ -4,10 +4,10 @@ Proofs with real tools: an image built by buildah (whiteouts in its layers) is a
 skopeo's docker and OCI archives of our images load back with the same diff_ids and run; a
 build with whiteouts and opaque dirs, copied out by skopeo (zstd) and loaded into a fresh
 store, shows `stepbuild run` the same tree. Then the bad-tar corpus (tests/badtars.py) as the
-layer of an archive loaded in-process (SECURITY.md A-E), archives with bad digests, sizes,
-media types and documents (family J), and a decompression bomb on a full disk. After each:
-the store passes `check`, its tmp/ is empty, nothing refused got a tag or a layer dir, and a
-sentinel dir beside the store is untouched.
+layer of an archive loaded in-process (docs/security.md families A-E), archives with bad
+digests, sizes, media types and documents (family J), and a decompression bomb on a full disk.
+After each: the store passes `check`, its tmp/ is empty, nothing refused got a tag or a layer
+dir, and a sentinel dir beside the store is untouched.
 """
 
 from __future__ import annotations

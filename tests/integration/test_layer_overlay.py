@@ -1,4 +1,4 @@
-"""layer.capture on a real overlay upper dir (SECURITY.md family F), checked by round trip.
+"""layer.capture on a real overlay upper dir (docs/security.md family F), checked by round trip.
 
 A two-layer lower (overlay-native: its own whiteout and opaque dir) is mounted with a fresh
 upper in a throwaway mount namespace (`unshare -m`: the mount dies with the shell, even on

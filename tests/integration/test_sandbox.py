@@ -1,5 +1,5 @@
 """stepbuild.sandbox for real: overlay mounts, namespaces, pivot_root, the isolation a RUN step
-gets (SECURITY.md rule 8, family G), and that nothing leaks to the host."""
+gets (docs/security.md rule 8, family G), and that nothing leaks to the host."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_workdir_that_is_a_file_is_a_sandbox_error(step: Step) -> None:
     assert info.value.op == "create workdir /etc/passwd"
 
 
-# -- isolation (SECURITY.md rule 8) -----------------------------------------------------------
+# -- isolation (docs/security.md rule 8) -----------------------------------------------------------
 
 
 def test_block_device_made_by_mknod_cannot_be_opened(step: Step) -> None:

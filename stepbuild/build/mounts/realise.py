@@ -870,7 +870,7 @@ class _Stubs:
         """Make `target` (and missing parents) as a `kind` "dir" or "file" unless it exists.
 
         A dangling symlink on the way is followed inside the root, and what it points to is
-        made there (contain, don't reject: SECURITY.md rule 2), as Docker would.
+        made there (contain, don't reject: docs/security.md rule 2), as Docker would.
         """
         try:
             os.close(rootpath.open_in_root(self.root_fd, target, os.O_PATH))

@@ -1,7 +1,7 @@
 """rootpath: every path resolves inside the root, whatever its symlinks and `..` say.
 
 A sentinel directory *beside* the root stands for the host: symlinks in the root point at it
-(absolutely and relatively) and nothing may ever reach it (SECURITY.md rule 1, family B).
+(absolutely and relatively) and nothing may ever reach it (docs/security.md rule 1, family B).
 """
 
 from __future__ import annotations

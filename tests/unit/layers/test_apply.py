@@ -1,6 +1,6 @@
 """apply: an OCI layer tar → an overlay-native layer dir (whiteouts, opaque dirs), safely.
 
-Every case of the bad-tar corpus (tests/badtars.py, SECURITY.md families A-E) is applied into
+Every case of the bad-tar corpus (tests/badtars.py, docs/security.md families A-E) is applied into
 a fresh target beside a sentinel dir: contained cases land where their check says, refused
 ones raise LayerError naming the layer and the entry; either way the sentinel, the host's
 /etc and our descriptors are untouched and nothing appears beside the target. Then: directories

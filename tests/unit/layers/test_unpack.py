@@ -1,6 +1,6 @@
 """unpack: a tar archive (plain or compressed) → a directory in an image rootfs, safely.
 
-Tests follow SECURITY.md families A–E; each checks that a sentinel directory beside the
+Tests follow docs/security.md families A–E; each checks that a sentinel directory beside the
 root, and the host's /etc, are untouched (and that no descriptor leaked).
 """
 

@@ -1,7 +1,7 @@
 """The build context (stepbuild/sources/context.py): selection, ignore rules, digests, stat cache.
 
 pyfakefs for pure selection logic; tmp_path where the real kernel matters (symlink escapes,
-fifos, sockets, the stat cache's ctime check). SECURITY.md family H: every escape test also
+fifos, sockets, the stat cache's ctime check). docs/security.md family H: every escape test also
 checks that a sentinel file beside the context was not read.
 """
 
@@ -176,7 +176,7 @@ def test_context_root_must_be_a_directory(tmp_path: Path) -> None:
         BuildContext(tmp_path / "missing")
 
 
-# --- symlinks (SECURITY.md family H) ---------------------------------------------------------
+# --- symlinks (docs/security.md family H) ---------------------------------------------------------
 
 
 @pytest.fixture
