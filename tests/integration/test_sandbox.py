@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stepbuild.errors import SandboxError
-from stepbuild.sandbox import Mount, RunResult, SandboxSpec, linux, run
+from stepbuild.sandbox import Mount, RunResult, SandboxSpec, host, run
 from stepbuild.sandbox.spec import MASKED_PATHS
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("private_mount_ns")]
@@ -59,16 +59,12 @@ class Step:
 
 @pytest.fixture
 def step(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Step]:
-    for d in ("merged", "upper", "work", "etc"):
-        (tmp_path / d).mkdir()
+    (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost box\n")
     (tmp_path / "etc" / "resolv.conf").write_text("nameserver 192.0.2.53\n")
     (tmp_path / "etc" / "hostname").write_text("box\n")
-    merged = tmp_path / "merged"
-    linux.mount_overlay(str(merged), [str(busybox_rootfs)], str(tmp_path / "upper"),
-                        str(tmp_path / "work"))
-    yield Step(merged, tmp_path / "upper", tmp_path / "etc")
-    linux.umount(str(merged))
+    with host.mounted(tmp_path, [busybox_rootfs]) as merged:
+        yield Step(merged, tmp_path / "upper", tmp_path / "etc")
 
 
 # -- exit status and output ------------------------------------------------------------------
@@ -311,46 +307,33 @@ def test_two_hundred_lower_dirs(tmp_path: Path, busybox_rootfs: Path) -> None:
         d = tmp_path / "layers" / f"{i:03}"
         (d / "many").mkdir(parents=True)
         (d / "many" / f"f{i:03}").write_text(str(i))
-        lowers.append(str(d))
-    merged, upper, work = (tmp_path / n for n in ("merged", "upper", "work"))
-    for d in (merged, upper, work):
-        d.mkdir()
-    linux.mount_overlay(str(merged), [*reversed(lowers), str(busybox_rootfs)], str(upper),
-                        str(work))
-    try:
+        lowers.append(d)
+    with host.mounted(tmp_path, [*reversed(lowers), busybox_rootfs]) as merged:
         assert len(os.listdir(merged / "many")) == 200
         chunks: list[bytes] = []
         spec = SandboxSpec(rootfs=str(merged), argv=("sh", "-c", "ls /many | wc -l"),
                            env=("PATH=/bin",), cwd="/")
         assert run(spec, on_output=chunks.append).exit_code == 0
         assert b"".join(chunks).strip() == b"200"
-    finally:
-        linux.umount(str(merged))
 
 
 def test_read_only_overlays(tmp_path: Path, busybox_rootfs: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "extra").write_text("x")
-    for lowers in ([str(other), str(busybox_rootfs)], [str(busybox_rootfs)]):
-        merged = tmp_path / f"ro{len(lowers)}"
-        merged.mkdir()
-        linux.mount_overlay(str(merged), lowers, None, None)
-        try:
+    for lowers in ([other, busybox_rootfs], [busybox_rootfs]):  # one lower: a read-only bind
+        with host.mounted_readonly(tmp_path / f"ro{len(lowers)}", lowers) as merged:
             assert (merged / "bin" / "busybox").is_file()
             with pytest.raises(OSError) as info:
                 (merged / "new").write_text("x")
             assert info.value.errno == errno.EROFS
-        finally:
-            linux.umount(str(merged))
 
 
 def test_overlay_error_names_the_target(tmp_path: Path) -> None:
-    with pytest.raises(OSError) as info:
-        linux.mount_overlay(str(tmp_path), [str(tmp_path / "missing")], str(tmp_path),
-                            str(tmp_path))
+    with pytest.raises(OSError) as info, host.mounted(tmp_path, [tmp_path / "missing"]):
+        pass
     assert info.value.errno == errno.ENOENT
-    assert f"mount overlay {tmp_path}" in str(info.value)
+    assert f"mount overlay {tmp_path / 'merged'}" in str(info.value)
 
 
 # -- nothing leaks -----------------------------------------------------------------------------
