@@ -336,6 +336,51 @@ def test_overlay_error_names_the_target(tmp_path: Path) -> None:
     assert f"mount overlay {tmp_path / 'merged'}" in str(info.value)
 
 
+# -- the builder's own mounts (sandbox.host) --------------------------------------------------
+
+
+def _mount_options(target: Path) -> list[str]:
+    """The per-mount options of what is mounted on `target` ([] if nothing is)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(target):
+            return fields[5].split(",")
+    return []
+
+
+def test_bind_mounted_binds_what_the_fd_is_not_what_the_path_became(tmp_path: Path) -> None:
+    source, moved = tmp_path / "source", tmp_path / "moved"
+    source.mkdir()
+    (source / "f").write_text("x")
+    (tmp_path / "file").write_text("a file")
+    target, file_target = tmp_path / "target", tmp_path / "file-target"
+    target.mkdir()
+    file_target.touch()
+    fd = os.open(source, os.O_PATH | os.O_DIRECTORY)
+    file_fd = os.open(tmp_path / "file", os.O_PATH)
+    try:
+        source.rename(moved)
+        source.symlink_to("/etc")  # what the path names now: not followed
+        with host.bind_mounted(fd, target), host.bind_mounted(file_fd, file_target):
+            assert os.listdir(target) == ["f"] and file_target.read_text() == "a file"
+    finally:
+        os.close(fd)
+        os.close(file_fd)
+    assert os.listdir(target) == [] and file_target.read_text() == ""  # unmounted
+
+
+def test_tmpfs_mounted_holds_data_only_within_its_size(tmp_path: Path) -> None:
+    target = tmp_path / "secrets"
+    target.mkdir()
+    with host.tmpfs_mounted(target, size=64 * 1024, mode=0o700) as mounted:
+        assert mounted == target and target.stat().st_mode & 0o7777 == 0o700
+        assert {"nodev", "nosuid", "noexec"} <= set(_mount_options(target))
+        with pytest.raises(OSError) as info:
+            (target / "big").write_bytes(b"x" * 128 * 1024)
+        assert info.value.errno == errno.ENOSPC
+    assert _mount_options(target) == [] and os.listdir(target) == []  # gone with its data
+
+
 # -- nothing leaks -----------------------------------------------------------------------------
 
 

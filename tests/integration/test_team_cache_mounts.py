@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts.realise import cache_dir_name
+from stepbuild.build.mounts.plan import cache_dir_name
 from stepbuild.teamcache.cache import MOUNT_SCHEMA, check_mount_record, parse_cache_spec
 from tests.integration import registry_fixture
 from tests.integration.builds import (
