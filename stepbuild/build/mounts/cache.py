@@ -25,9 +25,9 @@ CACHE_MOUNTS = "cache-mounts"  # under the store root
 
 
 class CacheMountObserver(Protocol):
-    """Told about the cache mounts of one build, by its planning and its steps (the team
-    cache, which exports and imports them, is one). It lives as long as the build: the
-    builder hands it to `plan.Sources` and to `realise.realised`; nothing keeps it after."""
+    """Told about the cache mounts of one build, by its planning and its steps: the build's
+    team cache, which exports and imports them. It lives as long as the build, which hands
+    it to `plan.Sources` and `realise.realised` (build/run.py); nothing here keeps it."""
 
     def cache_mount_planned(self, p: PlannedMount) -> None:
         """A RUN of the build declared the cache mount `p` (the step runs or hits)."""
