@@ -17,6 +17,7 @@ from typing import Any
 
 from stepbuild.build import copy as copy_step
 from stepbuild.build import run as run_step
+from stepbuild.build.mounts.context_copies import ContextCopies
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
@@ -41,9 +42,11 @@ class Executor:
         self.build_args = build_args or {}
         self.network = network
         self.source_date_epoch = source_date_epoch
-        self.secrets = secrets or {}  # id -> run_mounts.SecretSource (--secret)
+        self.secrets = secrets or {}  # id -> mounts.secrets.SecretSource (--secret)
         self.ssh = ssh or {}  # id -> agent socket path (--ssh)
         self._scratch: Path | None = None
+        # what RUN --mount=type=bind binds of the context: copied once per selection
+        self.context_copies = ContextCopies(context, self.scratch_file)
 
     def close(self) -> None:
         """Remove the build's scratch files (downloads)."""
@@ -76,7 +79,8 @@ class Executor:
             with overlay.mounted(tmp, lowers) as merged:
                 if isinstance(step.instruction, ins.Run):
                     stubs = run_step.perform(self, step, state, merged, tmp,
-                                             run.stages.filename, label)
+                                             run.stages.filename, label,
+                                             cache_observer=run.team)
                 else:
                     copy_step.perform(self, step, merged, tmp)
             run_step.remove_stubs(upper, stubs)

@@ -1,12 +1,12 @@
 """RUN steps: their cache inputs, and running them in the sandbox over a mounted overlay.
 
 `prepare` computes what a RUN's result depends on (argv, environment, user, cwd, network,
-its `--mount`s' declarations and sources — `run_mounts.plan` —, a heredoc script's body);
+its `--mount`s' declarations and sources — `mounts.plan.plan` —, a heredoc script's body);
 `perform` runs it in `sandbox.run` inside the step's overlay, with its mounts in place
-(`run_mounts.realised`), and raises `StepFailed` with the location, the command, the exit
+(`mounts.realise.realised`), and raises `StepFailed` with the location, the command, the exit
 status and the last output lines when it fails. Mount points the image lacks (/proc, /dev,
 /sys, /etc/hosts...) are created as stubs before and removed from the upper dir after, so
-they never land in a layer (run_mounts does the same for the --mount targets).
+they never land in a layer (build.mounts does the same for the --mount targets).
 
 Heredocs, as BuildKit's dockerfile2llb dispatchRun: `RUN <<EOF` whose body starts with `#!`
 is written to a file (mode 0755) mounted read-only at /dev/pipes/EOF and run as
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.build import keys, users
 from stepbuild.build.plan import Scope
@@ -30,6 +30,9 @@ from stepbuild.errors import BuildError, PlanError, SourcePosition, StepbuildErr
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
+
+if TYPE_CHECKING:
+    from stepbuild.build.mounts.cache import CacheMountObserver
 
 # Paths the sandbox mounts over; created as empty stubs when the image lacks them and removed
 # from the layer afterwards, so that they never land in an image (BuildKit does the same).
@@ -57,12 +60,11 @@ def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
         inputs["script"] = list(script)  # the body: argv names only the file
         work["script"] = script
     if run.mounts:
-        from stepbuild.build.mounts import realise as run_mounts
+        from stepbuild.build.mounts.plan import key_inputs, plan
 
         sources = _mount_sources(executor, run, build)
-        planned = run_mounts.plan(run, lambda word: _expand(scope, word, sources),
-                                  state.workdir, sources)
-        inputs["mounts"] = run_mounts.key_inputs(planned)
+        planned = plan(run, lambda word: _expand(scope, word, sources), state.workdir, sources)
+        inputs["mounts"] = key_inputs(planned)
         work["mounts"] = planned
     key = keys.step_key(state.key, inputs)
     reads = tuple(p.state for p in work.get("mounts", ()) if p.state is not None)
@@ -71,7 +73,7 @@ def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
 
 def _mount_sources(executor: Any, run: ins.Run, build: Any) -> Any:
     from stepbuild.build.images import load_state
-    from stepbuild.build.mounts import realise as run_mounts
+    from stepbuild.build.mounts.plan import Sources
 
     stages = getattr(build, "stages", None)
     results = getattr(build, "results", {})
@@ -88,9 +90,9 @@ def _mount_sources(executor: Any, run: ins.Run, build: Any) -> Any:
             return results[stage.index]
         return load_state(executor.store, name)
 
-    return run_mounts.Sources(executor.context, state, error,
-                              getattr(executor, "secrets", None) or {},
-                              getattr(executor, "ssh", None) or {})
+    return Sources(executor.context, state, error, getattr(executor, "secrets", None) or {},
+                   getattr(executor, "ssh", None) or {},
+                   observer=getattr(build, "team", None))  # the build's team cache
 
 
 def _expand(scope: Scope, word: str, sources: Any) -> str:
@@ -101,8 +103,10 @@ def _expand(scope: Scope, word: str, sources: Any) -> str:
 
 
 def perform(executor: Any, step: PreparedStep, state: ImageState, merged: Path, tmp: Path,
-            filename: str, label: str) -> list[str]:
-    """Run the step in the sandbox; return the stubs made (for `remove_stubs`)."""
+            filename: str, label: str, cache_observer: CacheMountObserver | None = None
+            ) -> list[str]:
+    """Run the step in the sandbox; return the stubs made (for `remove_stubs`).
+    `cache_observer` (the build's team cache) hears of the cache mounts the step uses."""
     from stepbuild.sandbox.spec import Mount, SandboxSpec
 
     ids = user_ids(merged, state.user)
@@ -116,18 +120,19 @@ def perform(executor: Any, step: PreparedStep, state: ImageState, merged: Path, 
         if "script" in step.work:
             mounts.append(_script_mount(tmp, *step.work["script"]))
         if step.work.get("mounts"):
-            from stepbuild.build.mounts import realise as run_mounts
+            from stepbuild.build.mounts.realise import realised, with_env
 
             try:
-                done = stack.enter_context(run_mounts.realised(
-                    step.work["mounts"], store=executor.store, executor=executor,
-                    merged=merged, tmp=tmp, env=env,
-                    note=lambda message: progress.note(label, message)))
+                done = stack.enter_context(realised(
+                    step.work["mounts"], store=executor.store,
+                    context_copies=executor.context_copies, merged=merged, tmp=tmp, env=env,
+                    note=lambda message: progress.note(label, message),
+                    observer=cache_observer))
             except BuildError as exc:  # e.g. a from= source path the stage does not have
                 line = step.instruction.loc.line
                 raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
             mounts += done.mounts
-            env = run_mounts.with_env(env, done.env)
+            env = with_env(env, done.env)
         spec = SandboxSpec(
             rootfs=str(merged), argv=tuple(step.work["argv"]), env=with_home(env, ids),
             cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,

@@ -209,9 +209,9 @@ def enter_build_namespace() -> None:
     Called before any thread starts (unshare of the mount namespace applies to the calling
     thread only).
     """
-    from stepbuild.sandbox import linux
+    from stepbuild.sandbox import host
 
-    linux.enter_private_mount_namespace()
+    host.enter_private_mount_namespace()
 
 
 def _progress(options: argparse.Namespace) -> Any:
@@ -250,7 +250,7 @@ def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[st
     values = (getattr(options, "secret", None) or [], getattr(options, "ssh", None) or [])
     if not any(values):
         return {}, {}
-    from stepbuild.build.mounts.realise import parse_secret, parse_ssh
+    from stepbuild.build.mounts.secrets import parse_secret, parse_ssh
 
     return dict(map(parse_secret, values[0])), dict(map(parse_ssh, values[1]))
 
@@ -510,7 +510,7 @@ def prune(options: argparse.Namespace) -> int:
           f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
           f" {stats.tmp_entries} temporary entries")
     if getattr(options, "cache_mounts", False):
-        from stepbuild.build.mounts.realise import prune_cache_mounts
+        from stepbuild.build.mounts.cache import prune_cache_mounts
 
         print(f"removed {prune_cache_mounts(store)} cache mounts")
     return 0

@@ -1,16 +1,18 @@
 """Run one step's command in a sandbox — the only privileged part of stepbuild.
 
 `spec.py` describes a sandbox as data, `child.py` performs it in a fresh interpreter, and
-`linux.py` holds the syscalls (the only ctypes in the project). This module is the builder's
-side: it starts the child, hands it the plan, streams the output and returns the exit status.
+`linux.py` holds the syscalls (the only ctypes in the project; nothing outside `sandbox/`
+imports it). `host.py` holds the mounts the builder process makes itself. This module is the
+builder's side of a step: it starts the child, hands it the plan, streams the output and
+returns the exit status.
 
 Lifecycle, as the builder uses it::
 
-    linux.enter_private_mount_namespace()        # once, at start-up, before any thread
-    linux.mount_overlay(merged, lowers, upper, work)
-    result = run(SandboxSpec(rootfs=merged, argv=("/bin/sh", "-c", cmd), env=env, cwd="/"),
-                 on_output=progress.write)
-    linux.umount(merged)                         # upper now holds the step's changes
+    host.enter_private_mount_namespace()         # once, at start-up, before any thread
+    with host.mounted(tmp, lowers) as merged:
+        result = run(SandboxSpec(rootfs=str(merged), argv=("/bin/sh", "-c", cmd), env=env,
+                                 cwd="/"), on_output=progress.write)
+    # tmp/upper now holds the step's changes
 
 Everything the child mounts lives in its own mount namespace and is gone when the command
 (PID 1 of its PID namespace) exits; nothing is left to clean up, even after kill -9.

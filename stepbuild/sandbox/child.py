@@ -32,7 +32,7 @@ import stat
 import sys
 
 if __package__:
-    from . import linux
+    from . import linux  # noqa: TID251 -- the sandbox child is linux.py's other user
 else:  # top-level, as sandbox.run imports it: skip importing the stepbuild packages
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import linux  # type: ignore[import-not-found, no-redef]

@@ -1,22 +1,36 @@
-"""An overlay of an image's layer dirs with a fresh upper dir, mounted for one step or run.
+"""The mounts the builder process itself makes, and its private mount namespace.
 
-The builder runs in a private mount namespace (`commands.enter_build_namespace`), so these
-mounts are invisible to the host and vanish with the builder even if it is killed. The layout
-under the step's temporary dir: `merged/` (the mount), `upper/` (what the step changes),
-`work/` (overlayfs bookkeeping), `empty/` (the lower dir of an image with no layers).
+Everything privileged the builder does outside a step's sandbox is here, behind functions
+that take plain values (paths, fds, sizes) and clean up after themselves; callers in
+`build/` say what they need and never call `linux` themselves.
+
+The builder runs in a private mount namespace (`enter_private_mount_namespace`, called by
+`commands.enter_build_namespace`), so these mounts are invisible to the host and vanish with
+the builder even if it is killed. The overlay layout under a step's temporary dir:
+`merged/` (the mount), `upper/` (what the step changes), `work/` (overlayfs bookkeeping),
+`empty/` (the lower dir of an image with no layers).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def enter_private_mount_namespace() -> None:
+    """Move this process into a mount namespace of its own, shared with nothing: every mount
+    it makes afterwards vanishes with it. Call once, before any thread starts."""
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    linux.enter_private_mount_namespace()
+
+
 @contextmanager
 def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     """Mount lowers (top first) + tmp/upper at tmp/merged; unmount on exit."""
-    from stepbuild.sandbox import linux
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
 
     merged, upper, work = tmp / "merged", tmp / "upper", tmp / "work"
     for path in (merged, upper, work):
@@ -36,7 +50,7 @@ def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
 @contextmanager
 def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     """Mount an image's layers read-only at `target` (e.g. the source of COPY --from)."""
-    from stepbuild.sandbox import linux
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
 
     target.mkdir()
     if not lowers:
@@ -47,3 +61,45 @@ def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
         yield target
     finally:
         linux.umount(str(target))
+
+
+@contextmanager
+def bind_mounted(source_fd: int, target: Path) -> Iterator[Path]:
+    """Bind what `source_fd` refers to (a file or directory; an O_PATH fd will do; the caller
+    keeps and closes it) onto `target`, an existing file or directory; unmount on exit.
+
+    Going through the fd rather than a path means nothing on the way to the source (a
+    symlink in an image or a cache) is followed again at mount time.
+    """
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    tree = linux.clone_tree(source_fd)
+    try:
+        linux.attach(tree, str(target))
+    finally:
+        os.close(tree)
+    try:
+        yield target
+    finally:
+        linux.umount(str(target))
+
+
+@contextmanager
+def tmpfs_mounted(target: Path, *, size: int, mode: int) -> Iterator[Path]:
+    """Mount a tmpfs of at most `size` bytes on the directory `target`, its root dir with
+    `mode`, nodev, nosuid and noexec (it holds data, never programs); unmount on exit, which
+    discards its content. What it holds never reaches a disk."""
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    attrs = linux.ATTRS["nodev"] | linux.ATTRS["nosuid"] | linux.ATTRS["noexec"]
+    tree = linux.new_fs("tmpfs", [("source", "tmpfs"), ("mode", f"{mode:04o}"),
+                                  ("size", str(size))], attrs)
+    try:
+        linux.attach(tree, str(target))
+    finally:
+        os.close(tree)
+    try:
+        yield target
+    finally:
+        linux.umount(str(target))
+

@@ -162,10 +162,6 @@ class TeamCache:
         self._broken: set[int] = set()  # sources that failed as a whole (registry map)
         self._lock = threading.Lock()
         self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
-        if self.sources or any(s.cache_mounts for s in destinations):
-            from stepbuild.build.mounts.realise import observe_cache_mounts
-
-            observe_cache_mounts(self)
 
     def _backend(self, spec: CacheSpec, connection: Any) -> Any:
         if spec.type == "local":
@@ -179,10 +175,7 @@ class TeamCache:
         return bool(self.destinations)
 
     def close(self) -> None:
-        """The build is over: stop observing cache mounts, close registry connections."""
-        from stepbuild.build.mounts.realise import forget_cache_mounts
-
-        forget_cache_mounts(self)
+        """The build is over: close registry connections."""
         for _, backend in (*self.sources, *self.destinations):
             backend.close()
 
@@ -293,16 +286,16 @@ class TeamCache:
                 with suppress(FileNotFoundError):
                     path.unlink()
 
-    # --- cache mounts (run_mounts calls these through observe_cache_mounts) ---------------
+    # --- cache mounts (the build passes this cache to build.mounts as its CacheMountObserver)
 
     def _ours(self, store_root: Path) -> bool:
         return bool(os.path.realpath(store_root) == os.path.realpath(self.store.root))
 
     def cache_mount_planned(self, p: Any) -> None:
-        """A RUN of this process declared cache mount `p` (it runs or hits): export the
-        cache if our store has it. (Another build of this process planning at the same time
-        can only add its caches that exist in our store.)"""
-        from stepbuild.build.mounts.realise import cache_dir_name, cache_mounts_dir
+        """A RUN of this build declared cache mount `p` (it runs or hits): export the
+        cache if our store has it."""
+        from stepbuild.build.mounts.cache import cache_mounts_dir
+        from stepbuild.build.mounts.plan import cache_dir_name
 
         if any(s.cache_mounts for s, _ in self.destinations):
             name = cache_dir_name(p.identity)
@@ -319,7 +312,7 @@ class TeamCache:
         """A seed for the new cache mount `p` from the first source that has it, or None."""
         if not self._ours(store_root) or not self.sources:
             return None
-        from stepbuild.build.mounts.realise import cache_dir_name
+        from stepbuild.build.mounts.plan import cache_dir_name
 
         name = cache_dir_name(p.identity)
         for index, (spec, backend) in enumerate(self.sources):

@@ -59,7 +59,7 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
 def check_mount_record(name: str, record: Any) -> dict[str, Any]:
     """The cache-mount record if well-formed and for the cache named `name` (the hash of its
     identity); CacheError otherwise."""
-    from stepbuild.build.mounts.realise import cache_dir_name
+    from stepbuild.build.mounts.plan import cache_dir_name
 
     if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
         raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")

@@ -29,9 +29,9 @@ def private_mount_ns() -> None:
     Every mount a test makes then stays invisible to the host and vanishes when pytest exits,
     even if it is killed. Must run before pytest starts any thread (unshare(2), EINVAL).
     """
-    from stepbuild.sandbox import linux
+    from stepbuild.sandbox import host
 
-    linux.enter_private_mount_namespace()
+    host.enter_private_mount_namespace()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts import realise as run_mounts
 from stepbuild.cli.main import main
+from stepbuild.teamcache.cache import TeamCache
 from tests.hostwatch import open_descriptors
 from tests.integration import registry_fixture
 from tests.integration.builds import EPOCH, Stepbuild, base_image, write_context
@@ -57,8 +57,10 @@ def test_builds_with_the_team_cache_leave_nothing_open(
                      f"type=local,dest={tmp_path / 'again'}")
     assert main(["--root", str(tmp_path / "b"), "push", "app",
                  f"{plain_registry.host}/inproc/app:1"]) == 0
-    assert len(run_mounts._OBSERVERS) == 0  # dropped when each build ended, not when collected
     gc.collect()  # what is garbage may be closed; what is still referenced may not
+    # each build's team cache, the observer of its cache mounts, went with its build: nothing
+    # process-wide (a registry of observers, a cache keyed by executor) holds on to it
+    assert not [o for o in gc.get_objects() if isinstance(o, TeamCache)]
     left = sorted(target for _, target in open_descriptors() - before)
     assert left == [], "left open by in-process builds"
     assert set(threading.enumerate()) <= threads, "threads left running"

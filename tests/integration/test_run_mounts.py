@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts.realise import cache_dir_name
+from stepbuild.build.mounts.plan import cache_dir_name
 from tests.integration.builds import PROJECT, Stepbuild, base_image, step_lines, write_context
 
 DEADLINE = 30.0  # seconds; reached only when something is broken

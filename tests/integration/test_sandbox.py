@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stepbuild.errors import SandboxError
-from stepbuild.sandbox import Mount, RunResult, SandboxSpec, linux, run
+from stepbuild.sandbox import Mount, RunResult, SandboxSpec, host, run
 from stepbuild.sandbox.spec import MASKED_PATHS
 
 pytestmark = [pytest.mark.root, pytest.mark.usefixtures("private_mount_ns")]
@@ -59,16 +59,12 @@ class Step:
 
 @pytest.fixture
 def step(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Step]:
-    for d in ("merged", "upper", "work", "etc"):
-        (tmp_path / d).mkdir()
+    (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost box\n")
     (tmp_path / "etc" / "resolv.conf").write_text("nameserver 192.0.2.53\n")
     (tmp_path / "etc" / "hostname").write_text("box\n")
-    merged = tmp_path / "merged"
-    linux.mount_overlay(str(merged), [str(busybox_rootfs)], str(tmp_path / "upper"),
-                        str(tmp_path / "work"))
-    yield Step(merged, tmp_path / "upper", tmp_path / "etc")
-    linux.umount(str(merged))
+    with host.mounted(tmp_path, [busybox_rootfs]) as merged:
+        yield Step(merged, tmp_path / "upper", tmp_path / "etc")
 
 
 # -- exit status and output ------------------------------------------------------------------
@@ -311,46 +307,78 @@ def test_two_hundred_lower_dirs(tmp_path: Path, busybox_rootfs: Path) -> None:
         d = tmp_path / "layers" / f"{i:03}"
         (d / "many").mkdir(parents=True)
         (d / "many" / f"f{i:03}").write_text(str(i))
-        lowers.append(str(d))
-    merged, upper, work = (tmp_path / n for n in ("merged", "upper", "work"))
-    for d in (merged, upper, work):
-        d.mkdir()
-    linux.mount_overlay(str(merged), [*reversed(lowers), str(busybox_rootfs)], str(upper),
-                        str(work))
-    try:
+        lowers.append(d)
+    with host.mounted(tmp_path, [*reversed(lowers), busybox_rootfs]) as merged:
         assert len(os.listdir(merged / "many")) == 200
         chunks: list[bytes] = []
         spec = SandboxSpec(rootfs=str(merged), argv=("sh", "-c", "ls /many | wc -l"),
                            env=("PATH=/bin",), cwd="/")
         assert run(spec, on_output=chunks.append).exit_code == 0
         assert b"".join(chunks).strip() == b"200"
-    finally:
-        linux.umount(str(merged))
 
 
 def test_read_only_overlays(tmp_path: Path, busybox_rootfs: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     (other / "extra").write_text("x")
-    for lowers in ([str(other), str(busybox_rootfs)], [str(busybox_rootfs)]):
-        merged = tmp_path / f"ro{len(lowers)}"
-        merged.mkdir()
-        linux.mount_overlay(str(merged), lowers, None, None)
-        try:
+    for lowers in ([other, busybox_rootfs], [busybox_rootfs]):  # one lower: a read-only bind
+        with host.mounted_readonly(tmp_path / f"ro{len(lowers)}", lowers) as merged:
             assert (merged / "bin" / "busybox").is_file()
             with pytest.raises(OSError) as info:
                 (merged / "new").write_text("x")
             assert info.value.errno == errno.EROFS
-        finally:
-            linux.umount(str(merged))
 
 
 def test_overlay_error_names_the_target(tmp_path: Path) -> None:
-    with pytest.raises(OSError) as info:
-        linux.mount_overlay(str(tmp_path), [str(tmp_path / "missing")], str(tmp_path),
-                            str(tmp_path))
+    with pytest.raises(OSError) as info, host.mounted(tmp_path, [tmp_path / "missing"]):
+        pass
     assert info.value.errno == errno.ENOENT
-    assert f"mount overlay {tmp_path}" in str(info.value)
+    assert f"mount overlay {tmp_path / 'merged'}" in str(info.value)
+
+
+# -- the builder's own mounts (sandbox.host) --------------------------------------------------
+
+
+def _mount_options(target: Path) -> list[str]:
+    """The per-mount options of what is mounted on `target` ([] if nothing is)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(target):
+            return fields[5].split(",")
+    return []
+
+
+def test_bind_mounted_binds_what_the_fd_is_not_what_the_path_became(tmp_path: Path) -> None:
+    source, moved = tmp_path / "source", tmp_path / "moved"
+    source.mkdir()
+    (source / "f").write_text("x")
+    (tmp_path / "file").write_text("a file")
+    target, file_target = tmp_path / "target", tmp_path / "file-target"
+    target.mkdir()
+    file_target.touch()
+    fd = os.open(source, os.O_PATH | os.O_DIRECTORY)
+    file_fd = os.open(tmp_path / "file", os.O_PATH)
+    try:
+        source.rename(moved)
+        source.symlink_to("/etc")  # what the path names now: not followed
+        with host.bind_mounted(fd, target), host.bind_mounted(file_fd, file_target):
+            assert os.listdir(target) == ["f"] and file_target.read_text() == "a file"
+    finally:
+        os.close(fd)
+        os.close(file_fd)
+    assert os.listdir(target) == [] and file_target.read_text() == ""  # unmounted
+
+
+def test_tmpfs_mounted_holds_data_only_within_its_size(tmp_path: Path) -> None:
+    target = tmp_path / "secrets"
+    target.mkdir()
+    with host.tmpfs_mounted(target, size=64 * 1024, mode=0o700) as mounted:
+        assert mounted == target and target.stat().st_mode & 0o7777 == 0o700
+        assert {"nodev", "nosuid", "noexec"} <= set(_mount_options(target))
+        with pytest.raises(OSError) as info:
+            (target / "big").write_bytes(b"x" * 128 * 1024)
+        assert info.value.errno == errno.ENOSPC
+    assert _mount_options(target) == [] and os.listdir(target) == []  # gone with its data
 
 
 # -- nothing leaks -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts.realise import cache_dir_name
+from stepbuild.build.mounts.plan import cache_dir_name
 from stepbuild.teamcache.cache import parse_cache_spec
 from stepbuild.teamcache.records import MOUNT_SCHEMA, check_mount_record
 from tests.integration import registry_fixture

@@ -1,0 +1,167 @@
+"""Cache mounts in the store: `<store>/cache-mounts/<hash of the identity>/`.
+
+Each cache dir holds `meta.json` (which cache it is, for people looking at the store), the
+main instance `data/` and, for `sharing=private`, further instances `data.1/`, `data.2/`...,
+each with a `.lock` file beside it that users flock: shared for `sharing=shared`, exclusive
+for `locked` (a second user waits) and `private` (a second user takes the next instance).
+A new instance is made beside its final name and renamed into place, so no one ever sees a
+half-seeded cache. The sharing modes are BuildKit's: see the package docstring.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+from stepbuild.build import keys
+from stepbuild.build.mounts.plan import PlannedMount, cache_dir_name
+
+CACHE_MOUNTS = "cache-mounts"  # under the store root
+
+
+class CacheMountObserver(Protocol):
+    """Told about the cache mounts of one build, by its planning and its steps: the build's
+    team cache, which exports and imports them. It lives as long as the build, which hands
+    it to `plan.Sources` and `realise.realised` (build/run.py); nothing here keeps it."""
+
+    def cache_mount_planned(self, p: PlannedMount) -> None:
+        """A RUN of the build declared the cache mount `p` (the step runs or hits)."""
+
+    def cache_mount_used(self, store_root: Path, p: PlannedMount, base: Path) -> None:
+        """A step holds the lock on an instance of the cache `p`, whose dir is `base`."""
+
+    def cache_mount_seed(self, store_root: Path, p: PlannedMount
+                         ) -> Callable[[Path], None] | None:
+        """For the main instance of a cache that does not exist yet and has no `from`: a
+        callable that fills the new (temporary) instance dir, or None to start it empty."""
+
+
+def cache_mounts_dir(store_root: Path) -> Path:
+    return Path(store_root) / CACHE_MOUNTS
+
+
+def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
+                  note: Callable[[str], None], seed: Callable[[Path], None] | None,
+                  observer: CacheMountObserver | None = None) -> Path:
+    """The instance dir of the cache `p` for this step, locked as its sharing mode says until
+    `stack` closes; created (and seeded with `seed`, else with what `observer` offers) if
+    new. `observer` hears of the cache once its lock is held."""
+    base = cache_mounts_dir(store_root) / cache_dir_name(p.identity)
+    base.parent.mkdir(mode=0o700, exist_ok=True)
+    base.mkdir(mode=0o700, exist_ok=True)
+    _write_meta(base, p)
+    name, fd = _lock_instance(base, p, note)
+    stack.callback(os.close, fd)
+    instance = base / name
+    if observer is not None:
+        observer.cache_mount_used(store_root, p, base)
+    if not instance.is_dir():
+        if seed is None and name == "data" and observer is not None:
+            seed = observer.cache_mount_seed(store_root, p)  # maybe the team cache has it
+        _create_instance(base, instance, p, seed)
+    return instance
+
+
+def _lock_instance(base: Path, p: PlannedMount, note: Callable[[str], None]
+                   ) -> tuple[str, int]:
+    """(the instance's name, the fd of its held lock), as `p.sharing` says."""
+    if p.sharing == "private":
+        number = 0
+        while (fd := _lock(base / f"{_instance(number)}.lock", exclusive=True,
+                           wait=False)) is None:
+            number += 1
+        if number:
+            note(f"cache mount {p.cache_id}: busy, using private instance {number}")
+        return _instance(number), fd
+    exclusive = p.sharing == "locked"
+    fd = _lock(base / "data.lock", exclusive=exclusive, wait=False)
+    if fd is None:
+        note(f"cache mount {p.cache_id}: waiting for its lock (sharing={p.sharing})")
+        fd = _lock(base / "data.lock", exclusive=exclusive, wait=True)
+        assert fd is not None  # a waiting flock returns holding the lock
+    return "data", fd
+
+
+def _instance(number: int) -> str:
+    return "data" if number == 0 else f"data.{number}"
+
+
+def _lock(path: Path, *, exclusive: bool, wait: bool) -> int | None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _create_instance(base: Path, instance: Path, p: PlannedMount,
+                     seed: Callable[[Path], None] | None) -> None:
+    """Make a new cache instance beside its final name, then rename it into place; a
+    concurrent creator (sharing=shared) that wins the rename makes ours redundant."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="new-", dir=base))
+    try:
+        if seed is not None:
+            seed(tmp)
+        os.chown(tmp, p.uid or 0, p.gid or 0)
+        os.chmod(tmp, 0o755 if p.mode is None else p.mode)
+        try:
+            os.rename(tmp, instance)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_meta(base: Path, p: PlannedMount) -> None:
+    """`meta.json`: which cache this is, for people looking at the store."""
+    meta = base / "meta.json"
+    if meta.exists():
+        return
+    tmp = base / f"meta.json.{os.getpid()}.{threading.get_ident()}"
+    tmp.write_bytes(keys.canonical({"id": p.cache_id, "identity": p.identity}) + b"\n")
+    os.replace(tmp, meta)
+
+
+def prune_cache_mounts(store: Any) -> int:
+    """Delete every cache mount of the store; return how many. Takes the store lock
+    exclusively (builds hold it shared), so no build is using one meanwhile. Each is renamed
+    into tmp/ first, so a crash mid-delete leaves no half cache under a real name."""
+    directory = cache_mounts_dir(store.root)
+    removed = 0
+    with store.lock(exclusive=True):
+        if not directory.is_dir():
+            return 0
+        for entry in sorted(os.listdir(directory)):
+            doomed = store.tmp_dir("cache-mount-") / "gone"
+            os.rename(directory / entry, doomed)
+            _remove_tree(doomed.parent)
+            removed += 1
+    return removed
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(failed), 0o700)
+        func(failed)
+
+    shutil.rmtree(path, onerror=retry)

@@ -1,0 +1,94 @@
+"""RUN steps' preparation: heredoc scripts, and what the step key covers (the script body,
+the --mounts' declarations; never a secret's value)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from stepbuild.build import run as run_step
+from stepbuild.build.mounts.plan import PlannedMount
+from stepbuild.build.mounts.secrets import SecretSource
+from stepbuild.build.plan import Scope
+from stepbuild.build.state import ImageState
+from stepbuild.frontend import instructions as ins
+from stepbuild.frontend.parse import parse
+
+
+def run_of(text: str) -> ins.Run:
+    run = parse("FROM scratch\n" + text).instructions[1]
+    assert isinstance(run, ins.Run)
+    return run
+
+
+# --- heredocs ----------------------------------------------------------------------------------
+
+
+def test_shebang_heredoc_runs_as_a_file() -> None:
+    run = run_of("RUN <<-EOT\n#!/usr/bin/env python3\n\tprint('$HOME')\nEOT\n")
+    assert run_step.heredoc_script(run.command) == ("EOT", "#!/usr/bin/env python3\n"
+                                                           "print('$HOME')\n")
+    assert run_step.run_argv(run.command, ("/bin/sh", "-c")) == ["/bin/sh", "-c",
+                                                                 "/dev/pipes/EOT"]
+
+
+@pytest.mark.parametrize("text", [
+    "RUN <<EOF\necho hi\nEOF\n",  # no #!: the body is the shell's command text
+    "RUN <<-EOF\n\t#!/bin/sh\nEOF\n",  # BuildKit tests the body before stripping tabs
+    "RUN cat <<EOF\n#!/bin/sh\nEOF\n",  # a heredoc feeding a command
+    'RUN ["cat"]\n',
+])
+def test_other_runs_are_not_scripts(text: str) -> None:
+    assert run_step.heredoc_script(run_of(text).command) is None
+
+
+def test_several_heredocs_go_to_the_shell() -> None:
+    run = run_of("RUN cat <<A > /a && cat <<'B' > /b\none\nA\ntwo\nB\n")
+    assert run_step.run_argv(run.command, ("/bin/sh", "-c")) == [
+        "/bin/sh", "-c", "cat <<A > /a && cat <<'B' > /b\none\nA\ntwo\nB"]
+
+
+# --- the step key ------------------------------------------------------------------------------
+
+
+class FakeExecutor:
+    build_args: dict[str, str] = {}
+    network = "host"
+    context = None  # no context bind here
+    store = None
+    secrets = {"tok": SecretSource("env", "NOT_READ_AT_PREPARE")}
+    ssh: dict[str, str] = {}
+    source_date_epoch = None
+
+
+def prepared_key(text: str, build: object | None = None) -> tuple[str, dict[str, Any]]:
+    step = run_step.prepare(FakeExecutor(), run_of(text), ImageState(), Scope(), build)
+    return step.key, step.inputs
+
+
+def test_script_body_and_mounts_are_in_the_key_secret_values_are_not() -> None:
+    key1, inputs = prepared_key("RUN <<EOF\n#!/bin/sh\necho one\nEOF\n")
+    key2, _ = prepared_key("RUN <<EOF\n#!/bin/sh\necho two\nEOF\n")
+    assert key1 != key2 and inputs["script"] == ["EOF", "#!/bin/sh\necho one\n"]
+    plain, plain_inputs = prepared_key("RUN make\n")
+    assert "mounts" not in plain_inputs and "script" not in plain_inputs  # old keys unchanged
+    cached, inputs = prepared_key("RUN --mount=type=cache,target=/c make\n")
+    assert cached != plain and inputs["mounts"][0]["type"] == "cache"
+    secret, inputs = prepared_key("RUN --mount=type=secret,id=tok make\n")
+    assert "NOT_READ_AT_PREPARE" not in repr(inputs)
+
+
+class PlannedObserver:
+    def __init__(self) -> None:
+        self.planned: list[PlannedMount] = []
+
+    def cache_mount_planned(self, p: PlannedMount) -> None:
+        self.planned.append(p)
+
+
+def test_the_builds_team_cache_hears_of_its_cache_mounts() -> None:
+    team = PlannedObserver()
+    prepared_key("RUN --mount=type=cache,target=/c,id=pip make\n", SimpleNamespace(team=team))
+    assert [p.cache_id for p in team.planned] == ["pip"]
