@@ -1,8 +1,9 @@
 """The layout is the architecture: the layering contracts hold and no module imports in a cycle.
 
 The contracts live in pyproject.toml (`[tool.importlinter]`, run by `make lint` too). The cycle
-check counts every import statement, including those inside functions: an import deferred for
-start-up time is still a dependency, and a cycle hidden that way is still a cycle.
+check counts every import statement that runs, including those inside functions: an import
+deferred for start-up time is still a dependency, and a cycle hidden that way is still a cycle.
+Imports under `if TYPE_CHECKING:` never run, so two modules may name each other's types.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
 def test_no_import_cycles() -> None:
     sys.path.insert(0, str(PROJECT))
     try:
-        graph = grimp.build_graph("stepbuild", cache_dir=None)
+        graph = grimp.build_graph("stepbuild", cache_dir=None,
+                                  exclude_type_checking_imports=True)
     finally:
         sys.path.remove(str(PROJECT))
     assert len(graph.modules) > 70  # the whole package was read
