@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit lint bench clean java-demo
+.PHONY: setup demo test test-unit fuzz lint bench clean java-demo
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ test: setup
 
 test-unit: setup
 	$(PYTEST) -x -q tests/unit tests/conformance
+
+# Property tests with new random examples (make test replays fixed ones); fails keep their example.
+fuzz: setup
+	STEPBUILD_HYPOTHESIS=explore $(PYTEST) -x -q $$(grep -rl "@given" tests)
 
 lint: setup
 	$(PY) -m pip install -q -e '.[dev]'

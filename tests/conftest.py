@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
+
+# Property tests: `make test` replays the same examples on every run (derandomized, nothing read
+# from or saved to a database), so a run is red or green for the code alone. `make fuzz` sets
+# STEPBUILD_HYPOTHESIS=explore: new random examples, many more of them, failures kept.
+settings.register_profile("fixed", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=2000, print_blob=True)
+settings.load_profile(os.environ.get("STEPBUILD_HYPOTHESIS", "fixed"))
 
 
 @pytest.fixture(scope="session")
