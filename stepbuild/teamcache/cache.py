@@ -516,8 +516,7 @@ class TeamCache:
     def _mount_blobs(self) -> list[tuple[str, dict[str, Any], Path]]:
         """(name, record, blob path in the store's tmp) for every cache mount the build used
         that has content. Each is read under a shared lock on its main instance."""
-        import fcntl
-
+        from stepbuild.fs.locks import flocked
         from stepbuild.layers.capture import capture
         from stepbuild.layers.compress import compress_stream
 
@@ -532,15 +531,10 @@ class TeamCache:
             try:
                 if not data.is_dir():
                     continue  # not in our store (never made here)
-                fd = os.open(base / "data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+                with flocked(base / "data.lock", exclusive=False):
                     if not data.is_dir():
                         continue
                     layer = capture(data, [], tar)
-                finally:
-                    os.close(fd)
                 if layer is None:
                     continue  # an empty cache: nothing to seed another builder with
                 with open(tar, "rb") as src, open(blob, "wb") as dst:
@@ -633,7 +627,7 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 def _empty_dir(path: Path) -> None:
     """Remove everything below `path` (a new cache instance a failed seed wrote into)."""
-    from stepbuild.layers.apply import remove_tree
+    from stepbuild.fs.trees import remove_tree
 
     for entry in os.listdir(path):
         child = path / entry

@@ -63,6 +63,9 @@ from stepbuild.errors import BuildError, StepbuildError, UsageError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.flags import SHARING_MODES, FlagError, parse_mount
 from stepbuild.fs import rootpath
+from stepbuild.fs.durable import write_file
+from stepbuild.fs.locks import flocked
+from stepbuild.fs.trees import remove_tree
 
 CACHE_MOUNTS = "cache-mounts"  # under the store root
 SECRET_MAX = 500 * 1024  # BuildKit refuses bigger secrets too
@@ -651,8 +654,7 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
         number = 0
         while True:
             name = "data" if number == 0 else f"data.{number}"
-            fd = _lock(base / f"{name}.lock", exclusive=True, wait=False)
-            if fd is not None:
+            if stack.enter_context(flocked(base / f"{name}.lock", exclusive=True, wait=False)):
                 break
             number += 1
         if number:
@@ -660,12 +662,9 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
     else:
         name = "data"
         exclusive = p.sharing == "locked"
-        fd = _lock(base / "data.lock", exclusive=exclusive, wait=False)
-        if fd is None:
+        if not stack.enter_context(flocked(base / "data.lock", exclusive=exclusive, wait=False)):
             note(f"cache mount {p.cache_id}: waiting for its lock (sharing={p.sharing})")
-            fd = _lock(base / "data.lock", exclusive=exclusive, wait=True)
-    assert fd is not None
-    stack.callback(os.close, fd)
+            stack.enter_context(flocked(base / "data.lock", exclusive=exclusive))
     instance = base / name
     observers = list(_OBSERVERS)
     for observer in observers:
@@ -698,22 +697,6 @@ def forget_cache_mounts(observer: Any) -> None:
     _OBSERVERS.discard(observer)
 
 
-def _lock(path: Path, *, exclusive: bool, wait: bool) -> int | None:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
-    try:
-        fcntl.flock(fd, flags)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _create_instance(base: Path, instance: Path, p: PlannedMount,
                      seed: Callable[[Path], None] | None) -> None:
     """Make a new cache instance beside its final name, then rename it into place; a
@@ -742,9 +725,8 @@ def _write_meta(base: Path, p: PlannedMount) -> None:
     meta = base / "meta.json"
     if meta.exists():
         return
-    tmp = base / f"meta.json.{os.getpid()}.{threading.get_ident()}"
-    tmp.write_bytes(keys.canonical({"id": p.cache_id, "identity": p.identity}) + b"\n")
-    os.replace(tmp, meta)
+    data = keys.canonical({"id": p.cache_id, "identity": p.identity}) + b"\n"
+    write_file(meta, data, None, durable=False)
 
 
 def prune_cache_mounts(store: Any) -> int:
@@ -759,19 +741,9 @@ def prune_cache_mounts(store: Any) -> int:
         for entry in sorted(os.listdir(directory)):
             doomed = store.tmp_dir("cache-mount-") / "gone"
             os.rename(directory / entry, doomed)
-            _remove_tree(doomed.parent)
+            remove_tree(doomed.parent)
             removed += 1
     return removed
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        func(failed)
-
-    shutil.rmtree(path, onerror=retry)
 
 
 # --- bind sources from the context -------------------------------------------------------------
