@@ -15,8 +15,10 @@ def test_shared_holders_coexist_and_exclude_an_exclusive_one(tmp_path: Path) -> 
     lock = tmp_path / "lock"
     with flocked(lock, exclusive=False) as first, flocked(lock, exclusive=False) as second:
         assert first and second
+        open_fds = len(os.listdir("/proc/self/fd"))
         with flocked(lock, exclusive=True, wait=False) as held:
             assert held is False
+            assert len(os.listdir("/proc/self/fd")) == open_fds  # nothing held, nothing open
     with flocked(lock, exclusive=True, wait=False) as held:
         assert held is True  # released when the blocks ended
         with flocked(lock, exclusive=False, wait=False) as shared:
