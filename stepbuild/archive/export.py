@@ -45,7 +45,6 @@ destination is left as it was.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
 import tempfile
@@ -71,7 +70,7 @@ from stepbuild.fs.locks import flocked
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
-from stepbuild.oci.digest import PREFIX
+from stepbuild.oci.digest import sha256_bytes
 
 __all__ = ["OUTPUT_TYPES", "Exported", "Output", "check_destination", "export_image",
            "parse_output"]
@@ -327,6 +326,6 @@ def _write_tar(dest: Path, store: Any, source: ImageSource) -> str:
             if blob is not None:
                 return blob.diff_id
             tmp.write_bytes(END_OF_ARCHIVE)
-            return PREFIX + hashlib.sha256(END_OF_ARCHIVE).hexdigest()
+            return sha256_bytes(END_OF_ARCHIVE)
     finally:
         remove_tree(work, best_effort=True)

@@ -44,9 +44,10 @@ from stepbuild.fs.locks import flocked
 from stepbuild.fs.trees import remove_tree
 from stepbuild.oci.digest import (
     PREFIX,
+    Digest,
     digest_hex,
     is_digest,
-    parse_digest,
+    is_digest_hex,
     sha256_bytes,
     sha256_file,
 )
@@ -71,7 +72,6 @@ MAX_MANIFEST_SIZE = 4 << 20  # what registries accept; a bigger blob is not a ma
 
 _T = TypeVar("_T")
 _KEY = re.compile(r"[0-9a-f]{32}")
-_HEX = re.compile(r"[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _STAGING = re.compile(r"[0-9a-f]{64}\.tmp-.+")
 _COMPRESSION = re.compile(r"[a-z0-9]{1,16}")
@@ -306,7 +306,7 @@ class Store:
         its directory are fsynced before this returns.
         """
         if digest is not None:
-            parse_digest(digest)
+            Digest.parse(digest)
         path = self._own_temp(Path(path))
         try:
             actual, size = sha256_file(path)
@@ -859,7 +859,7 @@ class Store:
     def _sweep_blobs(self, marked: set[str], cutoff: float) -> tuple[int, int]:
         removed = freed = 0
         for entry in os.scandir(self._blobs):
-            if entry.name in marked or not _HEX.fullmatch(entry.name):
+            if entry.name in marked or not is_digest_hex(entry.name):
                 continue
             size = entry.stat(follow_symlinks=False).st_size
             if _remove_if_old(Path(entry.path), cutoff):
@@ -873,7 +873,7 @@ class Store:
         def unreferenced(name: str) -> bool:
             if _STAGING.fullmatch(name):
                 return True
-            return bool(_HEX.fullmatch(name)) and name not in marked
+            return is_digest_hex(name) and name not in marked
 
         return self._sweep_dir(self._layers, cutoff, unreferenced, remove=self._discard)
 
@@ -918,7 +918,7 @@ class Store:
         problems: list[str] = []
         hashed: dict[str, tuple[str, int]] = {}
         for entry in os.scandir(self._blobs):
-            if not _HEX.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            if not is_digest_hex(entry.name) or not entry.is_file(follow_symlinks=False):
                 problems.append(f"blobs/sha256/{entry.name}: not a blob name")
                 continue
             digest, size = sha256_file(entry.path)
@@ -943,7 +943,7 @@ class Store:
         for entry in os.scandir(self._layers):
             if _STAGING.fullmatch(entry.name):
                 continue
-            if not _HEX.fullmatch(entry.name):
+            if not is_digest_hex(entry.name):
                 problems.append(f"layers/{entry.name}: not a layer name")
             elif not os.path.isdir(os.path.join(entry.path, "diff")):
                 problems.append(f"layer {PREFIX}{entry.name}: no diff/ dir")

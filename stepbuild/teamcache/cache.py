@@ -44,10 +44,8 @@ a miss (build.py), so a bad cache still never fails a build.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -58,6 +56,7 @@ from typing import Any
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
 from stepbuild.fs.durable import replacing
+from stepbuild.oci.digest import is_digest, sha256_file
 
 __all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
 
@@ -67,7 +66,6 @@ MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
 ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
@@ -145,10 +143,10 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
         if layer is not None:
             raise CacheError(f"cache record {key}: a layer without a diff_id")
         return record
-    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
+    if not is_digest(diff_id):
         raise CacheError(f"cache record {key}: bad diff_id")
-    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
-            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
+    if (not isinstance(layer, dict) or not is_digest(layer.get("digest"))
+            or not isinstance(layer.get("size"), int)
             or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
         raise CacheError(f"cache record {key}: bad layer descriptor")
     return record
@@ -171,7 +169,7 @@ def check_mount_record(name: str, record: Any) -> dict[str, Any]:
         ok = False
     if not ok:
         raise CacheError(f"cache mount record {name} is for another cache")
-    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
+    if (not is_digest(record.get("digest"))
             or not isinstance(record.get("size"), int) or record["size"] < 0):
         raise CacheError(f"cache mount record {name}: bad digest/size")
     return record
@@ -421,7 +419,7 @@ class TeamCache:
         tar = store.tmp_file("cache-layer-")
         try:
             backend.fetch_blob(layer, compressed)
-            digest, size = _sha256_file(compressed)
+            digest, size = sha256_file(compressed)
             if digest != layer["digest"] or size != layer["size"]:
                 raise CacheError(f"blob {layer['digest']} does not match its digest "
                                  f"(got {digest}, {size} bytes)")
@@ -500,7 +498,7 @@ class TeamCache:
         blob = self.store.tmp_file("cache-mount-blob-")
         try:
             backend.fetch_blob({"digest": record["digest"], "size": record["size"]}, blob)
-            digest, size = _sha256_file(blob)
+            digest, size = sha256_file(blob)
             if digest != record["digest"] or size != record["size"]:
                 raise CacheError(f"blob {record['digest']} does not match its digest "
                                  f"(got {digest}, {size} bytes)")
@@ -614,15 +612,6 @@ class TeamCache:
                                                  used.created_by))
         backend.finish()
         return len(steps)
-
-
-def _sha256_file(path: Path) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return "sha256:" + sha.hexdigest(), size
 
 
 def _empty_dir(path: Path) -> None:

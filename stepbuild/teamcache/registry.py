@@ -40,6 +40,7 @@ from typing import Any
 
 from stepbuild.errors import StepbuildError
 from stepbuild.fs.locks import flocked
+from stepbuild.oci.digest import sha256_bytes
 from stepbuild.teamcache.cache import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -310,7 +311,7 @@ class RegistryCache:
         repo = self.ref.repository
         entries = dict(sorted(_valid(merged).items()))
         config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        config_digest = sha256_bytes(config)
         with _scratch_path() as tmp:
             tmp.write_bytes(config)
             if self.registry.has_blob(repo, config_digest) is None:
