@@ -1,8 +1,8 @@
 """Durable file writes: a temp file on the same filesystem → fsync → rename → fsync(dir).
 
 A crash leaves the old file or the new one, never a torn one (containerd's content store:
-ingest to temp, then rename). The store keeps its own temp dir and lock (store.py); this is
-for the files written elsewhere: OCI layouts, the team cache dir, the registry auth file, the
+ingest to temp, then rename). Used for the store's index.json and records (temp in its tmp/,
+via `tmp_dir`), OCI layouts and archives, the team cache dir, the registry auth file, the
 build context's stat cache, and (with `durable=False`) the caches that only cost speed if a
 crash loses them.
 """
