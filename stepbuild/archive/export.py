@@ -45,14 +45,11 @@ destination is left as it was.
 from __future__ import annotations
 
 import errno
-import fcntl
-import hashlib
 import os
 import re
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +65,12 @@ from stepbuild.archive.write import (
     write_oci_archive,
 )
 from stepbuild.errors import UsageError
-from stepbuild.fs.durable import fsync_dir
+from stepbuild.fs.durable import fsync_dir, replacing, replacing_path
+from stepbuild.fs.locks import flocked
+from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
-from stepbuild.oci.digest import PREFIX
+from stepbuild.oci.digest import sha256_bytes
 
 __all__ = ["OUTPUT_TYPES", "Exported", "Output", "check_destination", "export_image",
            "parse_output"]
@@ -230,13 +229,13 @@ def _export_one(store: Any, source: ImageSource, output: Output, compression: st
     if kind in COMPRESSED_TYPES:
         image = oci_image(store, source, output.compression or compression)
         if kind == "oci":
-            with _replacing(dest) as tmp, open(tmp, "wb") as f:
+            with replacing(dest, 0o666 & ~umask()) as f:
                 write_oci_archive(f, store, image, names)
         else:
             _write_oci_layout(dest, store, image, names)
         return Exported(output, image.manifest.digest)
     if kind == "docker":
-        with _replacing(dest) as tmp, open(tmp, "wb") as f:
+        with replacing(dest, 0o666 & ~umask()) as f:
             write_docker_archive(f, store, source, names)
         return Exported(output, source.manifest.config.digest)
     if kind == "local":
@@ -245,32 +244,10 @@ def _export_one(store: Any, source: ImageSource, output: Output, compression: st
     return Exported(output, _write_tar(dest, store, source))
 
 
-@contextmanager
-def _replacing(dest: Path) -> Iterator[Path]:
-    """A temp file beside `dest` to write; then fsynced, made 0666 & ~umask, renamed over
-    `dest`. Deleted instead if the block raises."""
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fchmod(fd, 0o666 & ~umask())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-
-
 def _write_oci_layout(dest: Path, store: Any, image: OciImage, names: Sequence[str]) -> None:
     state = _layout_state(dest)
     if state == "layout":
-        with _dir_lock(dest):
+        with flocked(dest, exclusive=True, directory=True):  # other writers of it wait
             fill_layout(dest, store, image, names)
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
@@ -279,11 +256,11 @@ def _write_oci_layout(dest: Path, store: Any, image: OciImage, names: Sequence[s
         fill_layout(tmp, store, image, names)
         _rename_dir(tmp, dest)
     except _DestinationTaken:  # another export made a layout there meanwhile: add to it
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, best_effort=True)
         _write_oci_layout(dest, store, image, names)
         return
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, best_effort=True)
         raise
     fsync_dir(dest.parent)
 
@@ -305,23 +282,12 @@ def _rename_dir(tmp: Path, dest: Path, *, previous: bool = False) -> None:
     except OSError as exc:
         if trash is not None:
             os.rename(trash / "tree", dest)
-            _remove_tree(trash)
+            remove_tree(trash, best_effort=True)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise _DestinationTaken(str(dest)) from exc
         raise
     if trash is not None:
-        _remove_tree(trash)
-
-
-@contextmanager
-def _dir_lock(path: Path) -> Iterator[None]:
-    """An exclusive flock on a directory: concurrent stepbuild writers of a layout wait."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+        remove_tree(trash, best_effort=True)
 
 
 # --- root filesystem ---------------------------------------------------------------------------
@@ -338,25 +304,12 @@ def _write_local(dest: Path, store: Any, source: ImageSource) -> None:
             os.setxattr(tmp, EXPORT_XATTR, source.digest.encode(), follow_symlinks=False)
         _rename_dir(tmp, dest, previous=state == "previous")
     except _DestinationTaken:
-        _remove_tree(tmp)
+        remove_tree(tmp, best_effort=True)
         raise UsageError(f"{dest} was filled by someone else during the export") from None
     except BaseException:
-        _remove_tree(tmp)
+        remove_tree(tmp, best_effort=True)
         raise
     fsync_dir(dest.parent)
-
-
-def _remove_tree(path: Path) -> None:
-    """Delete a tree we made (best effort: a leftover is garbage beside dest, not an error);
-    a non-root exporter may have unpacked read-only dirs, made writable on the way."""
-
-    def writable(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        if func in (os.rmdir, os.unlink):
-            with suppress(OSError):
-                os.chmod(os.path.dirname(failed), 0o700)
-                func(failed)
-
-    shutil.rmtree(path, onerror=writable)
 
 
 def _write_tar(dest: Path, store: Any, source: ImageSource) -> str:
@@ -368,11 +321,11 @@ def _write_tar(dest: Path, store: Any, source: ImageSource) -> str:
     work = store.tmp_dir("flatten-")
     try:
         flatten(store, source.config.diff_ids, work)
-        with _replacing(dest) as tmp:
+        with replacing_path(dest, 0o666 & ~umask()) as tmp:  # capture writes by path
             blob = capture(work, [], tmp)
             if blob is not None:
                 return blob.diff_id
             tmp.write_bytes(END_OF_ARCHIVE)
-            return PREFIX + hashlib.sha256(END_OF_ARCHIVE).hexdigest()
+            return sha256_bytes(END_OF_ARCHIVE)
     finally:
-        _remove_tree(work)
+        remove_tree(work, best_effort=True)

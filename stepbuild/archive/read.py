@@ -30,7 +30,7 @@ from stepbuild.errors import DigestMismatch, InvalidDocument, LayerError, Stepbu
 from stepbuild.layers.decompress import GZIP_MAGIC, ZSTD_MAGIC, Prefixed, read_up_to
 from stepbuild.layers.tar import Readable
 from stepbuild.oci import documents as oci
-from stepbuild.oci.digest import PREFIX
+from stepbuild.oci.digest import PREFIX, sha256_stream
 
 __all__ = [
     "MAX_ARCHIVE_ENTRIES",
@@ -172,7 +172,7 @@ class ArchiveSource(Source):
             raise self._missing(name)
         _check_size(desc, found[1])
         if desc is not None:
-            actual = _sha256_of(Section(self._fd, *found))
+            actual = sha256_stream(Section(self._fd, *found))[0]
             if actual != desc.digest:
                 raise DigestMismatch(desc.digest, actual, actual_size=found[1])
         yield lambda: Section(self._fd, *found)
@@ -184,13 +184,6 @@ def _follow(name: str, links: dict[str, str]) -> str:
             return name
         name = links[name]
     return name
-
-
-def _sha256_of(stream: Readable) -> str:
-    sha = hashlib.sha256()
-    while chunk := stream.read(_CHUNK):
-        sha.update(chunk)
-    return PREFIX + sha.hexdigest()
 
 
 class LayoutSource(Source):

@@ -45,7 +45,7 @@ from stepbuild.fs.durable import fsync_dir, replacing, write_file
 from stepbuild.layers.compress import NONE, compressed_layer, compression_of, media_type
 from stepbuild.layers.tar import DIRTYPE, END_OF_ARCHIVE, REGTYPE, SYMTYPE, Header, encode_header
 from stepbuild.layers.tar import padding as tar_padding
-from stepbuild.oci.digest import PREFIX, digest_hex
+from stepbuild.oci.digest import PREFIX, digest_hex, sha256_bytes
 from stepbuild.oci.documents import (
     ANNOTATION_REF_NAME,
     MEDIA_TYPE_CONFIG,
@@ -126,7 +126,7 @@ def oci_image(store: Any, source: ImageSource, compression: str) -> OciImage:
         data = source.manifest_bytes  # nothing to change: the store's bytes, the same digest
     else:
         data = Manifest(config, layers, manifest.annotations).to_bytes()
-    digest = PREFIX + hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     blobs = tuple({d.digest: d for d in (config, *layers)}.values())
     return OciImage(Descriptor(MEDIA_TYPE_MANIFEST, digest, len(data)), data, blobs,
                     source.config.platform)
@@ -278,7 +278,7 @@ def _chain_ids(diff_ids: Sequence[str]) -> list[str]:
     chain: list[str] = []
     for diff_id in diff_ids:
         if chain:
-            diff_id = PREFIX + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
+            diff_id = sha256_bytes(f"{chain[-1]} {diff_id}".encode())
         chain.append(diff_id)
     return [digest_hex(c) for c in chain]
 

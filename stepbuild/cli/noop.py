@@ -33,14 +33,11 @@ they do not pile up.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +217,10 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
     saved = _load(witness)
     if saved is None:
         return False
-    with _shared_lock(witness.store_root):
+    from stepbuild.fs.locks import flocked  # not at the top: most builds have no record
+
+    # store.py's store lock, shared: no prune while we check and print.
+    with flocked(witness.store_root / "lock", exclusive=False, mode=0o644):
         if _tags(witness.store_root) != saved["tags"]:
             return False
         root = witness.store_root
@@ -271,6 +271,8 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
            transcript: list[tuple[str, str]], warnings: list[str]) -> bool:
     """Remember this build for `replay`, unless it cannot be trusted (see the module
     docstring); True if recorded. A failure to write is not an error: only speed is lost."""
+    from stepbuild.fs.durable import write_file  # not at the top: replay never writes
+
     if witness.racy or _volatile:
         return False
     after = _tags(witness.store_root)
@@ -290,7 +292,9 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
              "transcript": [[label, CACHED_LINE if line.startswith("     DONE") else line]
                             for label, line in transcript]}
     with suppress(OSError):
-        _write_atomic(_record_path(witness), json.dumps(saved).encode())
+        path = _record_path(witness)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_file(path, json.dumps(saved).encode(), 0o600, durable=False)  # a cache: no fsync
         return True
     return False
 
@@ -325,32 +329,8 @@ def _tags(store_root: Path) -> dict[str, str] | None:
         return None
 
 
-@contextmanager
-def _shared_lock(store_root: Path) -> Iterator[None]:
-    """store/store.py's store lock, shared: no prune while we check and print."""
-    fd = os.open(store_root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _record_path(witness: Witness) -> Path:
     return witness.store_root / RECORDS / f"{witness.identity}.json"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.rename(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _hash(parts: list[str]) -> str:

@@ -47,7 +47,7 @@ from stepbuild.distribution.auth import Credentials, repository_scope
 from stepbuild.distribution.reference import check_identifier, check_repository
 from stepbuild.distribution.transport import NETWORK_ERRORS, Retryable, Transport, network_error
 from stepbuild.errors import DigestMismatch, RegistryError
-from stepbuild.oci.digest import PREFIX, is_digest, parse_digest, sha256_bytes
+from stepbuild.oci.digest import PREFIX, Digest, is_digest, sha256_bytes
 from stepbuild.oci.documents import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -114,7 +114,7 @@ class Registry:
     def has_blob(self, repo: str, digest: str) -> int | None:
         """The blob's size if the repository has it, else None (`HEAD`)."""
         check_repository(repo)
-        parse_digest(digest)
+        Digest.parse(digest)
         return self._http.retry(lambda: self._head_blob(repo, digest))
 
     def get_blob(
@@ -128,7 +128,7 @@ class Registry:
         A dropped connection resumes with `Range` (or starts over if the server ignores it).
         """
         check_repository(repo)
-        parse_digest(digest)
+        Digest.parse(digest)
         download = _Download(Path(dest), digest, size, on_progress)
         try:
             self._http.retry(lambda: self._download(repo, download))
@@ -149,7 +149,7 @@ class Registry:
         registry checks too): `DigestMismatch` otherwise. Idempotent.
         """
         check_repository(repo)
-        parse_digest(digest)
+        Digest.parse(digest)
         actual = os.stat(source).st_size
         if actual != size:
             raise DigestMismatch(digest, None, expected_size=size, actual_size=actual)
@@ -175,7 +175,7 @@ class Registry:
         True if it did; False if it declined (the caller uploads instead)."""
         check_repository(repo)
         check_repository(from_repo)
-        parse_digest(digest)
+        Digest.parse(digest)
         scopes = (repository_scope(repo, "pull", "push"), repository_scope(from_repo, "pull"))
         url = f"/v2/{repo}/blobs/uploads/?" + urlencode({"mount": digest, "from": from_repo})
 

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from stepbuild.errors import InvalidReference
-from stepbuild.oci.digest import is_digest
+from stepbuild.oci.digest import is_digest, is_digest_hex
 
 DOCKER_HUB = "docker.io"  # how Docker Hub is written in a normalised reference
 LEGACY_DOCKER_HUB = "index.docker.io"
@@ -45,7 +45,6 @@ _HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])"
 _REGISTRY = re.compile(rf"{_HOST}(?::[0-9]+)?", re.ASCII)
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 _ANY_DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
-_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +68,7 @@ class Reference:
             raise InvalidReference(text, f"invalid registry host {self.registry!r}")
         if not _REPOSITORY.fullmatch(self.repository):
             raise InvalidReference(text, _repository_problem(self.repository))
-        if _IMAGE_ID.fullmatch(self.repository):
+        if is_digest_hex(self.repository):
             raise InvalidReference(text, "a repository cannot be a 64-digit hexadecimal string")
         if len(self.registry) + 1 + len(self.repository) > NAME_MAX:
             raise InvalidReference(text, f"name longer than {NAME_MAX} characters")
@@ -117,7 +116,7 @@ def parse_reference(text: str, *, default_tag: str | None = DEFAULT_TAG) -> Refe
     reference. With `default_tag=None` a reference without tag and digest is refused."""
     if not isinstance(text, str) or not text:
         raise InvalidReference(str(text), "empty")
-    if _IMAGE_ID.fullmatch(text):
+    if is_digest_hex(text):
         raise InvalidReference(text, "a repository cannot be a 64-digit hexadecimal string")
     rest, digest = _split_digest(text)
     registry, rest = _split_registry(rest)

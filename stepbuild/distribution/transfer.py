@@ -67,7 +67,7 @@ from stepbuild.errors import (
     UsageError,
 )
 from stepbuild.oci import documents as oci
-from stepbuild.oci.digest import digest_hex
+from stepbuild.oci.digest import digest_hex, sha256_bytes
 from stepbuild.progress import human_size
 from stepbuild.store.received import put_received
 from stepbuild.store.store import REMOTE_DIR, parse_remote_record
@@ -330,7 +330,7 @@ def push(store: Any, image: str, destination: str | None = None, *, compression:
                       for (desc, _), a in zip(layers, annotations, strict=True)),
                 manifest.annotations)
             data = remote.to_bytes()
-            digest = _sha256(data)
+            digest = sha256_bytes(data)
             tag = ref.tag or "latest"
             current = registry.head_manifest(ref.repository, tag)
             uploaded = current is None or current[0] != digest
@@ -765,10 +765,3 @@ def _discard(result: Any) -> None:
 def _parallel(func: Callable[[_T], _R], items: list[_T], jobs: int) -> list[_R]:
     with _pool(func, items, jobs) as results:
         return list(results)
-
-
-def _sha256(data: bytes) -> str:
-    from stepbuild.oci.digest import sha256_bytes
-
-    return sha256_bytes(data)
-

@@ -55,10 +55,10 @@ def _key(text: str, name: str) -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
+    from stepbuild.fs.durable import write_file  # not at the top: a cache hit writes nothing
+
     try:
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}")
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        write_file(path, data, None, durable=False)
     except OSError:
         pass  # a cache that cannot be written only costs the next parse

@@ -26,7 +26,7 @@ marker at the layer root (overlayfs ignores opacity on a lower layer's root dir 
 this kernel — so the layer could not hide what is below it) or under a non-directory; a 0/0
 character device entry (overlay would read it as a whiteout); NUL in names; directories
 nested more than MAX_DEPTH (512) deep, by name or through symlinks (Python 3.11's
-shutil.rmtree, which the store deletes with, dies of RecursionError near 1,000 levels);
+shutil.rmtree, which other tools delete with, dies of RecursionError near 1,000 levels);
 anything `Unpacker` refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata
 headers, ...). An empty file is an empty layer.
 
@@ -49,17 +49,17 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
+from stepbuild.fs.trees import TreeTooDeep, remove_tree, walk_tree
 from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs, look_below, read_xattrs
 from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 
-__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied", "remove_tree"]
+__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied"]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _WHITEOUT_PREFIX = ".wh."
@@ -67,8 +67,9 @@ _OPAQUE_MARKER = ".wh..wh..opq"
 _META_PREFIX = ".wh..wh."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Directory levels a layer may have. Python 3.11's shutil.rmtree recurses once per level and
-# fails with RecursionError near 1,000 (measured: a 1,500-deep tree), and the store deletes
-# layer dirs with it (prune, discards); rootpath allows 4,096. Real images stay far below.
+# fails with RecursionError near 1,000 (measured: a 1,500-deep tree); the store deletes with
+# fs.trees.remove_tree (any depth), other tools may not; rootpath allows 4,096. Real images
+# stay far below.
 MAX_DEPTH = 512
 # How deep `inherit_dirs` looks (one open fd and one stack frame per level). Deeper dirs the
 # tar does not list stay 0755 root: a cosmetic difference, in trees no real image has.
@@ -126,82 +127,17 @@ def commit_applied(store: Any, tar: Path, diff_id: str, lowers: Sequence[Path], 
         apply_layer(tar, target, lowers=lowers, label=label)
         store.commit_layer(target, diff_id, tar)
     except BaseException:
-        with suppress(OSError):
-            remove_tree(target)  # any depth (shutil.rmtree is recursive)
+        remove_tree(target, best_effort=True)  # any depth (shutil.rmtree is recursive)
         raise
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory tree of any depth (shutil.rmtree recurses once per level), never
-    following symlinks; nothing if `path` is gone. For trees no one else writes into."""
-    try:
-        top = os.open(path, _DIR_FLAGS)
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        os.unlink(path)
-        return
-    _walk(top, MAX_DEPTH_WALK, on_file=lambda fd, name: os.unlink(name, dir_fd=fd),
-          on_dir_done=lambda fd, name: os.rmdir(name, dir_fd=fd))
-    os.rmdir(path)
-
-
-MAX_DEPTH_WALK = 1 << 20  # remove_tree goes as deep as the tree does
 
 
 def _deeper_than(root_fd: int, limit: int) -> bool:
     """Whether the tree under `root_fd` has directories more than `limit` levels down."""
     try:
-        _walk(os.dup(root_fd), limit)
-    except _TooDeep:
+        walk_tree(os.dup(root_fd), limit)
+    except TreeTooDeep:
         return True
     return False
-
-
-class _TooDeep(Exception):
-    pass
-
-
-def _walk(fd: int, limit: int, on_file: Any = None, on_dir_done: Any = None) -> None:
-    """Depth-first over the directories under `fd` (consumed) with one open descriptor:
-    down by name, up by `..` (the tree is private: nothing renames dirs meanwhile), so its
-    depth costs neither descriptors nor stack frames. `on_file(dir_fd, name)` for every
-    non-directory, `on_dir_done(parent_fd, name)` after a directory's contents."""
-    stack: list[tuple[str, list[str]]] = [("", _scan(fd, on_file))]
-    try:
-        while stack:
-            name, todo = stack[-1]
-            if todo:
-                child = todo.pop()
-                if len(stack) > limit:
-                    raise _TooDeep
-                down = os.open(child, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = down
-                stack.append((child, _scan(fd, on_file)))
-                continue
-            stack.pop()
-            if not stack:
-                break
-            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = up
-            if on_dir_done is not None:
-                on_dir_done(fd, name)
-    finally:
-        os.close(fd)
-
-
-def _scan(fd: int, on_file: Any) -> list[str]:
-    """The subdirectory names of `fd`; `on_file` called for everything else."""
-    dirs = []
-    with os.scandir(fd) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                dirs.append(entry.name)
-            elif on_file is not None:
-                on_file(fd, entry.name)
-    return dirs
 
 
 class _Applier(Unpacker):

@@ -1,10 +1,13 @@
 """sha256 digests: parse, compute, verify.
 
 A digest names content: `sha256:` + 64 lower-case hex digits, the only algorithm the store
-accepts. Digests become file names (`blobs/sha256/<hex>`, `layers/<hex>`), so `parse_digest`
-is strict: anything else (other algorithms, upper case, `..`, `/`, NUL) is refused before it
-gets near a path. Vocabulary: a *digest* names a blob as stored; a *diff_id* is the digest of
-an uncompressed layer tar. Both have this same form.
+accepts. `Digest` is the one definition of that form (in the spirit of go-containerregistry's
+`v1.Hash`): every check of a digest string in stepbuild goes through `Digest.parse`, directly
+or via `is_digest`/`digest_hex`. Digests become file names (`blobs/sha256/<hex>`,
+`layers/<hex>`), so parsing is strict: anything else (other algorithms, upper case, `..`, `/`,
+NUL) is refused before it gets near a path. Descriptors and JSON documents keep digests as
+plain strings; they are parsed where they come in. Vocabulary: a *digest* names a blob as
+stored; a *diff_id* is the digest of an uncompressed layer tar. Both have this same form.
 
 No store logic here; `store/store.py` decides where files live.
 """
@@ -14,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from stepbuild.errors import DigestMismatch, InvalidDigest
 
@@ -25,31 +29,56 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
 
 
-def parse_digest(value: object) -> tuple[str, str]:
-    """Split `sha256:<hex>` into `("sha256", hex)`; raise `InvalidDigest` for anything else.
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A valid digest: `algorithm` ("sha256") and `hex` (64 lower-case hex digits).
 
-    `fullmatch` on a str: no trailing newline, no upper case, exactly 64 hex digits.
+    Made by `parse` (or directly), refusing anything else with `InvalidDigest`; `str()`
+    gives the `sha256:<hex>` form back. Hashable, so it can key sets and dicts.
     """
-    if not isinstance(value, str) or not value.startswith(PREFIX):
-        raise InvalidDigest(value)
-    hex_part = value[len(PREFIX) :]
-    if not _HEX64.fullmatch(hex_part):
-        raise InvalidDigest(value)
-    return ALGORITHM, hex_part
+
+    algorithm: str
+    hex: str
+
+    def __post_init__(self) -> None:
+        if self.algorithm != ALGORITHM or not is_digest_hex(self.hex):
+            raise InvalidDigest(f"{self.algorithm}:{self.hex}")
+
+    @classmethod
+    def parse(cls, text: object) -> Digest:
+        """`sha256:<hex>` as a Digest; `InvalidDigest` (naming `text`) for anything else."""
+        if not isinstance(text, str) or not text.startswith(PREFIX):
+            raise InvalidDigest(text)
+        return cls(ALGORITHM, text[len(PREFIX) :])
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+
+class _Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 def is_digest(value: object) -> bool:
-    """True if `value` is a digest `parse_digest` accepts."""
+    """True if `value` is a digest string `Digest.parse` accepts."""
     try:
-        parse_digest(value)
+        Digest.parse(value)
     except InvalidDigest:
         return False
     return True
 
 
+def is_digest_hex(value: object) -> bool:
+    """True if `value` is the hex part of a digest (also: a valid blob or layer file name).
+
+    `fullmatch` on a str: no trailing newline, no upper case, exactly 64 hex digits.
+    """
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
+
+
 def digest_hex(digest: str) -> str:
     """The 64 hex digits of a valid digest (validated)."""
-    return parse_digest(digest)[1]
+    return Digest.parse(digest).hex
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -57,15 +86,20 @@ def sha256_bytes(data: bytes) -> str:
     return PREFIX + hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path | str) -> tuple[str, int]:
-    """Hash a file: `(digest, size)`. Reads it once, in 1 MiB chunks."""
+def sha256_stream(stream: _Reader) -> tuple[str, int]:
+    """Hash a stream to its end: `(digest, size)`. Reads it in 1 MiB chunks."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+    while chunk := stream.read(_CHUNK):
+        h.update(chunk)
+        size += len(chunk)
     return PREFIX + h.hexdigest(), size
+
+
+def sha256_file(path: Path | str) -> tuple[str, int]:
+    """Hash a file: `(digest, size)`. Reads it once, in 1 MiB chunks."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def verify(path: Path | str, digest: str, size: int | None = None) -> None:
@@ -74,7 +108,7 @@ def verify(path: Path | str, digest: str, size: int | None = None) -> None:
     The size is checked first, from `stat`, so a file of the wrong length is refused without
     reading it (docs/security.md rule 4); `actual` is then None and the sizes are on the error.
     """
-    parse_digest(digest)
+    Digest.parse(digest)
     if size is not None:
         actual_size = os.stat(path).st_size
         if actual_size != size:

@@ -61,14 +61,13 @@ import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import xxhash
 
 from stepbuild.errors import ContextError
-from stepbuild.fs.durable import fsync_dir
+from stepbuild.fs.durable import write_file
 from stepbuild.sources.patterns import (
     MatchState,
     PatternError,
@@ -710,7 +709,8 @@ class _StatCache:
             "format": STAT_CACHE_FORMAT, "version": STAT_CACHE_VERSION,
             "entries": [[dev, ino, *record] for (dev, ino), record in table.items()],
         }, separators=(",", ":")).encode()
-        _write_atomic(self.path, data)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_file(self.path, data, 0o600)  # SECURITY.md rule 5
         self.dirty = False
 
 
@@ -726,23 +726,3 @@ def _parse_stat_cache(data: bytes) -> dict[tuple[int, int], tuple[int, int, int,
             raise ValueError("malformed stat cache entry")
         table[(dev, ino)] = (size, mtime_ns, ctime_ns, digest)
     return table
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """temp file in the same dir -> fsync -> rename -> fsync(dir) (docs/security.md rule 5)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile (it costs ~4 ms to import on the no-op path): O_EXCL never reuses a name,
-    # O_NOFOLLOW never writes through a planted symlink.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{time.time_ns()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)

@@ -21,7 +21,6 @@ unpack layers or decide what a cache record means beyond the content it names.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -40,12 +39,15 @@ from stepbuild.errors import (
     InvalidDocument,
     StoreError,
 )
-from stepbuild.fs.durable import fsync_dir
+from stepbuild.fs.durable import fsync_dir, write_file
+from stepbuild.fs.locks import flocked
+from stepbuild.fs.trees import remove_tree
 from stepbuild.oci.digest import (
     PREFIX,
+    Digest,
     digest_hex,
     is_digest,
-    parse_digest,
+    is_digest_hex,
     sha256_bytes,
     sha256_file,
 )
@@ -70,7 +72,6 @@ MAX_MANIFEST_SIZE = 4 << 20  # what registries accept; a bigger blob is not a ma
 
 _T = TypeVar("_T")
 _KEY = re.compile(r"[0-9a-f]{32}")
-_HEX = re.compile(r"[0-9a-f]{64}")
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 _STAGING = re.compile(r"[0-9a-f]{64}\.tmp-.+")
 _COMPRESSION = re.compile(r"[a-z0-9]{1,16}")
@@ -208,16 +209,6 @@ class Store:
             raise
         return Path(name)
 
-    def _replace_file(self, final: Path, data: bytes, prefix: str) -> None:
-        """Atomically (re)write `final`: temp → fsync → rename → fsync(dir)."""
-        tmp = self._write_temp(prefix, data)
-        try:
-            os.rename(tmp, final)
-        except BaseException:
-            _unlink(tmp)
-            raise
-        fsync_dir(final.parent)
-
     # --- locks ------------------------------------------------------------------------------
 
     @contextmanager
@@ -245,13 +236,12 @@ class Store:
             return
         if mode == "sh":
             raise StoreError("cannot take the store lock exclusively while holding it shared")
-        fd = _flock(self.root / "lock", exclusive)
-        self._held.mode = "ex" if exclusive else "sh"
-        try:
-            yield
-        finally:
-            self._held.mode = None
-            os.close(fd)
+        with flocked(self.root / "lock", exclusive=exclusive):
+            self._held.mode = "ex" if exclusive else "sh"
+            try:
+                yield
+            finally:
+                self._held.mode = None
 
     @contextmanager
     def _index_lock(self) -> Iterator[None]:
@@ -260,11 +250,8 @@ class Store:
         A separate file from `lock`, so that a process holding the store lock shared (a
         build) can still update tags.
         """
-        fd = _flock(self.root / "index.lock", exclusive=True)
-        try:
+        with flocked(self.root / "index.lock", exclusive=True):
             yield
-        finally:
-            os.close(fd)
 
     # --- blobs ------------------------------------------------------------------------------
 
@@ -319,7 +306,7 @@ class Store:
         its directory are fsynced before this returns.
         """
         if digest is not None:
-            parse_digest(digest)
+            Digest.parse(digest)
         path = self._own_temp(Path(path))
         try:
             actual, size = sha256_file(path)
@@ -421,7 +408,7 @@ class Store:
         trash = Path(tempfile.mkdtemp(prefix="discard-", dir=self._tmp))
         with suppress(FileNotFoundError):
             os.rename(path, trash / "x")
-        _remove(trash)
+        remove_tree(trash)
 
     # --- images and tags --------------------------------------------------------------------
 
@@ -557,7 +544,7 @@ class Store:
         return Index.from_bytes(data, str(self._index))
 
     def _write_index(self, index: Index) -> None:
-        self._replace_file(self._index, index.to_bytes(), "index-")
+        write_file(self._index, index.to_bytes(), 0o600, tmp_dir=self._tmp)
 
     # --- cache records ----------------------------------------------------------------------
 
@@ -608,7 +595,7 @@ class Store:
                     raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
             for digest in blobs:
                 self.blob_path(digest)
-            self._replace_file(path, data, "cache-")
+            write_file(path, data, 0o600, tmp_dir=self._tmp)
 
     def _quarantine(self, path: Path, inode: int) -> None:
         """Move a corrupt record aside, unless it was replaced since we read it."""
@@ -678,7 +665,7 @@ class Store:
             self.blob_path(diff_id)
             self._check_blob_size(blob)
             self._compressed.mkdir(mode=0o700, exist_ok=True)
-            self._replace_file(path, data, "compressed-")
+            write_file(path, data, 0o600, tmp_dir=self._tmp)
 
     def _compressed_records(self) -> Iterator[tuple[Path, Descriptor | None, str]]:
         """Every record file: its path, blob descriptor (None if bad) and diff_id hex."""
@@ -762,7 +749,7 @@ class Store:
             if content_id is not None and (digest_hex(content_id) in marked
                                            or self._known(content_id)):
                 continue
-            _remove(path)
+            remove_tree(path)
             removed += 1
         return removed
 
@@ -873,7 +860,7 @@ class Store:
     def _sweep_blobs(self, marked: set[str], cutoff: float) -> tuple[int, int]:
         removed = freed = 0
         for entry in os.scandir(self._blobs):
-            if entry.name in marked or not _HEX.fullmatch(entry.name):
+            if entry.name in marked or not is_digest_hex(entry.name):
                 continue
             size = entry.stat(follow_symlinks=False).st_size
             if _remove_if_old(Path(entry.path), cutoff):
@@ -887,7 +874,7 @@ class Store:
         def unreferenced(name: str) -> bool:
             if _STAGING.fullmatch(name):
                 return True
-            return bool(_HEX.fullmatch(name)) and name not in marked
+            return is_digest_hex(name) and name not in marked
 
         return self._sweep_dir(self._layers, cutoff, unreferenced, remove=self._discard)
 
@@ -932,7 +919,7 @@ class Store:
         problems: list[str] = []
         hashed: dict[str, tuple[str, int]] = {}
         for entry in os.scandir(self._blobs):
-            if not _HEX.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            if not is_digest_hex(entry.name) or not entry.is_file(follow_symlinks=False):
                 problems.append(f"blobs/sha256/{entry.name}: not a blob name")
                 continue
             digest, size = sha256_file(entry.path)
@@ -957,7 +944,7 @@ class Store:
         for entry in os.scandir(self._layers):
             if _STAGING.fullmatch(entry.name):
                 continue
-            if not _HEX.fullmatch(entry.name):
+            if not is_digest_hex(entry.name):
                 problems.append(f"layers/{entry.name}: not a layer name")
             elif not os.path.isdir(os.path.join(entry.path, "diff")):
                 problems.append(f"layer {PREFIX}{entry.name}: no diff/ dir")
@@ -1108,16 +1095,6 @@ def _missing_refs(store: Store, key: str, record: dict[str, Any]) -> list[str]:
     ] + [f"cache record {key}: blob {b} is missing" for b in blobs if not store.has_blob(b)]
 
 
-def _flock(path: Path, exclusive: bool) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -1131,26 +1108,12 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
 
 
-def _remove(path: Path) -> None:
-    """Remove a file or a tree, making read-only dirs writable on the way (a step may have
-    created them 0555); never follows symlinks."""
-    if path.is_symlink() or not path.is_dir():
-        _unlink(path)
-        return
-
-    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        func(failed)
-
-    shutil.rmtree(path, onerror=retry)
-
-
 def _remove_if_old(path: Path, cutoff: float, remove: Callable[[Path], None] | None = None) -> int:
     """Remove `path` if its mtime is before `cutoff`; 1 if removed, else 0."""
     try:
         if path.lstat().st_mtime >= cutoff:
             return 0
-        (remove or _remove)(path)
+        (remove or remove_tree)(path)
     except FileNotFoundError:
         return 0
     return 1

@@ -40,7 +40,6 @@ a miss (build/builder.py), so a bad cache still never fails a build.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -50,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
-from stepbuild.teamcache.local import CHUNK, LocalDir
+from stepbuild.oci.digest import sha256_file
+from stepbuild.teamcache.local import LocalDir
 from stepbuild.teamcache.records import (
     MOUNT_SCHEMA,
     CacheError,
@@ -258,7 +258,7 @@ class TeamCache:
         tar = store.tmp_file("cache-layer-")
         try:
             backend.fetch_blob(layer, compressed)
-            digest, size = _sha256_file(compressed)
+            digest, size = sha256_file(compressed)
             if digest != layer["digest"] or size != layer["size"]:
                 raise CacheError(f"blob {layer['digest']} does not match its digest "
                                  f"(got {digest}, {size} bytes)")
@@ -337,7 +337,7 @@ class TeamCache:
         blob = self.store.tmp_file("cache-mount-blob-")
         try:
             backend.fetch_blob({"digest": record["digest"], "size": record["size"]}, blob)
-            digest, size = _sha256_file(blob)
+            digest, size = sha256_file(blob)
             if digest != record["digest"] or size != record["size"]:
                 raise CacheError(f"blob {record['digest']} does not match its digest "
                                  f"(got {digest}, {size} bytes)")
@@ -353,8 +353,7 @@ class TeamCache:
     def _mount_blobs(self) -> list[tuple[str, dict[str, Any], Path]]:
         """(name, record, blob path in the store's tmp) for every cache mount the build used
         that has content. Each is read under a shared lock on its main instance."""
-        import fcntl
-
+        from stepbuild.fs.locks import flocked
         from stepbuild.layers.capture import capture
         from stepbuild.layers.compress import compress_stream
 
@@ -369,15 +368,10 @@ class TeamCache:
             try:
                 if not data.is_dir():
                     continue  # not in our store (never made here)
-                fd = os.open(base / "data.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+                with flocked(base / "data.lock", exclusive=False):
                     if not data.is_dir():
                         continue
                     layer = capture(data, [], tar)
-                finally:
-                    os.close(fd)
                 if layer is None:
                     continue  # an empty cache: nothing to seed another builder with
                 with open(tar, "rb") as src, open(blob, "wb") as dst:
@@ -459,18 +453,9 @@ class TeamCache:
         return len(steps)
 
 
-def _sha256_file(path: Path) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return "sha256:" + sha.hexdigest(), size
-
-
 def _empty_dir(path: Path) -> None:
     """Remove everything below `path` (a new cache instance a failed seed wrote into)."""
-    from stepbuild.layers.apply import remove_tree
+    from stepbuild.fs.trees import remove_tree
 
     for entry in os.listdir(path):
         child = path / entry

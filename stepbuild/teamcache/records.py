@@ -9,10 +9,10 @@ trusted, because a shared cache is written by other machines.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from stepbuild.errors import StepbuildError
+from stepbuild.oci.digest import is_digest
 
 RECORD_SCHEMA = "stepbuild-cache/1"
 MOUNT_SCHEMA = "stepbuild-cache-mount/1"
@@ -20,7 +20,6 @@ MOUNT_PREFIX = "cache-mounts/"  # registry map entries of cache mounts
 ARTIFACT_TYPE = "application/vnd.stepbuild.cache.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.stepbuild.cache.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class CacheError(StepbuildError):
@@ -47,10 +46,10 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
         if layer is not None:
             raise CacheError(f"cache record {key}: a layer without a diff_id")
         return record
-    if not isinstance(diff_id, str) or not _DIGEST.fullmatch(diff_id):
+    if not is_digest(diff_id):
         raise CacheError(f"cache record {key}: bad diff_id")
-    if (not isinstance(layer, dict) or not isinstance(layer.get("digest"), str)
-            or not _DIGEST.fullmatch(layer["digest"]) or not isinstance(layer.get("size"), int)
+    if (not isinstance(layer, dict) or not is_digest(layer.get("digest"))
+            or not isinstance(layer.get("size"), int)
             or layer["size"] < 0 or not isinstance(layer.get("mediaType"), str)):
         raise CacheError(f"cache record {key}: bad layer descriptor")
     return record
@@ -73,7 +72,7 @@ def check_mount_record(name: str, record: Any) -> dict[str, Any]:
         ok = False
     if not ok:
         raise CacheError(f"cache mount record {name} is for another cache")
-    if (not isinstance(record.get("digest"), str) or not _DIGEST.fullmatch(record["digest"])
+    if (not is_digest(record.get("digest"))
             or not isinstance(record.get("size"), int) or record["size"] < 0):
         raise CacheError(f"cache mount record {name}: bad digest/size")
     return record

@@ -26,7 +26,6 @@ one per store that ever exported to TAG.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import StepbuildError
+from stepbuild.fs.locks import flocked
+from stepbuild.oci.digest import sha256_bytes
 from stepbuild.teamcache.records import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -273,7 +274,8 @@ class RegistryCache:
     def finish(self) -> None:
         """Add our records to this store's writer tag, then fold all writers into TAG."""
         own = writer_tag(self.tag, writer_id(self.store_root))
-        with self._writer_lock():
+        # Builds on one store export one at a time: they share the writer tag.
+        with flocked(self.store_root / _WRITER_LOCK_FILE, exclusive=True, mode=0o644):
             try:
                 entries = self._read_tag(own, owner=self.tag)[0]
             except CacheError:
@@ -303,24 +305,13 @@ class RegistryCache:
                         {WRITERS_ANNOTATION: json.dumps(writers, sort_keys=True,
                                                         separators=(",", ":"))})
 
-    @contextmanager
-    def _writer_lock(self) -> Iterator[None]:
-        """Builds on one store export one at a time: they share the writer tag."""
-        fd = os.open(self.store_root / _WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def _write_map(self, tag: str, merged: dict[str, Any], annotations: dict[str, str]) -> str:
         """Push the map as a config blob and tag an artifact manifest naming it and its
         blobs; return the manifest's digest."""
         repo = self.ref.repository
         entries = dict(sorted(_valid(merged).items()))
         config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
-        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        config_digest = sha256_bytes(config)
         with _scratch_path() as tmp:
             tmp.write_bytes(config)
             if self.registry.has_blob(repo, config_digest) is None:

@@ -32,7 +32,7 @@ import zstandard
 
 from stepbuild.oci.documents import MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, validate_layout
 from tests.integration.builds import Stepbuild, base_image, write_context
-from tests.unit.test_oci import Validate, oci_schema, validate  # noqa: F401 - fixtures
+from tests.unit.oci.test_documents import Validate, oci_schema, validate  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.root
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stepbuild.oci import documents as oci
 from tests.integration.builds import Stepbuild, base_image, write_context
-from tests.unit.test_oci import oci_schema, validate  # noqa: F401  (fixtures)
+from tests.unit.oci.test_documents import oci_schema, validate  # noqa: F401  (fixtures)
 
 STEPFILE = (
     "FROM base\nARG GREETING=hi\nRUN echo $GREETING > /greeting && mkdir -p /data/sub"

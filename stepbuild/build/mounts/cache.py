@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,6 +19,9 @@ from typing import Any, Protocol
 
 from stepbuild.build import keys
 from stepbuild.build.mounts.plan import PlannedMount, cache_dir_name
+from stepbuild.fs.durable import write_file
+from stepbuild.fs.locks import flocked
+from stepbuild.fs.trees import remove_tree
 
 CACHE_MOUNTS = "cache-mounts"  # under the store root
 
@@ -55,8 +57,7 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
     base.parent.mkdir(mode=0o700, exist_ok=True)
     base.mkdir(mode=0o700, exist_ok=True)
     _write_meta(base, p)
-    name, fd = _lock_instance(base, p, note)
-    stack.callback(os.close, fd)
+    name = _lock_instance(base, p, note, stack)
     instance = base / name
     if observer is not None:
         observer.cache_mount_used(store_root, p, base)
@@ -67,44 +68,26 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
     return instance
 
 
-def _lock_instance(base: Path, p: PlannedMount, note: Callable[[str], None]
-                   ) -> tuple[str, int]:
-    """(the instance's name, the fd of its held lock), as `p.sharing` says."""
+def _lock_instance(base: Path, p: PlannedMount, note: Callable[[str], None],
+                   stack: ExitStack) -> str:
+    """The instance's name, its lock held (as `p.sharing` says) until `stack` closes."""
     if p.sharing == "private":
         number = 0
-        while (fd := _lock(base / f"{_instance(number)}.lock", exclusive=True,
-                           wait=False)) is None:
+        while not stack.enter_context(flocked(base / f"{_instance(number)}.lock",
+                                              exclusive=True, wait=False)):
             number += 1
         if number:
             note(f"cache mount {p.cache_id}: busy, using private instance {number}")
-        return _instance(number), fd
+        return _instance(number)
     exclusive = p.sharing == "locked"
-    fd = _lock(base / "data.lock", exclusive=exclusive, wait=False)
-    if fd is None:
+    if not stack.enter_context(flocked(base / "data.lock", exclusive=exclusive, wait=False)):
         note(f"cache mount {p.cache_id}: waiting for its lock (sharing={p.sharing})")
-        fd = _lock(base / "data.lock", exclusive=exclusive, wait=True)
-        assert fd is not None  # a waiting flock returns holding the lock
-    return "data", fd
+        stack.enter_context(flocked(base / "data.lock", exclusive=exclusive))
+    return "data"
 
 
 def _instance(number: int) -> str:
     return "data" if number == 0 else f"data.{number}"
-
-
-def _lock(path: Path, *, exclusive: bool, wait: bool) -> int | None:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
-    try:
-        fcntl.flock(fd, flags)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _create_instance(base: Path, instance: Path, p: PlannedMount,
@@ -135,9 +118,8 @@ def _write_meta(base: Path, p: PlannedMount) -> None:
     meta = base / "meta.json"
     if meta.exists():
         return
-    tmp = base / f"meta.json.{os.getpid()}.{threading.get_ident()}"
-    tmp.write_bytes(keys.canonical({"id": p.cache_id, "identity": p.identity}) + b"\n")
-    os.replace(tmp, meta)
+    data = keys.canonical({"id": p.cache_id, "identity": p.identity}) + b"\n"
+    write_file(meta, data, None, durable=False)
 
 
 def prune_cache_mounts(store: Any) -> int:
@@ -152,16 +134,6 @@ def prune_cache_mounts(store: Any) -> int:
         for entry in sorted(os.listdir(directory)):
             doomed = store.tmp_dir("cache-mount-") / "gone"
             os.rename(directory / entry, doomed)
-            _remove_tree(doomed.parent)
+            remove_tree(doomed.parent)
             removed += 1
     return removed
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        func(failed)
-
-    shutil.rmtree(path, onerror=retry)

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stepbuild.errors import LayerError
-from stepbuild.layers.apply import MAX_DEPTH, apply_layer, commit_applied, remove_tree
+from stepbuild.fs.trees import remove_tree
+from stepbuild.layers.apply import apply_layer, commit_applied
 from stepbuild.layers.capture import capture
 from stepbuild.layers.tar import DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE
 from stepbuild.store.store import Store
@@ -228,27 +229,6 @@ def test_capture_then_apply_gives_the_upper_back(tmp_path: Path) -> None:
     target.mkdir()
     apply_layer(blob.path, target, lowers=[lower])
     assert tree(target) == tree(upper)
-
-
-# --- remove_tree ----------------------------------------------------------------------------
-
-
-def test_remove_tree_of_any_depth(tmp_path: Path) -> None:
-    top = tmp_path / "deep"
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY)
-    for i in range(2 * MAX_DEPTH + 500):  # deeper than shutil.rmtree manages on 3.11
-        os.mkdir("d", dir_fd=fd)
-        if i % 100 == 0:
-            os.symlink("/etc", "link", dir_fd=fd)
-            os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
-        down = os.open("d", os.O_RDONLY, dir_fd=fd)
-        os.close(fd)
-        fd = down
-    os.close(fd)
-    remove_tree(top)
-    assert not top.exists() and Path("/etc/passwd").exists()
-    remove_tree(top)  # gone: nothing to do
 
 
 # --- property: whatever the entries, nothing lands outside -----------------------------------

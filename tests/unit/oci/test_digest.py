@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 
 from stepbuild.errors import DigestMismatch, InvalidDigest, StoreError
 from stepbuild.oci.digest import (
+    Digest,
     HashingWriter,
     digest_hex,
     is_digest,
-    parse_digest,
+    is_digest_hex,
     sha256_bytes,
     sha256_file,
+    sha256_stream,
     verify,
 )
 
@@ -27,10 +29,23 @@ HEX = "a" * 64
 EMPTY = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
-def test_parse_digest() -> None:
-    assert parse_digest("sha256:" + HEX) == ("sha256", HEX)
+def test_digest_parses_to_a_frozen_hashable_value() -> None:
+    digest = Digest.parse("sha256:" + HEX)
+    assert (digest.algorithm, digest.hex) == ("sha256", HEX)
+    assert str(digest) == "sha256:" + HEX
+    assert digest == Digest("sha256", HEX) and len({digest, Digest.parse(str(digest))}) == 1
+    with pytest.raises(AttributeError):
+        digest.hex = "b" * 64  # type: ignore[misc]
+    assert not hasattr(digest, "__dict__")  # slotted
     assert digest_hex(EMPTY) == EMPTY[7:]
-    assert is_digest(EMPTY)
+    assert is_digest(EMPTY) and is_digest_hex(EMPTY[7:]) and not is_digest_hex(EMPTY)
+
+
+def test_digest_made_from_parts_is_validated_too() -> None:
+    with pytest.raises(InvalidDigest, match="sha512:"):
+        Digest("sha512", HEX)
+    with pytest.raises(InvalidDigest):
+        Digest("sha256", HEX.upper())
 
 
 @pytest.mark.parametrize(
@@ -59,7 +74,7 @@ def test_parse_digest() -> None:
 )
 def test_parse_digest_refuses(value: object) -> None:
     with pytest.raises(InvalidDigest) as err:
-        parse_digest(value)
+        Digest.parse(value)
     assert err.value.value == value
     assert isinstance(err.value, StoreError) and isinstance(err.value, ValueError)
     assert not is_digest(value)
@@ -73,6 +88,7 @@ def test_sha256_file(tmp_path: Path) -> None:
     path.write_bytes(data)
     assert sha256_file(path) == ("sha256:" + hashlib.sha256(data).hexdigest(), len(data))
     assert sha256_bytes(data) == sha256_file(path)[0]
+    assert sha256_stream(io.BytesIO(data)) == sha256_file(path)
 
 
 def test_verify(tmp_path: Path) -> None:
