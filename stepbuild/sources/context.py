@@ -710,7 +710,7 @@ class _StatCache:
             "entries": [[dev, ino, *record] for (dev, ino), record in table.items()],
         }, separators=(",", ":")).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_file(self.path, data, 0o600)  # SECURITY.md rule 5
+        write_file(self.path, data, 0o600)  # docs/security.md rule 5
         self.dirty = False
 
 
