@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.build import copy as copy_step
 from stepbuild.build import run as run_step
@@ -27,19 +27,35 @@ from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stepbuild.build.mounts.realise import SecretSource
     from stepbuild.build.seams import BuildRun
     from stepbuild.layers.capture import LayerBlob
+    from stepbuild.progress import Progress
+    from stepbuild.sandbox import RunResult
+    from stepbuild.sandbox.spec import SandboxSpec
+    from stepbuild.sources.context import BuildContext
+    from stepbuild.store.store import Store
 
-__all__ = ["Executor", "PreparedStep"]
+__all__ = ["Executor", "PreparedStep", "Sandbox"]
+
+
+class Sandbox(Protocol):
+    """What runs a RUN's command: the `stepbuild.sandbox` module."""
+
+    def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None
+            ) -> RunResult: ...
 
 
 class Executor:
     """Prepares and performs RUN/COPY/ADD steps (`seams.StepExecutor`). Collaborators are
     injected."""
 
-    def __init__(self, store: Any, context: Any, sandbox: Any, progress: Any,
-                 build_args: dict[str, str] | None = None, network: str = "host",
-                 source_date_epoch: int | None = None, secrets: dict[str, Any] | None = None,
+    def __init__(self, store: Store, context: BuildContext, sandbox: Sandbox,
+                 progress: Progress, build_args: dict[str, str] | None = None,
+                 network: str = "host", source_date_epoch: int | None = None,
+                 secrets: dict[str, SecretSource] | None = None,
                  ssh: dict[str, str] | None = None) -> None:
         self.store = store
         self.context = context
