@@ -11,6 +11,7 @@ therefore whatever the step wrote, and its diff_id the sha256 of that.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class FakeExecutor:
         self.script = script
         self.ran: list[str] = []
         self.workspaces: list[Path] = []
+        self._numbers = itertools.count()  # stage threads take numbers at the same time
 
     def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
                 scope: Scope, build: BuildRun) -> PreparedStep:
@@ -161,7 +163,7 @@ class FakeExecutor:
 
     @contextmanager
     def workspace(self, step: PreparedStep, state: ImageState) -> Iterator[Workspace]:
-        tmp = Path(f"/store/tmp/step-{len(self.workspaces)}")
+        tmp = Path(f"/store/tmp/step-{next(self._numbers)}")
         self.workspaces.append(tmp)
         lowers = () if step.link else tuple(Path("/store/layers") / d
                                             for d in reversed(state.diff_ids))

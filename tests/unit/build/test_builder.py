@@ -44,10 +44,11 @@ class World:
         self.progress = Progress(self.output)
         self.clock = itertools.count(1_000_000)
 
-    def build(self, stepfile: str, **options: Any) -> BuildResult:
+    def build(self, stepfile: str, jobs: int = 1, **options: Any) -> BuildResult:
         self.progress = Progress(self.output)  # a fresh transcript per build
         builder = Builder(self.store, self.executor, self.progress,
-                          clock=lambda: float(next(self.clock)), team_cache=self.caches)
+                          clock=lambda: float(next(self.clock)), jobs=jobs,
+                          team_cache=self.caches)
         return builder.build(parse(stepfile), BuildOptions(tags=("app",), **options))
 
     def key_of(self, created_by: str) -> str:
@@ -180,6 +181,20 @@ def test_a_second_image_builds_on_the_first_from_the_store() -> None:
     assert result.state.diff_ids == (*base.state.diff_ids, layer("RUN make test"))
     _, config = world.store.image("app")
     assert "MODE=release" in config.to_json()["config"]["Env"]
+
+
+def test_stages_built_at_the_same_time_make_the_image_built_one_after_the_other() -> None:
+    stepfile = ("FROM scratch AS a\nRUN build a\nFROM scratch AS b\nRUN build b\n"
+                "FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")
+    serial, parallel = World(), World()
+    one = serial.build(stepfile, source_date_epoch=0)
+    two = parallel.build(stepfile, jobs=2, source_date_epoch=0)
+    assert sorted(parallel.executor.ran) == sorted(serial.executor.ran)
+    assert two.manifest_digest == one.manifest_digest
+    assert parallel.store.cache.keys() == serial.store.cache.keys()
+    again = parallel.build(stepfile, jobs=2, source_date_epoch=0)
+    assert (again.cached, again.manifest_digest) == (4, one.manifest_digest)
+    assert parallel.disk == {}
 
 
 # --- the team cache -------------------------------------------------------------------------------
