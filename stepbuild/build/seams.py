@@ -86,7 +86,7 @@ class StepExecutor(Protocol):
             layer = executor.capture(space)  # space.upper as a layer tar; None: no change
 
     `prepare` raises PlanError/BuildError for a step that cannot be prepared (a bad flag, a
-    missing source); `perform` raises `StepFailed` when the command fails, located at the
+    missing source); `perform` raises `StepFailed` when a RUN's command fails, located at the
     step, with its exit status and last lines of output. Neither writes to the store's
     layers or cache records.
     """
