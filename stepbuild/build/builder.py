@@ -1,10 +1,11 @@
-"""The builder loop: for each step, key → lookup → (execute → capture → commit) → next state.
+"""The builder loop: stages in order, each instruction taking the image to its next state.
 
 `Builder.build` walks the stages of a Stepfile in order. Config-only instructions change the
-image config (`image.py`); RUN, COPY and ADD are cached steps: their key (`keys.py`) covers the
-parent state and everything the step sees; a hit reuses the recorded layer, a miss runs the
-step in an overlay (`execute.py`), captures the upper dir as a layer (`layer.py`) and commits
-it to the store before recording the key. Nothing is committed for a step that fails.
+image config (`state.py`); RUN, COPY and ADD are cached steps, built by `lifecycle.py`
+(prepare → look up → perform → capture → commit): their key (`keys.py`) covers the parent
+state and everything the step sees; a hit reuses the recorded layer, a miss runs the step in
+an overlay (`execute.py`), captures the upper dir as a layer and commits it to the store
+before recording the key. Nothing is committed for a step that fails.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.build.images import base_descriptor, load_state, save_state
+from stepbuild.build.lifecycle import StepLifecycle
 from stepbuild.build.plan import (
     Scope,
     Stage,
@@ -38,7 +40,12 @@ from stepbuild.errors import (
     StepbuildError,
 )
 from stepbuild.frontend import instructions as ins
-from stepbuild.progress import Progress
+
+if TYPE_CHECKING:
+    from stepbuild.build.seams import BuildStore, OpenTeamCache, StepExecutor, TeamCacheView
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.progress import Progress
+    from stepbuild.teamcache.cache import CacheSpec
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
 # syntax); stepbuild.archive.load.TRANSPORTS, repeated here so a build need not import that module.
@@ -56,11 +63,11 @@ class BuildOptions:
     source_date_epoch: int | None = None
     target: str | None = None
     pull: str = "missing"  # FROM a registry reference: missing, always or never
-    cache_from: tuple[Any, ...] = ()  # teamcache.CacheSpec: import sources, in order
-    cache_to: tuple[Any, ...] = ()  # teamcache.CacheSpec: export destinations
-    # connection.Connection for every registry the build reaches (FROM and the team cache);
-    # None: the defaults (the default auth file, TLS verified against the system's CAs).
-    connection: Any = None
+    cache_from: tuple[CacheSpec, ...] = ()  # the team cache's import sources, in order
+    cache_to: tuple[CacheSpec, ...] = ()  # the team cache's export destinations
+    # For every registry the build reaches (FROM and the team cache); None: the defaults
+    # (the default auth file, TLS verified against the system's CAs).
+    connection: Connection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,30 +78,35 @@ class BuildResult:
     cached: int
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
-    """What a cached step produced: its layer (or None) and when it was first built."""
+def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[str], None],
+                    misses: set[str]) -> TeamCacheView:
+    """The team cache of --cache-from/--cache-to (`seams.OpenTeamCache`)."""
+    from stepbuild.teamcache.cache import TeamCache
 
-    diff_id: str | None
-    created: str
+    return TeamCache(store, options.cache_from, options.cache_to, warn,
+                     connection=options.connection, misses=misses)
 
 
 class Builder:
     """Builds Stepfiles into images in one store.
 
-    Collaborators are injected: `store` (store.Store), `executor` (execute.Executor: runs RUN
-    and COPY/ADD steps for real) and `progress` (progress.Progress). No globals.
+    Collaborators are injected (`seams.py` says what each must do): `store` (store.Store),
+    `executor` (execute.Executor: runs RUN and COPY/ADD steps for real), `progress`
+    (progress.Progress), `clock`, and `team_cache`, which opens the team cache of a build
+    that has --cache-from or --cache-to. No globals.
     Independent stages run at the same time, up to `jobs` of them, each in its own thread
     (the builder entered its private mount namespace before starting any).
     """
 
-    def __init__(self, store: Any, executor: Any, progress: Progress,
-                 clock: Callable[[], float] = time.time, jobs: int = 1) -> None:
+    def __init__(self, store: BuildStore, executor: StepExecutor, progress: Progress,
+                 clock: Callable[[], float] = time.time, jobs: int = 1,
+                 team_cache: OpenTeamCache = open_team_cache) -> None:
         self.store = store
         self.executor = executor
         self.progress = progress
         self.clock = clock
         self.jobs = max(1, jobs)
+        self.team_cache = team_cache
 
     def build(self, stepfile: ins.Stepfile, options: BuildOptions) -> BuildResult:
         """Build; start again when a team cache hit's layer, fetched only once needed, turns
@@ -117,14 +129,11 @@ class Builder:
         globals_ = global_args(stages, options.build_args, stepfile.escape)
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         needed = needed_stages(target.index, graph)
-        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1)
-        run.target = target.index
+        team = None
         if options.cache_from or options.cache_to:
-            from stepbuild.teamcache.cache import TeamCache
-
-            run.team = TeamCache(self.store, options.cache_from, options.cache_to,
-                                 self.progress.warn, connection=options.connection,
-                                 misses=misses)
+            team = self.team_cache(self.store, options, self.progress.warn, misses)
+        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1, team)
+        run.target = target.index
         try:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
@@ -189,7 +198,8 @@ class _Run:
     """The state of one build: per-stage results and counters (shared by stage threads)."""
 
     def __init__(self, builder: Builder, stages: Stages, options: BuildOptions,
-                 globals_: dict[str, str], escape: str, labelled: bool) -> None:
+                 globals_: dict[str, str], escape: str, labelled: bool,
+                 team: TeamCacheView | None) -> None:
         self.builder = builder
         self.stages = stages
         self.options = options
@@ -201,7 +211,10 @@ class _Run:
         self.steps = 0
         self.cached = 0
         self.failed = False
-        self.team: Any = None  # teamcache.TeamCache with --cache-from/--cache-to
+        self.team = team  # with --cache-from/--cache-to
+        self.lifecycle = StepLifecycle(builder.store, builder.executor, builder.progress,
+                                       builder.clock, team, no_cache=options.no_cache,
+                                       source_date_epoch=options.source_date_epoch)
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
         self._lock = threading.Lock()
@@ -306,43 +319,13 @@ class _Run:
 
     def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
                     scope: Scope, stage: Stage) -> ImageState:
-        label = self.label(stage)
-        step = self.builder.executor.prepare(instruction, state, scope, self)
-        record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
-        if record is None and self.team is not None and not self.options.no_cache:
-            # a hit; its layer imported now in the target stage, elsewhere once needed
-            record = self.team.lookup(step.key, state.diff_ids, stage.index == self.target)
-        if record is not None:
+        state, hit = self.lifecycle.step(self, instruction, state, scope, stage=stage.index,
+                                         label=self.label(stage),
+                                         eager=stage.index == self.target)
+        if hit:
             with self._lock:
                 self.cached += 1
-            self.builder.progress.cached(label)
-            diff_ids = record.get("diff_ids") or [None]
-            epoch = self.options.source_date_epoch
-            result = StepResult(diff_ids[0], timestamp(epoch) if epoch is not None
-                                else record["created"])
-        else:
-            started = self.builder.clock()
-            epoch = self.options.source_date_epoch
-            created = timestamp(epoch if epoch is not None else started)
-            if not step.work.get("link"):  # --link: made on an empty root
-                self.need_layers(state)
-            for other in step.reads:
-                self.need_layers(other)
-            diff_id = self.builder.executor.execute(step, state, self, label)
-            finished = self.builder.clock()
-            # started/finished are for people and tests (did two stages overlap?), not keys.
-            self.builder.store.put_cache(step.key, {
-                "diff_ids": [diff_id] if diff_id else [], "created": created,
-                "created_by": step.created_by, "inputs": step.inputs,
-                "started": started, "finished": finished,
-            })
-            self.builder.progress.done(label, finished - started)
-            result = StepResult(diff_id, created)
-        if self.team is not None:
-            self.team.note(step.key, stage.index, result.diff_id,
-                           result.created if record is None else record["created"],
-                           step.created_by)
-        return state.with_layer(result.diff_id, step.created_by, result.created)
+        return state
 
 
 def onbuild_triggers(state: ImageState, filename: str, base: ins.From

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.build import keys
 from stepbuild.build.copy_files import (
@@ -66,12 +66,43 @@ from stepbuild.sources import git
 from stepbuild.sources import url as fetch
 from stepbuild.sources.context import Selection, SourceGroup
 
+if TYPE_CHECKING:
+    from stepbuild.build.execute import Executor
+    from stepbuild.build.seams import BuildRun
+
 # What a --link step's key has in place of the parent state: the layer does not depend on it.
 LINK_PARENT = "stepbuild-copy-link/1"
 
 
-def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
-            run: Any) -> PreparedStep:
+@dataclass(frozen=True, slots=True)
+class CopyWork:
+    """What a COPY or ADD copies, as `prepare` found it: the context files selected (or, with
+    `--from`, the `source` image and the `sources` to select in it), the `--parents` layout,
+    the heredocs (name, body), the URLs downloaded and the git commits resolved; where they go
+    and with which owner and mode. `owner` is the `--link --chown` owner, resolved in the
+    parent; otherwise `chown` is resolved in the image when copying. `unpack`: an ADD of a
+    local archive unpacks it. `where` ("Stepfile:LINE") locates errors while copying."""
+
+    dest: str
+    selection: Selection | None
+    layout: tuple[_Kept, ...] | None
+    source: ImageState | None
+    sources: tuple[str, ...]
+    excludes: tuple[str, ...]
+    parents: bool
+    inline: tuple[tuple[str, str], ...]
+    downloads: tuple[fetch.Download, ...]
+    git: tuple[_GitInput, ...]
+    keep_git_dir: bool
+    chown: str | None
+    owner: Owner | None
+    chmod: int | None
+    unpack: bool
+    where: str
+
+
+def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
+            run: BuildRun) -> PreparedStep:
     word = "ADD" if isinstance(copy, ins.Add) else "COPY"
     expanded = [scope.expand(s) for s in copy.sources]
     is_add = isinstance(copy, ins.Add)
@@ -130,18 +161,19 @@ def prepare(executor: Any, copy: ins.Copy | ins.Add, state: ImageState, scope: S
         copy.from_) else ""
     shown = [next((r.source.shown for r in repos if s == r.written), s) for s in expanded]
     created_by = f"{word}{flags}{origin} {' '.join([*shown, *(n for n, _ in inline)])} {dest}"
-    work = {"selection": selection, "layout": layout, "source": source, "sources": sources,
-            "excludes": excludes, "dest": dest, "inline": inline, "chown": chown,
-            "owner": owner, "downloads": downloads, "git": repos,
-            "keep_git_dir": keep_git_dir, "parents": parents, "link": copy.link,
-            "chmod": int(chmod, 8) if chmod else None,
-            "unpack": isinstance(copy, ins.Add) and copy.unpack is not False,
-            "where": f"{run.stages.filename}:{copy.loc.line}"}
-    return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else ())
+    work = CopyWork(
+        dest=dest, selection=selection, layout=layout, source=source, sources=tuple(sources),
+        excludes=tuple(excludes), parents=parents, inline=tuple(inline),
+        downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
+        owner=owner, chmod=int(chmod, 8) if chmod else None,
+        unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
+        where=f"{run.stages.filename}:{copy.loc.line}")
+    return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
+                        link=copy.link)
 
 
 @contextmanager
-def _at_line(run: Any, copy: ins.Copy | ins.Add) -> Iterator[None]:
+def _at_line(run: BuildRun, copy: ins.Copy | ins.Add) -> Iterator[None]:
     """Errors of fetching sources (git, URLs) name the Stepfile line; exit status stays 1."""
     try:
         yield
@@ -176,7 +208,8 @@ class _GitInput:
     written: str
 
 
-def _parent_owner(executor: Any, state: ImageState, chown: str, run: Any) -> Owner:
+def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildRun
+                  ) -> Owner:
     """--link --chown: names are looked up in the parent image, mounted read-only."""
     uid, _, gid = chown.partition(":")
     if uid.isdigit() and (gid.isdigit() or not gid):
@@ -187,7 +220,7 @@ def _parent_owner(executor: Any, state: ImageState, chown: str, run: Any) -> Own
         return chown_owner(root, chown)
 
 
-def _from(executor: Any, copy: ins.Copy | ins.Add, scope: Scope, run: Any
+def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
           ) -> ImageState | None:
     """The image state a `COPY --from` reads: an earlier stage's result, or an image."""
     if not isinstance(copy, ins.Copy) or not copy.from_:
@@ -205,7 +238,7 @@ def _from(executor: Any, copy: ins.Copy | ins.Add, scope: Scope, run: Any
     return state
 
 
-def _chmod(value: str, run: Any, copy: ins.Copy | ins.Add) -> str:
+def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> str:
     if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
         raise located(PlanError, run.stages.filename, copy,
                       f"invalid --chmod value {value!r}: expected an octal mode such as 0755")
@@ -220,50 +253,48 @@ def destination(dest: str, workdir: str) -> str:
     return cleaned.rstrip("/") + "/" if is_dir else cleaned
 
 
-def perform(executor: Any, step: PreparedStep, merged: Path, tmp: Path) -> None:
+def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None:
     """Copy the step's sources into the mounted image root `merged` (empty for --link)."""
-    work = step.work
-    source: ImageState | None = work["source"]
+    source = work.source
     if source is None:
-        _copy_all(executor.context, work["selection"], work["layout"], step, merged, tmp)
+        _copy_all(executor.context, work.selection, work.layout, work, merged, tmp)
         return
     from stepbuild.sources.context import BuildContext
 
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
     with overlay.mounted_readonly(tmp / "from", lowers) as root:
         context = BuildContext(root)
-        selection, layout = select(context, work["sources"], work["excludes"], work["parents"])
-        _copy_all(context, selection, layout, step, merged, tmp)
+        selection, layout = select(context, work.sources, work.excludes, work.parents)
+        _copy_all(context, selection, layout, work, merged, tmp)
 
 
 def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept] | None,
-              step: PreparedStep, merged: Path, tmp: Path) -> None:
-    work = step.work
-    owner = work["owner"] or (chown_owner(merged, work["chown"]) if work["chown"] else Owner())
-    place = Placement(work["dest"], owner, work["chmod"])
+              work: CopyWork, merged: Path, tmp: Path) -> None:
+    owner = work.owner or (chown_owner(merged, work.chown) if work.chown else Owner())
+    place = Placement(work.dest, owner, work.chmod)
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
         if layout is None:  # with --parents the destination is always a directory
-            check_destination(place, len(groups) + len(work["inline"]) + len(
-                work["downloads"]) + len(work["git"]), root_fd)
+            check_destination(place, len(groups) + len(work.inline) + len(
+                work.downloads) + len(work.git), root_fd)
         copier = Copier(root_fd, place)
         # Writing below a new directory straight to the upper dir, only when it is all this
         # COPY writes: the entries of one walk never pass through each other's symlinks, while
         # a second source could (and must then resolve through the image, not the upper dir).
-        alone = len(groups) == 1 and not (work["inline"] or work["downloads"] or work["git"])
+        alone = len(groups) == 1 and not (work.inline or work.downloads or work.git)
         upper = tmp / "upper" if alone else None
         try:
             for index, group in enumerate(groups):
                 if layout is None:
-                    _copy_group(context, copier, group, place, root_fd, work["unpack"], merged,
-                                chowned=bool(work["chown"]), upper=upper)
+                    _copy_group(context, copier, group, place, root_fd, work.unpack, merged,
+                                chowned=bool(work.chown), upper=upper)
                 else:
                     _copy_kept(context, copier, group, layout[index], place)
-            for name, data in work["inline"]:
+            for name, data in work.inline:
                 copier.write_file(file_target(place, name, root_fd), data.encode(), 0o644, 0)
-            for download in work["downloads"]:
+            for download in work.downloads:
                 _copy_download(copier, download, file_target(place, download.name, root_fd))
-            for index, repo in enumerate(work["git"]):
+            for index, repo in enumerate(work.git):
                 _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
             copier.finish()
         finally:
@@ -439,17 +470,17 @@ def _copy_kept(context: Any, copier: Copier, group: SourceGroup, kept: _Kept,
 
 
 def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, target: Path,
-              work: dict[str, Any], merged: Path) -> None:
+              work: CopyWork, merged: Path) -> None:
     """Fetch the commit into the step's tmp dir and copy its tree (or subdir) like a
     directory source: its contents go into the destination, which is always a directory."""
     from stepbuild.sources.context import BuildContext
 
     try:
         tree = git.checkout(repo.source, repo.commit, repo.ref_name, target,
-                           work["keep_git_dir"])
+                           work.keep_git_dir)
     except BuildError as exc:
-        raise BuildError(f"{work['where']}: {exc.message}", hint=exc.hint) from None
+        raise BuildError(f"{work.where}: {exc.message}", hint=exc.hint) from None
     context = BuildContext(tree)
     group = context.select(["."]).groups[0]
     _copy_group(context, copier, group, place, root_fd, False, merged,
-                chowned=bool(work["chown"]), upper=None)
+                chowned=bool(work.chown), upper=None)

@@ -1,39 +1,62 @@
-"""Running cached steps for real: mount, run or copy, capture, commit.
+"""Running cached steps for real: the executor's part of the step lifecycle (`lifecycle.py`).
 
 `Executor.prepare` turns an instruction into a `PreparedStep` (its expanded inputs and cache
-key; `run_step` and `copy_step` know the details). `Executor.execute` runs a step that missed
-the cache: it mounts an overlay of the image's layers with a fresh upper dir in the builder's
-private mount namespace, runs the RUN in the sandbox or copies the files, unmounts, captures
-the upper dir as a layer and commits it to the store. On any failure the step's temporary
-directory is removed and nothing is committed.
+key; `run_step` and `copy_step` know the details). For a step that missed the cache,
+`workspace` makes its temporary dir (removed afterwards, whatever happens), `perform` mounts
+an overlay of the image's layers with a fresh upper dir in the builder's private mount
+namespace, runs the RUN in the sandbox or copies the files, and unmounts; `capture` turns the
+upper dir into a layer tar. Committing it to the store is the lifecycle's business.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.build import copy as copy_step
 from stepbuild.build import run as run_step
 from stepbuild.build.mounts.context_copies import ContextCopies
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
-from stepbuild.build.step import PreparedStep
+from stepbuild.build.step import PreparedStep, Workspace
 from stepbuild.frontend import instructions as ins
 from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
 
-__all__ = ["Executor", "PreparedStep"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stepbuild.build.mounts.secrets import SecretSource
+    from stepbuild.build.seams import BuildRun
+    from stepbuild.layers.capture import LayerBlob
+    from stepbuild.progress import Progress
+    from stepbuild.sandbox import RunResult
+    from stepbuild.sandbox.spec import SandboxSpec
+    from stepbuild.sources.context import BuildContext
+    from stepbuild.store.store import Store
+
+__all__ = ["Executor", "PreparedStep", "Sandbox"]
+
+
+class Sandbox(Protocol):
+    """What runs a RUN's command: the `stepbuild.sandbox` module."""
+
+    def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None
+            ) -> RunResult: ...
 
 
 class Executor:
-    """Prepares and executes RUN/COPY/ADD steps. Collaborators are injected."""
+    """Prepares and performs RUN/COPY/ADD steps (`seams.StepExecutor`). Collaborators are
+    injected."""
 
-    def __init__(self, store: Any, context: Any, sandbox: Any, progress: Any,
-                 build_args: dict[str, str] | None = None, network: str = "host",
-                 source_date_epoch: int | None = None, secrets: dict[str, Any] | None = None,
+    def __init__(self, store: Store, context: BuildContext, sandbox: Sandbox,
+                 progress: Progress, build_args: dict[str, str] | None = None,
+                 network: str = "host", source_date_epoch: int | None = None,
+                 secrets: dict[str, SecretSource] | None = None,
                  ssh: dict[str, str] | None = None) -> None:
         self.store = store
         self.context = context
@@ -61,36 +84,40 @@ class Executor:
         return self._scratch / f"{len(os.listdir(self._scratch))}-{name}"
 
     def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                scope: Scope, run: Any) -> PreparedStep:
+                scope: Scope, build: BuildRun) -> PreparedStep:
         if isinstance(instruction, ins.Run):
-            return run_step.prepare(self, instruction, state, scope, run)
-        return copy_step.prepare(self, instruction, state, scope, run)
+            return run_step.prepare(self, instruction, state, scope, build)
+        return copy_step.prepare(self, instruction, state, scope, build)
 
-    def execute(self, step: PreparedStep, state: ImageState, run: Any, label: str = ""
-                ) -> str | None:
-        """Run a step that missed the cache; return its layer's diff_id (None: no change)."""
+    @contextmanager
+    def workspace(self, step: PreparedStep, state: ImageState) -> Iterator[Workspace]:
+        """A temporary dir in the store for `step`, on `state`'s layers; removed on exit."""
         # COPY/ADD --link: the layer is made on an empty root, independent of the parent.
-        lowers = [] if step.work.get("link") else [
-            self.store.layer_dir(d) for d in reversed(state.diff_ids)]
+        lowers = () if step.link else tuple(
+            self.store.layer_dir(d) for d in reversed(state.diff_ids))
         tmp = self.store.tmp_dir("step-")
         try:
-            upper = tmp / "upper"
-            stubs: list[str] = []
-            with overlay.mounted(tmp, lowers) as merged:
-                if isinstance(step.instruction, ins.Run):
-                    stubs = run_step.perform(self, step, state, merged, tmp,
-                                             run.stages.filename, label,
-                                             cache_observer=run.team)
-                else:
-                    copy_step.perform(self, step, merged, tmp)
-            run_step.remove_stubs(upper, stubs)
-            if self.source_date_epoch is not None:
-                layer.clamp_mtimes(upper, self.source_date_epoch)
-            blob = layer.capture(upper, lowers, tmp / "layer.tar",
-                                 source_date_epoch=self.source_date_epoch)
-            if blob is None:
-                return None
-            self.store.commit_layer(upper, blob.diff_id, blob.path)
-            return str(blob.diff_id)
+            yield Workspace(tmp, lowers)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def perform(self, step: PreparedStep, state: ImageState, space: Workspace,
+                build: BuildRun, label: str) -> None:
+        """Run the RUN, or copy the files, in an overlay mounted for the step."""
+        stubs: list[str] = []
+        with overlay.mounted(space.tmp, space.lowers) as merged:
+            if isinstance(step.work, run_step.RunWork):
+                stubs = run_step.perform(self, step, step.work, state, merged, space.tmp,
+                                         build.stages.filename, label,
+                                         cache_observer=build.team)
+            else:
+                copy_step.perform(self, step.work, merged, space.tmp)
+        run_step.remove_stubs(space.upper, stubs)
+
+    def capture(self, space: Workspace) -> LayerBlob | None:
+        """The upper dir as a layer tar in the workspace; None when the step changed
+        nothing."""
+        if self.source_date_epoch is not None:
+            layer.clamp_mtimes(space.upper, self.source_date_epoch)
+        return layer.capture(space.upper, space.lowers, space.tmp / "layer.tar",
+                             source_date_epoch=self.source_date_epoch)

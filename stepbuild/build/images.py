@@ -7,19 +7,22 @@ empty layer, because an OCI manifest must list at least one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stepbuild.build.state import ImageState
 from stepbuild.oci import documents as oci
 
+if TYPE_CHECKING:
+    from stepbuild.build.seams import ImageStore
 
-def base_descriptor(store: Any, name: str) -> tuple[str, str] | None:
+
+def base_descriptor(store: ImageStore, name: str) -> tuple[str, str] | None:
     """(name, manifest digest) of an image in the store, for the base annotations."""
     descriptor = store.resolve(name)
     return (name, descriptor.digest) if descriptor is not None else None
 
 
-def load_state(store: Any, name: str) -> ImageState | None:
+def load_state(store: ImageStore, name: str) -> ImageState | None:
     """The image `name` (tag or digest) as a state, or None when the store does not have it."""
     descriptor = store.resolve(name)
     if descriptor is None:
@@ -37,7 +40,8 @@ ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
 
 
-def save_state(store: Any, state: ImageState, base: tuple[str, str] | None = None) -> Any:
+def save_state(store: ImageStore, state: ImageState, base: tuple[str, str] | None = None
+               ) -> oci.Descriptor:
     """Write the config and manifest of `state`; return the manifest descriptor.
 
     The manifest is annotated with the creation time and, when the image was built on an
@@ -50,8 +54,7 @@ def save_state(store: Any, state: ImageState, base: tuple[str, str] | None = Non
     document = state.to_oci_json()
     document["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
     config = oci.ImageConfig.from_json(document)
-    layers = [oci.Descriptor(oci.MEDIA_TYPE_LAYER, d, store.blob_path(d).stat().st_size)
-              for d in diff_ids]
+    layers = [store.descriptor(d, oci.MEDIA_TYPE_LAYER) for d in diff_ids]
     annotations = {ANNOTATION_CREATED: state.created}
     if base is not None:
         annotations[ANNOTATION_BASE_NAME], annotations[ANNOTATION_BASE_DIGEST] = base

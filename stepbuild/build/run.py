@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,10 @@ from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
 
 if TYPE_CHECKING:
+    from stepbuild.build.execute import Executor
     from stepbuild.build.mounts.cache import CacheMountObserver
+    from stepbuild.build.mounts.plan import PlannedMount
+    from stepbuild.build.seams import BuildRun
 
 # Paths the sandbox mounts over; created as empty stubs when the image lacks them and removed
 # from the layer afterwards, so that they never land in an image (BuildKit does the same).
@@ -43,35 +47,48 @@ HOSTNAME = "stepbuild"
 PIPES = "/dev/pipes"  # where a `#!` heredoc script is mounted, as in BuildKit
 
 
-def prepare(executor: Any, run: ins.Run, state: ImageState, scope: Scope,
-            build: Any) -> PreparedStep:
+@dataclass(frozen=True, slots=True)
+class RunWork:
+    """What a RUN runs, expanded: its argv, its whole environment (proxy variables included,
+    which its key leaves out), its network, a `#!` heredoc (file name, body) to run as a
+    file, and its `--mount`s, planned."""
+
+    argv: tuple[str, ...]
+    env: tuple[str, ...]
+    network: str
+    script: tuple[str, str] | None = None
+    mounts: tuple[PlannedMount, ...] = ()
+
+
+def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
+            build: BuildRun) -> PreparedStep:
     """The key inputs and the work of a RUN. `build` is the builder's run of this Stepfile
     (stages, their results, the file name), for `--mount from=` and located errors."""
     argv = run_argv(run.command, state.shell)
     env = scope.run_env(executor.build_args)
-    network = run.network if run.network not in (None, "default") else executor.network
+    network = (run.network if run.network is not None and run.network != "default"
+               else executor.network)
     inputs: dict[str, Any] = {"op": "run", "argv": argv, "env": keys.without_proxies(env),
                               "user": state.user, "cwd": state.workdir, "network": network}
     if executor.source_date_epoch is not None:
         inputs["sde"] = executor.source_date_epoch  # it clamps the layer's mtimes
-    work: dict[str, Any] = {"argv": argv, "env": env, "network": network}
     script = heredoc_script(run.command)
     if script is not None:
         inputs["script"] = list(script)  # the body: argv names only the file
-        work["script"] = script
+    planned: tuple[PlannedMount, ...] = ()
     if run.mounts:
         from stepbuild.build.mounts.plan import key_inputs, plan
 
         sources = _mount_sources(executor, run, build)
         planned = plan(run, lambda word: _expand(scope, word, sources), state.workdir, sources)
         inputs["mounts"] = key_inputs(planned)
-        work["mounts"] = planned
     key = keys.step_key(state.key, inputs)
-    reads = tuple(p.state for p in work.get("mounts", ()) if p.state is not None)
+    reads = tuple(p.state for p in planned if p.state is not None)
+    work = RunWork(tuple(argv), env, network, script, planned)
     return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
 
 
-def _mount_sources(executor: Any, run: ins.Run, build: Any) -> Any:
+def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Any:
     from stepbuild.build.images import load_state
     from stepbuild.build.mounts.plan import Sources
 
@@ -102,29 +119,30 @@ def _expand(scope: Scope, word: str, sources: Any) -> str:
         raise sources.error(exc.message) from None
 
 
-def perform(executor: Any, step: PreparedStep, state: ImageState, merged: Path, tmp: Path,
-            filename: str, label: str, cache_observer: CacheMountObserver | None = None
-            ) -> list[str]:
-    """Run the step in the sandbox; return the stubs made (for `remove_stubs`).
-    `cache_observer` (the build's team cache) hears of the cache mounts the step uses."""
+def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageState,
+            merged: Path, tmp: Path, filename: str, label: str,
+            cache_observer: CacheMountObserver | None = None) -> list[str]:
+    """Run the step (`work` is its work) in the sandbox; return the stubs made (for
+    `remove_stubs`). `cache_observer` (the build's team cache) hears of the cache mounts the
+    step uses."""
     from stepbuild.sandbox.spec import Mount, SandboxSpec
 
     ids = user_ids(merged, state.user)
     etc = tmp / "etc"
     write_etc_files(etc, HOSTNAME)
     stubs = _make_stubs(merged)
-    env = tuple(step.work["env"])
+    env = work.env
     progress = executor.progress
     with ExitStack() as stack:
         mounts: list[Mount] = []
-        if "script" in step.work:
-            mounts.append(_script_mount(tmp, *step.work["script"]))
-        if step.work.get("mounts"):
+        if work.script is not None:
+            mounts.append(_script_mount(tmp, *work.script))
+        if work.mounts:
             from stepbuild.build.mounts.realise import realised, with_env
 
             try:
                 done = stack.enter_context(realised(
-                    step.work["mounts"], store=executor.store,
+                    work.mounts, store=executor.store,
                     context_copies=executor.context_copies, merged=merged, tmp=tmp, env=env,
                     note=lambda message: progress.note(label, message),
                     observer=cache_observer))
@@ -134,9 +152,9 @@ def perform(executor: Any, step: PreparedStep, state: ImageState, merged: Path, 
             mounts += done.mounts
             env = with_env(env, done.env)
         spec = SandboxSpec(
-            rootfs=str(merged), argv=tuple(step.work["argv"]), env=with_home(env, ids),
+            rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
             cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-            hostname=HOSTNAME, network=step.work["network"], etc_dir=str(etc),
+            hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
             mounts=tuple(mounts),
         )
         result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data))

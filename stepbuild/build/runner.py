@@ -11,15 +11,18 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stepbuild.build.images import load_state
 from stepbuild.build.run import user_ids, with_home, write_etc_files
 from stepbuild.errors import StepbuildError
 from stepbuild.sandbox import host as overlay
 
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
-def run_image(store: Any, name: str, command: list[str], network: str = "host") -> int:
+
+def run_image(store: Store, name: str, command: list[str], network: str = "host") -> int:
     """Run `command` (or the image's CMD) in image `name`; return its exit status."""
     from stepbuild import sandbox
     from stepbuild.sandbox.spec import SandboxSpec

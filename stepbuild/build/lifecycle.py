@@ -1,0 +1,125 @@
+"""The life of a cached step (RUN, COPY or ADD), written once.
+
+    prepare ─► look up ─┬─ hit:  reuse the recorded layer
+                        └─ miss: perform ─► capture ─► commit ─► record
+
+- prepare: the executor expands the instruction into a `PreparedStep`, its work and its key;
+  the key covers the parent state and everything the step sees (`keys.py`).
+- look up: the store's cache record for the key; on a local miss, the team cache's
+  (--cache-from). A team cache hit outside the target stage is lazy: its layer is fetched
+  only once something reads it (`BuildRun.need_layers`, called here before a step runs on or
+  reads a state); when that fetch fails, `LazyLayerError` reaches `Builder.build`, which
+  starts the build again with that key a miss.
+- perform: in a workspace (a temporary dir, removed whatever happens), the executor runs the
+  RUN in the sandbox or copies the files, over an overlay of the parent's layers.
+- capture: the overlay's upper dir becomes a layer tar (None: the step changed nothing).
+- commit: the layer goes into the store (its blob, then its dir); the cache record follows,
+  never before. A step that fails commits nothing, and its error (`StepFailed`: location,
+  exit status, last lines of output) passes through unchanged.
+
+Early cutoff needs nothing here: a key covers the parent *state* (its layers and config), not
+the parent's key, so a step that misses but makes the same layer as before leaves the same
+state behind, and the steps after it hit again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stepbuild.build.state import timestamp
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from stepbuild.build.plan import Scope
+    from stepbuild.build.seams import BuildRun, BuildStore, StepExecutor, TeamCacheView
+    from stepbuild.build.state import ImageState
+    from stepbuild.build.step import PreparedStep
+    from stepbuild.frontend import instructions as ins
+    from stepbuild.progress import Progress
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What a cached step produced: its layer (None: no change), the time of its history
+    entry, and the time its cache record gives (when it was first built)."""
+
+    diff_id: str | None
+    created: str
+    recorded: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepLifecycle:
+    """Builds the cached steps of one build attempt. It keeps no state of its own, so the
+    stage threads share it. `no_cache`: every step is a miss; `source_date_epoch`: the time
+    of every step's history entry."""
+
+    store: BuildStore
+    executor: StepExecutor
+    progress: Progress
+    clock: Callable[[], float]
+    team: TeamCacheView | None
+    no_cache: bool = False
+    source_date_epoch: int | None = None
+
+    def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add,
+             state: ImageState, scope: Scope, *, stage: int, label: str,
+             eager: bool) -> tuple[ImageState, bool]:
+        """The state after `instruction`, and whether a cache had its result. `stage` is
+        the index of the step's stage; `eager`: a team cache hit's layer is fetched now
+        (the target stage's layers are all needed)."""
+        step = self.executor.prepare(instruction, state, scope, build)
+        record = self._look_up(step.key, state, eager)
+        if record is not None:
+            self.progress.cached(label)
+            result = self._reuse(record)
+        else:
+            result = self._run(build, step, state, label)
+        if self.team is not None:
+            self.team.note(step.key, stage, result.diff_id, result.recorded, step.created_by)
+        hit = record is not None
+        return state.with_layer(result.diff_id, step.created_by, result.created), hit
+
+    def _look_up(self, key: str, state: ImageState, eager: bool) -> dict[str, Any] | None:
+        if self.no_cache:
+            return None
+        record = self.store.get_cache(key)
+        if record is None and self.team is not None:
+            # a hit; its layer imported now in the target stage, elsewhere once needed
+            record = self.team.lookup(key, state.diff_ids, eager)
+        return record
+
+    def _reuse(self, record: dict[str, Any]) -> StepResult:
+        diff_ids = record.get("diff_ids") or [None]
+        epoch = self.source_date_epoch
+        created = timestamp(epoch) if epoch is not None else record["created"]
+        return StepResult(diff_ids[0], created, record["created"])
+
+    def _run(self, build: BuildRun, step: PreparedStep, state: ImageState,
+             label: str) -> StepResult:
+        """perform → capture → commit → record, for a step no cache has."""
+        started = self.clock()
+        epoch = self.source_date_epoch
+        created = timestamp(epoch if epoch is not None else started)
+        if not step.link:  # --link: made on an empty root
+            build.need_layers(state)
+        for other in step.reads:
+            build.need_layers(other)
+        diff_id = None
+        with self.executor.workspace(step, state) as space:
+            self.executor.perform(step, state, space, build, label)
+            layer = self.executor.capture(space)
+            if layer is not None:
+                self.store.commit_layer(space.upper, layer.diff_id, layer.path)
+                diff_id = layer.diff_id
+        finished = self.clock()
+        # started/finished are for people and tests (did two stages overlap?), not keys.
+        self.store.put_cache(step.key, {
+            "diff_ids": [diff_id] if diff_id else [], "created": created,
+            "created_by": step.created_by, "inputs": step.inputs,
+            "started": started, "finished": finished,
+        })
+        self.progress.done(label, finished - started)
+        return StepResult(diff_id, created, created)

@@ -1,0 +1,290 @@
+"""`Builder` and the step lifecycle, driven with in-memory fakes (fakes.py): no root, no
+mounts, no store on disk. What is checked is what a build leaves: the steps that ran, the
+cache records written, the image tagged (its layers, config and history), the progress
+lines, and on failure, that nothing was committed and every workspace is gone."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from typing import Any
+
+import pytest
+
+from stepbuild.build.builder import Builder, BuildOptions, BuildResult
+from stepbuild.cli import noop
+from stepbuild.errors import StepFailed
+from stepbuild.frontend.parse import parse
+from stepbuild.progress import Progress
+from stepbuild.teamcache.cache import CacheSpec
+from tests.unit.build.fakes import (
+    Disk,
+    FakeExecutor,
+    FakeStore,
+    Remote,
+    Script,
+    TeamCaches,
+    sha256,
+)
+
+TEAM = (CacheSpec("local", "/team-cache", "max"),)
+
+
+class World:
+    """One store, one executor following `script`, and a team cache storage: what several
+    builds on one machine share."""
+
+    def __init__(self, remote: Remote | None = None) -> None:
+        self.disk: Disk = {}
+        self.store = FakeStore(self.disk)
+        self.script = Script()
+        self.executor = FakeExecutor(self.disk, self.script)
+        self.caches = TeamCaches(remote or Remote())
+        self.output = io.StringIO()
+        self.progress = Progress(self.output)
+        self.clock = itertools.count(1_000_000)
+
+    def build(self, stepfile: str, jobs: int = 1, **options: Any) -> BuildResult:
+        self.progress = Progress(self.output)  # a fresh transcript per build
+        builder = Builder(self.store, self.executor, self.progress,
+                          clock=lambda: float(next(self.clock)), jobs=jobs,
+                          team_cache=self.caches)
+        return builder.build(parse(stepfile), BuildOptions(tags=("app",), **options))
+
+    def key_of(self, created_by: str) -> str:
+        """The key recorded for the step with this history text (there must be one)."""
+        [key] = [k for k, r in self.store.cache.items() if r["created_by"] == created_by]
+        return key
+
+    def lines(self) -> list[str]:
+        return [line.strip() for _, line in self.progress.transcript]
+
+
+def layer(text: str) -> str:
+    """The diff_id of the layer of a fake step that wrote its own text."""
+    return sha256(text.encode())
+
+
+STEPFILE = (
+    "FROM scratch\n"
+    "RUN make\n"
+    "ENV MODE=release\n"
+    "RUN true\n"
+    "RUN make install\n"
+)
+
+
+def test_a_first_build_runs_every_step_commits_its_layer_and_records_its_key() -> None:
+    world = World()
+    world.script.writes["RUN true"] = None  # changes nothing: no layer
+    result = world.build(STEPFILE)
+    assert world.executor.ran == ["RUN make", "RUN true", "RUN make install"]
+    assert (result.steps, result.cached) == (5, 0)  # FROM and ENV count as steps
+    layers = (layer("RUN make"), layer("RUN make install"))
+    assert result.state.diff_ids == layers
+    assert world.store.layers == set(layers)
+    records = {r["created_by"]: r["diff_ids"] for r in world.store.cache.values()}
+    assert records == {"RUN make": [layers[0]], "RUN true": [], "RUN make install": [layers[1]]}
+    manifest, config = world.store.image("app")
+    assert [d.digest for d in manifest.layers] == list(layers)
+    assert manifest.layers[0].size == len(b"RUN make")
+    document = config.to_json()
+    assert "MODE=release" in document["config"]["Env"]
+    assert [(h["created_by"], h.get("empty_layer", False)) for h in document["history"]] == [
+        ("RUN make", False), ("ENV MODE=release", True), ("RUN true", True),
+        ("RUN make install", False)]
+    assert world.lines().count("DONE 1.00s") == 3  # the fake clock ticks once per call
+    assert world.disk == {}  # every workspace removed; every tar moved into the store
+
+
+def test_a_rebuild_hits_every_step_and_makes_the_same_image() -> None:
+    world = World()
+    first = world.build(STEPFILE)
+    world.executor.ran.clear()
+    records = dict(world.store.cache)
+    second = world.build(STEPFILE)
+    assert world.executor.ran == []
+    assert (second.steps, second.cached) == (5, 3)
+    assert second.manifest_digest == first.manifest_digest  # times come from the records
+    assert world.store.cache == records
+    assert world.lines().count("CACHED") == 3 and not any("DONE" in x for x in world.lines())
+
+
+def test_no_cache_runs_every_step_again() -> None:
+    world = World()
+    world.build(STEPFILE)
+    world.executor.ran.clear()
+    result = world.build(STEPFILE, no_cache=True)
+    assert world.executor.ran == ["RUN make", "RUN true", "RUN make install"]
+    assert result.cached == 0
+
+
+def test_a_changed_step_misses_and_so_do_the_steps_after_it() -> None:
+    world = World()
+    world.build(STEPFILE)
+    world.executor.ran.clear()
+    world.script.sees["RUN make"] = "main.c edited"  # its input changed...
+    world.script.writes["RUN make"] = b"a different binary"  # ...and so did its output
+    result = world.build(STEPFILE)
+    assert world.executor.ran == ["RUN make", "RUN true", "RUN make install"]
+    assert result.state.diff_ids[0] == sha256(b"a different binary")
+
+
+def test_early_cutoff_a_step_that_reruns_to_the_same_layer_lets_the_next_steps_hit() -> None:
+    world = World()
+    first = world.build(STEPFILE)
+    world.executor.ran.clear()
+    world.script.sees["RUN make"] = "a comment edited in main.c"  # same binary again
+    second = world.build(STEPFILE)
+    assert world.executor.ran == ["RUN make"]  # a miss, which makes the layer it made before
+    assert second.cached == 2  # RUN true and RUN make install: their parent state is the same
+    assert second.state.diff_ids == first.state.diff_ids
+    assert len([r for r in world.store.cache.values() if r["created_by"] == "RUN make"]) == 2
+
+
+def test_a_failing_step_commits_nothing_and_reports_where_how_and_what_it_printed() -> None:
+    world = World()
+    world.script.writes["RUN make install"] = b"half-installed files"  # written, then failed
+    world.script.fails["RUN make install"] = (2, ("cp: /usr/bin: Permission denied",))
+    with pytest.raises(StepFailed) as failed:
+        world.build(STEPFILE)
+    error = failed.value
+    assert (error.position.file, error.position.line) == ("Stepfile", 5)
+    assert (error.status, error.output_tail) == (2, ("cp: /usr/bin: Permission denied",))
+    assert error.render().splitlines() == [
+        "Stepfile:5: step failed with exit code 2", "  RUN make install",
+        "last 1 lines of output:", "  | cp: /usr/bin: Permission denied"]
+    assert world.executor.ran == ["RUN make", "RUN true", "RUN make install"]
+    assert sha256(b"half-installed files") not in world.store.blobs
+    assert world.store.layers == {layer("RUN make"), layer("RUN true")}
+    assert {r["created_by"] for r in world.store.cache.values()} == {"RUN make", "RUN true"}
+    assert world.store.tags == {}
+    assert world.disk == {}  # the failed step's workspace is removed too
+    assert world.lines()[-1] == "#5   RUN make install"  # no DONE for it
+
+
+def test_the_steps_before_a_failure_hit_once_it_is_fixed() -> None:
+    world = World()
+    world.script.fails["RUN make install"] = (1, ())
+    with pytest.raises(StepFailed):
+        world.build(STEPFILE)
+    del world.script.fails["RUN make install"]
+    world.executor.ran.clear()
+    result = world.build(STEPFILE)
+    assert world.executor.ran == ["RUN make install"] and result.cached == 2
+
+
+def test_a_second_image_builds_on_the_first_from_the_store() -> None:
+    world = World()
+    base = world.build(STEPFILE)
+    result = world.build("FROM app\nRUN make test\n")
+    assert result.state.diff_ids == (*base.state.diff_ids, layer("RUN make test"))
+    _, config = world.store.image("app")
+    assert "MODE=release" in config.to_json()["config"]["Env"]
+
+
+def test_stages_built_at_the_same_time_make_the_image_built_one_after_the_other() -> None:
+    stepfile = ("FROM scratch AS a\nRUN build a\nFROM scratch AS b\nRUN build b\n"
+                "FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")
+    serial, parallel = World(), World()
+    one = serial.build(stepfile, source_date_epoch=0)
+    two = parallel.build(stepfile, jobs=2, source_date_epoch=0)
+    assert sorted(parallel.executor.ran) == sorted(serial.executor.ran)
+    assert two.manifest_digest == one.manifest_digest
+    assert parallel.store.cache.keys() == serial.store.cache.keys()
+    again = parallel.build(stepfile, jobs=2, source_date_epoch=0)
+    assert (again.cached, again.manifest_digest) == (4, one.manifest_digest)
+    assert parallel.disk == {}
+
+
+# --- the team cache -------------------------------------------------------------------------------
+
+TWO_STAGES = (
+    "FROM scratch AS deps\n"
+    "RUN fetch deps\n"
+    "FROM scratch\n"
+    "COPY --from=deps /deps /deps\n"
+    "RUN build\n"
+)
+
+
+def exported(stepfile: str) -> tuple[Remote, BuildResult]:
+    """Builder A builds `stepfile` in its own store and exports every step."""
+    a = World()
+    result = a.build(stepfile, cache_to=TEAM)
+    assert a.caches.opened[0].closed
+    return a.caches.remote, result
+
+
+def test_team_cache_hits_outside_the_target_stage_are_fetched_only_when_read() -> None:
+    remote, built = exported(TWO_STAGES)
+    b = World(remote)
+    result = b.build(TWO_STAGES, cache_from=TEAM)
+    assert b.executor.ran == [] and result.cached == 3
+    assert result.manifest_digest == built.manifest_digest
+    [cache] = b.caches.opened
+    # deps' layer: the COPY --from hit needs only its key, the image only the target's layers
+    assert cache.fetched == [layer("COPY --from=deps /deps /deps"), layer("RUN build")]
+    assert layer("RUN fetch deps") not in b.store.layers
+    assert b.store.get_cache(b.key_of("COPY --from=deps /deps /deps")) is not None
+
+
+def test_a_lazy_hit_is_fetched_when_a_step_runs_on_it() -> None:
+    remote, _ = exported(TWO_STAGES)
+    b = World(remote)
+    b.script.sees["RUN build"] = "src edited"
+    b.build(TWO_STAGES, cache_from=TEAM)
+    assert b.executor.ran == ["RUN build"]
+    assert b.store.layers == {layer("COPY --from=deps /deps /deps"), layer("RUN build")}
+    b.script.sees["COPY --from=deps /deps /deps"] = "deps changed"  # the COPY reads deps now
+    b.executor.ran.clear()
+    b.build(TWO_STAGES, cache_from=TEAM)
+    assert b.executor.ran == ["COPY --from=deps /deps /deps"]  # same layer: RUN build hits
+    assert layer("RUN fetch deps") in b.store.layers  # fetched before the COPY read it
+    assert len(b.caches.opened) == 2  # one per build, no new attempt
+
+
+def test_a_lazy_fetch_that_fails_makes_its_key_a_miss_and_the_build_starts_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    volatile: list[str] = []
+    monkeypatch.setattr(noop, "_volatile", volatile)
+    remote, _ = exported(TWO_STAGES)
+    remote.unreadable.add(layer("RUN fetch deps"))
+    b = World(remote)
+    b.script.sees["COPY --from=deps /deps /deps"] = "deps changed"  # reads deps' files
+    result = b.build(TWO_STAGES, cache_from=TEAM)
+    first, second = b.caches.opened
+    deps_key = b.key_of("RUN fetch deps")
+    assert first.misses == {deps_key} and second.misses == {deps_key}
+    assert first.closed and second.closed
+    # The first attempt ran nothing (the COPY needed deps' layer first); the second ran deps
+    # and the COPY, which made the layer builder A made: RUN build is a team cache hit again.
+    assert b.executor.ran == ["RUN fetch deps", "COPY --from=deps /deps /deps"]
+    assert result.cached == 1
+    assert result.state.diff_ids == (layer("COPY --from=deps /deps /deps"), layer("RUN build"))
+    assert layer("RUN fetch deps") in b.store.layers  # built here, not fetched
+    assert "treated as a miss, building again" in b.output.getvalue()
+    assert volatile == ["a team cache layer could not be fetched"]
+    assert b.disk == {}
+
+
+def test_a_team_cache_hit_in_the_target_stage_is_fetched_at_once_so_a_failure_only_misses(
+        ) -> None:
+    remote, _ = exported(TWO_STAGES)
+    remote.unreadable.add(layer("RUN build"))
+    b = World(remote)
+    b.build(TWO_STAGES, cache_from=TEAM)
+    assert len(b.caches.opened) == 1  # no second attempt
+    assert b.executor.ran == ["RUN build"]
+
+
+def test_a_link_step_does_not_fetch_the_layers_below_it() -> None:
+    stepfile = ("FROM scratch AS deps\nRUN fetch deps\nCOPY --link a /a\n"
+                "FROM scratch\nCOPY --from=deps /a /a\n")
+    remote, _ = exported(stepfile)
+    b = World(remote)
+    b.script.sees["COPY --link a /a"] = "a touched"  # a miss, which makes the same layer
+    b.build(stepfile, cache_from=TEAM)
+    assert b.executor.ran == ["COPY --link a /a"]
+    assert layer("RUN fetch deps") not in b.store.layers  # a lazy hit, never read
+    assert len(b.caches.opened) == 1
