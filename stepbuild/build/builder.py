@@ -39,6 +39,7 @@ from stepbuild.errors import (
 )
 from stepbuild.frontend import instructions as ins
 from stepbuild.progress import Progress
+from stepbuild.store.records import CacheRecord
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
 # syntax); stepbuild.archive.load.TRANSPORTS, repeated here so a build need not import that module.
@@ -308,7 +309,7 @@ class _Run:
                     scope: Scope, stage: Stage) -> ImageState:
         label = self.label(stage)
         step = self.builder.executor.prepare(instruction, state, scope, self)
-        record = None if self.options.no_cache else self.builder.store.get_cache(step.key)
+        record = None if self.options.no_cache else self.builder.store.cache_records.get(step.key)
         if record is None and self.team is not None and not self.options.no_cache:
             # a hit; its layer imported now in the target stage, elsewhere once needed
             record = self.team.lookup(step.key, state.diff_ids, stage.index == self.target)
@@ -316,10 +317,9 @@ class _Run:
             with self._lock:
                 self.cached += 1
             self.builder.progress.cached(label)
-            diff_ids = record.get("diff_ids") or [None]
             epoch = self.options.source_date_epoch
-            result = StepResult(diff_ids[0], timestamp(epoch) if epoch is not None
-                                else record["created"])
+            result = StepResult(record.diff_id, timestamp(epoch) if epoch is not None
+                                else record.created)
         else:
             started = self.builder.clock()
             epoch = self.options.source_date_epoch
@@ -331,16 +331,14 @@ class _Run:
             diff_id = self.builder.executor.execute(step, state, self, label)
             finished = self.builder.clock()
             # started/finished are for people and tests (did two stages overlap?), not keys.
-            self.builder.store.put_cache(step.key, {
-                "diff_ids": [diff_id] if diff_id else [], "created": created,
-                "created_by": step.created_by, "inputs": step.inputs,
-                "started": started, "finished": finished,
-            })
+            self.builder.store.cache_records.put(step.key, CacheRecord(
+                (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
+                started=started, finished=finished))
             self.builder.progress.done(label, finished - started)
             result = StepResult(diff_id, created)
         if self.team is not None:
             self.team.note(step.key, stage.index, result.diff_id,
-                           result.created if record is None else record["created"],
+                           result.created if record is None else record.created,
                            step.created_by)
         return state.with_layer(result.diff_id, step.created_by, result.created)
 

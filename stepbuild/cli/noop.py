@@ -27,8 +27,8 @@ only if, during the build, no tag changed except the result's own, no tag the bu
 git repository, FROM an archive: `mark_volatile`). Some builds are never replayed: --no-cache,
 --pull=always, --push, --output, --cache-to, --reproducible, a Stepfile on stdin.
 
-Records: `<store>/fingerprints/<identity>.json`, one per (command, directory, context), so
-they do not pile up.
+Records: `<store>/fingerprints/<identity>.json` (`StoreLayout.fingerprints`), one per
+(command, directory, context), so they do not pile up.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from typing import Any
 
 import xxhash
 
+from stepbuild.store.layout import StoreLayout  # names only: store.py would cost what we save
+
 __all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/1"
-RECORDS = "fingerprints"
 RACY_WINDOW_NS = 2_000_000_000  # as context.py's stat cache
 MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
@@ -80,6 +81,10 @@ class Witness:
     racy: bool
     tags_before: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(self.store_root)
+
 
 # --- before the build ---------------------------------------------------------------------
 
@@ -104,7 +109,7 @@ def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
     if walked is None:
         return None
     newest = max(newest, walked)
-    tags = _tags(store_root)
+    tags = _tags(StoreLayout(store_root))
     return Witness(store_root, identity, digest.hexdigest(),
                    racy=newest > started - RACY_WINDOW_NS, tags_before=tags or {})
 
@@ -219,12 +224,12 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
     saved = _load(witness)
     if saved is None:
         return False
-    with _shared_lock(witness.store_root):
-        if _tags(witness.store_root) != saved["tags"]:
+    layout = witness.layout
+    with _shared_lock(layout):
+        if _tags(layout) != saved["tags"]:
             return False
-        root = witness.store_root
-        if not (all((root / "blobs" / "sha256" / d[7:]).is_file() for d in saved["blobs"])
-                and all((root / "layers" / d[7:] / "diff").is_dir() for d in saved["layers"])):
+        if not (all((layout.blobs / d[7:]).is_file() for d in saved["blobs"])
+                and all((layout.layers / d[7:] / "diff").is_dir() for d in saved["layers"])):
             return False
         _print(saved, quiet=quiet, verbose=verbose)
     return True
@@ -272,7 +277,7 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     docstring); True if recorded. A failure to write is not an error: only speed is lost."""
     if witness.racy or _volatile:
         return False
-    after = _tags(witness.store_root)
+    after = _tags(witness.layout)
     if after is None:
         return False
     ours = {name for name, value in after.items() if value == digest}
@@ -281,7 +286,7 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     moved = {n for n in ours if witness.tags_before.get(n) not in (None, digest)}
     if others_before != others_after or moved & resolved:
         return False
-    contents = _contents_of(witness.store_root, digest)
+    contents = _contents_of(witness.layout, digest)
     if contents is None:
         return False
     saved = {"format": FORMAT, "fingerprint": witness.value, "digest": digest, "names": names,
@@ -294,10 +299,10 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     return False
 
 
-def _contents_of(store_root: Path, digest: str) -> tuple[list[str], list[str]] | None:
+def _contents_of(layout: StoreLayout, digest: str) -> tuple[list[str], list[str]] | None:
     """The result's blobs (manifest, config, layers) and layer dirs (its diff_ids), which a
     replay checks are still there (`stepbuild run` needs the dirs); None if unreadable."""
-    blobs = store_root / "blobs" / "sha256"
+    blobs = layout.blobs
     try:
         manifest = json.loads((blobs / digest.split(":", 1)[1]).read_bytes())
         config = manifest["config"]["digest"]
@@ -313,10 +318,10 @@ def _contents_of(store_root: Path, digest: str) -> tuple[list[str], list[str]] |
 # --- the store, read directly (importing store.py would cost what we save) ------------------
 
 
-def _tags(store_root: Path) -> dict[str, str] | None:
+def _tags(layout: StoreLayout) -> dict[str, str] | None:
     """ref name → manifest digest of index.json (None if unreadable)."""
     try:
-        index = json.loads((store_root / "index.json").read_bytes())
+        index = json.loads(layout.index.read_bytes())
         return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
                 for m in index.get("manifests", [])
                 if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
@@ -325,9 +330,9 @@ def _tags(store_root: Path) -> dict[str, str] | None:
 
 
 @contextmanager
-def _shared_lock(store_root: Path) -> Iterator[None]:
+def _shared_lock(layout: StoreLayout) -> Iterator[None]:
     """store.py's store lock, shared: no prune while we check and print."""
-    fd = os.open(store_root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
@@ -336,7 +341,7 @@ def _shared_lock(store_root: Path) -> Iterator[None]:
 
 
 def _record_path(witness: Witness) -> Path:
-    return witness.store_root / RECORDS / f"{witness.identity}.json"
+    return witness.layout.fingerprints / f"{witness.identity}.json"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.errors import StepbuildError
+from stepbuild.store.layout import StoreLayout
 from stepbuild.teamcache.cache import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -58,8 +59,6 @@ WRITERS_ANNOTATION = "dev.stepbuild.cache.writers"
 WRITER_INFIX = ".w-"
 _MAX_TAG = 128  # the Distribution spec's limit on a tag's length
 MAX_WRITERS = 256  # writer tags read per build: one HEAD each
-_WRITER_ID_FILE = "cache-writer-id"
-_WRITER_LOCK_FILE = "cache-writer.lock"
 _GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
@@ -69,7 +68,7 @@ def writer_id(store_root: Path) -> str:
     A random id kept in the store, mixed with the host's name and machine id: a store copied
     to another machine (a CI runner restoring a cached store, say) is then another writer, and
     two runners restored from one snapshot do not race on one writer tag."""
-    path = store_root / _WRITER_ID_FILE
+    path = StoreLayout(store_root).writer_id
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
@@ -254,10 +253,8 @@ class RegistryCache:
 
     def remember(self, store: Any, diff_id: str, desc: Any) -> None:
         """An imported layer's blob is in REPO: a later push there mounts, not uploads."""
-        from stepbuild.distribution.transfer import record_remote_blob
-
         with suppress(StepbuildError, OSError):
-            record_remote_blob(store, diff_id, desc, self.ref.registry, self.ref.repository)
+            store.remote_records.add(diff_id, desc, self.ref.registry, self.ref.repository)
 
     def put_record(self, key: str, record: dict[str, Any]) -> None:
         self._pending[key] = record
@@ -306,8 +303,8 @@ class RegistryCache:
     @contextmanager
     def _writer_lock(self) -> Iterator[None]:
         """Builds on one store export one at a time: they share the writer tag."""
-        fd = os.open(self.store_root / _WRITER_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(StoreLayout(self.store_root).writer_lock,
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

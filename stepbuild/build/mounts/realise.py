@@ -636,7 +636,8 @@ def _open_dir(path: Path) -> int:
 
 
 def cache_mounts_dir(store_root: Path) -> Path:
-    return Path(store_root) / CACHE_MOUNTS
+    from stepbuild.store.layout import StoreLayout  # the store names its folders
+    return StoreLayout(Path(store_root)).cache_mounts
 
 
 def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
