@@ -48,7 +48,7 @@ from tests.integration.builds import (
     small_tmpfs,
     write_context,
 )
-from tests.unit.test_apply import tree
+from tests.unit.layers.test_apply import tree
 
 pytestmark = pytest.mark.root
 
