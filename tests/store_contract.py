@@ -40,13 +40,16 @@ from stepbuild.oci.documents import (
     ImageConfig,
     Index,
 )
-from stepbuild.store.store import PruneStats, Store
+from stepbuild.store.gc import PruneStats, check, prune
+from stepbuild.store.records import CacheRecord
+from stepbuild.store.store import Store
 
 MakeStore = Callable[[Path], Store]
 Check = Callable[[MakeStore, Path], None]
 CHECKS: list[Check] = []
 
 KEY = "0123456789abcdef0123456789abcdef"
+CREATED = "2026-01-02T03:04:05Z"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"
 _FORK = multiprocessing.get_context("fork")
 
@@ -58,8 +61,13 @@ def contract(check: Check) -> Check:
 
 def run_contract(make_store: MakeStore, base: Path) -> None:
     """Run every check, each on a fresh directory under `base`."""
-    for check in CHECKS:
-        check(make_store, base / check.__name__)
+    for each in CHECKS:
+        each(make_store, base / each.__name__)
+
+
+def checks_named(*prefixes: str) -> list[Check]:
+    """The checks of some families, by their names' prefix ("cache_record", "prune")."""
+    return [c for c in CHECKS if c.__name__.startswith(prefixes)]
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -75,6 +83,11 @@ def make_layer(store: Store, content: bytes) -> tuple[Path, str, Path]:
     tar = store.tmp_file("layer-")
     tar.write_bytes(b"tar:" + content)
     return upper, sha256_bytes(b"tar:" + content), tar
+
+
+def cache_record(*diff_ids: str, blobs: tuple[str, ...] = ()) -> CacheRecord:
+    """A cache record of `diff_ids` (none: a step that added no layer)."""
+    return CacheRecord(diff_ids, CREATED, "RUN true", blobs)
 
 
 def commit(store: Store, content: bytes) -> str:
@@ -237,7 +250,7 @@ def commit_layer_moves_dir_after_blob(make_store: MakeStore, root: Path) -> None
     assert store.read_blob(diff_id) == b"tar:one"
     assert not upper.exists() and not tar.exists()
     assert tmp_entries(store) == []
-    assert store.check() == []
+    assert check(store) == []
 
 
 @contract
@@ -261,7 +274,7 @@ def commit_layer_refuses_a_wrong_diff_id(make_store: MakeStore, root: Path) -> N
         store.commit_layer(upper, claimed, tar)
     assert not store.has_layer(claimed)
     assert os.listdir(root / "layers") == []
-    assert store.check() == []
+    assert check(store) == []
 
 
 @contract
@@ -287,7 +300,7 @@ def commit_layer_race_makes_one_dir(make_store: MakeStore, root: Path) -> None:
         assert store.has_layer(diff_id)
         assert (store.layer_dir(diff_id) / "who").read_text() in ("a", "b")
     assert tmp_entries(store) == []
-    assert store.check() == []
+    assert check(store) == []
 
 
 # --- images and tags ------------------------------------------------------------------------
@@ -386,7 +399,7 @@ def concurrent_taggers_lose_nothing(make_store: MakeStore, root: Path) -> None:
     run_processes(tagger("a"), tagger("b"))
     names = {name for name, _ in store.images()}
     assert names == {f"{p}:{i}" for p in "ab" for i in range(50)}
-    assert store.check() == []
+    assert check(store) == []
 
 
 @contract
@@ -397,7 +410,7 @@ def concurrent_opens_create_one_layout(make_store: MakeStore, root: Path) -> Non
     run_processes(opener, opener, opener)
     store = make_store(root)
     assert [name for name, _ in store.images()] == ["app:1"]
-    assert store.check() == []
+    assert check(store) == []
     make_store(root)  # opening again must not reset index.json
     assert [name for name, _ in store.images()] == ["app:1"]
 
@@ -406,59 +419,60 @@ def concurrent_opens_create_one_layout(make_store: MakeStore, root: Path) -> Non
 
 
 @contract
-def cache_records_round_trip(make_store: MakeStore, root: Path) -> None:
+def cache_record_round_trip(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
-    assert store.get_cache(KEY) is None
+    assert store.cache_records.get(KEY) is None
     diff_id = commit(store, b"one")
-    record = {"diff_ids": [diff_id], "explain": {"cmd": "RUN true"}}
-    store.put_cache(KEY, record)
-    assert store.get_cache(KEY) == record
-    store.put_cache(KEY, {"diff_ids": [], "config": "metadata only"})
-    assert store.get_cache(KEY) == {"diff_ids": [], "config": "metadata only"}
+    full = CacheRecord((diff_id,), CREATED, "RUN true", inputs={"cmd": "RUN true"},
+                       started=1.5, finished=2.0)
+    store.cache_records.put(KEY, full)
+    assert store.cache_records.get(KEY) == full
+    store.cache_records.put(KEY, cache_record())  # a step that added no layer
+    assert store.cache_records.get(KEY) == cache_record()
     for bad in ("0" * 31, "0" * 33, "G" * 32, "../" + "0" * 29, "A" * 32):
         with pytest.raises(ValueError):
-            store.get_cache(bad)
+            store.cache_records.get(bad)
         with pytest.raises(ValueError):
-            store.put_cache(bad, {})
+            store.cache_records.put(bad, cache_record())
     assert tmp_entries(store) == []
 
 
 @contract
-def put_cache_refuses_missing_content(make_store: MakeStore, root: Path) -> None:
+def cache_record_put_refuses_missing_content(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
     with pytest.raises(BlobNotFound):
-        store.put_cache(KEY, {"diff_ids": [sha256_bytes(b"not committed")]})
+        store.cache_records.put(KEY, cache_record(sha256_bytes(b"not committed")))
     with pytest.raises(BlobNotFound):
-        store.put_cache(KEY, {"blobs": [sha256_bytes(b"not stored")]})
+        store.cache_records.put(KEY, cache_record(blobs=(sha256_bytes(b"not stored"),)))
     with pytest.raises(InvalidDocument):
-        store.put_cache(KEY, {"diff_ids": ["sha256:nope"]})
+        store.cache_records.put(KEY, cache_record("sha256:nope"))
     digest, _ = store.put_blob(b"tar:only a blob")
     with pytest.raises(BlobNotFound):  # a blob is not a layer until its dir is committed
-        store.put_cache(KEY, {"diff_ids": [digest]})
-    assert store.get_cache(KEY) is None
+        store.cache_records.put(KEY, cache_record(digest))
+    assert store.cache_records.get(KEY) is None
 
 
 @contract
-def corrupt_cache_record_is_a_miss_and_moved_aside(make_store: MakeStore, root: Path) -> None:
+def cache_record_corrupt_is_a_miss_and_moved_aside(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
     for key, junk in ((KEY, b"{not json"), (OTHER_KEY, b'{"diff_ids": "sha256:x"}')):
         (root / "cache" / f"{key}.json").write_bytes(junk)
-        assert store.get_cache(key) is None
+        assert store.cache_records.get(key) is None
         assert not (root / "cache" / f"{key}.json").exists()
     assert len(os.listdir(root / "cache" / "corrupt")) == 2
-    assert store.check() == []
-    store.put_cache(KEY, {"ok": True})  # and the key is usable again
-    assert store.get_cache(KEY) == {"ok": True}
+    assert check(store) == []
+    store.cache_records.put(KEY, cache_record())  # and the key is usable again
+    assert store.cache_records.get(KEY) == cache_record()
 
 
 @contract
 def cache_record_with_missing_layer_is_a_miss(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
     diff_id = commit(store, b"one")
-    store.put_cache(KEY, {"diff_ids": [diff_id]})
+    store.cache_records.put(KEY, cache_record(diff_id))
     os.chmod(blob_file(store, diff_id), 0o644)
     os.unlink(blob_file(store, diff_id))
-    assert store.get_cache(KEY) is None
+    assert store.cache_records.get(KEY) is None
 
 
 # --- prune ----------------------------------------------------------------------------------
@@ -470,7 +484,7 @@ def prune_keeps_reachable_and_drops_the_rest(make_store: MakeStore, root: Path) 
     tagged = build_image(store, b"tagged")
     store.tag("app:1", tagged)
     cached = commit(store, b"cached")
-    store.put_cache(KEY, {"diff_ids": [cached]})
+    store.cache_records.put(KEY, cache_record(cached))
     loose_layer = commit(store, b"loose")
     untagged = build_image(store, b"untagged")
     loose_blob, _ = store.put_blob(b"loose blob")
@@ -480,13 +494,13 @@ def prune_keeps_reachable_and_drops_the_rest(make_store: MakeStore, root: Path) 
     store.grace_period = 0.0
     time.sleep(0.01)
 
-    stats = store.prune()
+    stats = prune(store)
 
     assert store.resolve("app:1") == tagged
     image = store.manifest(tagged)
     assert store.read_blob(image.config.digest)
     assert all(store.has_layer(d) for d in store.config(image).diff_ids)
-    assert store.has_layer(cached) and store.get_cache(KEY) is not None
+    assert store.has_layer(cached) and store.cache_records.get(KEY) is not None
     assert not store.has_layer(loose_layer) and not store.has_blob(loose_layer)
     assert not store.has_blob(untagged.digest) and not store.has_blob(loose_blob)
     assert tmp_entries(store) == []
@@ -495,8 +509,8 @@ def prune_keeps_reachable_and_drops_the_rest(make_store: MakeStore, root: Path) 
     )
     assert stats.blobs >= 5 and stats.layers == 3 and stats.tmp_entries == 2
     assert stats.bytes_freed > 0
-    assert store.check() == []
-    assert store.prune().blobs == 0
+    assert check(store) == []
+    assert prune(store).blobs == 0
 
 
 @contract
@@ -506,29 +520,29 @@ def prune_spares_young_garbage(make_store: MakeStore, root: Path) -> None:
     loose_layer = commit(store, b"loose")
     loose_blob, _ = store.put_blob(b"loose blob")
     store.tmp_dir("young-")
-    assert store.prune() == PruneStats()
+    assert prune(store) == PruneStats()
     assert store.has_layer(loose_layer) and store.has_blob(loose_blob)
     assert len(tmp_entries(store)) == 1
     # re-putting old garbage makes it young again: a concurrent prune's grace covers it
     age(blob_file(store, loose_blob), 7200)
     store.put_blob(b"loose blob")
-    assert store.prune().blobs == 0
+    assert prune(store).blobs == 0
 
 
 @contract
 def prune_drops_dangling_and_corrupt_cache_records(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
     diff_id = commit(store, b"one")
-    store.put_cache(KEY, {"diff_ids": [diff_id]})
+    store.cache_records.put(KEY, cache_record(diff_id))
     os.chmod(blob_file(store, diff_id), 0o644)
     os.unlink(blob_file(store, diff_id))
     (root / "cache" / f"{OTHER_KEY}.json").write_bytes(b"[")
     store.grace_period = 0.0
     time.sleep(0.01)
-    assert store.prune().cache_records == 2
+    assert prune(store).cache_records == 2
     assert os.listdir(root / "cache") == ["corrupt"]
     assert not store.layer_dir(diff_id).exists()
-    assert store.check() == []
+    assert check(store) == []
 
 
 @contract
@@ -542,7 +556,7 @@ def prune_stops_on_a_corrupt_tagged_manifest(make_store: MakeStore, root: Path) 
     store.grace_period = 0.0
     time.sleep(0.005)
     with pytest.raises(StoreError):
-        store.prune()
+        prune(store)
     assert store.has_blob(loose) and store.has_layer(layer)
 
 
@@ -554,7 +568,7 @@ def prune_waits_for_shared_holders(make_store: MakeStore, root: Path) -> None:
 
     def pruner() -> None:
         locked.wait(10)
-        make_store(root).prune()
+        prune(make_store(root))
         done.put(time.monotonic())
 
     # Fork first: a child forked while the lock is held would share it (see Store.lock).
@@ -580,9 +594,9 @@ def prune_waits_for_shared_holders(make_store: MakeStore, root: Path) -> None:
 def check_finds_a_corrupted_blob(make_store: MakeStore, root: Path) -> None:
     store = make_store(root)
     digest, _ = store.put_blob(b"hello")
-    assert store.check() == []
+    assert check(store) == []
     damage(blob_file(store, digest))
-    problems = store.check()
+    problems = check(store)
     assert len(problems) == 1 and digest in problems[0]
 
 
@@ -592,7 +606,7 @@ def check_finds_a_layer_without_its_blob(make_store: MakeStore, root: Path) -> N
     diff_id = commit(store, b"one")
     os.chmod(blob_file(store, diff_id), 0o644)
     os.unlink(blob_file(store, diff_id))
-    problems = store.check()
+    problems = check(store)
     assert len(problems) == 1 and diff_id in problems[0]
 
 
@@ -603,10 +617,10 @@ def check_finds_a_dangling_tag(make_store: MakeStore, root: Path) -> None:
     store.tag("app:1", image)
     manifest = store.manifest(image)
     os.unlink(blob_file(store, manifest.config.digest))
-    problems = store.check()
+    problems = check(store)
     assert problems and all(manifest.config.digest in p for p in problems)
     os.unlink(blob_file(store, image.digest))
-    problems = store.check()
+    problems = check(store)
     assert len(problems) == 1 and image.digest in problems[0]
 
 
@@ -615,10 +629,10 @@ def check_finds_a_dangling_cache_record(make_store: MakeStore, root: Path) -> No
     store = make_store(root)
     diff_id = commit(store, b"one")
     digest, _ = store.put_blob(b"config")
-    store.put_cache(KEY, {"diff_ids": [diff_id], "blobs": [digest]})
-    assert store.check() == []
+    store.cache_records.put(KEY, cache_record(diff_id, blobs=(digest,)))
+    assert check(store) == []
     os.unlink(blob_file(store, digest))
-    problems = store.check()
+    problems = check(store)
     assert len(problems) == 1 and KEY in problems[0] and digest in problems[0]
 
 
@@ -671,14 +685,14 @@ def _crash_everywhere(
         operation = setup(store)
         if not _crash_at(n, lambda: operation(store)):  # noqa: B023 (called at once)
             return n
-        assert store.check() == [], f"step {n}"
+        assert check(store) == [], f"step {n}"
         operation(store)
-        assert store.check() == [], f"step {n}, after the retry"
+        assert check(store) == [], f"step {n}, after the retry"
         store.grace_period = 0.0
         time.sleep(0.005)
-        store.prune()
+        prune(store)
         assert tmp_entries(store) == [], f"step {n}, after prune"
-        assert store.check() == []
+        assert check(store) == []
     raise AssertionError("the operation never completed")
 
 
@@ -712,7 +726,7 @@ def crash_anywhere_in_image_tag_and_cache(make_store: MakeStore, root: Path) -> 
         def operation(s: Store) -> None:
             config = ImageConfig("amd64", "linux", diff_ids=(diff_id,))
             desc = s.put_image(config, [s.descriptor(diff_id, MEDIA_TYPE_LAYER)])
-            s.put_cache(KEY, {"diff_ids": [diff_id], "blobs": [desc.digest]})
+            s.cache_records.put(KEY, cache_record(diff_id, blobs=(desc.digest,)))
             s.tag("app:1", desc)
             s.untag("old:1")
             assert [name for name, _ in s.images()] == ["app:1"]
@@ -734,7 +748,7 @@ def crash_anywhere_in_prune(make_store: MakeStore, root: Path) -> None:
 
         def operation(s: Store) -> None:
             s.grace_period = 0.0
-            s.prune()
+            prune(s)
             assert len(os.listdir(s.root / "layers")) == 1
 
         return operation
@@ -750,7 +764,7 @@ def leftovers_of_a_crash_are_not_problems(make_store: MakeStore, root: Path) -> 
     (root / "tmp" / "blob-half").write_bytes(b"tar:ba")
     (root / "tmp" / "upper-x").mkdir()
     (root / "layers" / (sha256_bytes(b"x").split(":")[1] + ".tmp-y")).mkdir()
-    assert store.check() == []
+    assert check(store) == []
     store.tag("app:2", build_image(store, b"two"))
     assert store.put_blob(b"tar:base")[0] == sha256_bytes(b"tar:base")
     assert [name for name, _ in store.images()] == ["app:1", "app:2"]

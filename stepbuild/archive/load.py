@@ -18,7 +18,7 @@ Two entry points:
   is only in the context); without REF the archive must hold exactly one image ("more than
   one image in oci, choose an image"); REF is matched against the ref names as written in
   the archive (OCI) or the familiar RepoTags (docker). BuildKit has no such FROM forms. The
-  imported image is not tagged; a small record under `<store>/import-cache/` maps the
+  imported image is not tagged; a small record (`store.import_records`) maps the
   archive's identity (path, device, inode, size, mtime, ctime; for a layout dir the bytes
   of its index.json) to the imported manifest, so an unchanged archive is imported once.
 
@@ -48,7 +48,6 @@ machinery of `unpack`) only when a layer is really unpacked.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import posixpath
@@ -223,7 +222,7 @@ def import_base(store: Any, name: str) -> str:
                 digest = _import_image(store, archive, _choose(images, transport, name))
             finally:
                 archive.close()
-    _remember_import(store, identity, digest)
+    store.import_records.put(identity, digest)
     return digest
 
 
@@ -487,20 +486,12 @@ def _identity(transport: Transport, path: Path, name: str) -> list[Any]:
     return [1, transport.kind, real, transport.ref, *fingerprint]
 
 
-def _record_path(store: Any, identity: list[Any]) -> Path:
-    key = hashlib.sha256(oci.canonical_json(identity)).hexdigest()[:32]
-    return Path(store.root) / "import-cache" / f"{key}.json"
-
-
 def _cached_import(store: Any, identity: list[Any]) -> str | None:
     """The manifest digest an identical archive was imported as, if the store still has the
     image whole; a bad or stale record is a miss (docs/security.md rule 7)."""
+    digest = store.import_records.get(identity)
     try:
-        record = oci.load_json(_record_path(store, identity).read_bytes(), "import record")
-        if not isinstance(record, dict) or record.get("identity") != identity:
-            return None
-        digest = record.get("digest")
-        desc = store.resolve(digest) if is_digest(digest) else None
+        desc = store.resolve(digest) if digest is not None else None
         if desc is None:
             return None
         diff_ids = store.config(store.manifest(desc)).diff_ids
@@ -509,16 +500,3 @@ def _cached_import(store: Any, identity: list[Any]) -> str | None:
     if all(d == oci.EMPTY_LAYER_DIFF_ID or store.has_layer(d) for d in diff_ids):
         return str(digest)
     return None
-
-
-def _remember_import(store: Any, identity: list[Any], digest: str) -> None:
-    """Write the import record (temp + rename; a disposable cache, so not fsynced)."""
-    final = _record_path(store, identity)
-    final.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp = store.tmp_file("import-record-")
-    try:
-        tmp.write_bytes(oci.canonical_json({"identity": identity, "digest": digest}))
-        os.rename(tmp, final)
-    finally:
-        with suppress(FileNotFoundError):
-            tmp.unlink()

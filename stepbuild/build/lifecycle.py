@@ -25,9 +25,10 @@ state behind, and the steps after it hit again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stepbuild.build.state import timestamp
+from stepbuild.store.records import CacheRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,20 +83,19 @@ class StepLifecycle:
         hit = record is not None
         return state.with_layer(result.diff_id, step.created_by, result.created), hit
 
-    def _look_up(self, key: str, state: ImageState, eager: bool) -> dict[str, Any] | None:
+    def _look_up(self, key: str, state: ImageState, eager: bool) -> CacheRecord | None:
         if self.no_cache:
             return None
-        record = self.store.get_cache(key)
+        record = self.store.cache_records.get(key)
         if record is None and self.team is not None:
             # a hit; its layer imported now in the target stage, elsewhere once needed
             record = self.team.lookup(key, state.diff_ids, eager)
         return record
 
-    def _reuse(self, record: dict[str, Any]) -> StepResult:
-        diff_ids = record.get("diff_ids") or [None]
+    def _reuse(self, record: CacheRecord) -> StepResult:
         epoch = self.source_date_epoch
-        created = timestamp(epoch) if epoch is not None else record["created"]
-        return StepResult(diff_ids[0], created, record["created"])
+        created = timestamp(epoch) if epoch is not None else record.created
+        return StepResult(record.diff_id, created, record.created)
 
     def _run(self, build: BuildRun, step: PreparedStep, state: ImageState,
              label: str) -> StepResult:
@@ -116,10 +116,8 @@ class StepLifecycle:
                 diff_id = layer.diff_id
         finished = self.clock()
         # started/finished are for people and tests (did two stages overlap?), not keys.
-        self.store.put_cache(step.key, {
-            "diff_ids": [diff_id] if diff_id else [], "created": created,
-            "created_by": step.created_by, "inputs": step.inputs,
-            "started": started, "finished": finished,
-        })
+        self.store.cache_records.put(step.key, CacheRecord(
+            (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
+            started=started, finished=finished))
         self.progress.done(label, finished - started)
         return StepResult(diff_id, created, created)

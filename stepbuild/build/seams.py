@@ -12,7 +12,7 @@ image (`archive.load`, `distribution.transfer`) and the team cache need: those t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.build.mounts.cache import CacheMountObserver
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from stepbuild.frontend import instructions as ins
     from stepbuild.layers.capture import LayerBlob
     from stepbuild.oci.documents import Descriptor, ImageConfig, Manifest
+    from stepbuild.store.records import CacheRecord
 
 
 class ImageStore(Protocol):
@@ -47,17 +48,24 @@ class ImageStore(Protocol):
                   annotations: dict[str, str] | None = None) -> Descriptor: ...
 
 
+class StepRecords(Protocol):
+    """The store's step cache records (`store.records.CacheRecords`): `put` refuses a record
+    naming a layer that is not committed; `get` is None for a missing or unusable record."""
+
+    def get(self, key: str) -> CacheRecord | None: ...
+
+    def put(self, key: str, record: CacheRecord) -> None: ...
+
+
 class BuildStore(ImageStore, Protocol):
     """What the builder needs of the store: images, tags, cache records, committed layers.
 
     The contracts are `store.Store`'s: `commit_layer` ingests the tar as the blob `diff_id`
-    and moves `upper` in as the layer's dir; `put_cache` refuses a record naming a layer that
-    is not committed; `get_cache` is None for a missing or unusable record.
+    and moves `upper` in as the layer's dir.
     """
 
-    def get_cache(self, key: str) -> dict[str, Any] | None: ...
-
-    def put_cache(self, key: str, record: dict[str, Any]) -> None: ...
+    @property
+    def cache_records(self) -> StepRecords: ...
 
     def commit_layer(self, upper: Path, diff_id: str, tar_path: Path) -> Path: ...
 
@@ -124,7 +132,7 @@ class TeamCacheView(CacheMountObserver, Protocol):
     def exporting(self) -> bool: ...
 
     def lookup(self, key: str, parents: Sequence[str], eager: bool
-               ) -> dict[str, Any] | None: ...
+               ) -> CacheRecord | None: ...
 
     def materialize(self, diff_ids: Sequence[str]) -> None: ...
 

@@ -12,10 +12,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
 
@@ -32,10 +35,11 @@ def store_root(option: str | None) -> Path:
     return Path(data) / "stepbuild"
 
 
-def open_store(options: argparse.Namespace) -> Any:
+def open_store(options: argparse.Namespace,
+               on_resolve: Callable[[str], None] | None = None) -> Any:
     from stepbuild.store.store import Store
 
-    return Store(store_root(options.root))
+    return Store(store_root(options.root), on_resolve=on_resolve)
 
 
 def _require_root() -> None:
@@ -74,8 +78,9 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     pushes = _push_targets(options)  # so does a bad --push target
     cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
     connection = _connection(options)  # FROM, --push and the team cache all reach out with it
-    store = open_store(options)
-    stepfile = parse_cached(store.root / "parse-cache", text, name)
+    names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
+    store = open_store(options, on_resolve=names_read.add)
+    stepfile = parse_cached(store.layout.parse_cache, text, name)
     build_args = read_build_arg_files(options.build_arg_file)
     build_args.update(parse_build_args(options.build_arg))
     epoch = source_date_epoch(build_args)
@@ -112,7 +117,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     context.save()
     if witness is not None:
         fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
-                           resolved=store.resolved, transcript=progress.transcript,
+                           resolved=names_read, transcript=progress.transcript,
                            warnings=warnings)
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
@@ -229,7 +234,7 @@ def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
 
     absolute = str(context_dir.resolve())
     name = xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json"
-    stat_cache = store.root / "context-cache" / name
+    stat_cache = store.layout.context_cache / name
     stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
     return BuildContext(context_dir, ignore=ignore_patterns(context_dir, stepfile),
                         stat_cache=stat_cache)
@@ -500,12 +505,13 @@ def rmi(options: argparse.Namespace) -> int:
 
 
 def prune(options: argparse.Namespace) -> int:
+    from stepbuild.store import gc
     from stepbuild.store.store import Store
 
     # No grace period: prune takes the store lock exclusively, so it waits for every build
     # and run (they hold it shared) and nothing it sees in tmp/ is still in use.
     store = Store(store_root(options.root), grace_period=0)
-    stats = store.prune(keep_cache=False)
+    stats = gc.prune(store, keep_cache=False)
     print(f"removed {stats.layers} layers, {stats.blobs} blobs ({human_size(stats.bytes_freed)}),"
           f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
           f" {stats.tmp_entries} temporary entries")
@@ -517,7 +523,9 @@ def prune(options: argparse.Namespace) -> int:
 
 
 def check(options: argparse.Namespace) -> int:
-    problems = open_store(options).check()
+    from stepbuild.store import gc
+
+    problems = gc.check(open_store(options))
     for problem in problems:
         print(problem)
     if problems:

@@ -27,8 +27,8 @@ only if, during the build, no tag changed except the result's own, no tag the bu
 git repository, FROM an archive: `mark_volatile`). Some builds are never replayed: --no-cache,
 --pull=always, --push, --output, --cache-to, --reproducible, a Stepfile on stdin.
 
-Records: `<store>/fingerprints/<identity>.json`, one per (command, directory, context), so
-they do not pile up.
+Records: `<store>/fingerprints/<identity>.json` (`StoreLayout.fingerprints`), one per
+(command, directory, context), so they do not pile up.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from typing import Any
 import xxhash
 
 from stepbuild.frontend.source import STEPFILE_NAMES
+from stepbuild.store.layout import StoreLayout  # names only: store.py would cost what we save
 
 __all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/1"
-RECORDS = "fingerprints"
 RACY_WINDOW_NS = 2_000_000_000  # as sources/context.py's stat cache
 MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
@@ -78,6 +78,10 @@ class Witness:
     racy: bool
     tags_before: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(self.store_root)
+
 
 # --- before the build ---------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
     if walked is None:
         return None
     newest = max(newest, walked)
-    tags = _tags(store_root)
+    tags = _tags(StoreLayout(store_root))
     return Witness(store_root, identity, digest.hexdigest(),
                    racy=newest > started - RACY_WINDOW_NS, tags_before=tags or {})
 
@@ -219,13 +223,13 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
         return False
     from stepbuild.fs.locks import flocked  # not at the top: most builds have no record
 
-    # store.py's store lock, shared: no prune while we check and print.
-    with flocked(witness.store_root / "lock", exclusive=False, mode=0o644):
-        if _tags(witness.store_root) != saved["tags"]:
+    layout = witness.layout
+    # store/store.py's store lock, shared: no prune while we check and print.
+    with flocked(layout.lock, exclusive=False, mode=0o644):
+        if _tags(layout) != saved["tags"]:
             return False
-        root = witness.store_root
-        if not (all((root / "blobs" / "sha256" / d[7:]).is_file() for d in saved["blobs"])
-                and all((root / "layers" / d[7:] / "diff").is_dir() for d in saved["layers"])):
+        if not (all((layout.blobs / d[7:]).is_file() for d in saved["blobs"])
+                and all((layout.layers / d[7:] / "diff").is_dir() for d in saved["layers"])):
             return False
         _print(saved, quiet=quiet, verbose=verbose)
     return True
@@ -275,7 +279,7 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
 
     if witness.racy or _volatile:
         return False
-    after = _tags(witness.store_root)
+    after = _tags(witness.layout)
     if after is None:
         return False
     ours = {name for name, value in after.items() if value == digest}
@@ -284,7 +288,7 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     moved = {n for n in ours if witness.tags_before.get(n) not in (None, digest)}
     if others_before != others_after or moved & resolved:
         return False
-    contents = _contents_of(witness.store_root, digest)
+    contents = _contents_of(witness.layout, digest)
     if contents is None:
         return False
     saved = {"format": FORMAT, "fingerprint": witness.value, "digest": digest, "names": names,
@@ -299,10 +303,10 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     return False
 
 
-def _contents_of(store_root: Path, digest: str) -> tuple[list[str], list[str]] | None:
+def _contents_of(layout: StoreLayout, digest: str) -> tuple[list[str], list[str]] | None:
     """The result's blobs (manifest, config, layers) and layer dirs (its diff_ids), which a
     replay checks are still there (`stepbuild run` needs the dirs); None if unreadable."""
-    blobs = store_root / "blobs" / "sha256"
+    blobs = layout.blobs
     try:
         manifest = json.loads((blobs / digest.split(":", 1)[1]).read_bytes())
         config = manifest["config"]["digest"]
@@ -318,10 +322,10 @@ def _contents_of(store_root: Path, digest: str) -> tuple[list[str], list[str]] |
 # --- the store, read directly (importing store/store.py would cost what we save) ------------------
 
 
-def _tags(store_root: Path) -> dict[str, str] | None:
+def _tags(layout: StoreLayout) -> dict[str, str] | None:
     """ref name → manifest digest of index.json (None if unreadable)."""
     try:
-        index = json.loads((store_root / "index.json").read_bytes())
+        index = json.loads(layout.index.read_bytes())
         return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
                 for m in index.get("manifests", [])
                 if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
@@ -330,7 +334,7 @@ def _tags(store_root: Path) -> dict[str, str] | None:
 
 
 def _record_path(witness: Witness) -> Path:
-    return witness.store_root / RECORDS / f"{witness.identity}.json"
+    return witness.layout.fingerprints / f"{witness.identity}.json"
 
 
 def _hash(parts: list[str]) -> str:

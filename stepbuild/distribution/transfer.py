@@ -29,13 +29,13 @@ is not downloaded. The local manifest is rebuilt in the store's form, so pushing
 pulling it into another store gives the same local manifest digest there; the image is tagged
 with the reference's familiar form (`127.0.0.1:5000/app:1`, `busybox:latest`).
 
-**Remote records** (`<store>/remote-blobs/<hex>.json`, one per layer diff_id or config
-digest): which blob (descriptor) holds that content in which `host/repository`. Written after
-every blob pushed, found or pulled; read to find mount sources. Hints only: a stale record costs
-a refused mount and an upload, a corrupt one is ignored (`stepbuild check` reports it, and
-`prune` removes it and the records of layers and configs that are gone; store/store.py parses them).
-`record_remote_blob` is public so that the registry cache can record layers it knows to be in
-a registry without downloading them.
+**Remote records** (`store.remote_records`: `<store>/remote-blobs/<hex>.json`, one per layer
+diff_id or config digest; store/records.py owns the format): which blob (descriptor) holds
+that content in which `host/repository`. Written after every blob pushed, found or pulled; read
+to find mount sources. Hints only: a stale record costs a refused mount and an upload, a
+corrupt one is ignored (`stepbuild check` reports it, and `prune` removes it and the records
+of layers and configs that are gone). The registry cache records layers it knows to be in a
+registry without downloading them.
 
 Nothing half-done gets a real name: downloads go to the store's tmp/ and are removed on any
 error; layers are committed only after their diff_id checked out; the tag is written last.
@@ -44,7 +44,6 @@ error; layers are committed only after their diff_id checked out; the tag is wri
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -70,7 +69,6 @@ from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import digest_hex, sha256_bytes
 from stepbuild.progress import human_size
 from stepbuild.store.received import put_received
-from stepbuild.store.store import REMOTE_DIR, parse_remote_record
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -89,14 +87,11 @@ __all__ = [
     "logout",
     "pull",
     "push",
-    "record_remote_blob",
-    "remote_blobs",
 ]
 
 PULL_POLICIES = ("missing", "always", "never")
 DEFAULT_JOBS = 4  # blobs transferred at once (docker: 3 up, 3 down)
 MAX_CONFIG = 16 << 20  # image configs (long histories); archive/load.py has the same limit
-MAX_SOURCES = 8  # repositories remembered per blob
 MAX_MOUNT_TRIES = 3
 # Layer media types we can unpack (foreign, non-distributable and encrypted ones we cannot).
 _PULLABLE_LAYERS = oci.LAYER_TYPES - {oci.DOCKER_LAYER_FOREIGN}
@@ -187,61 +182,9 @@ def _short(digest: str) -> str:
 # remote records: which registry repositories hold a blob
 
 
-_records_lock = threading.Lock()
-
-
-def _record_file(store: Any, content_id: str) -> Path:
-    return Path(store.root) / REMOTE_DIR / f"{digest_hex(content_id)}.json"
-
-
-def remote_blobs(store: Any, content_id: str) -> list[tuple[oci.Descriptor, tuple[str, ...]]]:
-    """The blobs known to hold `content_id` (a layer's diff_id, or a config's digest) in
-    registries, each with the `host/repository`s known to have it, most recent first.
-    A missing or unreadable record is an empty list (`stepbuild check` reports a bad one,
-    `prune` removes it)."""
-    try:
-        path = _record_file(store, content_id)
-        return parse_remote_record(path.read_bytes(), path.name)[1]
-    except (OSError, StepbuildError):
-        return []
-
-
-def record_remote_blob(store: Any, content_id: str, blob: oci.Descriptor, host: str,
-                       repository: str) -> None:
-    """Remember that `host/repository` holds `blob`, which is `content_id` (a layer's
-    diff_id: the blob decompresses to it; or a config's own digest). The caller vouches for
-    that (it made the blob, or checked it): push sends what a record names without reading
-    it. Best effort: a record that cannot be written is skipped."""
-    source = f"{host}/{repository}"
-    with _records_lock:
-        known = remote_blobs(store, content_id)
-        blobs: list[dict[str, Any]] = []
-        for desc, sources in [(blob, ()), *known]:
-            if any(b["digest"] == desc.digest for b in blobs):
-                continue
-            if desc.digest == blob.digest:
-                merged = [source, *(s for d, ss in known if d.digest == blob.digest
-                                    for s in ss if s != source)]
-                sources = tuple(merged[:MAX_SOURCES])
-            entry = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-            blobs.append({**entry, "sources": list(sources)})
-        path = _record_file(store, content_id)
-        try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            tmp = store.tmp_file("remote-record-")
-            try:
-                tmp.write_bytes(oci.canonical_json({"id": content_id, "blobs": blobs[:4]}))
-                os.replace(tmp, path)
-            finally:
-                with suppress(FileNotFoundError):
-                    tmp.unlink()
-        except OSError:
-            pass
-
-
 def _sources_on(store: Any, content_id: str, digest: str, host: str) -> list[str]:
     """Repositories of `host` known to hold blob `digest`."""
-    return [s.split("/", 1)[1] for desc, sources in remote_blobs(store, content_id)
+    return [s.split("/", 1)[1] for desc, sources in store.remote_records.get(content_id)
             if desc.digest == digest for s in sources if s.split("/", 1)[0] == host]
 
 
@@ -365,11 +308,11 @@ class _Pusher:
         if self.compression == NONE:
             blob = store.descriptor(diff_id, media_type(NONE)) if store.has_blob(diff_id) else None
         else:
-            blob = store.compressed_blob(diff_id, self.compression)
+            blob = store.compressed_records.get(diff_id, self.compression)
         # Blobs of this layer the target registry holds (docker media types made OCI),
         # those with the compression asked for first.
         there = sorted((oci.Descriptor(media_type(c), d.digest, d.size)
-                        for d, sources in remote_blobs(store, diff_id)
+                        for d, sources in store.remote_records.get(diff_id)
                         if (c := compression_of(d.media_type)) is not None
                         and any(s.split("/", 1)[0] == self.ref.registry for s in sources)),
                        key=lambda d: compression_of(d.media_type) != self.compression)
@@ -407,7 +350,7 @@ class _Pusher:
                                   on_progress=lambda _d, done, total: self.display.bytes(
                                       key, "pushing", done, total))
                 self.display.status(key, f"pushed {human_size(blob.size)}")
-        record_remote_blob(self.store, content_id, blob, host, repo)
+        self.store.remote_records.add(content_id, blob, host, repo)
         return outcome
 
     def _download(self, content_id: str, blob: oci.Descriptor, sources: list[str],
@@ -527,7 +470,7 @@ class _Puller:
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
-        record_remote_blob(self.store, desc.digest, desc, self.ref.registry, self.repo)
+        self.store.remote_records.add(desc.digest, desc, self.ref.registry, self.repo)
         return data
 
     def _layers(self, layers: tuple[oci.Descriptor, ...], diff_ids: tuple[str, ...]) -> int:
@@ -553,7 +496,7 @@ class _Puller:
                                 path.unlink()
                     downloaded += 1
                     self.display.status(key, "pulled")
-                record_remote_blob(store, diff_id, blob, self.ref.registry, self.repo)
+                store.remote_records.add(diff_id, blob, self.ref.registry, self.repo)
                 lowers.insert(0, store.layer_dir(diff_id))
         return downloaded
 
@@ -595,8 +538,8 @@ class _Puller:
         from stepbuild.layers.compress import media_type
 
         self.store.ingest_blob(path, blob.digest)
-        if self.store.compressed_blob(diff_id, kind) is None:
-            self.store.record_compressed(diff_id, kind,
+        if self.store.compressed_records.get(diff_id, kind) is None:
+            self.store.compressed_records.put(diff_id, kind,
                                          oci.Descriptor(media_type(kind), blob.digest, blob.size))
 
     def _local_manifest(self, manifest: oci.Manifest, config: oci.ImageConfig,

@@ -17,8 +17,8 @@ digests for one layer. What makes the bytes fixed:
 
 The compressed bytes depend on the zlib and libzstd versions: a different zlib (zlib-ng, say)
 gives other, equally valid bytes. That is why the store *records* each compressed blob it made
-(`Store.record_compressed`): once a layer has been compressed in a store, every later export
-or push from that store reuses those exact bytes and never recompresses.
+(`store.compressed_records`, store/records.py): once a layer has been compressed in a store,
+every later export or push from that store reuses those exact bytes and never recompresses.
 
 Entry point for exporters and the registry client: `compressed_layer(store, diff_id, kind)`.
 """
@@ -178,7 +178,7 @@ def compressed_layer(store: Any, diff_id: str, compression: str) -> Descriptor:
         uncompressed: Descriptor = store.descriptor(diff_id, MEDIA_TYPE_LAYER)
         return uncompressed
     with store.lock(exclusive=False):
-        found: Descriptor | None = store.compressed_blob(diff_id, compression)
+        found: Descriptor | None = store.compressed_records.get(diff_id, compression)
         if found is not None:
             return found
         source = store.blob_path(diff_id)
@@ -193,5 +193,5 @@ def compressed_layer(store: Any, diff_id: str, compression: str) -> Descriptor:
             raise
         store.ingest_blob(tmp, digest)  # consumes tmp (fsync, rename) or deletes it
         descriptor = Descriptor(media_type(compression), digest, compressed_size)
-        store.record_compressed(diff_id, compression, descriptor)
+        store.compressed_records.put(diff_id, compression, descriptor)
         return descriptor

@@ -615,7 +615,7 @@ def validate_layout(
     (equal to the layer digest for uncompressed layers). Blobs not reachable are ignored.
 
     `blob_digests` maps blob hex names to an already computed `(digest, size)`, so a caller
-    that has hashed every blob (`Store.check`) does not pay for it twice.
+    that has hashed every blob (`store.gc.check`) does not pay for it twice.
     """
     return _LayoutValidator(Path(path), blob_digests or {}).run()
 

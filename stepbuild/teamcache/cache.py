@@ -50,6 +50,7 @@ from typing import Any
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
+from stepbuild.store.records import CacheRecord
 from stepbuild.teamcache.local import LocalDir
 from stepbuild.teamcache.records import (
     MOUNT_SCHEMA,
@@ -123,7 +124,7 @@ class _Lazy:
     spec: CacheSpec
     backend: Any
     parents: tuple[str, ...]
-    local: dict[str, Any]  # the local cache record, written once the layer is there
+    local: CacheRecord  # the local cache record, written once the layer is there
 
 
 @dataclass(slots=True)
@@ -181,7 +182,7 @@ class TeamCache:
 
     # --- import ---------------------------------------------------------------------------
 
-    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> dict[str, Any] | None:
+    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> CacheRecord | None:
         """A local cache record for `key` (on the layers `parents`) from the first source that
         has a usable one, or None. `eager`: import its layer now (the target stage's layers
         are all needed); otherwise it is fetched by `materialize`, if ever."""
@@ -199,13 +200,12 @@ class TeamCache:
                 continue
             if record is None:
                 continue
-            local = {"diff_ids": [record["diff_id"]] if record["diff_id"] else [],
-                     "created": record["created"], "created_by": record["created_by"],
-                     "imported": True}
+            local = CacheRecord((record["diff_id"],) if record["diff_id"] else (),
+                                record["created"], record["created_by"], imported=True)
             lazy = _Lazy(key, record, spec, backend, tuple(parents), local)
             diff_id = record["diff_id"]
             if diff_id is None or self.store.has_layer(diff_id):
-                self.store.put_cache(key, local)
+                self.store.cache_records.put(key, local)
                 return local
             if not eager:
                 with self._fetching:
@@ -244,7 +244,7 @@ class TeamCache:
         if not self.store.has_layer(lazy.record["diff_id"]):
             lowers = [self.store.layer_dir(d) for d in reversed(parents)]
             self._import_layer(lazy.record, lazy.backend, lowers)
-        self.store.put_cache(lazy.key, lazy.local)
+        self.store.cache_records.put(lazy.key, lazy.local)
 
     def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
         from stepbuild.errors import DigestMismatch
@@ -276,8 +276,8 @@ class TeamCache:
             if kind not in (None, "none"):
                 with suppress(StepbuildError, OSError):
                     store.ingest_blob(compressed, layer["digest"])
-                    if store.compressed_blob(diff_id, kind) is None:
-                        store.record_compressed(diff_id, kind, Descriptor(
+                    if store.compressed_records.get(diff_id, kind) is None:
+                        store.compressed_records.put(diff_id, kind, Descriptor(
                             layer["mediaType"], layer["digest"], layer["size"]))
         except DigestMismatch as exc:
             raise CacheError(exc.message) from None

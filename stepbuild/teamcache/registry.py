@@ -41,6 +41,7 @@ from typing import Any
 from stepbuild.errors import StepbuildError
 from stepbuild.fs.locks import flocked
 from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.layout import StoreLayout
 from stepbuild.teamcache.records import (
     ARTIFACT_TYPE,
     CONFIG_MEDIA_TYPE,
@@ -59,8 +60,6 @@ WRITERS_ANNOTATION = "dev.stepbuild.cache.writers"
 WRITER_INFIX = ".w-"
 _MAX_TAG = 128  # the Distribution spec's limit on a tag's length
 MAX_WRITERS = 256  # writer tags read per build: one HEAD each
-_WRITER_ID_FILE = "cache-writer-id"
-_WRITER_LOCK_FILE = "cache-writer.lock"
 _GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
@@ -70,7 +69,7 @@ def writer_id(store_root: Path) -> str:
     A random id kept in the store, mixed with the host's name and machine id: a store copied
     to another machine (a CI runner restoring a cached store, say) is then another writer, and
     two runners restored from one snapshot do not race on one writer tag."""
-    path = store_root / _WRITER_ID_FILE
+    path = StoreLayout(store_root).writer_id
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
@@ -255,10 +254,8 @@ class RegistryCache:
 
     def remember(self, store: Any, diff_id: str, desc: Any) -> None:
         """An imported layer's blob is in REPO: a later push there mounts, not uploads."""
-        from stepbuild.distribution.transfer import record_remote_blob
-
         with suppress(StepbuildError, OSError):
-            record_remote_blob(store, diff_id, desc, self.ref.registry, self.ref.repository)
+            store.remote_records.add(diff_id, desc, self.ref.registry, self.ref.repository)
 
     def put_record(self, key: str, record: dict[str, Any]) -> None:
         self._pending[key] = record
@@ -275,7 +272,7 @@ class RegistryCache:
         """Add our records to this store's writer tag, then fold all writers into TAG."""
         own = writer_tag(self.tag, writer_id(self.store_root))
         # Builds on one store export one at a time: they share the writer tag.
-        with flocked(self.store_root / _WRITER_LOCK_FILE, exclusive=True, mode=0o644):
+        with flocked(StoreLayout(self.store_root).writer_lock, exclusive=True, mode=0o644):
             try:
                 entries = self._read_tag(own, owner=self.tag)[0]
             except CacheError:

@@ -23,7 +23,6 @@ from stepbuild.fs.durable import write_file
 from stepbuild.fs.locks import flocked
 from stepbuild.fs.trees import remove_tree
 
-CACHE_MOUNTS = "cache-mounts"  # under the store root
 
 
 class CacheMountObserver(Protocol):
@@ -44,7 +43,9 @@ class CacheMountObserver(Protocol):
 
 
 def cache_mounts_dir(store_root: Path) -> Path:
-    return Path(store_root) / CACHE_MOUNTS
+    from stepbuild.store.layout import StoreLayout  # the store names its folders
+
+    return StoreLayout(Path(store_root)).cache_mounts
 
 
 def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,

@@ -29,6 +29,7 @@ from stepbuild.oci.documents import (
     ImageConfig,
     validate_layout,
 )
+from stepbuild.store.gc import check
 from stepbuild.store.store import Store
 
 UID, GID = os.getuid(), os.getgid()
@@ -103,7 +104,7 @@ def test_oci_outputs(tmp_path: Path) -> None:
     assert (out / "b.tar").read_bytes() == (out / "a.tar").read_bytes()
     assert again[0].digest == results[0].digest
     assert sorted(os.listdir(out)) == ["a.tar", "b.tar", "layout", "x", "z.tar"]
-    assert store.check() == []
+    assert check(store) == []
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from stepbuild.build import keys
 from stepbuild.build.builder import BuildOptions
@@ -30,6 +29,7 @@ from stepbuild.errors import BlobNotFound, LazyLayerError, SourcePosition, StepF
 from stepbuild.frontend import instructions as ins
 from stepbuild.layers.capture import LayerBlob
 from stepbuild.oci import documents as oci
+from stepbuild.store.records import CacheRecord
 
 Disk = dict[Path, bytes]
 
@@ -46,6 +46,26 @@ def remove_tree(disk: Disk, top: Path) -> None:
 # --- the store ----------------------------------------------------------------------------------
 
 
+class FakeCacheRecords:
+    """`seams.StepRecords` over the fake store's `cache` dict, with the real rules: a record
+    may only name committed layers; one naming a layer that is gone is a miss."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    def get(self, key: str) -> CacheRecord | None:
+        record = self.store.cache.get(key)
+        if record is None or not set(record.diff_ids) <= self.store.layers:
+            return None
+        return record
+
+    def put(self, key: str, record: CacheRecord) -> None:
+        for diff_id in record.diff_ids:
+            if diff_id not in self.store.layers:
+                raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
+        self.store.cache[key] = record
+
+
 class FakeStore:
     """`seams.BuildStore` over dicts: blobs by digest, committed layers, cache records, tags.
     It keeps the real store's rules: a layer's tar must hash to its diff_id, a cache record
@@ -55,8 +75,9 @@ class FakeStore:
         self.disk = disk
         self.blobs: dict[str, bytes] = {}
         self.layers: set[str] = set()
-        self.cache: dict[str, dict[str, Any]] = {}
+        self.cache: dict[str, CacheRecord] = {}
         self.tags: dict[str, oci.Descriptor] = {}
+        self.cache_records = FakeCacheRecords(self)
 
     # images
     def resolve(self, name: str) -> oci.Descriptor | None:
@@ -93,17 +114,6 @@ class FakeStore:
         self.tags[name] = manifest
 
     # cache records and layers
-    def get_cache(self, key: str) -> dict[str, Any] | None:
-        record = self.cache.get(key)
-        if record is None or not set(record["diff_ids"]) <= self.layers:
-            return None
-        return dict(record)
-
-    def put_cache(self, key: str, record: dict[str, Any]) -> None:
-        for diff_id in record["diff_ids"]:
-            if diff_id not in self.layers:
-                raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
-        self.cache[key] = dict(record)
 
     def commit_layer(self, upper: Path, diff_id: str, tar_path: Path) -> Path:
         data = self.disk.pop(tar_path)
@@ -250,7 +260,7 @@ class FakeTeamCache:
     def exporting(self) -> bool:
         return self._exporting
 
-    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> dict[str, Any] | None:
+    def lookup(self, key: str, parents: Sequence[str], eager: bool) -> CacheRecord | None:
         step = self.remote.steps.get(key)
         if step is None or key in self.misses:
             return None
@@ -263,8 +273,8 @@ class FakeTeamCache:
             self._fetch(key, diff_id)
         else:
             self.lazy[diff_id] = key
-        return {"diff_ids": [diff_id] if diff_id else [], "created": step.created,
-                "created_by": step.created_by, "imported": True}
+        return CacheRecord((diff_id,) if diff_id else (), step.created, step.created_by,
+                           imported=True)
 
     def materialize(self, diff_ids: Sequence[str]) -> None:
         for diff_id in diff_ids:
@@ -290,9 +300,8 @@ class FakeTeamCache:
 
     def _record(self, key: str, diff_id: str | None) -> None:
         step = self.remote.steps[key]
-        self.store.put_cache(key, {"diff_ids": [diff_id] if diff_id else [],
-                                   "created": step.created, "created_by": step.created_by,
-                                   "imported": True})
+        self.store.cache_records.put(key, CacheRecord(
+            (diff_id,) if diff_id else (), step.created, step.created_by, imported=True))
 
     def note(self, key: str, stage: int, diff_id: str | None, created: str,
              created_by: str) -> None:

@@ -53,7 +53,7 @@ class World:
 
     def key_of(self, created_by: str) -> str:
         """The key recorded for the step with this history text (there must be one)."""
-        [key] = [k for k, r in self.store.cache.items() if r["created_by"] == created_by]
+        [key] = [k for k, r in self.store.cache.items() if r.created_by == created_by]
         return key
 
     def lines(self) -> list[str]:
@@ -83,7 +83,7 @@ def test_a_first_build_runs_every_step_commits_its_layer_and_records_its_key() -
     layers = (layer("RUN make"), layer("RUN make install"))
     assert result.state.diff_ids == layers
     assert world.store.layers == set(layers)
-    records = {r["created_by"]: r["diff_ids"] for r in world.store.cache.values()}
+    records = {r.created_by: list(r.diff_ids) for r in world.store.cache.values()}
     assert records == {"RUN make": [layers[0]], "RUN true": [], "RUN make install": [layers[1]]}
     manifest, config = world.store.image("app")
     assert [d.digest for d in manifest.layers] == list(layers)
@@ -139,7 +139,7 @@ def test_early_cutoff_a_step_that_reruns_to_the_same_layer_lets_the_next_steps_h
     assert world.executor.ran == ["RUN make"]  # a miss, which makes the layer it made before
     assert second.cached == 2  # RUN true and RUN make install: their parent state is the same
     assert second.state.diff_ids == first.state.diff_ids
-    assert len([r for r in world.store.cache.values() if r["created_by"] == "RUN make"]) == 2
+    assert len([r for r in world.store.cache.values() if r.created_by == "RUN make"]) == 2
 
 
 def test_a_failing_step_commits_nothing_and_reports_where_how_and_what_it_printed() -> None:
@@ -157,7 +157,7 @@ def test_a_failing_step_commits_nothing_and_reports_where_how_and_what_it_printe
     assert world.executor.ran == ["RUN make", "RUN true", "RUN make install"]
     assert sha256(b"half-installed files") not in world.store.blobs
     assert world.store.layers == {layer("RUN make"), layer("RUN true")}
-    assert {r["created_by"] for r in world.store.cache.values()} == {"RUN make", "RUN true"}
+    assert {r.created_by for r in world.store.cache.values()} == {"RUN make", "RUN true"}
     assert world.store.tags == {}
     assert world.disk == {}  # the failed step's workspace is removed too
     assert world.lines()[-1] == "#5   RUN make install"  # no DONE for it
@@ -226,7 +226,7 @@ def test_team_cache_hits_outside_the_target_stage_are_fetched_only_when_read() -
     # deps' layer: the COPY --from hit needs only its key, the image only the target's layers
     assert cache.fetched == [layer("COPY --from=deps /deps /deps"), layer("RUN build")]
     assert layer("RUN fetch deps") not in b.store.layers
-    assert b.store.get_cache(b.key_of("COPY --from=deps /deps /deps")) is not None
+    assert b.store.cache_records.get(b.key_of("COPY --from=deps /deps /deps")) is not None
 
 
 def test_a_lazy_hit_is_fetched_when_a_step_runs_on_it() -> None:

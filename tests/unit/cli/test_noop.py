@@ -17,6 +17,7 @@ import pytest
 
 from stepbuild.cli import noop as fingerprint
 from stepbuild.cli.noop import Witness, record, replay, take
+from stepbuild.store.layout import StoreLayout
 
 OLD = time.time() - 3600  # well outside the racy window
 
@@ -172,7 +173,7 @@ def set_tag(store: Path, name: str, digest: str) -> None:
 
 
 def witness(store: Path, value: str = "f" * 32) -> Witness:
-    tags = fingerprint._tags(store) or {}
+    tags = fingerprint._tags(StoreLayout(store)) or {}
     return Witness(store, "i" * 32, value, racy=False, tags_before=tags)
 
 

@@ -1,6 +1,6 @@
 """compress.py: deterministic gzip/zstd, and the store's record of the compressed blobs it made
-(`Store.compressed_blob` / `record_compressed`, kept by prune while the layer is reachable,
-checked by `check`)."""
+(`store.compressed_records`, kept by prune while the layer is reachable, checked by
+`check`)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ from stepbuild.oci.documents import (
     MEDIA_TYPE_LAYER_ZSTD,
     Descriptor,
 )
+from stepbuild.store.gc import check, prune
 from stepbuild.store.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from store_contract import age, blob_file, build_image, damage  # noqa: E402
+from store_contract import age, blob_file, build_image, cache_record, damage  # noqa: E402
 
 DATA = b"".join(b"line %d of a layer that compresses well\n" % i for i in range(50_000))
 
@@ -114,7 +115,7 @@ def test_compressed_once_then_reused(kind: str, tmp_path: Path,
     desc = compressed_layer(store, diff_id, kind)
     assert desc.media_type == compress.media_type(kind)
     assert store.read_blob(desc.digest)[:2] in (b"\x1f\x8b", b"\x28\xb5")
-    assert store.compressed_blob(diff_id, kind) == desc
+    assert store.compressed_records.get(diff_id, kind) == desc
     blobs = sorted(os.listdir(tmp_path / "blobs" / "sha256"))
 
     def fail(*args: object, **kw: object) -> None:
@@ -125,7 +126,7 @@ def test_compressed_once_then_reused(kind: str, tmp_path: Path,
     assert sorted(os.listdir(tmp_path / "blobs" / "sha256")) == blobs
     assert os.listdir(tmp_path / "compressed") == [f"{diff_id[7:]}.{kind}.json"]
     assert os.listdir(tmp_path / "tmp") == []
-    assert store.check() == []
+    assert check(store) == []
 
 
 def test_digest_is_stable_across_stores(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_a_damaged_layer_is_not_compressed(tmp_path: Path) -> None:
     damage(blob_file(store, diff_id))
     with pytest.raises(DigestMismatch):
         compressed_layer(store, diff_id, "gzip")
-    assert store.compressed_blob(diff_id, "gzip") is None
+    assert store.compressed_records.get(diff_id, "gzip") is None
     assert os.listdir(tmp_path / "tmp") == []
 
 
@@ -164,13 +165,13 @@ def test_bad_records_are_misses_and_get_replaced(tmp_path: Path) -> None:
     record = tmp_path / "compressed" / f"{diff_id[7:]}.gzip.json"
     for bad in (b"{", b"[]", record.read_bytes().replace(b"gzip", b"zstd")):
         record.write_bytes(bad)
-        assert store.compressed_blob(diff_id, "gzip") is None
-        assert store.check() != []
+        assert store.compressed_records.get(diff_id, "gzip") is None
+        assert check(store) != []
         assert compressed_layer(store, diff_id, "gzip") == desc
-        assert store.check() == []
+        assert check(store) == []
     os.unlink(blob_file(store, desc.digest))  # a record whose blob is gone
-    assert store.compressed_blob(diff_id, "gzip") is None
-    assert any("is missing" in p for p in store.check())
+    assert store.compressed_records.get(diff_id, "gzip") is None
+    assert any("is missing" in p for p in check(store))
     assert compressed_layer(store, diff_id, "gzip") == desc
 
 
@@ -180,17 +181,17 @@ def test_record_needs_both_blobs(tmp_path: Path) -> None:
     compressed, size = store.put_blob(b"pretend gzip")
     desc = Descriptor(MEDIA_TYPE_LAYER_GZIP, compressed, size)
     with pytest.raises(BlobNotFound):
-        store.record_compressed(sha256_bytes(b"absent"), "gzip", desc)
+        store.compressed_records.put(sha256_bytes(b"absent"), "gzip", desc)
     with pytest.raises(BlobNotFound):
-        store.record_compressed(diff_id, "gzip", Descriptor(MEDIA_TYPE_LAYER_GZIP,
+        store.compressed_records.put(diff_id, "gzip", Descriptor(MEDIA_TYPE_LAYER_GZIP,
                                                             sha256_bytes(b"x"), 1))
     with pytest.raises(DigestMismatch):
-        store.record_compressed(diff_id, "gzip", Descriptor(MEDIA_TYPE_LAYER_GZIP, compressed,
+        store.compressed_records.put(diff_id, "gzip", Descriptor(MEDIA_TYPE_LAYER_GZIP, compressed,
                                                             size + 1))
     with pytest.raises(ValueError):
-        store.record_compressed(diff_id, "../x", desc)
-    store.record_compressed(diff_id, "gzip", desc)
-    assert store.compressed_blob(diff_id, "gzip") == desc
+        store.compressed_records.put(diff_id, "../x", desc)
+    store.compressed_records.put(diff_id, "gzip", desc)
+    assert store.compressed_records.get(diff_id, "gzip") == desc
 
 
 # --- prune and check ---------------------------------------------------------------------------
@@ -207,23 +208,23 @@ def _tagged_with_compressed(store: Store) -> tuple[str, Descriptor, Descriptor]:
 def test_prune_keeps_compressed_blobs_of_reachable_layers(tmp_path: Path) -> None:
     store = Store(tmp_path, grace_period=0)
     diff_id, gz, zst = _tagged_with_compressed(store)
-    stats = store.prune(keep_cache=False)
+    stats = prune(store, keep_cache=False)
     assert stats.compressed_records == 0 and stats.blobs == 0
-    assert store.compressed_blob(diff_id, "gzip") == gz
-    assert store.compressed_blob(diff_id, "zstd") == zst
-    assert store.check() == []
+    assert store.compressed_records.get(diff_id, "gzip") == gz
+    assert store.compressed_records.get(diff_id, "zstd") == zst
+    assert check(store) == []
 
 
 def test_prune_drops_compressed_blobs_with_their_layer(tmp_path: Path) -> None:
     store = Store(tmp_path, grace_period=0)
     diff_id, gz, zst = _tagged_with_compressed(store)
     store.untag("app:1")
-    stats = store.prune(keep_cache=False)
+    stats = prune(store, keep_cache=False)
     assert stats.compressed_records == 2
     for digest in (diff_id, gz.digest, zst.digest):
         assert not store.has_blob(digest)
     assert os.listdir(tmp_path / "compressed") == []
-    assert store.check() == []
+    assert check(store) == []
 
 
 def test_a_young_record_keeps_both_its_blobs(tmp_path: Path) -> None:
@@ -232,27 +233,27 @@ def test_a_young_record_keeps_both_its_blobs(tmp_path: Path) -> None:
     store.untag("app:1")
     for entry in [*os.scandir(tmp_path / "blobs" / "sha256"), *os.scandir(tmp_path / "layers")]:
         age(Path(entry.path), 7200)  # the layer and the blobs are old, the records young
-    store.prune(keep_cache=False)
+    prune(store, keep_cache=False)
     assert store.has_blob(diff_id) and store.has_blob(gz.digest)
-    assert store.check() == []
+    assert check(store) == []
     for entry in os.scandir(tmp_path / "compressed"):
         age(Path(entry.path), 7200)
-    assert store.prune(keep_cache=False).compressed_records == 2
+    assert prune(store, keep_cache=False).compressed_records == 2
     assert not store.has_blob(diff_id) and not store.has_blob(gz.digest)
-    assert store.check() == []
+    assert check(store) == []
 
 
 def test_prune_keeps_compressed_blobs_of_cached_layers(tmp_path: Path) -> None:
     store = Store(tmp_path, grace_period=0)
     diff_id = store.config(store.manifest(build_image(store, b"cached"))).diff_ids[0]
-    store.put_cache("0123456789abcdef0123456789abcdef", {"diff_ids": [diff_id]})
+    store.cache_records.put("0123456789abcdef0123456789abcdef", cache_record(diff_id))
     gz = compressed_layer(store, diff_id, "gzip")
-    store.prune(keep_cache=True)
-    assert store.compressed_blob(diff_id, "gzip") == gz
+    prune(store, keep_cache=True)
+    assert store.compressed_records.get(diff_id, "gzip") == gz
 
 
 def test_check_reports_stray_files_in_compressed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _tagged_with_compressed(store)
     (tmp_path / "compressed" / "junk").write_text("x")
-    assert store.check() == ["compressed/junk: not a valid compressed-blob record"]
+    assert check(store) == ["compressed/junk: not a valid compressed-blob record"]

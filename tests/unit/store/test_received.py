@@ -7,6 +7,7 @@ from pathlib import Path
 
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.gc import check
 from stepbuild.store.received import put_received
 from stepbuild.store.store import Store
 
@@ -37,4 +38,4 @@ def test_an_image_without_layers_gets_the_empty_one(tmp_path: Path) -> None:
     assert [layer.digest for layer in manifest.layers] == [oci.EMPTY_LAYER_DIFF_ID]
     assert store.config(manifest).diff_ids == (oci.EMPTY_LAYER_DIFF_ID,)
     assert store.config(manifest).to_json()["config"] == {"Env": ["A=1"]}
-    assert store.check() == []
+    assert check(store) == []

@@ -1,0 +1,119 @@
+"""Where everything lives under the store root: every folder and file name, in one place.
+
+    oci-layout, index.json      the OCI image layout header and its index (tags)
+    blobs/sha256/<hex>          blobs, named by digest
+    layers/<hex>/diff/          a layer unpacked (an overlay lower dir); <hex> of its diff_id
+    cache/<key>.json            step cache records (records.py); cache/corrupt/ for bad ones
+    compressed/<hex>.<c>.json   compressed-blob records (records.py)
+    remote-blobs/<hex>.json     remote-blob records (records.py)
+    import-cache/<key>.json     import records of FROM archives (records.py)
+    tmp/                        every write starts here, then rename(2)s
+    lock, index.lock            flock(2) files: the store lock and the index.json lock
+    parse-cache/                parsed Stepfiles (frontend/cache.py)
+    context-cache/              stat caches of build contexts (sources/context.py)
+    cache-mounts/               RUN --mount=type=cache dirs (build/mounts/realise.py)
+    fingerprints/               whole-build fingerprints of no-op rebuilds (cli/noop.py)
+    cache-writer-id, cache-writer.lock   this store as a team cache writer (teamcache/registry.py)
+
+Only names live here, no formats: those belong to store.py (blobs, layers, index.json),
+records.py (the records) and the modules named above. Cheap to import (pathlib only), because
+`cli/noop.py` reads the store through it before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StoreLayout:
+    """The paths of a store rooted at `root`. Pure: nothing is created or read here.
+
+    A plain class, not a frozen dataclass: generating the dataclass's methods costs ~0.8 ms
+    at import (measured), on the no-op rebuild's path; this class costs ~0.25 ms.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoreLayout) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"StoreLayout({self.root!r})"
+
+    @property
+    def oci_layout(self) -> Path:
+        return self.root / "oci-layout"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.json"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def layers(self) -> Path:
+        return self.root / "layers"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def corrupt(self) -> Path:
+        return self.cache / "corrupt"
+
+    @property
+    def compressed(self) -> Path:
+        return self.root / "compressed"
+
+    @property
+    def remote_blobs(self) -> Path:
+        return self.root / "remote-blobs"
+
+    @property
+    def import_cache(self) -> Path:
+        return self.root / "import-cache"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def index_lock(self) -> Path:
+        return self.root / "index.lock"
+
+    @property
+    def parse_cache(self) -> Path:
+        return self.root / "parse-cache"
+
+    @property
+    def context_cache(self) -> Path:
+        return self.root / "context-cache"
+
+    @property
+    def cache_mounts(self) -> Path:
+        return self.root / "cache-mounts"
+
+    @property
+    def fingerprints(self) -> Path:
+        return self.root / "fingerprints"
+
+    @property
+    def writer_id(self) -> Path:
+        return self.root / "cache-writer-id"
+
+    @property
+    def writer_lock(self) -> Path:
+        return self.root / "cache-writer.lock"
