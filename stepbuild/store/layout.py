@@ -11,7 +11,8 @@
     lock, index.lock            flock(2) files: the store lock and the index.json lock
     parse-cache/                parsed Stepfiles (frontend/cache.py)
     context-cache/              stat caches of build contexts (sources/context.py)
-    cache-mounts/               RUN --mount=type=cache dirs (build/mounts/realise.py)
+    cache-mounts/<name>/        RUN --mount=type=cache dirs (build/mounts/cache.py), named by
+                                `cache_mount_name` of the cache's identity
     fingerprints/               whole-build fingerprints of no-op rebuilds (cli/noop.py)
     cache-writer-id, cache-writer.lock   this store as a team cache writer (teamcache/registry.py)
 
@@ -22,7 +23,9 @@ records.py (the records) and the modules named above. Cheap to import (pathlib o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class StoreLayout:
@@ -106,6 +109,10 @@ class StoreLayout:
     def cache_mounts(self) -> Path:
         return self.root / "cache-mounts"
 
+    def cache_mount(self, identity: Mapping[str, Any]) -> Path:
+        """The dir of the cache mount with this identity: `cache-mounts/<its name>`."""
+        return self.cache_mounts / cache_mount_name(identity)
+
     @property
     def fingerprints(self) -> Path:
         return self.root / "fingerprints"
@@ -117,3 +124,14 @@ class StoreLayout:
     @property
     def writer_lock(self) -> Path:
         return self.root / "cache-writer.lock"
+
+
+def cache_mount_name(identity: Mapping[str, Any]) -> str:
+    """The name of a cache mount's dir (and of its team cache record): xxh3-128 of its
+    identity's canonical JSON. The same bytes as every earlier version's names, so existing
+    caches and shared records keep matching."""
+    import xxhash  # not at the top: the no-op path imports this module for names only
+
+    from stepbuild.oci.documents import canonical_json
+
+    return xxhash.xxh3_128_hexdigest(canonical_json(dict(identity)))

@@ -50,6 +50,7 @@ from typing import Any
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
+from stepbuild.store.layout import cache_mount_name
 from stepbuild.store.records import CacheRecord
 from stepbuild.teamcache.local import LocalDir
 from stepbuild.teamcache.records import (
@@ -294,14 +295,10 @@ class TeamCache:
     def cache_mount_planned(self, p: Any) -> None:
         """A RUN of this build declared cache mount `p` (it runs or hits): export the
         cache if our store has it."""
-        from stepbuild.build.mounts.cache import cache_mounts_dir
-        from stepbuild.build.mounts.plan import cache_dir_name
-
         if any(s.cache_mounts for s, _ in self.destinations):
-            name = cache_dir_name(p.identity)
+            base = self.store.layout.cache_mount(p.identity)
             with self._lock:
-                self._mounts.setdefault(name, (p.cache_id, dict(p.identity),
-                                               cache_mounts_dir(self.store.root) / name))
+                self._mounts.setdefault(base.name, (p.cache_id, dict(p.identity), base))
 
     def cache_mount_used(self, store_root: Path, p: Any, base: Path) -> None:
         if self._ours(store_root) and any(s.cache_mounts for s, _ in self.destinations):
@@ -312,9 +309,7 @@ class TeamCache:
         """A seed for the new cache mount `p` from the first source that has it, or None."""
         if not self._ours(store_root) or not self.sources:
             return None
-        from stepbuild.build.mounts.plan import cache_dir_name
-
-        name = cache_dir_name(p.identity)
+        name = cache_mount_name(p.identity)
         for index, (spec, backend) in enumerate(self.sources):
             if index in self._broken:
                 continue

@@ -13,6 +13,7 @@ from typing import Any
 
 from stepbuild.errors import StepbuildError
 from stepbuild.oci.digest import is_digest
+from stepbuild.store.layout import cache_mount_name
 
 RECORD_SCHEMA = "stepbuild-cache/1"
 MOUNT_SCHEMA = "stepbuild-cache-mount/1"
@@ -58,8 +59,6 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
 def check_mount_record(name: str, record: Any) -> dict[str, Any]:
     """The cache-mount record if well-formed and for the cache named `name` (the hash of its
     identity); CacheError otherwise."""
-    from stepbuild.build.mounts.plan import cache_dir_name
-
     if not isinstance(record, dict) or record.get("schema") != MOUNT_SCHEMA:
         raise CacheError(f"cache mount record {name} is not a stepbuild cache mount record")
     identity = record.get("identity")
@@ -67,7 +66,7 @@ def check_mount_record(name: str, record: Any) -> dict[str, Any]:
             or identity.get("id") != record["id"]):
         raise CacheError(f"cache mount record {name}: bad id/identity")
     try:
-        ok = cache_dir_name(identity) == name
+        ok = cache_mount_name(identity) == name
     except (TypeError, ValueError):
         ok = False
     if not ok:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts.plan import cache_dir_name
+from stepbuild.store.layout import cache_mount_name
 from tests.integration.builds import PROJECT, Stepbuild, base_image, step_lines, write_context
 
 DEADLINE = 30.0  # seconds; reached only when something is broken
@@ -59,7 +59,7 @@ def added_layers(sb: Stepbuild, image: str) -> int:
 
 
 def cache_dir(sb: Stepbuild, cache_id: str) -> Path:
-    return sb.root / "cache-mounts" / cache_dir_name({"id": cache_id})
+    return sb.root / "cache-mounts" / cache_mount_name({"id": cache_id})
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.mounts.plan import cache_dir_name
+from stepbuild.store.layout import cache_mount_name
 from stepbuild.teamcache.cache import parse_cache_spec
 from stepbuild.teamcache.records import MOUNT_SCHEMA, check_mount_record
 from tests.integration import registry_fixture
@@ -41,7 +41,7 @@ FILL = ("FROM base\n"
 READ = ("FROM base\n"
         "RUN --mount=type=cache,target=/c sh -c 'echo reading; cat /c/marker /c/d/f"
         " || echo no-marker'\n")
-MARKER_DIR = cache_dir_name({"id": "/c"})
+MARKER_DIR = cache_mount_name({"id": "/c"})
 
 
 def output(result: subprocess.CompletedProcess[str]) -> list[str]:

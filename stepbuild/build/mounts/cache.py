@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stepbuild.build import keys
-from stepbuild.build.mounts.plan import PlannedMount, cache_dir_name
+from stepbuild.build.mounts.plan import PlannedMount
 from stepbuild.fs.durable import write_file
 from stepbuild.fs.locks import flocked
 from stepbuild.fs.trees import remove_tree
-
+from stepbuild.store.layout import StoreLayout
 
 
 class CacheMountObserver(Protocol):
@@ -43,9 +43,7 @@ class CacheMountObserver(Protocol):
 
 
 def cache_mounts_dir(store_root: Path) -> Path:
-    from stepbuild.store.layout import StoreLayout  # the store names its folders
-
-    return StoreLayout(Path(store_root)).cache_mounts
+    return StoreLayout(Path(store_root)).cache_mounts  # the store names its folders
 
 
 def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
@@ -54,7 +52,7 @@ def acquire_cache(store_root: Path, p: PlannedMount, stack: ExitStack,
     """The instance dir of the cache `p` for this step, locked as its sharing mode says until
     `stack` closes; created (and seeded with `seed`, else with what `observer` offers) if
     new. `observer` hears of the cache once its lock is held."""
-    base = cache_mounts_dir(store_root) / cache_dir_name(p.identity)
+    base = StoreLayout(Path(store_root)).cache_mount(p.identity)
     base.parent.mkdir(mode=0o700, exist_ok=True)
     base.mkdir(mode=0o700, exist_ok=True)
     _write_meta(base, p)

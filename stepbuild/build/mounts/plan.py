@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.build import keys
 from stepbuild.build.mounts.secrets import SecretSource
 from stepbuild.errors import StepbuildError
 from stepbuild.frontend import instructions as ins
@@ -218,7 +217,3 @@ def key_inputs(planned: Sequence[PlannedMount]) -> list[dict[str, Any]]:
     """The mounts' part of the step key (in the order written: order decides nesting)."""
     return [p.key for p in planned]
 
-
-def cache_dir_name(identity: Mapping[str, Any]) -> str:
-    """The directory of a cache mount under `<store>/cache-mounts/`: a hash of its identity."""
-    return keys.digest(dict(identity))

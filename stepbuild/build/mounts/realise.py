@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from stepbuild.build.mounts.agent import AgentProxy
 from stepbuild.build.mounts.cache import acquire_cache
-from stepbuild.build.mounts.plan import PlannedMount, cache_dir_name
+from stepbuild.build.mounts.plan import PlannedMount
 from stepbuild.build.mounts.secrets import SECRET_MAX, secret_env, write_secret
 from stepbuild.build.mounts.stubs import Stubs
 from stepbuild.errors import BuildError
 from stepbuild.fs import rootpath
 from stepbuild.sandbox import host
+from stepbuild.store.layout import cache_mount_name
 
 if TYPE_CHECKING:
     from stepbuild.build.mounts.cache import CacheMountObserver
@@ -149,7 +150,7 @@ class _Stager:
     # cache -------------------------------------------------------------------------------
 
     def cache(self, p: PlannedMount) -> str:
-        name = cache_dir_name(p.identity)
+        name = cache_mount_name(p.identity)
         instance = self.caches.get(name)
         if instance is None:  # the same cache twice in one step: one instance, one lock
             seed = self.seeder(p) if p.state is not None else None

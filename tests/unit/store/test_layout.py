@@ -12,7 +12,7 @@ import pytest
 
 from stepbuild.build.mounts.cache import cache_mounts_dir
 from stepbuild.cli.noop import Witness, _record_path
-from stepbuild.store.layout import StoreLayout
+from stepbuild.store.layout import StoreLayout, cache_mount_name
 from stepbuild.store.store import Store
 from stepbuild.teamcache.registry import writer_id
 
@@ -78,3 +78,13 @@ def test_naming_a_folder_does_not_import_the_store(module: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert out.strip() == "['stepbuild.store.layout']"
+
+
+def test_cache_mount_names_are_those_earlier_versions_gave() -> None:
+    # The value run_mounts.cache_dir_name gave before the store named these dirs: existing
+    # cache mounts and shared cache-mount records must keep their names.
+    identity = {"id": "/root/.cache/pip", "sharing": "shared", "from": None, "é": "ü"}
+    assert cache_mount_name(identity) == "78ed43a21ac9f6b57f5282eeadba2dd8"
+    layout = StoreLayout(Path("/store"))
+    assert layout.cache_mount(identity) == Path(
+        "/store/cache-mounts/78ed43a21ac9f6b57f5282eeadba2dd8")

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from stepbuild.build.mounts.cache import acquire_cache, cache_mounts_dir, prune_cache_mounts
-from stepbuild.build.mounts.plan import PlannedMount, cache_dir_name
+from stepbuild.build.mounts.plan import PlannedMount
+from stepbuild.store.layout import cache_mount_name
 from stepbuild.store.store import Store
 
 
@@ -72,7 +73,7 @@ def test_new_cache_gets_owner_and_mode_and_seed(tmp_path: Path) -> None:
     st = instance.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (123, 45, 0o710)
     assert (instance / "seeded").exists()
-    assert instance.parent.name == cache_dir_name(mount.identity)
+    assert instance.parent.name == cache_mount_name(mount.identity)
     assert not [p for p in instance.parent.iterdir() if p.name.startswith("new-")]
 
 
@@ -116,7 +117,7 @@ def test_the_observer_hears_of_each_use_and_seeds_only_a_new_main_instance(
 
     observer = Observer(from_team)
     mount = cache_mount("private")
-    base = cache_mounts_dir(tmp_path) / cache_dir_name(mount.identity)
+    base = cache_mounts_dir(tmp_path) / cache_mount_name(mount.identity)
     with ExitStack() as first, ExitStack() as second:
         one = acquire_cache(tmp_path, mount, first, notes().append, None, observer)
         two = acquire_cache(tmp_path, mount, second, notes().append, None, observer)

@@ -12,7 +12,6 @@ import pytest
 from stepbuild.build.mounts.plan import (
     PlannedMount,
     Sources,
-    cache_dir_name,
     key_inputs,
     plan,
 )
@@ -22,6 +21,7 @@ from stepbuild.build.state import ImageState
 from stepbuild.errors import PlanError, SourcePosition, StepbuildError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.parse import parse
+from stepbuild.store.layout import cache_mount_name
 
 
 def run_of(text: str) -> ins.Run:
@@ -95,12 +95,12 @@ def test_options_are_expanded_then_parsed() -> None:
 def test_cache_identity_and_key() -> None:
     (plain,) = planned("RUN --mount=type=cache,target=/c,id=x x\n")
     assert plain.identity == {"id": "x"}
-    assert cache_dir_name(plain.identity) == cache_dir_name({"id": "x"})
+    assert cache_mount_name(plain.identity) == cache_mount_name({"id": "x"})
     (seeded,) = planned("RUN --mount=type=cache,target=/c,id=x,from=build,source=deps,mode=0700"
                         " x\n")
     assert seeded.identity == {"id": "x", "from": seeded.state.key, "source": "deps",
                                "mode": 0o700}
-    assert cache_dir_name(seeded.identity) != cache_dir_name(plain.identity)
+    assert cache_mount_name(seeded.identity) != cache_mount_name(plain.identity)
     assert seeded.key["from"] == seeded.state.key and seeded.key["sharing"] == "shared"
 
 
