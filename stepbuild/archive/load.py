@@ -185,12 +185,9 @@ def import_base(store: Any, name: str) -> str:
     reference, and the errors of `load` for a bad archive. The caller holds the store lock
     (shared) until it has used the image: it is untagged, so only that keeps prune off it.
     """
-    from stepbuild.cli.noop import mark_volatile
-
     transport = parse_transport(name)
     if transport is None:
         raise UsageError(f"{name!r} is not an oci-archive:, oci-layout: or docker-archive: name")
-    mark_volatile(f"FROM {name}")  # the archive is outside the context: not fingerprinted
     path = Path(transport.path)
     identity = _identity(transport, path, name)
     cached = _cached_import(store, identity)

@@ -72,10 +72,16 @@ class BuildOptions:
 
 @dataclass(frozen=True, slots=True)
 class BuildResult:
+    """The image built, its steps (and how many were cached), and `outside`: why its result
+    may differ next time although no local input changed — what it read from outside the
+    context (an ADD of a URL or git repository, FROM an archive), or a team cache layer that
+    could not be fetched. The no-op fingerprint never replays such a build."""
+
     manifest_digest: str
     state: ImageState
     steps: int
     cached: int
+    outside: tuple[str, ...] = ()
 
 
 def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[str], None],
@@ -112,18 +118,17 @@ class Builder:
         """Build; start again when a team cache hit's layer, fetched only once needed, turns
         out unusable: that key is a miss then (its step runs), the steps before stay hits."""
         misses: set[str] = set()
+        outside: list[str] = []  # across attempts: what each read from outside the context
         while True:
             try:
-                return self._build(stepfile, options, misses)
+                return self._build(stepfile, options, misses, outside)
             except LazyLayerError as exc:
-                from stepbuild.cli.noop import mark_volatile
-
                 misses.add(exc.key)
-                mark_volatile("a team cache layer could not be fetched")  # output differs
+                outside.append("a team cache layer could not be fetched")  # output differs
                 self.progress.warn(f"{exc.message}; treated as a miss, building again")
 
-    def _build(self, stepfile: ins.Stepfile, options: BuildOptions,
-               misses: set[str]) -> BuildResult:
+    def _build(self, stepfile: ins.Stepfile, options: BuildOptions, misses: set[str],
+               outside: list[str]) -> BuildResult:
         stages = split_stages(stepfile)
         target = _target_stage(stages, options.target)
         globals_ = global_args(stages, options.build_args, stepfile.escape)
@@ -132,7 +137,8 @@ class Builder:
         team = None
         if options.cache_from or options.cache_to:
             team = self.team_cache(self.store, options, self.progress.warn, misses)
-        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1, team)
+        run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1, team,
+                   outside)
         run.target = target.index
         try:
             self._run_stages(run, needed, graph)
@@ -146,7 +152,7 @@ class Builder:
         finally:
             if run.team is not None:
                 run.team.close()
-        return BuildResult(descriptor.digest, state, run.steps, run.cached)
+        return BuildResult(descriptor.digest, state, run.steps, run.cached, tuple(outside))
 
     def _run_stages(self, run: _Run, needed: list[int],
                     graph: Mapping[int, frozenset[int]]) -> None:
@@ -199,7 +205,7 @@ class _Run:
 
     def __init__(self, builder: Builder, stages: Stages, options: BuildOptions,
                  globals_: dict[str, str], escape: str, labelled: bool,
-                 team: TeamCacheView | None) -> None:
+                 team: TeamCacheView | None, outside: list[str]) -> None:
         self.builder = builder
         self.stages = stages
         self.options = options
@@ -212,12 +218,18 @@ class _Run:
         self.cached = 0
         self.failed = False
         self.team = team  # with --cache-from/--cache-to
+        self.outside = outside  # what the build read from outside the context (read_outside)
         self.lifecycle = StepLifecycle(builder.store, builder.executor, builder.progress,
                                        builder.clock, team, no_cache=options.no_cache,
                                        source_date_epoch=options.source_date_epoch)
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
         self._lock = threading.Lock()
+
+    def read_outside(self, reason: str) -> None:
+        """A step read something from outside the context (`BuildRun.read_outside`)."""
+        with self._lock:
+            self.outside.append(reason)
 
     def count(self, cached: bool = False) -> int:
         with self._lock:
@@ -266,6 +278,7 @@ class _Run:
         if name.startswith(IMPORT_TRANSPORTS):  # imported into the store on first use
             from stepbuild.archive.load import import_base
 
+            self.read_outside(f"FROM {name}")  # the archive is not part of the context
             try:
                 imported = import_base(self.builder.store, name)
             except ImageNotFound as exc:

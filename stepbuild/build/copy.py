@@ -127,9 +127,8 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
                       "ADD --checksum can't be given for both a git repository and a URL")
     chmod = _chmod(scope.expand(copy.chmod), run, copy) if copy.chmod else None
     with _at_line(run, copy):
-        repos = [_resolve_git(s, checksum) for s in gits]
-        downloads = [fetch.download(url, executor.scratch_file("download"), checksum)
-                     for url in urls]
+        repos = [_resolve_git(s, checksum, run) for s in gits]
+        downloads = [_download(url, checksum, executor, run) for url in urls]
     inline = [(s.name, scope.expand(s.data) if s.expand else s.data) for s in copy.inline]
     dest = destination(scope.expand(copy.dest), state.workdir)
     chown = scope.expand(copy.chown) if copy.chown else None
@@ -182,8 +181,15 @@ def _at_line(run: BuildRun, copy: ins.Copy | ins.Add) -> Iterator[None]:
                          hint=exc.hint) from None
 
 
-def _resolve_git(written: str, checksum: str | None) -> _GitInput:
+def _download(url: str, checksum: str | None, executor: Executor,
+              run: BuildRun) -> fetch.Download:
+    run.read_outside(f"ADD {url}")  # the server may answer differently next time
+    return fetch.download(url, executor.scratch_file("download"), checksum)
+
+
+def _resolve_git(written: str, checksum: str | None, run: BuildRun) -> _GitInput:
     repo = git.parse(written)
+    run.read_outside(f"git {git.redact(repo.remote)}")  # a branch may move: look again
     commit, ref_name = git.resolve(repo)
     if checksum is not None:
         # Dockerfile reference, ADD --checksum: for a git source, the commit sha or a prefix.

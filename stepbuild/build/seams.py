@@ -89,6 +89,10 @@ class BuildRun(Protocol):
     def team(self) -> CacheMountObserver | None:
         """The build's team cache, told of the cache mounts its RUN steps use."""
 
+    def read_outside(self, reason: str) -> None:
+        """A step read something from outside the build context (a URL, a git repository):
+        its result may differ next time although no local input changed."""
+
 
 class StepExecutor(Protocol):
     """Prepares and performs RUN/COPY/ADD steps; the step lifecycle calls, in order:

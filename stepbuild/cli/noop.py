@@ -24,8 +24,9 @@ A record also holds the store's tags after the build and the result's blobs: any
 changed since (a rebuilt base, an `rmi`) or a blob gone (`prune`) is a miss. It is written
 only if, during the build, no tag changed except the result's own, no tag the build read
 (FROM app -t app) was moved by it, and no step read anything from outside (an ADD of a URL or
-git repository, FROM an archive: `mark_volatile`). Some builds are never replayed: --no-cache,
---pull=always, --push, --output, --cache-to, --reproducible, a Stepfile on stdin.
+git repository, FROM an archive: the build result's `outside`). Some builds are never
+replayed: --no-cache, --pull=always, --push, --output, --cache-to, --reproducible, a Stepfile
+on stdin.
 
 Records: `<store>/fingerprints/<identity>.json` (`StoreLayout.fingerprints`), one per
 (command, directory, context), so they do not pile up.
@@ -40,14 +41,17 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from stepbuild.frontend.source import STEPFILE_NAMES
 from stepbuild.store.layout import StoreLayout  # names only: store.py would cost what we save
 
-__all__ = ["Witness", "mark_volatile", "record", "replay", "take"]
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["Witness", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/1"
 RACY_WINDOW_NS = 2_000_000_000  # as sources/context.py's stat cache
@@ -57,15 +61,6 @@ CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 _PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
 # Environment entries that differ between shells without meaning anything to a build.
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
-
-_volatile: list[str] = []  # why the running build must not be recorded (a build is a process)
-
-
-def mark_volatile(reason: str) -> None:
-    """The running build read something from outside (a URL, a git repository, an archive):
-    its result may differ next time although no local input changed, so it is not recorded."""
-    _volatile.append(reason)
-
 
 @dataclass
 class Witness:
@@ -272,12 +267,16 @@ def _print(saved: dict[str, Any], *, quiet: bool, verbose: bool) -> None:
 
 
 def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str],
-           transcript: list[tuple[str, str]], warnings: list[str]) -> bool:
+           transcript: list[tuple[str, str]], warnings: list[str],
+           outside: Sequence[str] = ()) -> bool:
     """Remember this build for `replay`, unless it cannot be trusted (see the module
-    docstring); True if recorded. A failure to write is not an error: only speed is lost."""
+    docstring); True if recorded. `outside`: what the build read from outside its context
+    (a URL, a git repository, an archive): its result may differ next time although no local
+    input changed, so it is not recorded. A failure to write is not an error: only speed is
+    lost."""
     from stepbuild.fs.durable import write_file  # not at the top: replay never writes
 
-    if witness.racy or _volatile:
+    if witness.racy or outside:
         return False
     after = _tags(witness.layout)
     if after is None:

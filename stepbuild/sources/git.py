@@ -108,9 +108,6 @@ def redact(url: str) -> str:
 def resolve(source: GitSource) -> tuple[str, str]:
     """The commit `source.ref` names in the remote repository (one `git ls-remote`), and the
     full name of the ref that matched ("" for a sha or the remote's HEAD)."""
-    from stepbuild.cli.noop import mark_volatile
-
-    mark_volatile(f"git {redact(source.remote)}")  # a branch may move: a rebuild must look
     if _SHA.fullmatch(source.ref):
         return source.ref, ""
     ref = source.ref or "HEAD"

@@ -42,9 +42,6 @@ def download(url: str, target: Path, checksum: str | None = None) -> Download:
     import http.client
     import urllib.error  # imported here: it costs ~10 ms and most builds fetch nothing
 
-    from stepbuild.cli.noop import mark_volatile
-
-    mark_volatile(f"ADD {url}")  # the server may answer differently next time
     _check_checksum(checksum)
     request = _request(url)
     hasher = hashlib.new(_algorithm(checksum))

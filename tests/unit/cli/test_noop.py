@@ -39,13 +39,6 @@ def settle(*paths: Path) -> None:
         os.utime(path, (OLD, OLD), follow_symlinks=False)
 
 
-@pytest.fixture(autouse=True)
-def no_volatile_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh list: other tests in this process fetched URLs (mark_volatile is per process,
-    and a build is one process)."""
-    monkeypatch.setattr(fingerprint, "_volatile", [])
-
-
 @pytest.fixture
 def context(tmp_path: Path) -> Path:
     ctx = tmp_path / "ctx"
@@ -245,11 +238,12 @@ def test_no_record_when_the_build_cannot_be_trusted(store: Path) -> None:
     assert do_record(w, digest)  # and without those, it is recorded
 
 
-def test_no_record_after_a_volatile_input(store: Path) -> None:
+def test_no_record_after_an_input_from_outside_the_context(store: Path) -> None:
     w = witness(store)
     digest = make_image(store)
-    fingerprint.mark_volatile("ADD http://example/x")
-    assert not do_record(w, digest)
+    assert not record(w, digest=digest, names=["app"], resolved=set(), transcript=[],
+                      warnings=[], outside=["ADD http://example/x"])
+    assert do_record(w, digest)  # the same build, nothing read from outside: recorded
 
 
 def test_no_record_when_the_build_read_a_tag_it_moved(store: Path) -> None:
