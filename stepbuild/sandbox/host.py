@@ -73,15 +73,8 @@ def bind_mounted(source_fd: int, target: Path) -> Iterator[Path]:
     """
     from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
 
-    tree = linux.clone_tree(source_fd)
-    try:
-        linux.attach(tree, str(target))
-    finally:
-        os.close(tree)
-    try:
+    with _attached(linux.clone_tree(source_fd), target):
         yield target
-    finally:
-        linux.umount(str(target))
 
 
 @contextmanager
@@ -94,12 +87,21 @@ def tmpfs_mounted(target: Path, *, size: int, mode: int) -> Iterator[Path]:
     attrs = linux.ATTRS["nodev"] | linux.ATTRS["nosuid"] | linux.ATTRS["noexec"]
     tree = linux.new_fs("tmpfs", [("source", "tmpfs"), ("mode", f"{mode:04o}"),
                                   ("size", str(size))], attrs)
+    with _attached(tree, target):
+        yield target
+
+
+@contextmanager
+def _attached(tree: int, target: Path) -> Iterator[None]:
+    """Attach the detached mount `tree` (an fd, closed here) on `target`; unmount on exit."""
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
     try:
         linux.attach(tree, str(target))
     finally:
         os.close(tree)
     try:
-        yield target
+        yield
     finally:
         linux.umount(str(target))
 
