@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from stepbuild.build.images import base_descriptor, load_state, save_state
 from stepbuild.build.lifecycle import StepLifecycle
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from stepbuild.build.seams import BuildStore, OpenTeamCache, StepExecutor, TeamCacheView
     from stepbuild.distribution.connection import Connection
     from stepbuild.progress import Progress
+    from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
@@ -301,11 +302,15 @@ class _Run:
     def from_registry(self, stage: Stage, name: str, found: bool) -> str | None:
         """FROM a registry reference: the local digest of the base, pulled (or found under its
         normalised name) as --pull says; None to keep what the store resolved (or lacks)."""
-        from stepbuild.distribution.transfer import TransferDisplay, base_image
+        from stepbuild.distribution.display import TransferDisplay
+        from stepbuild.distribution.pull import base_image
 
         progress = self.builder.progress
+        # The builder is handed the whole store (seams.py); a pull needs more of it than
+        # BuildStore says.
+        store = cast("Store", self.builder.store)
         try:
-            return base_image(self.builder.store, name, self.options.pull, found=found,
+            return base_image(store, name, self.options.pull, found=found,
                               display=TransferDisplay(progress.stream, quiet=progress.quiet),
                               connection=self.options.connection)
         except StepbuildError as exc:

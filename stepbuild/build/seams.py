@@ -6,7 +6,7 @@ unit test drives the builder with in-memory fakes of them (tests/unit/build/test
 Every name here is for typing only: importing this module costs nothing at run time.
 
 The builder also hands its store, unchanged, to what a FROM of an archive or a registry
-image (`archive.load`, `distribution.transfer`) and the team cache need: those take the whole
+image (`archive.load`, `distribution.pull`) and the team cache need: those take the whole
 `store.Store`.
 """
 

@@ -323,7 +323,7 @@ def load(options: argparse.Namespace) -> int:
     return 0
 
 
-# --- registries: push, pull, tag, login, logout (stepbuild/distribution/transfer.py) -------
+# --- registries: push, pull, tag, login, logout (stepbuild/distribution/) ---------------------
 
 
 def _connection(options: argparse.Namespace) -> Any:
@@ -335,7 +335,7 @@ def _connection(options: argparse.Namespace) -> Any:
 
 
 def _display(options: argparse.Namespace) -> Any:
-    from stepbuild.distribution.transfer import TransferDisplay
+    from stepbuild.distribution.display import TransferDisplay
 
     return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
 
@@ -344,7 +344,7 @@ def _pull_policy(options: argparse.Namespace) -> str:
     """--pull[=POLICY]. In `build --pull DIR` argparse took DIR for the policy: it is the
     context (docker's --pull takes no value; podman's only with `=`)."""
     value = str(getattr(options, "pull", "missing"))
-    if value in ("missing", "always", "never"):  # transfer.PULL_POLICIES (not imported here)
+    if value in ("missing", "always", "never"):  # pull.PULL_POLICIES (not imported here)
         return value
     if options.context != ".":
         raise UsageError(f"invalid --pull value {value!r}", hint="--pull=missing|always|never")
@@ -369,7 +369,7 @@ def _push_targets(options: argparse.Namespace) -> list[str]:
 
 def _push(store: Any, image: str, destination: str | None, options: argparse.Namespace,
           connection: Any, *, stdout: bool = True) -> None:
-    from stepbuild.distribution.transfer import push as push_image
+    from stepbuild.distribution.push import push as push_image
 
     result = push_image(store, image, destination, compression=options.compression,
                         connection=connection, display=_display(options))
@@ -386,7 +386,7 @@ def push(options: argparse.Namespace) -> int:
 
 def pull(options: argparse.Namespace) -> int:
     """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
-    from stepbuild.distribution.transfer import pull as pull_image
+    from stepbuild.distribution.pull import pull as pull_image
 
     _require_root()  # applying layers makes whiteout devices and sets trusted.* xattrs
     result = pull_image(open_store(options), options.image, connection=_connection(options),
@@ -397,7 +397,7 @@ def pull(options: argparse.Namespace) -> int:
 
 def tag(options: argparse.Namespace) -> int:
     """`stepbuild tag SOURCE TARGET`."""
-    from stepbuild.distribution.transfer import find_local
+    from stepbuild.distribution.local_names import find_local
 
     store = open_store(options)
     store.tag(options.target, find_local(store, options.image))
@@ -406,7 +406,7 @@ def tag(options: argparse.Namespace) -> int:
 
 def login(options: argparse.Namespace) -> int:
     """`stepbuild login REGISTRY`: the credentials are checked against the registry first."""
-    from stepbuild.distribution.transfer import login as check_and_store
+    from stepbuild.distribution.login import login as check_and_store
 
     username, password = _credentials(options)
     path = check_and_store(options.registry, username, password,
@@ -444,7 +444,7 @@ def _credentials(options: argparse.Namespace) -> tuple[str, str]:
 
 def logout(options: argparse.Namespace) -> int:
     """`stepbuild logout REGISTRY`."""
-    from stepbuild.distribution.transfer import logout as remove_login
+    from stepbuild.distribution.login import logout as remove_login
 
     path = remove_login(options.registry, authfile=options.authfile)
     print(f"Removed login credentials for {options.registry} from {path}")

@@ -141,7 +141,7 @@ def _add_store_commands(commands: Any) -> None:
 
 
 def _add_registry_commands(commands: Any, impl: Any) -> None:
-    """push, pull, tag, login, logout (stepbuild/distribution/transfer.py does the work)."""
+    """push, pull, tag, login, logout (stepbuild/distribution/ does the work)."""
     push = commands.add_parser("push", help="push an image to a registry")
     push.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                       help="layer compression (default: gzip)")

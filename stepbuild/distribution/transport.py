@@ -24,7 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -44,6 +44,15 @@ _MAX_RETRY_AFTER = 30.0
 NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 _T = TypeVar("_T")
+
+
+class StreamedBody(Protocol):
+    """A request body read as it is sent, of a length known in advance (an upload of a file:
+    client.py's `_UploadBody`). A fresh one is made for every attempt."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, n: int = -1) -> bytes: ...
 
 
 class Retryable(RegistryError):
@@ -119,7 +128,7 @@ class Transport:
     def request(
         self, method: str, url: str, *, what: str, scopes: tuple[str, ...] = (),
         headers: dict[str, str] | None = None,
-        body: bytes | Callable[[], Any] | None = None,
+        body: bytes | Callable[[], StreamedBody] | None = None,
         expect: tuple[int, ...] = (200,), stream: bool = False, follow: bool = False,
     ) -> requests.Response:
         """One exchange with the registry: authenticated, redirects followed if `follow`,
@@ -145,7 +154,7 @@ class Transport:
 
     def _send(
         self, method: str, url: str, scopes: tuple[str, ...], headers: dict[str, str],
-        body: bytes | Callable[[], Any] | None, stream: bool, follow: bool,
+        body: bytes | Callable[[], StreamedBody] | None, stream: bool, follow: bool,
     ) -> requests.Response:
         for _hop in range(_MAX_REDIRECTS + 1):
             sent = dict(headers)

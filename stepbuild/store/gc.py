@@ -170,7 +170,7 @@ def _sweep_remote(store: Store, marked: set[str]) -> int:
     """Remove corrupt records and those whose content is gone. No grace period: a record is
     only a hint, and every writer holds the store lock that prune holds exclusively. A
     reachable id stays even when absent: an image may name a layer the store only knows to
-    be in a registry (transfer.py pushes it by mounting)."""
+    be in a registry (push.py pushes it by mounting)."""
     removed = 0
     for path, content_id in store.remote_records.scan():
         if content_id is not None and (digest_hex(content_id) in marked

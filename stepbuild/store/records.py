@@ -291,7 +291,7 @@ class RemoteRecords:
     (<hex> of its digest) in which registry repositories.
 
     Format: `{"id", "blobs": [{mediaType, digest, size, "sources": ["host/repository"]}]}`,
-    most recent first. Written after every blob pushed, found or pulled (transfer.py), read to
+    most recent first. Written after every blob pushed, found or pulled (distribution/), read to
     find mount sources. Hints only: a stale record costs a refused mount and an upload.
     """
 

@@ -246,10 +246,11 @@ class RegistryCache:
 
     def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
         """HEAD, else mount from a repository known to hold it, else upload (the pusher of
-        distribution/transfer.py, which also remembers that the registry has it)."""
-        from stepbuild.distribution.transfer import TransferDisplay, _Pusher
+        distribution/push.py, which also remembers that the registry has it)."""
+        from stepbuild.distribution.display import TransferDisplay
+        from stepbuild.distribution.push import BlobPusher
 
-        pusher = _Pusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
+        pusher = BlobPusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
         pusher.send(diff_id, desc, diff_id.split(":", 1)[1][:12])
 
     def remember(self, store: Any, diff_id: str, desc: Any) -> None:

@@ -165,7 +165,8 @@ def test_a_layer_only_known_to_be_in_the_registry_is_mounted_not_downloaded(
     """The team-cache case: the store knows which blob holds a layer and where, but has not
     downloaded it; pushing to the same registry mounts it."""
     from stepbuild.distribution.client import Registry
-    from stepbuild.distribution.transfer import Connection, push
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.distribution.push import push
 
     ref = f"{plain_registry.host}/lazy/base:1"
     source("push", "base", ref)

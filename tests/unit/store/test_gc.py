@@ -91,7 +91,7 @@ def test_prune_removes_the_records_of_layers_it_removes_and_corrupt_ones(store: 
 
 
 def test_prune_keeps_the_record_of_a_reachable_layer_known_only_remotely(store: Store) -> None:
-    """The lazy case (transfer.py): a tagged image names a layer whose blob only a registry
+    """The lazy case (push.py): a tagged image names a layer whose blob only a registry
     holds; the record is what lets a push mount it, so prune must keep it."""
     image = build_image(store)
     store.tag("lazy:1", image)

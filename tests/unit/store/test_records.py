@@ -1,6 +1,6 @@
 """records.py: the cache-record family of the store contract, `CacheRecord` against the dicts
 the builder and the team cache wrote before it (same bytes on disk, both ways), the
-remote-blob records (transfer.py writes and reads them) and the import records (load.py)."""
+remote-blob records (push.py and pull.py write them) and the import records (load.py)."""
 
 from __future__ import annotations
 
