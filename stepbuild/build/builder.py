@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from stepbuild.build.seams import BuildStore, OpenTeamCache, StepExecutor, TeamCacheView
     from stepbuild.distribution.connection import Connection
     from stepbuild.progress import Progress
+    from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
 # FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
@@ -83,8 +84,18 @@ def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[st
     """The team cache of --cache-from/--cache-to (`seams.OpenTeamCache`)."""
     from stepbuild.teamcache.cache import TeamCache
 
-    return TeamCache(store, options.cache_from, options.cache_to, warn,
+    return TeamCache(whole_store(store), options.cache_from, options.cache_to, warn,
                      connection=options.connection, misses=misses)
+
+
+def whole_store(store: BuildStore) -> Store:
+    """`store` as the `store.Store` it is, for what takes the whole store (the team cache, a
+    FROM of an archive: `seams.py`); the builder's in-memory fakes never reach those."""
+    from stepbuild.store.store import Store
+
+    if not isinstance(store, Store):
+        raise TypeError(f"{type(store).__name__} is not a store.Store")
+    return store
 
 
 class Builder:
@@ -267,7 +278,7 @@ class _Run:
             from stepbuild.archive.load import import_base
 
             try:
-                imported = import_base(self.builder.store, name)
+                imported = import_base(whole_store(self.builder.store), name)
             except ImageNotFound as exc:
                 raise located(PlanError, self.stages.filename, stage.base, exc.message,
                               hint=exc.hint) from None

@@ -7,7 +7,7 @@ Every name here is for typing only: importing this module costs nothing at run t
 
 The builder also hands its store, unchanged, to what a FROM of an archive or a registry
 image (`archive.load`, `distribution.transfer`) and the team cache need: those take the whole
-`store.Store`.
+`store.Store` (`builder.whole_store`).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from stepbuild.store.layout import cache_mount_name
 if TYPE_CHECKING:
     from stepbuild.build.mounts.cache import CacheMountObserver
     from stepbuild.build.mounts.context_copies import ContextCopies
+    from stepbuild.store.store import Store
 
 # Targets below these are mounted by the sandbox itself (a tmpfs /dev, /proc, /sys): their
 # mount points are made there by the child, never as stubs in the image.
@@ -53,7 +54,7 @@ def with_env(env: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
 
 
 @contextmanager
-def realised(planned: Sequence[PlannedMount], *, store: Any, context_copies: ContextCopies,
+def realised(planned: Sequence[PlannedMount], *, store: Store, context_copies: ContextCopies,
              merged: Path, tmp: Path, env: Sequence[str], note: Callable[[str], None],
              observer: CacheMountObserver | None = None) -> Iterator[Realised]:
     """Put the planned mounts in place for one run of the step over the rootfs `merged`.
@@ -119,7 +120,7 @@ def _make_mount_point(stubs: Stubs, p: PlannedMount, ordered: Sequence[PlannedMo
 class _Stager:
     """Makes the host-side source of each mount, under `work`; undone by `stack`."""
 
-    def __init__(self, stack: ExitStack, work: Path, store: Any, context_copies: ContextCopies,
+    def __init__(self, stack: ExitStack, work: Path, store: Store, context_copies: ContextCopies,
                  note: Callable[[str], None], observer: CacheMountObserver | None) -> None:
         self.stack = stack
         self.work = work
