@@ -157,5 +157,5 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
     def _implemented(store: Store, executor: Executor) -> tuple[BuildStore, StepExecutor]:
-        """mypy checks here that the real classes fit the seams (cli passes them as Any)."""
+        """mypy checks here that the real classes fit the seams (as cli passes them)."""
         return store, executor
