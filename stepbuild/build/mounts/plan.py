@@ -130,7 +130,7 @@ def mount_target(target: str, workdir: str, sources: Sources) -> str:
     return cleaned
 
 
-def _from_state(m: ins.Mount, sources: Sources) -> Any:
+def _from_state(m: ins.Mount, sources: Sources) -> ImageState | None:
     if not m.from_:
         return None
     state = sources.state(m.from_)
