@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stepbuild.archive.write import (
     ImageSource,
@@ -71,6 +71,9 @@ from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
 from stepbuild.oci.digest import sha256_bytes
+
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
 __all__ = ["OUTPUT_TYPES", "Exported", "Output", "check_destination", "export_image",
            "parse_output"]
@@ -202,7 +205,7 @@ def _layout_state(dest: Path) -> str:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def export_image(store: Any, image: str, outputs: Sequence[Output], *,
+def export_image(store: Store, image: str, outputs: Sequence[Output], *,
                  compression: str = DEFAULT_COMPRESSION,
                  names: Sequence[str] | None = None) -> list[Exported]:
     """Write image `image` (a tag or digest in `store`) to every output, in order.
@@ -223,7 +226,7 @@ def export_image(store: Any, image: str, outputs: Sequence[Output], *,
                 for output in outputs]
 
 
-def _export_one(store: Any, source: ImageSource, output: Output, compression: str,
+def _export_one(store: Store, source: ImageSource, output: Output, compression: str,
                 names: Sequence[str]) -> Exported:
     kind, dest = output.type, output.dest
     if kind in COMPRESSED_TYPES:
@@ -244,7 +247,7 @@ def _export_one(store: Any, source: ImageSource, output: Output, compression: st
     return Exported(output, _write_tar(dest, store, source))
 
 
-def _write_oci_layout(dest: Path, store: Any, image: OciImage, names: Sequence[str]) -> None:
+def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence[str]) -> None:
     state = _layout_state(dest)
     if state == "layout":
         with flocked(dest, exclusive=True, directory=True):  # other writers of it wait
@@ -293,7 +296,7 @@ def _rename_dir(tmp: Path, dest: Path, *, previous: bool = False) -> None:
 # --- root filesystem ---------------------------------------------------------------------------
 
 
-def _write_local(dest: Path, store: Any, source: ImageSource) -> None:
+def _write_local(dest: Path, store: Store, source: ImageSource) -> None:
     from stepbuild.layers.flatten import flatten
 
     state = _local_state(dest)
@@ -312,7 +315,7 @@ def _write_local(dest: Path, store: Any, source: ImageSource) -> None:
     fsync_dir(dest.parent)
 
 
-def _write_tar(dest: Path, store: Any, source: ImageSource) -> str:
+def _write_tar(dest: Path, store: Store, source: ImageSource) -> str:
     """The flattened tree as one tar (`layer.capture` of it: sorted, PAX, numeric ids,
     xattrs, hard links kept); returns its sha256."""
     from stepbuild.layers.capture import capture

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from stepbuild.archive.read import (
     ArchiveSource,
@@ -76,6 +76,9 @@ from stepbuild.layers.decompress import decompress_to
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import PREFIX, is_digest, sha256_bytes
 from stepbuild.store.received import put_received
+
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
 __all__ = [
     "TRANSPORTS",
@@ -150,7 +153,7 @@ def parse_transport(name: str) -> Transport | None:
 # entry points
 
 
-def load(store: Any, stream: BinaryIO) -> list[LoadedImage]:
+def load(store: Store, stream: BinaryIO) -> list[LoadedImage]:
     """Import every image of the archive read from `stream`; tag each with its names.
 
     Holds the store lock shared (a concurrent prune waits). Raises StepbuildError
@@ -171,13 +174,15 @@ def load(store: Any, stream: BinaryIO) -> list[LoadedImage]:
             archive.close()
         loaded = []
         for digest, image, names in imported:
+            manifest = store.resolve(digest)
+            assert manifest is not None  # just put there, and the lock keeps prune off it
             for name in names:
-                store.tag(name, store.resolve(digest))
+                store.tag(name, manifest)
             loaded.append(LoadedImage(digest, names, image.diff_ids))
         return loaded
 
 
-def import_base(store: Any, name: str) -> str:
+def import_base(store: Store, name: str) -> str:
     """Import the image a FROM transport reference names, once; return its manifest digest.
 
     Raises ImportNotFound, an ImageNotFound (the archive, dir or ref does not exist, or the
@@ -430,7 +435,7 @@ def _host_architecture() -> str:
 # importing one image
 
 
-def _import_image(store: Any, source: Source, image: _Image) -> str:
+def _import_image(store: Store, source: Source, image: _Image) -> str:
     """Import the layers and config of `image`; return the new manifest's digest (untagged)."""
     lowers: list[Path] = []
     descriptors = []
@@ -446,7 +451,7 @@ def _import_image(store: Any, source: Source, image: _Image) -> str:
     return str(put_received(store, image.config, descriptors, image.annotations).digest)
 
 
-def _unpack_layer(store: Any, opener: Opener, layer: _Layer, lowers: list[Path],
+def _unpack_layer(store: Store, opener: Opener, layer: _Layer, lowers: list[Path],
                   label: str) -> None:
     """Decompress (verifying the diff_id), apply into tmp/, commit. Cleans up on error."""
     from stepbuild.layers.apply import commit_applied
@@ -483,7 +488,7 @@ def _identity(transport: Transport, path: Path, name: str) -> list[Any]:
     return [1, transport.kind, real, transport.ref, *fingerprint]
 
 
-def _cached_import(store: Any, identity: list[Any]) -> str | None:
+def _cached_import(store: Store, identity: list[Any]) -> str | None:
     """The manifest digest an identical archive was imported as, if the store still has the
     image whole; a bad or stale record is a miss (docs/security.md rule 7)."""
     digest = store.import_records.get(identity)

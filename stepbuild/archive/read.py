@@ -24,13 +24,16 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from stepbuild.errors import DigestMismatch, InvalidDocument, LayerError, StepbuildError
 from stepbuild.layers.decompress import GZIP_MAGIC, ZSTD_MAGIC, Prefixed, read_up_to
 from stepbuild.layers.tar import Readable
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import PREFIX, sha256_stream
+
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
 __all__ = [
     "MAX_ARCHIVE_ENTRIES",
@@ -62,7 +65,7 @@ class Source:
         raise NotImplementedError
 
     @contextmanager
-    def verified_blob(self, store: Any, name: str, desc: oci.Descriptor | None
+    def verified_blob(self, store: Store, name: str, desc: oci.Descriptor | None
                       ) -> Iterator[Opener]:
         """Check the size and digest of blob `name` (when `desc` gives them); yield a
         function opening the verified bytes (once)."""
@@ -165,7 +168,7 @@ class ArchiveSource(Source):
         return Section(self._fd, *found).read()
 
     @contextmanager
-    def verified_blob(self, store: Any, name: str, desc: oci.Descriptor | None
+    def verified_blob(self, store: Store, name: str, desc: oci.Descriptor | None
                       ) -> Iterator[Opener]:
         found = self._find(name)
         if found is None:
@@ -230,7 +233,7 @@ class LayoutSource(Source):
         return data
 
     @contextmanager
-    def verified_blob(self, store: Any, name: str, desc: oci.Descriptor | None
+    def verified_blob(self, store: Store, name: str, desc: oci.Descriptor | None
                       ) -> Iterator[Opener]:
         fd = self._open(name)
         if fd is None:
@@ -256,7 +259,7 @@ class LayoutSource(Source):
 
 
 @contextmanager
-def private_copy(store: Any, stream: BinaryIO) -> Iterator[Path]:
+def private_copy(store: Store, stream: BinaryIO) -> Iterator[Path]:
     """`stream`'s bytes (decompressed when gzip or zstd) in a new file under tmp/, removed
     on exit. Raises StepbuildError when the disk fills up (a decompression bomb)."""
     from stepbuild.layers.unpack import decompressor

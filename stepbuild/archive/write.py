@@ -38,7 +38,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from stepbuild.errors import DigestMismatch, StepbuildError, UsageError
 from stepbuild.fs.durable import fsync_dir, replacing, write_file
@@ -59,6 +59,9 @@ from stepbuild.oci.documents import (
     layout_header,
     load_json,
 )
+
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
 __all__ = ["ImageSource", "OciImage", "fill_layout", "load_image", "oci_image",
            "umask", "write_docker_archive", "write_oci_archive"]
@@ -87,7 +90,7 @@ class ImageSource:
     config: ImageConfig
 
 
-def load_image(store: Any, image: str) -> ImageSource:
+def load_image(store: Store, image: str) -> ImageSource:
     """Image `image` (a tag or digest) from the store; `StepbuildError` if it is not there."""
     descriptor = store.resolve(image)
     if descriptor is None:
@@ -113,7 +116,7 @@ class OciImage:
     platform: dict[str, Any]
 
 
-def oci_image(store: Any, source: ImageSource, compression: str) -> OciImage:
+def oci_image(store: Store, source: ImageSource, compression: str) -> OciImage:
     """The manifest and blobs of `source` exported with `compression` (compressing layers
     the store has not compressed that way yet)."""
     manifest = source.manifest
@@ -132,7 +135,7 @@ def oci_image(store: Any, source: ImageSource, compression: str) -> OciImage:
                     source.config.platform)
 
 
-def _layer(store: Any, layer: Descriptor, diff_id: str, compression: str) -> Descriptor:
+def _layer(store: Store, layer: Descriptor, diff_id: str, compression: str) -> Descriptor:
     """The descriptor of one layer as exported with `compression`."""
     stored = compression_of(layer.media_type)
     if stored == compression and (stored != NONE or layer.digest == diff_id):
@@ -151,7 +154,7 @@ def _index_entries(image: OciImage, names: Sequence[str]) -> list[Descriptor]:
     return [replace(entry, annotations={ANNOTATION_REF_NAME: name}) for name in names]
 
 
-def _copy_blob(store: Any, desc: Descriptor, write: Callable[[bytes], Any]) -> None:
+def _copy_blob(store: Store, desc: Descriptor, write: Callable[[bytes], Any]) -> None:
     """Copy a store blob to `write`, checking its size first and its digest on the way."""
     with open(store.blob_path(desc.digest), "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -188,7 +191,7 @@ class _Archive:
         self._out.write(data)
         self._out.write(tar_padding(len(data)))
 
-    def blob(self, name: str, store: Any, desc: Descriptor) -> None:
+    def blob(self, name: str, store: Store, desc: Descriptor) -> None:
         self._out.write(encode_header(Header(name=name.encode(), type=REGTYPE, mode=0o644,
                                              size=desc.size)))
         _copy_blob(store, desc, self._out.write)
@@ -198,7 +201,7 @@ class _Archive:
         self._out.write(END_OF_ARCHIVE)
 
 
-def write_oci_archive(out: BinaryIO, store: Any, image: OciImage,
+def write_oci_archive(out: BinaryIO, store: Store, image: OciImage,
                       names: Sequence[str]) -> None:
     """oci-layout, index.json, blobs/, blobs/sha256/, then the blobs in digest order."""
     tar = _Archive(out)
@@ -217,7 +220,7 @@ def write_oci_archive(out: BinaryIO, store: Any, image: OciImage,
     tar.close()
 
 
-def fill_layout(root: Path, store: Any, image: OciImage, names: Sequence[str]) -> None:
+def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str]) -> None:
     """Add the image to the layout at `root`: blobs first, index.json last
     (docs/security.md rule 5)."""
     blobs = root / "blobs" / "sha256"
@@ -283,7 +286,7 @@ def _chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return [digest_hex(c) for c in chain]
 
 
-def write_docker_archive(out: BinaryIO, store: Any, source: ImageSource,
+def write_docker_archive(out: BinaryIO, store: Store, source: ImageSource,
                          names: Sequence[str]) -> None:
     """The layout skopeo and `docker save` write: `<diff_id hex>.tar` layers, the config as
     `<config hex>.json`, legacy `<id>/` dirs, then manifest.json and repositories."""

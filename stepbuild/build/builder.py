@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.build.images import base_descriptor, load_state, save_state
 from stepbuild.build.lifecycle import StepLifecycle
@@ -90,8 +90,18 @@ def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[st
     """The team cache of --cache-from/--cache-to (`seams.OpenTeamCache`)."""
     from stepbuild.teamcache.cache import TeamCache
 
-    return TeamCache(store, options.cache_from, options.cache_to, warn,
+    return TeamCache(whole_store(store), options.cache_from, options.cache_to, warn,
                      connection=options.connection, misses=misses)
+
+
+def whole_store(store: BuildStore) -> Store:
+    """`store` as the `store.Store` it is, for what takes the whole store (the team cache, a
+    FROM of an archive: `seams.py`); the builder's in-memory fakes never reach those."""
+    from stepbuild.store.store import Store
+
+    if not isinstance(store, Store):
+        raise TypeError(f"{type(store).__name__} is not a store.Store")
+    return store
 
 
 class Builder:
@@ -281,7 +291,7 @@ class _Run:
 
             self.read_outside(f"FROM {name}")  # the archive is not part of the context
             try:
-                imported = import_base(self.builder.store, name)
+                imported = import_base(whole_store(self.builder.store), name)
             except ImageNotFound as exc:
                 raise located(PlanError, self.stages.filename, stage.base, exc.message,
                               hint=exc.hint) from None
@@ -306,11 +316,8 @@ class _Run:
         from stepbuild.distribution.pull import base_image
 
         progress = self.builder.progress
-        # The builder is handed the whole store (seams.py); a pull needs more of it than
-        # BuildStore says.
-        store = cast("Store", self.builder.store)
         try:
-            return base_image(store, name, self.options.pull, found=found,
+            return base_image(whole_store(self.builder.store), name, self.options.pull, found=found,
                               display=TransferDisplay(progress.stream, quiet=progress.quiet),
                               connection=self.options.connection)
         except StepbuildError as exc:
@@ -387,14 +394,14 @@ def _apply_config(instruction: ins.Instruction, state: ImageState, scope: Scope)
     return handler(instruction, state, scope)
 
 
-def _env(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _env(instruction: ins.Env, state: ImageState, scope: Scope) -> ImageState:
     pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
     env = set_env(state.env, pairs)
     text = " ".join(f"{k}={v}" for k, v in pairs.items())
     return state.with_config(f"ENV {text}", Env=env)
 
 
-def _label(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _label(instruction: ins.Label, state: ImageState, scope: Scope) -> ImageState:
     labels = dict(state.config.get("Labels") or {})
     pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
     labels.update(pairs)
@@ -402,7 +409,7 @@ def _label(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
     return state.with_config(f"LABEL {text}", Labels=labels)
 
 
-def _workdir(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _workdir(instruction: ins.Workdir, state: ImageState, scope: Scope) -> ImageState:
     path = scope.expand(instruction.path)
     if not path.startswith("/"):
         path = state.workdir.rstrip("/") + "/" + path
@@ -417,12 +424,12 @@ def _clean_path(path: str) -> str:
     return "/" + cleaned.lstrip("/")
 
 
-def _user(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _user(instruction: ins.User, state: ImageState, scope: Scope) -> ImageState:
     user = scope.expand(instruction.user)
     return state.with_config(f"USER {user}", User=user)
 
 
-def _expose(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _expose(instruction: ins.Expose, state: ImageState, scope: Scope) -> ImageState:
     ports = dict(state.config.get("ExposedPorts") or {})
     words = [w for port in instruction.ports for w in scope.expand_words(port)]
     for word in words:
@@ -430,7 +437,7 @@ def _expose(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
     return state.with_config(f"EXPOSE {' '.join(words)}", ExposedPorts=ports)
 
 
-def _volume(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _volume(instruction: ins.Volume, state: ImageState, scope: Scope) -> ImageState:
     volumes = dict(state.config.get("Volumes") or {})
     paths = [scope.expand(p) for p in instruction.paths]
     for path in paths:
@@ -442,43 +449,44 @@ def _command_argv(command: ins.Command, state: ImageState) -> list[str]:
     return [*state.shell, *command.args] if command.shell_form else list(command.args)
 
 
-def _cmd(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _cmd(instruction: ins.Cmd, state: ImageState, scope: Scope) -> ImageState:
     argv = _command_argv(instruction.command, state)
     return state.with_config(f"CMD {argv}", Cmd=argv)
 
 
-def _entrypoint(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _entrypoint(instruction: ins.Entrypoint, state: ImageState, scope: Scope) -> ImageState:
     argv = _command_argv(instruction.command, state) if instruction.command.args else None
     # Docker: setting ENTRYPOINT resets a CMD inherited from the base image.
     return state.with_config(f"ENTRYPOINT {argv or []}", Entrypoint=argv, Cmd=None)
 
 
-def _shell(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _shell(instruction: ins.Shell, state: ImageState, scope: Scope) -> ImageState:
     return state.with_config(f"SHELL {list(instruction.argv)}", Shell=list(instruction.argv))
 
 
-def _stopsignal(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _stopsignal(instruction: ins.Stopsignal, state: ImageState, scope: Scope) -> ImageState:
     signal = scope.expand(instruction.signal)
     return state.with_config(f"STOPSIGNAL {signal}", StopSignal=signal)
 
 
-def _healthcheck(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _healthcheck(instruction: ins.Healthcheck, state: ImageState, scope: Scope) -> ImageState:
     check = healthcheck_json(instruction.test, instruction.interval, instruction.timeout,
                              instruction.start_period, instruction.start_interval,
                              instruction.retries)
     return state.with_config(f"HEALTHCHECK {' '.join(instruction.test)}", Healthcheck=check)
 
 
-def _onbuild(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _onbuild(instruction: ins.Onbuild, state: ImageState, scope: Scope) -> ImageState:
     triggers = [*(state.config.get("OnBuild") or []), instruction.expression]
     return state.with_config(f"ONBUILD {instruction.expression}", OnBuild=triggers)
 
 
-def _maintainer(instruction: Any, state: ImageState, scope: Scope) -> ImageState:
+def _maintainer(instruction: ins.Maintainer, state: ImageState, scope: Scope) -> ImageState:
     # MAINTAINER sets the image's author (a top-level field of the config document).
     return replace(state.with_config(f"MAINTAINER {instruction.name}"), author=instruction.name)
 
 
+# Each takes the instruction of its type: the table's `Any` is that dispatch on the type.
 _CONFIG_HANDLERS: dict[type, Callable[[Any, ImageState, Scope], ImageState]] = {
     ins.Env: _env, ins.Label: _label, ins.Workdir: _workdir, ins.User: _user,
     ins.Expose: _expose, ins.Volume: _volume, ins.Cmd: _cmd, ins.Entrypoint: _entrypoint,

@@ -64,7 +64,7 @@ from stepbuild.layers.unpack import is_archive, unpack_archive
 from stepbuild.sandbox import host as overlay
 from stepbuild.sources import git
 from stepbuild.sources import url as fetch
-from stepbuild.sources.context import Selection, SourceGroup
+from stepbuild.sources.context import BuildContext, ContextEntry, Selection, SourceGroup
 
 if TYPE_CHECKING:
     from stepbuild.build.execute import Executor
@@ -265,8 +265,6 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
     if source is None:
         _copy_all(executor.context, work.selection, work.layout, work, merged, tmp)
         return
-    from stepbuild.sources.context import BuildContext
-
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
     with overlay.mounted_readonly(tmp / "from", lowers) as root:
         context = BuildContext(root)
@@ -274,7 +272,7 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
         _copy_all(context, selection, layout, work, merged, tmp)
 
 
-def _copy_all(context: Any, selection: Selection | None, layout: Sequence[_Kept] | None,
+def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
               work: CopyWork, merged: Path, tmp: Path) -> None:
     owner = work.owner or (chown_owner(merged, work.chown) if work.chown else Owner())
     place = Placement(work.dest, owner, work.chmod)
@@ -316,8 +314,9 @@ def chown_owner(root: Path, chown: str) -> Owner:
     return Owner(ids.uid, ids.gid)
 
 
-def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root_fd: int,
-                unpack: bool, merged: Path, chowned: bool, upper: Path | None) -> None:
+def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place: Placement,
+                root_fd: int, unpack: bool, merged: Path, chowned: bool,
+                upper: Path | None) -> None:
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
@@ -342,11 +341,13 @@ def _copy_group(context: Any, copier: Copier, group: Any, place: Placement, root
         _copy_entry(context, copier, source, base.rstrip("/") + "/" + entry.path, entry)
 
 
-def _copy_entry(context: Any, copier: Copier, source: str, target: str, entry: Any) -> None:
+def _copy_entry(context: BuildContext, copier: Copier, source: str, target: str,
+                entry: ContextEntry) -> None:
     """Copy one entry; `source` is relative to the context (or source image) root."""
     if entry.kind == "dir":
         copier.make_dir(target, os.lstat(context.root / source))
     elif entry.kind == "symlink":
+        assert entry.link_target is not None  # every symlink entry has its target
         copier.copy_symlink(entry.link_target, target, os.lstat(context.root / source))
     else:
         fd = context.open_file(source)
@@ -382,7 +383,7 @@ class _Kept:
     dirs: tuple[tuple[str, os.stat_result | None], ...]
 
 
-def select(context: Any, sources: Sequence[str], excludes: Sequence[str], parents: bool
+def select(context: BuildContext, sources: Sequence[str], excludes: Sequence[str], parents: bool
            ) -> tuple[Selection, tuple[_Kept, ...] | None]:
     """The selection of `sources` in `context` and, with --parents, where each group goes.
 
@@ -454,7 +455,7 @@ def _mode(info: os.stat_result | None) -> int | None:
     return stat.S_IMODE(info.st_mode) if info else None
 
 
-def _copy_kept(context: Any, copier: Copier, group: SourceGroup, kept: _Kept,
+def _copy_kept(context: BuildContext, copier: Copier, group: SourceGroup, kept: _Kept,
                place: Placement) -> None:
     """Copy one group to `<dest>/<kept path>`, making the parent directories on the way."""
     base = place.dest.rstrip("/").removesuffix("/.")  # "" is the image root
@@ -479,8 +480,6 @@ def _copy_git(copier: Copier, repo: _GitInput, place: Placement, root_fd: int, t
               work: CopyWork, merged: Path) -> None:
     """Fetch the commit into the step's tmp dir and copy its tree (or subdir) like a
     directory source: its contents go into the destination, which is always a directory."""
-    from stepbuild.sources.context import BuildContext
-
     try:
         tree = git.checkout(repo.source, repo.commit, repo.ref_name, target,
                            work.keep_git_dir)

@@ -33,10 +33,13 @@ from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from stepbuild.build.execute import Executor
     from stepbuild.build.mounts.cache import CacheMountObserver
-    from stepbuild.build.mounts.plan import PlannedMount
+    from stepbuild.build.mounts.plan import PlannedMount, Sources
     from stepbuild.build.seams import BuildRun
+    from stepbuild.sandbox.spec import Mount
 
 # Paths the sandbox mounts over; created as empty stubs when the image lacks them and removed
 # from the layer afterwards, so that they never land in an image (BuildKit does the same).
@@ -88,12 +91,12 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
 
 
-def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Any:
+def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources:
     from stepbuild.build.images import load_state
     from stepbuild.build.mounts.plan import Sources
 
     stages = getattr(build, "stages", None)
-    results = getattr(build, "results", {})
+    results: Mapping[int, ImageState] = getattr(build, "results", {})
     filename = getattr(stages, "filename", "Stepfile")
 
     def error(message: str) -> StepbuildError:
@@ -101,7 +104,7 @@ def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Any:
         text = run.text.split("\n", 1)[0]
         return PlanError(message, SourcePosition(filename, loc.line, loc.column, text))
 
-    def state(name: str) -> Any:
+    def state(name: str) -> ImageState | None:
         stage = stages.find(name) if stages is not None else None
         if stage is not None and stage.index in results:
             return results[stage.index]
@@ -112,7 +115,7 @@ def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Any:
                    observer=getattr(build, "team", None))  # the build's team cache
 
 
-def _expand(scope: Scope, word: str, sources: Any) -> str:
+def _expand(scope: Scope, word: str, sources: Sources) -> str:
     try:
         return scope.expand(word)
     except StepbuildError as exc:
@@ -125,7 +128,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     """Run the step (`work` is its work) in the sandbox; return the stubs made (for
     `remove_stubs`). `cache_observer` (the build's team cache) hears of the cache mounts the
     step uses."""
-    from stepbuild.sandbox.spec import Mount, SandboxSpec
+    from stepbuild.sandbox.spec import SandboxSpec
 
     ids = user_ids(merged, state.user)
     etc = tmp / "etc"
@@ -169,7 +172,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     return stubs
 
 
-def _script_mount(tmp: Path, name: str, body: str) -> Any:
+def _script_mount(tmp: Path, name: str, body: str) -> Mount:
     """The `#!` heredoc as an executable file in a directory mounted read-only on /dev/pipes
     (inside the sandbox's /dev tmpfs, so its mount point is never in a layer)."""
     from stepbuild.sandbox.spec import Mount

@@ -7,7 +7,7 @@ Every name here is for typing only: importing this module costs nothing at run t
 
 The builder also hands its store, unchanged, to what a FROM of an archive or a registry
 image (`archive.load`, `distribution.pull`) and the team cache need: those take the whole
-`store.Store`.
+`store.Store` (`builder.whole_store`).
 """
 
 from __future__ import annotations
@@ -161,5 +161,5 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
     def _implemented(store: Store, executor: Executor) -> tuple[BuildStore, StepExecutor]:
-        """mypy checks here that the real classes fit the seams (cli passes them as Any)."""
+        """mypy checks here that the real classes fit the seams (as cli passes them)."""
         return store, executor

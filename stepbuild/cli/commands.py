@@ -12,13 +12,27 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from stepbuild.archive.export import Output
+    from stepbuild.build.builder import Builder, BuildOptions, BuildResult
+    from stepbuild.build.execute import Executor
+    from stepbuild.build.mounts.secrets import SecretSource
+    from stepbuild.cli.noop import Witness
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.distribution.display import TransferDisplay
+    from stepbuild.frontend.instructions import Stepfile
+    from stepbuild.oci.documents import Descriptor
+    from stepbuild.progress import Progress
+    from stepbuild.sources.context import BuildContext
+    from stepbuild.store.store import Store
+    from stepbuild.teamcache.cache import CacheSpec
 
 NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
 
@@ -36,7 +50,7 @@ def store_root(option: str | None) -> Path:
 
 
 def open_store(options: argparse.Namespace,
-               on_resolve: Callable[[str], None] | None = None) -> Any:
+               on_resolve: Callable[[str], None] | None = None) -> Store:
     from stepbuild.store.store import Store
 
     return Store(store_root(options.root), on_resolve=on_resolve)
@@ -67,7 +81,7 @@ def build(options: argparse.Namespace) -> int:
 
 
 def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
-                witness: Any) -> int:
+                witness: Witness | None) -> int:
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.cli import noop as fingerprint
     from stepbuild.frontend.cache import parse_cached
@@ -124,7 +138,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     return 0
 
 
-def _cache_specs(options: argparse.Namespace) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def _cache_specs(options: argparse.Namespace
+                 ) -> tuple[tuple[CacheSpec, ...], tuple[CacheSpec, ...]]:
     """--cache-from and --cache-to, parsed (stepbuild/teamcache/cache.py)."""
     sources, destinations = getattr(options, "cache_from", []), getattr(options, "cache_to", [])
     if not sources and not destinations:
@@ -135,7 +150,8 @@ def _cache_specs(options: argparse.Namespace) -> tuple[tuple[Any, ...], tuple[An
             tuple(parse_cache_spec(v, "to") for v in destinations))
 
 
-def check_reproducible(builder: Any, stepfile: Any, wanted: Any, first: Any) -> None:
+def check_reproducible(builder: Builder, stepfile: Stepfile, wanted: BuildOptions,
+                       first: BuildResult) -> None:
     """Build again without the cache and compare: same layers, same config, same digest."""
     from dataclasses import replace
 
@@ -167,7 +183,7 @@ def parse_build_args(values: list[str]) -> dict[str, str]:
     return args
 
 
-def unused_build_args(stepfile: Any, build_args: dict[str, str]) -> list[str]:
+def unused_build_args(stepfile: Stepfile, build_args: dict[str, str]) -> list[str]:
     """A warning for --build-arg names no ARG in the Stepfile declares (Docker warns too)."""
     from stepbuild.build.keys import PROXY_ARGS
     from stepbuild.frontend.instructions import Arg
@@ -219,14 +235,14 @@ def enter_build_namespace() -> None:
     host.enter_private_mount_namespace()
 
 
-def _progress(options: argparse.Namespace) -> Any:
+def _progress(options: argparse.Namespace) -> Progress:
     from stepbuild.progress import Progress
 
     return Progress(quiet=getattr(options, "quiet", False),
                     verbose=getattr(options, "verbose", False))
 
 
-def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
+def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildContext:
     import xxhash
 
     from stepbuild.sources.context import BuildContext
@@ -240,9 +256,10 @@ def _context(store: Any, context_dir: Path, stepfile: Path | None) -> Any:
                         stat_cache=stat_cache)
 
 
-def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str],
-              network: str, epoch: int | None, secrets: dict[str, Any] | None = None,
-              ssh: dict[str, str] | None = None) -> Any:
+def _executor(store: Store, context: BuildContext, progress: Progress,
+              build_args: dict[str, str], network: str, epoch: int | None,
+              secrets: dict[str, SecretSource] | None = None,
+              ssh: dict[str, str] | None = None) -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
@@ -250,7 +267,8 @@ def _executor(store: Any, context: Any, progress: Any, build_args: dict[str, str
                     secrets=secrets, ssh=ssh)
 
 
-def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+def _mount_options(options: argparse.Namespace
+                   ) -> tuple[dict[str, SecretSource], dict[str, str]]:
     """--secret and --ssh, checked now (a missing file is a usage error before building)."""
     values = (getattr(options, "secret", None) or [], getattr(options, "ssh", None) or [])
     if not any(values):
@@ -263,7 +281,7 @@ def _mount_options(options: argparse.Namespace) -> tuple[dict[str, Any], dict[st
 # --- export ------------------------------------------------------------------------------------
 
 
-def _outputs(options: argparse.Namespace) -> list[Any]:
+def _outputs(options: argparse.Namespace) -> list[Output]:
     """The parsed --output values, their destinations checked (UsageError)."""
     if not getattr(options, "output", None):
         return []
@@ -275,8 +293,8 @@ def _outputs(options: argparse.Namespace) -> list[Any]:
     return outputs
 
 
-def _export(store: Any, image: str, outputs: list[Any], options: argparse.Namespace,
-            names: list[str] | None, stream: Any) -> None:
+def _export(store: Store, image: str, outputs: list[Output], options: argparse.Namespace,
+            names: list[str] | None, stream: TextIO | None) -> None:
     """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
     from stepbuild.archive.export import export_image
 
@@ -301,7 +319,7 @@ def load(options: argparse.Namespace) -> int:
     from stepbuild.archive.load import load as load_archive
 
     _require_root()  # unpacking makes whiteout devices and sets trusted.* xattrs
-    stream: Any
+    stream: BinaryIO
     if options.input:
         try:
             stream = open(options.input, "rb")  # noqa: SIM115 - closed below
@@ -326,7 +344,7 @@ def load(options: argparse.Namespace) -> int:
 # --- registries: push, pull, tag, login, logout (stepbuild/distribution/) ---------------------
 
 
-def _connection(options: argparse.Namespace) -> Any:
+def _connection(options: argparse.Namespace) -> Connection:
     """--authfile, --tls-verify and --ca-file as one connection.Connection."""
     from stepbuild.distribution.connection import Connection
 
@@ -334,7 +352,7 @@ def _connection(options: argparse.Namespace) -> Any:
                       ca_file=options.ca_file)
 
 
-def _display(options: argparse.Namespace) -> Any:
+def _display(options: argparse.Namespace) -> TransferDisplay:
     from stepbuild.distribution.display import TransferDisplay
 
     return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
@@ -367,8 +385,8 @@ def _push_targets(options: argparse.Namespace) -> list[str]:
     return list(options.tag)
 
 
-def _push(store: Any, image: str, destination: str | None, options: argparse.Namespace,
-          connection: Any, *, stdout: bool = True) -> None:
+def _push(store: Store, image: str, destination: str | None, options: argparse.Namespace,
+          connection: Connection, *, stdout: bool = True) -> None:
     from stepbuild.distribution.push import push as push_image
 
     result = push_image(store, image, destination, compression=options.compression,
@@ -467,7 +485,7 @@ def images(options: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(store: Any, name: str) -> Any:
+def _resolve(store: Store, name: str) -> Descriptor:
     descriptor = store.resolve(name)
     if descriptor is None:
         raise StepbuildError(f"image {name!r} not found in the store",

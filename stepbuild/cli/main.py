@@ -11,13 +11,15 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stepbuild.errors import StepbuildError
 from stepbuild.frontend.source import read_stepfile
 
 if TYPE_CHECKING:
     from stepbuild.frontend.syntax import Node
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 
@@ -61,7 +63,7 @@ def _argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_store_commands(commands: Any) -> None:
+def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
     from stepbuild.cli import commands as impl
 
@@ -137,11 +139,12 @@ def _add_store_commands(commands: Any) -> None:
     run.add_argument("image")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
-    _add_registry_commands(commands, impl)
+    _add_registry_commands(commands)
 
 
-def _add_registry_commands(commands: Any, impl: Any) -> None:
+def _add_registry_commands(commands: Subcommands) -> None:
     """push, pull, tag, login, logout (stepbuild/distribution/ does the work)."""
+    from stepbuild.cli import commands as impl  # imported already by _add_store_commands
     push = commands.add_parser("push", help="push an image to a registry")
     push.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                       help="layer compression (default: gzip)")

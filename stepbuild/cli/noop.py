@@ -49,6 +49,7 @@ from stepbuild.frontend.source import STEPFILE_NAMES
 from stepbuild.store.layout import StoreLayout  # names only: store.py would cost what we save
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
 
 __all__ = ["Witness", "record", "replay", "take"]
@@ -81,7 +82,7 @@ class Witness:
 # --- before the build ---------------------------------------------------------------------
 
 
-def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
+def take(options: argparse.Namespace, pull_policy: str, store_root: Path) -> Witness | None:
     """The fingerprint of this build, or None if it is never replayed."""
     if not _eligible(options, pull_policy):
         return None
@@ -106,13 +107,13 @@ def take(options: Any, pull_policy: str, store_root: Path) -> Witness | None:
                    racy=newest > started - RACY_WINDOW_NS, tags_before=tags or {})
 
 
-def _eligible(options: Any, pull_policy: str) -> bool:
+def _eligible(options: argparse.Namespace, pull_policy: str) -> bool:
     return not (options.no_cache or options.reproducible or options.push or options.output
                 or options.cache_to or options.file == "-"
                 or pull_policy not in ("missing", "never"))
 
 
-def _input_files(options: Any, context: Path) -> list[Path]:
+def _input_files(options: argparse.Namespace, context: Path) -> list[Path]:
     """The Stepfile (every candidate, when not named) and every ignore file and build-arg file
     the build could read."""
     from stepbuild.sources.ignore import candidates
@@ -122,13 +123,13 @@ def _input_files(options: Any, context: Path) -> list[Path]:
     return [*stepfiles, *ignores, *(Path(f).absolute() for f in options.build_arg_file)]
 
 
-def _stepfiles(options: Any, context: Path) -> list[Path]:
+def _stepfiles(options: argparse.Namespace, context: Path) -> list[Path]:
     if options.file:
         return [Path(options.file).absolute()]
     return [context / name for name in STEPFILE_NAMES]
 
 
-def _ignored(options: Any, context: Path) -> set[str]:
+def _ignored(options: argparse.Namespace, context: Path) -> set[str]:
     """Context paths the applicable ignore file excludes by a literal pattern (`node_modules`,
     `.git`): the walk skips them, since the build never reads what is below them. Nothing is
     skipped if any pattern re-includes (`!`)."""
@@ -145,8 +146,8 @@ def _ignored(options: Any, context: Path) -> set[str]:
     return {p for p in literal if p not in ("", ".", "..") and not p.startswith("../")}
 
 
-def _feed_stat(digest: Any, name: str, path: Path | None, info: os.stat_result | None = None
-               ) -> int:
+def _feed_stat(digest: xxhash.xxh3_128, name: str, path: Path | None,
+               info: os.stat_result | None = None) -> int:
     """Add one entry's stat (or its absence); return its newest time (0 if absent)."""
     if info is None:
         try:
@@ -161,7 +162,7 @@ def _feed_stat(digest: Any, name: str, path: Path | None, info: os.stat_result |
     return max(info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _feed_code(digest: Any) -> None:
+def _feed_code(digest: xxhash.xxh3_128) -> None:
     """Add the stat of stepbuild's own code (package and grammar): another version may build
     the same inputs differently (a new key schema, a fixed bug), so it must not replay."""
     package = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def _feed_code(digest: Any) -> None:
                     pending.append(entry.path)  # a subpackage
 
 
-def _feed_tree(digest: Any, root: Path, skipped: set[str]) -> int | None:
+def _feed_tree(digest: xxhash.xxh3_128, root: Path, skipped: set[str]) -> int | None:
     """Add every entry below `root` (sorted, not following symlinks) but the `skipped` paths
     and what is below them; return the newest time, or None past MAX_ENTRIES entries."""
     newest = _feed_stat(digest, ".", root)

@@ -50,7 +50,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
@@ -116,8 +116,17 @@ def apply_layer(
         os.close(root_fd)
 
 
-def commit_applied(store: Any, tar: Path, diff_id: str, lowers: Sequence[Path], label: str,
-                   prefix: str) -> None:
+class LayerCommitter(Protocol):
+    """What `commit_applied` needs of the store (`store.Store` is one; layers/ is below
+    store/ and names only the methods it calls)."""
+
+    def tmp_dir(self, prefix: str) -> Path: ...
+
+    def commit_layer(self, upper: Path, diff_id: str, tar_path: Path) -> Path: ...
+
+
+def commit_applied(store: LayerCommitter, tar: Path, diff_id: str, lowers: Sequence[Path],
+                   label: str, prefix: str) -> None:
     """Apply the layer tar `tar` (its diff_id already verified) on `lowers` into a new dir
     under the store's tmp/ (named `prefix`…) and commit it as layer `diff_id` with `tar` as
     its blob: both are consumed. On error the half-applied dir is removed; `tar` stays the

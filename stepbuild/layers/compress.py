@@ -30,7 +30,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from stepbuild.errors import DigestMismatch, UsageError
 from stepbuild.oci.digest import PREFIX
@@ -42,6 +42,9 @@ from stepbuild.oci.documents import (
     MEDIA_TYPE_LAYER_ZSTD,
     Descriptor,
 )
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 __all__ = [
     "COMPRESSIONS",
@@ -160,7 +163,33 @@ def compress_stream(src: BinaryIO, dst: BinaryIO, compression: str, *, size: int
     return PREFIX + out_hash.hexdigest(), written
 
 
-def compressed_layer(store: Any, diff_id: str, compression: str) -> Descriptor:
+class CompressedBlobs(Protocol):
+    """The store's records of the compressed blobs it made (`store.records.CompressedRecords`)."""
+
+    def get(self, diff_id: str, compression: str) -> Descriptor | None: ...
+
+    def put(self, diff_id: str, compression: str, blob: Descriptor) -> None: ...
+
+
+class CompressingStore(Protocol):
+    """What `compressed_layer` needs of the store (`store.Store` is one; layers/ is below
+    store/ and names only the methods it calls)."""
+
+    @property
+    def compressed_records(self) -> CompressedBlobs: ...
+
+    def lock(self, exclusive: bool = True) -> AbstractContextManager[None]: ...
+
+    def descriptor(self, digest: str, media_type: str) -> Descriptor: ...
+
+    def blob_path(self, digest: str) -> Path: ...
+
+    def tmp_file(self, prefix: str) -> Path: ...
+
+    def ingest_blob(self, path: Path, digest: str | None = None) -> tuple[str, int]: ...
+
+
+def compressed_layer(store: CompressingStore, diff_id: str, compression: str) -> Descriptor:
     """The descriptor of layer `diff_id` compressed with `compression`, made once per store.
 
     - none: the layer blob itself (`BlobNotFound` if the store lacks it).
@@ -175,14 +204,13 @@ def compressed_layer(store: Any, diff_id: str, compression: str) -> Descriptor:
     """
     check_compression(compression)
     if compression == NONE:
-        uncompressed: Descriptor = store.descriptor(diff_id, MEDIA_TYPE_LAYER)
-        return uncompressed
+        return store.descriptor(diff_id, MEDIA_TYPE_LAYER)
     with store.lock(exclusive=False):
-        found: Descriptor | None = store.compressed_records.get(diff_id, compression)
+        found = store.compressed_records.get(diff_id, compression)
         if found is not None:
             return found
         source = store.blob_path(diff_id)
-        tmp: Path = store.tmp_file(f"{compression}-")
+        tmp = store.tmp_file(f"{compression}-")
         try:
             with open(source, "rb") as src, open(tmp, "wb") as dst:
                 size = os.fstat(src.fileno()).st_size

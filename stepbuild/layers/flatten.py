@@ -35,7 +35,7 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import BinaryIO, Protocol, cast
 
 from stepbuild.errors import DigestMismatch, LayerError
 from stepbuild.fs.rootpath import open_in_root
@@ -56,7 +56,13 @@ _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def flatten(store: Any, diff_ids: Sequence[str], root: Path) -> None:
+class LayerBlobs(Protocol):
+    """Where the store keeps a layer's tar (`store.Store` is one)."""
+
+    def blob_path(self, digest: str) -> Path: ...
+
+
+def flatten(store: LayerBlobs, diff_ids: Sequence[str], root: Path) -> None:
     """Apply the layers `diff_ids` (base first) from `store` into the empty directory `root`.
 
     Raises `LayerError` naming the layer and the entry for what cannot be applied (see
@@ -79,7 +85,7 @@ def flatten(store: Any, diff_ids: Sequence[str], root: Path) -> None:
         os.close(root_fd)
 
 
-def _apply_layer(store: Any, diff_id: str, root_fd: int, dir_times: dict[str, int]) -> None:
+def _apply_layer(store: LayerBlobs, diff_id: str, root_fd: int, dir_times: dict[str, int]) -> None:
     path = store.blob_path(diff_id)
     label = f"layer {diff_id}"
     with open(path, "rb") as f:
@@ -131,7 +137,7 @@ class _Entries:
 class _HashingReader:
     """Reads a file, hashing every byte read; `drain()` reads (and hashes) what is left."""
 
-    def __init__(self, file: Any) -> None:
+    def __init__(self, file: BinaryIO) -> None:
         self._file = file
         self._sha = hashlib.sha256()
         self.size = 0

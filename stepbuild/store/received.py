@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from stepbuild.oci import documents as oci
 
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
-def put_received(store: Any, config: bytes, layers: list[oci.Descriptor],
+
+def put_received(store: Store, config: bytes, layers: list[oci.Descriptor],
                  annotations: dict[str, str] | None) -> oci.Descriptor:
     """Write the manifest of an image that came from elsewhere (a pull, an archive) in the
     store's form: its config blob byte for byte (so the image keeps its config digest) and

@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
@@ -59,8 +59,13 @@ from stepbuild.teamcache.records import (
     make_record,
 )
 
-__all__ = ["CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
+if TYPE_CHECKING:
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.oci.documents import Descriptor
+    from stepbuild.store.store import Store
+    from stepbuild.teamcache.backend import CacheBackend
 
+__all__ = ["CacheMount", "CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,18 @@ def parse_cache_spec(text: str, direction: str) -> CacheSpec:
 # --- the build's view ---------------------------------------------------------------------------
 
 
+class CacheMount(Protocol):
+    """A cache mount a RUN of the build declared, as the team cache reads it: the build's
+    `build.mounts.plan.PlannedMount` (named here, as teamcache/ is below build/)."""
+
+    @property
+    def cache_id(self) -> str: ...
+
+    @property
+    def identity(self) -> Mapping[str, Any]:
+        """What makes the cache the same one in another build (JSON): it names its dir."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Lazy:
     """A hit whose layer is not fetched yet: its source, and the layers it applies on."""
@@ -123,7 +140,7 @@ class _Lazy:
     key: str
     record: dict[str, Any]
     spec: CacheSpec
-    backend: Any
+    backend: CacheBackend
     parents: tuple[str, ...]
     local: CacheRecord  # the local cache record, written once the layer is there
 
@@ -146,9 +163,9 @@ class TeamCache:
     `misses`: keys to treat as misses (a lazy fetch of theirs failed in an earlier attempt).
     """
 
-    def __init__(self, store: Any, sources: Sequence[CacheSpec], destinations: Sequence[CacheSpec],
-                 warn: Callable[[str], None], connection: Any = None,
-                 misses: Collection[str] = ()) -> None:
+    def __init__(self, store: Store, sources: Sequence[CacheSpec],
+                 destinations: Sequence[CacheSpec], warn: Callable[[str], None],
+                 connection: Connection | None = None, misses: Collection[str] = ()) -> None:
         self.store = store
         self.warn = warn
         self.misses = set(misses)
@@ -165,11 +182,12 @@ class TeamCache:
         self._lock = threading.Lock()
         self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
 
-    def _backend(self, spec: CacheSpec, connection: Any) -> Any:
+    def _backend(self, spec: CacheSpec, connection: Connection | None) -> CacheBackend:
         if spec.type == "local":
             return LocalDir(Path(spec.location))
         from stepbuild.teamcache.registry import RegistryCache
 
+        assert connection is not None  # __init__ opens one when any spec is a registry
         return RegistryCache(spec.location, connection, self.store.root, self.warn)
 
     @property
@@ -247,7 +265,8 @@ class TeamCache:
             self._import_layer(lazy.record, lazy.backend, lowers)
         self.store.cache_records.put(lazy.key, lazy.local)
 
-    def _import_layer(self, record: dict[str, Any], backend: Any, lowers: Sequence[Path]) -> None:
+    def _import_layer(self, record: dict[str, Any], backend: CacheBackend,
+                      lowers: Sequence[Path]) -> None:
         from stepbuild.errors import DigestMismatch
         from stepbuild.layers.apply import commit_applied
         from stepbuild.layers.compress import compression_of
@@ -270,9 +289,8 @@ class TeamCache:
                                  f"(it decompresses to {actual})")
             commit_applied(store, tar, diff_id, lowers, f"layer {layer['digest']}",
                            "cache-import-")
-            if hasattr(backend, "remember"):
-                backend.remember(store, diff_id, Descriptor(layer["mediaType"], layer["digest"],
-                                                            layer["size"]))
+            backend.remember(store, diff_id, Descriptor(layer["mediaType"], layer["digest"],
+                                                        layer["size"]))
             kind = compression_of(layer["mediaType"])
             if kind not in (None, "none"):
                 with suppress(StepbuildError, OSError):
@@ -292,7 +310,7 @@ class TeamCache:
     def _ours(self, store_root: Path) -> bool:
         return bool(os.path.realpath(store_root) == os.path.realpath(self.store.root))
 
-    def cache_mount_planned(self, p: Any) -> None:
+    def cache_mount_planned(self, p: CacheMount) -> None:
         """A RUN of this build declared cache mount `p` (it runs or hits): export the
         cache if our store has it."""
         if any(s.cache_mounts for s, _ in self.destinations):
@@ -300,12 +318,13 @@ class TeamCache:
             with self._lock:
                 self._mounts.setdefault(base.name, (p.cache_id, dict(p.identity), base))
 
-    def cache_mount_used(self, store_root: Path, p: Any, base: Path) -> None:
+    def cache_mount_used(self, store_root: Path, p: CacheMount, base: Path) -> None:
         if self._ours(store_root) and any(s.cache_mounts for s, _ in self.destinations):
             with self._lock:
                 self._mounts[base.name] = (p.cache_id, dict(p.identity), base)
 
-    def cache_mount_seed(self, store_root: Path, p: Any) -> Callable[[Path], None] | None:
+    def cache_mount_seed(self, store_root: Path, p: CacheMount
+                         ) -> Callable[[Path], None] | None:
         """A seed for the new cache mount `p` from the first source that has it, or None."""
         if not self._ours(store_root) or not self.sources:
             return None
@@ -323,7 +342,7 @@ class TeamCache:
                 return lambda into: self._seed_mount(spec, backend, record, into)
         return None
 
-    def _seed_mount(self, spec: CacheSpec, backend: Any, record: dict[str, Any],
+    def _seed_mount(self, spec: CacheSpec, backend: CacheBackend, record: dict[str, Any],
                     into: Path) -> None:
         """Unpack the cache mount blob of `record` into the new instance dir `into` (empty,
         in the store); on any failure, leave it empty and warn."""
@@ -430,7 +449,8 @@ class TeamCache:
             return False
         return True
 
-    def _export_to(self, backend: Any, steps: list[_Used], compressed_layer: Any,
+    def _export_to(self, backend: CacheBackend, steps: list[_Used],
+                   compressed_layer: Callable[[Store, str, str], Descriptor],
                    mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
         backend.prepare()
         for name, record, blob in mounts:  # a record only after its blob is there

@@ -12,16 +12,20 @@ import json
 import shutil
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.fs.durable import replacing
 from stepbuild.teamcache.records import CacheError, check_mount_record, check_record
+
+if TYPE_CHECKING:
+    from stepbuild.oci.documents import Descriptor
+    from stepbuild.store.store import Store
 
 CHUNK = 1 << 20
 
 
 class LocalDir:
-    """An OCI layout directory with keys/<key>.json records."""
+    """An OCI layout directory with keys/<key>.json records (a `backend.CacheBackend`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -60,6 +64,9 @@ class LocalDir:
             raise CacheError(f"cannot read blob {layer['digest']} in {self.root}: "
                              f"{exc.strerror or exc}") from None
 
+    def remember(self, store: Store, diff_id: str, desc: Descriptor) -> None:
+        pass  # a push never reads a shared dir: nothing to remember
+
     # export
     def prepare(self) -> None:
         for sub in ("blobs/sha256", "keys", "cache-mounts", "tmp"):
@@ -76,7 +83,7 @@ class LocalDir:
             else:
                 out.write(data or b"")
 
-    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
+    def put_blob(self, store: Store, diff_id: str, desc: Descriptor) -> None:
         digest, size, source = desc.digest, desc.size, store.blob_path(desc.digest)
         final = self._blob(digest)
         with suppress(FileNotFoundError):

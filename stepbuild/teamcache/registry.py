@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stepbuild.errors import StepbuildError
 from stepbuild.fs.locks import flocked
@@ -52,6 +52,12 @@ from stepbuild.teamcache.records import (
     check_mount_record,
     check_record,
 )
+
+if TYPE_CHECKING:
+    from stepbuild.distribution.client import Registry
+    from stepbuild.distribution.connection import Connection
+    from stepbuild.oci.documents import Descriptor
+    from stepbuild.store.store import Store
 
 __all__ = ["RegistryCache", "writer_id", "writer_tag"]
 
@@ -104,9 +110,10 @@ def writer_tag(tag: str, writer: str) -> str:
 
 class RegistryCache:
     """One cache reference: the import side (`record`, `mount_record`, `fetch_blob`) and the
-    export side (`prepare`, `put_*`, `finish`) of teamcache.TeamCache's backend interface."""
+    export side (`prepare`, `put_*`, `finish`) of teamcache.TeamCache's backend interface
+    (`backend.CacheBackend`)."""
 
-    def __init__(self, ref: str, connection: Any, store_root: Path,
+    def __init__(self, ref: str, connection: Connection, store_root: Path,
                  warn: Callable[[str], None]) -> None:
         from stepbuild.distribution.reference import parse_reference
 
@@ -114,13 +121,13 @@ class RegistryCache:
         self.connection = connection
         self.store_root = Path(store_root)
         self.warn = warn
-        self._registry: Any = None
+        self._registry: Registry | None = None
         self.entries: dict[str, Any] | None = None  # the merged map, once read
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         if self._registry is None:
             self._registry = self.connection.open(self.ref.registry, self.ref.repository)
         return self._registry
@@ -244,7 +251,7 @@ class RegistryCache:
             raise CacheError(f"cannot export the cache to {self.ref}: a digest is not a tag")
         self._pending = {}
 
-    def put_blob(self, store: Any, diff_id: str, desc: Any) -> None:
+    def put_blob(self, store: Store, diff_id: str, desc: Descriptor) -> None:
         """HEAD, else mount from a repository known to hold it, else upload (the pusher of
         distribution/push.py, which also remembers that the registry has it)."""
         from stepbuild.distribution.display import TransferDisplay
@@ -253,7 +260,7 @@ class RegistryCache:
         pusher = BlobPusher(store, self.registry, self.ref, "gzip", TransferDisplay(quiet=True))
         pusher.send(diff_id, desc, diff_id.split(":", 1)[1][:12])
 
-    def remember(self, store: Any, diff_id: str, desc: Any) -> None:
+    def remember(self, store: Store, diff_id: str, desc: Descriptor) -> None:
         """An imported layer's blob is in REPO: a later push there mounts, not uploads."""
         with suppress(StepbuildError, OSError):
             store.remote_records.add(diff_id, desc, self.ref.registry, self.ref.repository)

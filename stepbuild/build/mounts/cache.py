@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.build import keys
 from stepbuild.build.mounts.plan import PlannedMount
@@ -23,6 +23,9 @@ from stepbuild.fs.durable import write_file
 from stepbuild.fs.locks import flocked
 from stepbuild.fs.trees import remove_tree
 from stepbuild.store.layout import StoreLayout
+
+if TYPE_CHECKING:
+    from stepbuild.store.store import Store
 
 
 class CacheMountObserver(Protocol):
@@ -121,7 +124,7 @@ def _write_meta(base: Path, p: PlannedMount) -> None:
     write_file(meta, data, None, durable=False)
 
 
-def prune_cache_mounts(store: Any) -> int:
+def prune_cache_mounts(store: Store) -> int:
     """Delete every cache mount of the store; return how many. Takes the store lock
     exclusively (builds hold it shared), so no build is using one meanwhile. Each is renamed
     into tmp/ first, so a crash mid-delete leaves no half cache under a real name."""

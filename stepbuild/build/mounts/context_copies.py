@@ -8,7 +8,10 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stepbuild.sources.context import BuildContext, ContextEntry, Selection
 
 
 class ContextCopies:
@@ -19,14 +22,14 @@ class ContextCopies:
     (a fresh path in the build's scratch dir, removed with it); stage threads share it.
     """
 
-    def __init__(self, context: Any, scratch_file: Callable[[str], Path]) -> None:
+    def __init__(self, context: BuildContext, scratch_file: Callable[[str], Path]) -> None:
         self.context = context
         self.scratch_file = scratch_file
         self._copies: dict[str, Path] = {}  # selection digest -> its copy
         self._lock = threading.Lock()
 
-    def copy_of(self, selection: Any) -> Path:
-        """The copy of the context files `selection` (a context.Selection) names."""
+    def copy_of(self, selection: Selection) -> Path:
+        """The copy of the context files `selection` names."""
         digest = selection.digest()
         with self._lock:
             known = self._copies.get(digest)
@@ -38,13 +41,13 @@ class ContextCopies:
             return copy
 
 
-def _copy_selection(context: Any, selection: Any, dest: Path) -> None:
+def _copy_selection(context: BuildContext, selection: Selection, dest: Path) -> None:
     group = selection.groups[0]
     if not group.is_dir:
         _copy_file(context, group.resolved, dest, group.entries[0])
         return
     dest.mkdir(mode=0o700)
-    dirs = [(dest, group.mode, None)]
+    dirs: list[tuple[Path, int, int | None]] = [(dest, group.mode, None)]
     for entry in sorted(group.entries, key=lambda e: e.path):
         target = dest / entry.path
         source = entry.path if group.resolved == "." else f"{group.resolved}/{entry.path}"
@@ -52,6 +55,7 @@ def _copy_selection(context: Any, selection: Any, dest: Path) -> None:
             target.mkdir(mode=0o700)
             dirs.append((target, entry.mode, entry.mtime_ns))
         elif entry.kind == "symlink":
+            assert entry.link_target is not None  # every symlink entry has its target
             os.symlink(entry.link_target, target)
             os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
         else:
@@ -62,7 +66,7 @@ def _copy_selection(context: Any, selection: Any, dest: Path) -> None:
             os.utime(path, ns=(mtime, mtime))
 
 
-def _copy_file(context: Any, source: str, target: Path, entry: Any) -> None:
+def _copy_file(context: BuildContext, source: str, target: Path, entry: ContextEntry) -> None:
     src = context.open_file(source)
     try:
         fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW

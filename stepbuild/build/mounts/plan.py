@@ -25,6 +25,8 @@ from stepbuild.frontend.flags import SHARING_MODES, FlagError, parse_mount
 
 if TYPE_CHECKING:
     from stepbuild.build.mounts.cache import CacheMountObserver
+    from stepbuild.build.state import ImageState
+    from stepbuild.sources.context import BuildContext, Selection
 
 SECRETS_DIR = "/run/secrets"
 SSH_TARGET = "/run/buildkit/ssh_agent.{}"
@@ -35,8 +37,8 @@ class PlannedMount:
     """One RUN --mount, expanded and checked; `key` is its part of the step's cache key.
 
     `target` is absolute and clean ("" for a secret exported only as an environment
-    variable). `state` is the `from=` stage or image (ImageState), `selection` the context
-    files a context bind shows (context.Selection). `secret` is where a secret's value comes
+    variable). `state` is the `from=` stage or image, `selection` the context files a
+    context bind shows. `secret` is where a secret's value comes
     from, `socket` the agent socket of an ssh mount; both None/"" for an optional one the
     build was not given (nothing is mounted then).
     """
@@ -54,8 +56,8 @@ class PlannedMount:
     gid: int | None = None
     size: int | None = None
     env: str | None = None
-    state: Any = None
-    selection: Any = None
+    state: ImageState | None = None
+    selection: Selection | None = None
     secret: SecretSource | None = None
     socket: str = ""
 
@@ -66,8 +68,8 @@ class Sources:
     image called `name`, or None; `error(message)` makes the located error to raise.
     `observer` is told about every cache mount planned (the build's team cache, if any)."""
 
-    context: Any
-    state: Callable[[str], Any]
+    context: BuildContext
+    state: Callable[[str], ImageState | None]
     error: Callable[[str], StepbuildError]
     secrets: Mapping[str, SecretSource] = field(default_factory=dict)
     ssh: Mapping[str, str] = field(default_factory=dict)
@@ -128,7 +130,7 @@ def mount_target(target: str, workdir: str, sources: Sources) -> str:
     return cleaned
 
 
-def _from_state(m: ins.Mount, sources: Sources) -> Any:
+def _from_state(m: ins.Mount, sources: Sources) -> ImageState | None:
     if not m.from_:
         return None
     state = sources.state(m.from_)

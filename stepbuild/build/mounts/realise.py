@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from stepbuild.build.mounts.agent import AgentProxy
 from stepbuild.build.mounts.cache import acquire_cache
@@ -30,6 +30,8 @@ from stepbuild.store.layout import cache_mount_name
 if TYPE_CHECKING:
     from stepbuild.build.mounts.cache import CacheMountObserver
     from stepbuild.build.mounts.context_copies import ContextCopies
+    from stepbuild.sandbox.spec import Mount
+    from stepbuild.store.store import Store
 
 # Targets below these are mounted by the sandbox itself (a tmpfs /dev, /proc, /sys): their
 # mount points are made there by the child, never as stubs in the image.
@@ -42,7 +44,7 @@ class Realised:
     """What a step's SandboxSpec gets: mounts (spec.Mount values, in mount order) and the
     environment entries the mounts add (secrets as env, SSH_AUTH_SOCK)."""
 
-    mounts: tuple[Any, ...]
+    mounts: tuple[Mount, ...]
     env: tuple[str, ...]
 
 
@@ -53,7 +55,7 @@ def with_env(env: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
 
 
 @contextmanager
-def realised(planned: Sequence[PlannedMount], *, store: Any, context_copies: ContextCopies,
+def realised(planned: Sequence[PlannedMount], *, store: Store, context_copies: ContextCopies,
              merged: Path, tmp: Path, env: Sequence[str], note: Callable[[str], None],
              observer: CacheMountObserver | None = None) -> Iterator[Realised]:
     """Put the planned mounts in place for one run of the step over the rootfs `merged`.
@@ -90,7 +92,7 @@ def realised(planned: Sequence[PlannedMount], *, store: Any, context_copies: Con
         yield Realised(tuple(mounts), tuple(extra))
 
 
-def _sandbox_mount(p: PlannedMount, source: str, create: str) -> Any:
+def _sandbox_mount(p: PlannedMount, source: str, create: str) -> Mount:
     from stepbuild.sandbox.spec import Mount
 
     options = f"create={create}"
@@ -119,7 +121,7 @@ def _make_mount_point(stubs: Stubs, p: PlannedMount, ordered: Sequence[PlannedMo
 class _Stager:
     """Makes the host-side source of each mount, under `work`; undone by `stack`."""
 
-    def __init__(self, stack: ExitStack, work: Path, store: Any, context_copies: ContextCopies,
+    def __init__(self, stack: ExitStack, work: Path, store: Store, context_copies: ContextCopies,
                  note: Callable[[str], None], observer: CacheMountObserver | None) -> None:
         self.stack = stack
         self.work = work
@@ -189,6 +191,7 @@ class _Stager:
     def mounted_state(self, p: PlannedMount) -> Iterator[int]:
         """An O_PATH fd (ours to close) of `p.source` in the `from` state, whose layers stay
         mounted read-only until the context exits."""
+        assert p.state is not None  # only a mount with from= comes here
         lowers = [self.store.layer_dir(d) for d in reversed(p.state.diff_ids)]
         with host.mounted_readonly(self.path("from"), lowers) as root:
             root_fd = _open_dir(root)
@@ -208,6 +211,7 @@ class _Stager:
         return staged if p.readonly else self.writable(Path(staged), is_dir)
 
     def context_source(self, p: PlannedMount) -> str:
+        assert p.selection is not None  # planned for every bind without from=
         copy = self.context_copies.copy_of(p.selection)
         if p.readonly:
             return str(copy)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stepbuild.build.builder import Builder, BuildOptions, BuildResult
+from stepbuild.build.builder import Builder, BuildOptions, BuildResult, whole_store
 from stepbuild.errors import StepFailed
 from stepbuild.frontend.parse import parse
 from stepbuild.progress import Progress
@@ -284,3 +284,10 @@ def test_a_link_step_does_not_fetch_the_layers_below_it() -> None:
     assert b.executor.ran == ["COPY --link a /a"]
     assert layer("RUN fetch deps") not in b.store.layers  # a lazy hit, never read
     assert len(b.caches.opened) == 1
+
+
+def test_only_the_real_store_reaches_what_takes_the_whole_store() -> None:
+    # The team cache and a FROM of an archive take `store.Store`; a fake is refused there
+    # rather than failing somewhere inside them.
+    with pytest.raises(TypeError, match="FakeStore is not a store.Store"):
+        whole_store(FakeStore({}))
