@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stepbuild.build.config import apply_config, arg_text, onbuild_triggers
 from stepbuild.build.images import base_descriptor, load_state, save_state
 from stepbuild.build.lifecycle import StepLifecycle
 from stepbuild.build.plan import (
@@ -30,7 +31,7 @@ from stepbuild.build.plan import (
     split_stages,
     stage_dependencies,
 )
-from stepbuild.build.state import ImageState, healthcheck_json, scratch, set_env, timestamp
+from stepbuild.build.state import ImageState, scratch, timestamp
 from stepbuild.errors import (
     BaseImageError,
     BuildError,
@@ -332,11 +333,11 @@ class _Run:
         if isinstance(instruction, ins.Arg):
             for declaration in instruction.declarations:
                 scope = declare_arg(scope, declaration, self.options.build_args, self.globals)
-            return state.with_config(f"ARG {_arg_text(instruction)}"), scope
+            return state.with_config(f"ARG {arg_text(instruction)}"), scope
         if isinstance(instruction, ins.Run | ins.Copy | ins.Add):
             return self.cached_step(instruction, state, scope, stage), scope
         try:
-            return _apply_config(instruction, state, scope), scope
+            return apply_config(instruction, state, scope), scope
         except StepbuildError as exc:
             if isinstance(exc, PlanError) and exc.position is not None:
                 raise
@@ -351,146 +352,3 @@ class _Run:
             with self._lock:
                 self.cached += 1
         return state
-
-
-def onbuild_triggers(state: ImageState, filename: str, base: ins.From
-                     ) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
-    """The base image's ONBUILD triggers as instructions, and the state without them.
-
-    Triggers run once: in the child build, before its own instructions, in order; the new
-    image does not inherit them (Docker clears OnBuild). A trigger that does not parse is an
-    error at the FROM that brought it.
-    """
-    expressions = list(state.config.get("OnBuild") or [])
-    if not expressions:
-        return state, ()
-    from stepbuild.errors import ParseError
-    from stepbuild.frontend.parse import parse
-
-    triggers: list[ins.Instruction] = []
-    for expression in expressions:
-        try:
-            parsed = parse(expression, f"{filename} (ONBUILD of {base.image})")
-        except ParseError as exc:
-            raise located(PlanError, filename, base,
-                          f"ONBUILD trigger of {base.image} is invalid: {exc.message}") from None
-        triggers += [replace(i, loc=base.loc) for i in parsed.instructions]
-    config = {k: v for k, v in state.config.items() if k != "OnBuild"}
-    return replace(state, config=config), tuple(triggers)
-
-
-def _arg_text(instruction: ins.Arg) -> str:
-    return " ".join(d.name if d.default is None else f"{d.name}={d.default}"
-                    for d in instruction.declarations)
-
-
-# --- config-only instructions -------------------------------------------------------------------
-
-
-def _apply_config(instruction: ins.Instruction, state: ImageState, scope: Scope) -> ImageState:
-    handler = _CONFIG_HANDLERS.get(type(instruction))
-    if handler is None:
-        raise BuildError(f"{type(instruction).__name__.upper()} is not supported here")
-    return handler(instruction, state, scope)
-
-
-def _env(instruction: ins.Env, state: ImageState, scope: Scope) -> ImageState:
-    pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
-    env = set_env(state.env, pairs)
-    text = " ".join(f"{k}={v}" for k, v in pairs.items())
-    return state.with_config(f"ENV {text}", Env=env)
-
-
-def _label(instruction: ins.Label, state: ImageState, scope: Scope) -> ImageState:
-    labels = dict(state.config.get("Labels") or {})
-    pairs = {scope.expand(p.key): scope.expand(p.value) for p in instruction.pairs}
-    labels.update(pairs)
-    text = " ".join(f"{k}={v}" for k, v in pairs.items())
-    return state.with_config(f"LABEL {text}", Labels=labels)
-
-
-def _workdir(instruction: ins.Workdir, state: ImageState, scope: Scope) -> ImageState:
-    path = scope.expand(instruction.path)
-    if not path.startswith("/"):
-        path = state.workdir.rstrip("/") + "/" + path
-    path = _clean_path(path)
-    return state.with_config(f"WORKDIR {path}", WorkingDir=path)
-
-
-def _clean_path(path: str) -> str:
-    import posixpath
-
-    cleaned = posixpath.normpath(path)
-    return "/" + cleaned.lstrip("/")
-
-
-def _user(instruction: ins.User, state: ImageState, scope: Scope) -> ImageState:
-    user = scope.expand(instruction.user)
-    return state.with_config(f"USER {user}", User=user)
-
-
-def _expose(instruction: ins.Expose, state: ImageState, scope: Scope) -> ImageState:
-    ports = dict(state.config.get("ExposedPorts") or {})
-    words = [w for port in instruction.ports for w in scope.expand_words(port)]
-    for word in words:
-        ports[word if "/" in word else f"{word}/tcp"] = {}
-    return state.with_config(f"EXPOSE {' '.join(words)}", ExposedPorts=ports)
-
-
-def _volume(instruction: ins.Volume, state: ImageState, scope: Scope) -> ImageState:
-    volumes = dict(state.config.get("Volumes") or {})
-    paths = [scope.expand(p) for p in instruction.paths]
-    for path in paths:
-        volumes[path] = {}
-    return state.with_config(f"VOLUME {paths}", Volumes=volumes)
-
-
-def _command_argv(command: ins.Command, state: ImageState) -> list[str]:
-    return [*state.shell, *command.args] if command.shell_form else list(command.args)
-
-
-def _cmd(instruction: ins.Cmd, state: ImageState, scope: Scope) -> ImageState:
-    argv = _command_argv(instruction.command, state)
-    return state.with_config(f"CMD {argv}", Cmd=argv)
-
-
-def _entrypoint(instruction: ins.Entrypoint, state: ImageState, scope: Scope) -> ImageState:
-    argv = _command_argv(instruction.command, state) if instruction.command.args else None
-    # Docker: setting ENTRYPOINT resets a CMD inherited from the base image.
-    return state.with_config(f"ENTRYPOINT {argv or []}", Entrypoint=argv, Cmd=None)
-
-
-def _shell(instruction: ins.Shell, state: ImageState, scope: Scope) -> ImageState:
-    return state.with_config(f"SHELL {list(instruction.argv)}", Shell=list(instruction.argv))
-
-
-def _stopsignal(instruction: ins.Stopsignal, state: ImageState, scope: Scope) -> ImageState:
-    signal = scope.expand(instruction.signal)
-    return state.with_config(f"STOPSIGNAL {signal}", StopSignal=signal)
-
-
-def _healthcheck(instruction: ins.Healthcheck, state: ImageState, scope: Scope) -> ImageState:
-    check = healthcheck_json(instruction.test, instruction.interval, instruction.timeout,
-                             instruction.start_period, instruction.start_interval,
-                             instruction.retries)
-    return state.with_config(f"HEALTHCHECK {' '.join(instruction.test)}", Healthcheck=check)
-
-
-def _onbuild(instruction: ins.Onbuild, state: ImageState, scope: Scope) -> ImageState:
-    triggers = [*(state.config.get("OnBuild") or []), instruction.expression]
-    return state.with_config(f"ONBUILD {instruction.expression}", OnBuild=triggers)
-
-
-def _maintainer(instruction: ins.Maintainer, state: ImageState, scope: Scope) -> ImageState:
-    # MAINTAINER sets the image's author (a top-level field of the config document).
-    return replace(state.with_config(f"MAINTAINER {instruction.name}"), author=instruction.name)
-
-
-# Each takes the instruction of its type: the table's `Any` is that dispatch on the type.
-_CONFIG_HANDLERS: dict[type, Callable[[Any, ImageState, Scope], ImageState]] = {
-    ins.Env: _env, ins.Label: _label, ins.Workdir: _workdir, ins.User: _user,
-    ins.Expose: _expose, ins.Volume: _volume, ins.Cmd: _cmd, ins.Entrypoint: _entrypoint,
-    ins.Shell: _shell, ins.Stopsignal: _stopsignal, ins.Healthcheck: _healthcheck,
-    ins.Onbuild: _onbuild, ins.Maintainer: _maintainer,
-}
-
