@@ -12,6 +12,7 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -81,35 +82,30 @@ def _request(url: str) -> Any:
         raise BuildError(f"ADD cannot download {url}: {exc}") from None
 
 
-_OPENER: Any = None
-
-
+@cache  # built once, when the first URL is fetched (urllib costs ~10 ms to import)
 def _opener() -> Any:
     """urllib with only what ADD needs: http, https, proxies from the environment, and
     redirects to http/https only (urllib's default opener also follows ftp: and serves file:
     and data: URLs)."""
-    global _OPENER
-    if _OPENER is None:
-        import urllib.error
-        import urllib.parse
-        import urllib.request
+    import urllib.error
+    import urllib.parse
+    import urllib.request
 
-        class RedirectHandler(urllib.request.HTTPRedirectHandler):
-            def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                                 newurl: str) -> Any:
-                scheme = urllib.parse.urlsplit(newurl).scheme.lower()
-                if scheme not in _SCHEMES:
-                    raise urllib.error.URLError(
-                        f"redirected to {newurl}: only http and https redirects are followed")
-                return super().redirect_request(req, fp, code, msg, headers, newurl)
+    class RedirectHandler(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                             newurl: str) -> Any:
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+            if scheme not in _SCHEMES:
+                raise urllib.error.URLError(
+                    f"redirected to {newurl}: only http and https redirects are followed")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-        opener = urllib.request.OpenerDirector()
-        for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
-                        urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
-                        RedirectHandler(), urllib.request.HTTPErrorProcessor()):
-            opener.add_handler(handler)
-        _OPENER = opener
-    return _OPENER
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(),
+                    urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(),
+                    RedirectHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def _check_checksum(checksum: str | None) -> None:
