@@ -262,6 +262,7 @@ class _Run:
 
     def stage(self, stage: Stage) -> ImageState:
         state, triggers = self.base(stage)
+        state = replace(state, cmd_set=False)  # a CMD of an earlier stage is its base's
         if self.options.source_date_epoch is not None:
             state = replace(state, created=timestamp(self.options.source_date_epoch))
         scope = Scope(self.escape, env=state.env)

@@ -16,6 +16,7 @@ from stepbuild.build.plan import Scope, located
 from stepbuild.build.state import ImageState, healthcheck_json, set_env
 from stepbuild.errors import BuildError, ParseError, PlanError
 from stepbuild.frontend import instructions as ins
+from stepbuild.frontend.syntax import go_quote
 
 __all__ = ["apply_config", "arg_text", "onbuild_triggers"]
 
@@ -111,7 +112,19 @@ def _volume(instruction: ins.Volume, state: ImageState, scope: Scope) -> ImageSt
     paths = [scope.expand(p) for p in instruction.paths]
     for path in paths:
         volumes[path] = {}
-    return state.with_config(f"VOLUME {paths}", Volumes=volumes)
+    return state.with_config(f"VOLUME {_listed(paths)}", Volumes=volumes)
+
+
+# History texts are BuildKit's, which formats lists with Go's fmt: %q for CMD and ENTRYPOINT
+# (`CMD ["a" "b c"]`), %v for SHELL and VOLUME (`SHELL [/bin/sh -c]`).
+
+
+def _quoted(words: list[str]) -> str:
+    return "[" + " ".join(go_quote(word) for word in words) + "]"
+
+
+def _listed(words: list[str]) -> str:
+    return "[" + " ".join(words) + "]"
 
 
 def _command_argv(command: ins.Command, state: ImageState) -> list[str]:
@@ -120,17 +133,20 @@ def _command_argv(command: ins.Command, state: ImageState) -> list[str]:
 
 def _cmd(instruction: ins.Cmd, state: ImageState, scope: Scope) -> ImageState:
     argv = _command_argv(instruction.command, state)
-    return state.with_config(f"CMD {argv}", Cmd=argv)
+    return replace(state.with_config(f"CMD {_quoted(argv)}", Cmd=argv), cmd_set=True)
 
 
 def _entrypoint(instruction: ins.Entrypoint, state: ImageState, scope: Scope) -> ImageState:
     argv = _command_argv(instruction.command, state) if instruction.command.args else None
-    # Docker: setting ENTRYPOINT resets a CMD inherited from the base image.
-    return state.with_config(f"ENTRYPOINT {argv or []}", Entrypoint=argv, Cmd=None)
+    text = f"ENTRYPOINT {_quoted(argv or [])}"
+    if state.cmd_set:  # a CMD earlier in this stage stays (Docker, BuildKit)
+        return state.with_config(text, Entrypoint=argv)
+    return state.with_config(text, Entrypoint=argv, Cmd=None)  # the base's Cmd is reset
 
 
 def _shell(instruction: ins.Shell, state: ImageState, scope: Scope) -> ImageState:
-    return state.with_config(f"SHELL {list(instruction.argv)}", Shell=list(instruction.argv))
+    argv = list(instruction.argv)
+    return state.with_config(f"SHELL {_listed(argv)}", Shell=argv)
 
 
 def _stopsignal(instruction: ins.Stopsignal, state: ImageState, scope: Scope) -> ImageState:

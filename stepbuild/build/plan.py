@@ -151,8 +151,9 @@ class Scope:
 
 def declare_arg(scope: Scope, declaration: ins.ArgDeclaration, build_args: Mapping[str, str],
                 globals_: Mapping[str, str]) -> Scope:
-    """Apply one ARG declaration in a stage (or, with empty globals, in the global scope)."""
-    name = declaration.name
+    """Apply one ARG declaration in a stage (or, with empty globals, in the global scope).
+    Its name is expanded too, as BuildKit does (`ENV src=f` then `ARG ${src}=x` declares f)."""
+    name = scope.expand(declaration.name)
     if name in build_args:
         value: str | None = build_args[name]
     elif declaration.default is not None:

@@ -26,7 +26,9 @@ class ImageState:
     """Layers (diff_ids, bottom first), the runtime `config` section, and history entries.
 
     `created` is the time of the newest history entry; steps served from the cache keep the
-    time they were first built, so an unchanged rebuild gives an identical image.
+    time they were first built, so an unchanged rebuild gives an identical image. `cmd_set`:
+    a CMD of the stage being built set Cmd (an ENTRYPOINT then keeps it; a Cmd inherited from
+    the base is reset, as Docker does); not part of the image.
     """
 
     diff_ids: tuple[str, ...] = ()
@@ -36,6 +38,7 @@ class ImageState:
     architecture: str = "amd64"
     os: str = "linux"
     author: str = ""
+    cmd_set: bool = False
 
     @property
     def key(self) -> str:

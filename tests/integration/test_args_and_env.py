@@ -45,6 +45,14 @@ def test_build_arg_from_environment_and_from_a_file(sb: Stepbuild, tmp_path: Pat
                "--build-arg", "B=flag") == "file-a flag\n"
 
 
+def test_arg_names_are_expanded(sb: Stepbuild, tmp_path: Path) -> None:
+    # BuildKit expands an ARG's name as well as its default (issue 11, item 3).
+    context = write_context(tmp_path / "ctx", (
+        "FROM base\nENV src=file3\nARG ${src}=default\nRUN echo \"[$file3]\" > /out\n"))
+    assert out(sb, context) == "[default]\n"
+    assert out(sb, context, "--build-arg", "file3=given") == "[given]\n"
+
+
 def test_unused_build_arg_warns(sb: Stepbuild, tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", "FROM base\nARG USED\n")
     result = sb.build(context, "--build-arg", "USED=1", "--build-arg", "TYPO=2")

@@ -151,8 +151,8 @@ def test_config_and_history_are_recorded(sb: Stepbuild, tmp_path: Path) -> None:
     assert run_config["OnBuild"] == ["RUN echo child"]
     assert run_config["Entrypoint"] == ["/bin/sh"] and run_config["Cmd"] == ["-c", "id"]
     created_by = [entry["created_by"] for entry in config["history"]]
-    assert created_by[-3:] == ["ONBUILD RUN echo child", "ENTRYPOINT ['/bin/sh']",
-                               "CMD ['-c', 'id']"]
+    assert created_by[-3:] == ["ONBUILD RUN echo child", 'ENTRYPOINT ["/bin/sh"]',
+                               'CMD ["-c" "id"]']
     assert all(entry.get("empty_layer") for entry in config["history"][-14:])
     assert sb.run("cfg").startswith("uid=1000 gid=1000")
 
