@@ -27,6 +27,16 @@ def enter_private_mount_namespace() -> None:
     linux.enter_private_mount_namespace()
 
 
+def distinct(lowers: Sequence[Path]) -> list[str]:
+    """The lower dirs (top first) with a repeated layer kept only at its topmost place.
+
+    OCI lets an image list one diff_id twice (three identical `COPY foo /foo` steps do), but
+    overlayfs refuses the same lowerdir twice. Dropping the lower copies changes nothing that
+    can be seen: the top copy holds every path, whiteout and opaque dir the lower ones do, so
+    it covers them and whatever the layers between did to those paths."""
+    return list(dict.fromkeys(str(path) for path in lowers))
+
+
 @contextmanager
 def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     """Mount lowers (top first) + tmp/upper at tmp/merged; unmount on exit."""
@@ -40,7 +50,7 @@ def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
         empty = tmp / "empty"
         empty.mkdir()
         lowers = [empty]
-    linux.mount_overlay(str(merged), [str(p) for p in lowers], str(upper), str(work))
+    linux.mount_overlay(str(merged), distinct(lowers), str(upper), str(work))
     try:
         yield merged
     finally:
@@ -56,7 +66,7 @@ def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     if not lowers:
         yield target  # an image with no layers: an empty dir is its whole content
         return
-    linux.mount_overlay(str(target), [str(p) for p in lowers], None, None, readonly=True)
+    linux.mount_overlay(str(target), distinct(lowers), None, None, readonly=True)
     try:
         yield target
     finally:

@@ -128,6 +128,24 @@ def test_a_step_that_changes_nothing_adds_no_layer(sb: Stepbuild, tmp_path: Path
     assert config["history"][-1]["empty_layer"] is True
 
 
+def test_a_layer_repeated_in_one_image_builds_runs_and_serves_as_a_base(sb: Stepbuild,
+                                                                        tmp_path: Path) -> None:
+    # Three identical COPY steps make one diff_id three times (OCI allows it); overlayfs refuses
+    # a lowerdir twice, so the stack keeps each layer at its topmost place (issue 11, item 1).
+    context = write_context(tmp_path / "ctx", (
+        "FROM base\nCOPY foo /foo\nCOPY foo /foo\nCOPY foo /foo\nRUN cat /foo > /out\n"),
+        {"foo": "same bytes\n"})
+    sb.build(context, "-t", "repeated")
+    manifest, config = manifest_and_config(sb, "repeated")
+    diff_ids = config["rootfs"]["diff_ids"]
+    assert diff_ids[-4] == diff_ids[-3] == diff_ids[-2]  # the one layer, three times
+    assert sb.run("repeated", "cat", "/out") == "same bytes\n"
+    child = write_context(tmp_path / "child", (
+        "FROM repeated\nCOPY --from=repeated /foo /copied\nRUN cat /foo /copied > /out\n"))
+    sb.build(child, "-t", "child")
+    assert sb.run("child", "cat", "/out") == "same bytes\nsame bytes\n"
+
+
 def test_config_and_history_are_recorded(sb: Stepbuild, tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", (
         "FROM base\nENV A=1 B=\"two words\"\nARG V=x\nLABEL team=core version=$V\n"
