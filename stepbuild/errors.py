@@ -189,6 +189,11 @@ class LayerError(BuildError):
     """
 
 
+class Cancelled(BuildError):
+    """The work was stopped before it finished because the build failed elsewhere (a stage
+    running beside it); the error that failed the build is the one reported."""
+
+
 class SandboxError(BuildError):
     """Setting up a step's sandbox failed (a mount, pivot_root, exec of a missing program, ...).
 

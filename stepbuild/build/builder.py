@@ -186,7 +186,8 @@ class Builder:
                 for future in finished:
                     index = running.pop(future)
                     if future.exception() is not None:
-                        run.failed = True  # other stages stop at their next step
+                        run.failed = True  # other stages stop at their next step...
+                        run.cancel.set()  # ...and the RUN steps running now are killed
                         wait(running)
                         raise future.exception()  # type: ignore[misc]
                     run.results[index] = future.result()
@@ -229,6 +230,7 @@ class _Run:
         self.steps = 0
         self.cached = 0
         self.failed = False
+        self.cancel = threading.Event()
         self.team = team  # with --cache-from/--cache-to
         self.outside = outside  # what the build read from outside the context (read_outside)
         self.lifecycle = StepLifecycle(builder.store, builder.executor, builder.progress,

@@ -28,6 +28,7 @@ from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
     from stepbuild.build.mounts.secrets import SecretSource
@@ -45,8 +46,8 @@ __all__ = ["Executor", "PreparedStep", "Sandbox"]
 class Sandbox(Protocol):
     """What runs a RUN's command: the `stepbuild.sandbox` module."""
 
-    def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None
-            ) -> RunResult: ...
+    def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
+            cancel: threading.Event | None = None) -> RunResult: ...
 
 
 class Executor:
@@ -109,7 +110,7 @@ class Executor:
             if isinstance(step.work, run_step.RunWork):
                 stubs = run_step.perform(self, step, step.work, state, merged, space.tmp,
                                          build.stages.filename, label,
-                                         cache_observer=build.team)
+                                         cache_observer=build.team, cancel=build.cancel)
             else:
                 copy_step.perform(self, step.work, merged, space.tmp)
         run_step.remove_stubs(space.upper, stubs)

@@ -33,6 +33,7 @@ from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Mapping
 
     from stepbuild.build.execute import Executor
@@ -124,10 +125,11 @@ def _expand(scope: Scope, word: str, sources: Sources) -> str:
 
 def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageState,
             merged: Path, tmp: Path, filename: str, label: str,
-            cache_observer: CacheMountObserver | None = None) -> list[str]:
+            cache_observer: CacheMountObserver | None = None,
+            cancel: threading.Event | None = None) -> list[str]:
     """Run the step (`work` is its work) in the sandbox; return the stubs made (for
     `remove_stubs`). `cache_observer` (the build's team cache) hears of the cache mounts the
-    step uses."""
+    step uses; once `cancel` is set the command is killed (`Cancelled`)."""
     from stepbuild.sandbox.spec import SandboxSpec
 
     ids = user_ids(merged, state.user)
@@ -160,7 +162,8 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
             hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
             mounts=tuple(mounts),
         )
-        result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data))
+        result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data),
+                                      cancel=cancel)
     progress.flush_output(label)
     for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind
         progress.note(label, notice)

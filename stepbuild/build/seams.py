@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from stepbuild.build.mounts.cache import CacheMountObserver
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractContextManager
     from pathlib import Path
@@ -88,6 +89,10 @@ class BuildRun(Protocol):
     @property
     def team(self) -> CacheMountObserver | None:
         """The build's team cache, told of the cache mounts its RUN steps use."""
+
+    @property
+    def cancel(self) -> threading.Event:
+        """Set when the build has failed: steps still running stop (`errors.Cancelled`)."""
 
     def read_outside(self, reason: str) -> None:
         """A step read something from outside the build context (a URL, a git repository):

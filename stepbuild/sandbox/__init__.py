@@ -23,13 +23,18 @@ from __future__ import annotations
 import fcntl
 import marshal
 import os
+import select
 import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from stepbuild.errors import SandboxError
+from stepbuild.errors import Cancelled, SandboxError
 from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
+
+if TYPE_CHECKING:
+    import threading
 
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
@@ -38,6 +43,7 @@ _BOOT = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__fil
          "import child; child.main(int(sys.argv[1]))")
 TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
+CANCEL_POLL_MS = 100  # how long a cancelled step may run on before it is killed
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,8 @@ class RunResult:
     notices: tuple[str, ...] = ()
 
 
-def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None) -> RunResult:
+def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
+        cancel: threading.Event | None = None) -> RunResult:
     """Run `spec.argv` in a sandbox over `spec.rootfs`; return when it and all its
     descendants are gone (they share its PID namespace, which dies with it).
 
@@ -59,7 +66,8 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None) -> 
     stdin is /dev/null. Raises SandboxError(op, errno) when the sandbox could not be set up or
     the command could not be executed (a missing program: op "exec NAME", errno ENOENT); a
     command that runs and fails is an exit code, not an exception. The child is killed with
-    SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), or if `on_output` raises.
+    SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), if `on_output` raises, or once
+    `cancel` is set (then `Cancelled` is raised): a failing build stops the steps still running.
     """
     payload = marshal.dumps(child_payload(spec))
     plan_r, plan_w = _pipe()
@@ -77,7 +85,7 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None) -> 
     try:
         _send(plan_w, payload)
         status = _read_all(status_r)
-        tail = _pump(out_r, on_output)
+        tail = _pump(out_r, on_output, cancel)
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     except BaseException:
         os.kill(pid, signal.SIGKILL)
@@ -131,10 +139,22 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _pump(fd: int, on_output: Callable[[bytes], None] | None) -> bytes:
-    """Copy the output pipe to `on_output` until EOF; return the last 64 KiB of it."""
+def _pump(fd: int, on_output: Callable[[bytes], None] | None,
+          cancel: threading.Event | None) -> bytes:
+    """Copy the output pipe to `on_output` until EOF; return the last 64 KiB of it. Raises
+    `Cancelled` once `cancel` is set (looked at every CANCEL_POLL_MS while no output comes)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     tail = bytearray()
-    while chunk := os.read(fd, 65536):
+    while True:
+        if cancel is not None:
+            if cancel.is_set():
+                raise Cancelled("stopped: the build failed elsewhere")
+            if not poller.poll(CANCEL_POLL_MS):
+                continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
         if on_output is not None:
             on_output(chunk)
         tail += chunk

@@ -94,3 +94,24 @@ def test_onbuild_triggers_run_once_in_the_child(sb: Stepbuild, tmp_path: Path) -
     grandchild = write_context(tmp_path / "grand", "FROM child\nRUN echo grand >> /log\n")
     sb.build(grandchild, "-t", "grand")
     assert sb.run("grand", "cat", "/log") == "first\nown\ngrand\n"  # not run a second time
+
+
+def test_a_failing_stage_stops_the_steps_running_beside_it(sb: Stepbuild, tmp_path: Path
+                                                           ) -> None:
+    # Stage slow starts a long RUN; stage bad waits until it has started, then fails. The slow
+    # RUN is killed (its "finished" mark never appears) and bad's error is the one reported
+    # (issue 11, item 17). Without cancelling, the build would wait for the 60 s sleep.
+    cache = "--mount=type=cache,target=/c,id=cancel-test,sharing=shared"
+    context = write_context(tmp_path / "ctx", (
+        f"FROM base AS slow\nRUN {cache} sh -c 'echo started > /c/s; sleep 60; "
+        "echo finished > /c/f'\n"
+        f"FROM base AS bad\nRUN {cache} sh -c 'while [ ! -e /c/s ]; do sleep 0.05; done; "
+        "exit 7'\n"
+        "FROM base\nCOPY --from=slow /etc/hostname /a\nCOPY --from=bad /etc/hostname /b\n"))
+    result = sb.build(context, "--jobs", "2", check=False)
+    assert result.returncode == 1
+    assert "exit code 7" in result.stderr or "exit status 7" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    [data] = [p for p in (sb.root / "cache-mounts").glob("*/data") if (p / "s").exists()]
+    assert not (data / "f").exists()
+    assert not list((sb.root / "tmp").glob("step-*"))  # the killed step left nothing behind
