@@ -4,6 +4,10 @@ An OCI layout: `blobs/sha256/<hex>` holds the gzip-compressed layers, `keys/<key
 small record per step key, `cache-mounts/<hash>.json` one per exported cache mount. Every file
 is written to a temp name in DIR, fsynced and renamed into place; a blob that exists is done;
 no shared index is ever rewritten, so several builders may export into one DIR at once.
+
+The directory is shared by a team, so it is read as untrusted (`fs/untrusted.py`): a record or
+blob that is a FIFO, a device or a symlink, or a record over `MAX_RECORD`, is a `CacheError`
+(a warning and a miss), never an open that waits forever or a read of everything into memory.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepbuild.fs.durable import replacing
+from stepbuild.fs.untrusted import UntrustedFileError, copy_regular, read_regular
 from stepbuild.teamcache.records import CacheError, check_mount_record, check_record
 
 if TYPE_CHECKING:
@@ -22,6 +27,10 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
 CHUNK = 1 << 20
+# A record is one small JSON object: a key, a layer descriptor and the step's created_by text
+# (a few hundred bytes; a RUN with a long heredoc some KiB). 1 MiB is far above any real one and
+# still cheap to hold in memory and parse.
+MAX_RECORD = 1 << 20
 
 
 class LocalDir:
@@ -47,9 +56,11 @@ class LocalDir:
     def _read_json(path: Path, what: str) -> Any:
         """A record file's JSON, None when absent; CacheError when unreadable or malformed."""
         try:
-            data = path.read_bytes()
+            data = read_regular(path, MAX_RECORD)
         except FileNotFoundError:
             return None
+        except UntrustedFileError as exc:
+            raise CacheError(f"{what} {exc}") from None
         except OSError as exc:
             raise CacheError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
@@ -58,8 +69,12 @@ class LocalDir:
             raise CacheError(f"{what} {path} does not parse") from None
 
     def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
+        # At most the record's size is copied: the caller checks the digest and size of what
+        # was copied (docs/security.md rule 4).
         try:
-            shutil.copyfile(self._blob(layer["digest"]), dest)
+            copy_regular(self._blob(layer["digest"]), dest, layer["size"])
+        except UntrustedFileError as exc:
+            raise CacheError(f"blob {layer['digest']} in {self.root}: {exc}") from None
         except OSError as exc:
             raise CacheError(f"cannot read blob {layer['digest']} in {self.root}: "
                              f"{exc.strerror or exc}") from None

@@ -3,9 +3,9 @@
 Builder A builds and exports; builder B — an empty store (plus the same busybox `base`), the
 context copied elsewhere — imports: every step is CACHED, B's image carries A's random token
 (the expensive step did not run again) and has A's digest. A corrupt record or blob in the
-cache degrades to a miss with a warning. Four builders exporting into one directory at once
-all succeed and leave every entry readable. The registry backend does the same through a real
-docker-registry.
+cache degrades to a miss with a warning, and so does a record that is a FIFO (never a hang).
+Four builders exporting into one directory at once all succeed and leave every entry readable.
+The registry backend does the same through a real docker-registry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,30 @@ def test_corrupt_blob_is_a_miss(work: Path,
     assert step_lines(stderr)[-3] == "DONE"
     assert b.run("app") != a.run("app")  # the wrong layer was not used
     assert not any(p.name.startswith(("cache-", "ingest-")) for p in (b.root / "tmp").iterdir())
+
+
+def test_a_fifo_record_is_a_miss_not_a_hang(work: Path,
+                                           exported: tuple[Stepbuild, Path, Path, str]) -> None:
+    """A teammate replaced a record of the shared dir with a FIFO: opening it for reading
+    would wait forever for a writer. The build must warn, run the step and finish (the
+    Stepbuild call's timeout fails the test if it hangs)."""
+    import os
+
+    a, context_a, cache, _ = exported
+    bad = _copy_cache(cache, work / "bad-fifo")
+    token_key = next(r["key"] for r in read_all(cache) if "sleep 1" in r["created_by"])
+    record = bad / "keys" / f"{token_key}.json"
+    record.unlink()
+    os.mkfifo(record)
+    b, context_b = fresh_b(work, "b-fifo", context_a)
+    try:
+        _, stderr = build_app(b, context_b, "--cache-from", f"type=local,src={bad}")
+    finally:
+        with suppress(OSError):  # a hung reader (a regression) is let go
+            os.close(os.open(record, os.O_WRONLY | os.O_NONBLOCK))
+    assert "warning:" in stderr and "not a regular file" in stderr, stderr
+    assert step_lines(stderr)[-3] == "DONE"  # the token step ran again
+    assert b.run("app") != a.run("app")
 
 
 def test_a_record_for_a_wrong_layer_is_a_miss(work: Path,
