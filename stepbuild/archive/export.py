@@ -20,6 +20,9 @@ if given, else the build's `-t` tags, else the image argument of `export` when i
 What goes into each archive: `write.py`.
 
 Destinations (decided; checked before a build starts, `check_destination`):
+- Missing parent directories of `dest` are created when the output is written, as `mkdir -p`
+  does (0777 less the umask), for every type (`docker buildx build -o type=local,dest=a/b/c`
+  does so too). The nearest existing ancestor must be a directory (or a symlink to one).
 - Files (oci, docker, tar) are written to a temp file beside `dest`, fsynced and renamed over
   it: an existing file is replaced whole or not at all; a directory there is refused.
 - oci-layout: a missing or empty dir becomes a new layout (built beside it, renamed into
@@ -158,9 +161,7 @@ def check_destination(output: Output) -> None:
     """Refuse now (`UsageError`) an output that could not be written, so that a build does
     not run for nothing. Called again when writing."""
     dest = output.dest
-    parent = dest.parent
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {dest}: {parent} is not a directory")
+    _missing_parents(dest)
     if output.type in FILE_TYPES:
         if dest.is_dir():
             raise UsageError(f"cannot write {dest}: it is a directory",
@@ -169,6 +170,33 @@ def check_destination(output: Output) -> None:
         _local_state(dest)
     else:
         _layout_state(dest)
+
+
+def _missing_parents(dest: Path) -> list[Path]:
+    """The parents of `dest` that do not exist yet, outermost first; `UsageError` if the
+    nearest one that exists is not a directory (a file, a dangling symlink)."""
+    missing = []
+    parent = dest.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {dest}: {parent} is not a directory")
+    return missing[::-1]
+
+
+def _make_parents(dest: Path) -> None:
+    """Create the missing parents of `dest` as `mkdir -p` does (0777 less the umask); each
+    new directory is fsynced into its parent, as the renames that follow are."""
+    for directory in _missing_parents(dest):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue  # made meanwhile by someone else; the next mkdir or write checks it
+        except OSError as exc:
+            raise UsageError(f"cannot write {dest}: cannot create {directory}: "
+                             f"{exc.strerror}") from None
+        fsync_dir(directory.parent)
 
 
 def _dir_state(dest: Path) -> str:
@@ -229,6 +257,7 @@ def export_image(store: Store, image: str, outputs: Sequence[Output], *,
 def _export_one(store: Store, source: ImageSource, output: Output, compression: str,
                 names: Sequence[str]) -> Exported:
     kind, dest = output.type, output.dest
+    _make_parents(dest)
     if kind in COMPRESSED_TYPES:
         image = oci_image(store, source, output.compression or compression)
         if kind == "oci":

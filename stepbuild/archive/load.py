@@ -8,8 +8,10 @@ Two entry points:
   tar: `buildah push … oci-archive:`, `skopeo copy … oci-archive:`). The stream may be gzip or
   zstd compressed (`docker save | gzip`). Every image in it is imported and tagged with its
   names: a docker archive's `RepoTags`, an OCI archive's `org.opencontainers.image.ref.name`
-  annotations, each in Docker's familiar form (`docker.io/library/foo:1` → `foo:1`). An
-  index entry (a multi-platform image) gives the manifest of this machine's platform.
+  annotations that are references (`app:1`, not a bare tag such as `latest`: an image with
+  no name is loaded untagged, and the CLI prints its digest), each in Docker's familiar form
+  (`docker.io/library/foo:1` → `foo:1`). An index entry (a multi-platform image) gives the
+  manifest of this machine's platform.
 - `import_base(store, name)`: FROM `oci-archive:PATH[:REF]`, `oci-layout:DIR[:REF]`,
   `docker-archive:PATH[:NAME:TAG|:@INDEX]`. The syntax and the choice of image are buildah's
   (containers/image transports; checked with buildah 1.28 here): PATH ends at the first `:`;
@@ -305,6 +307,7 @@ def _oci_images(source: Source) -> list[tuple[_Image, tuple[str, ...]]]:
     for entry in index.manifests:
         annotations = entry.annotations or {}
         names = tuple(n for n in (annotations.get(_CONTAINERD_NAME), entry.ref_name) if n)
+        tags = tuple(n for n in names if _is_image_name(n))
         manifest_desc = _platform_manifest(source, entry, 0)
         manifest = oci.Manifest.from_bytes(
             _read_blob(source, manifest_desc, MAX_DOCUMENT), f"manifest {manifest_desc.digest}")
@@ -317,8 +320,17 @@ def _oci_images(source: Source) -> list[tuple[_Image, tuple[str, ...]]]:
                                       f"cannot unpack a layer of media type {desc.media_type}")
             layers.append(_Layer(_blob_name(desc.digest), desc, diff_id))
         image = _Image(config, diff_ids, tuple(layers), manifest.annotations, names)
-        images.append((image, tuple(dict.fromkeys(_familiar(n) for n in names))))
+        images.append((image, tuple(dict.fromkeys(_familiar(n) for n in tags))))
     return images
+
+
+def _is_image_name(ref_name: str) -> bool:
+    """Whether an OCI ref name is a reference (`app:1`, `example.com/app`) and so may name
+    the loaded image. A bare component (`latest`, `v1`, as `skopeo copy … oci-archive:x.tar:v1`
+    and buildah write) is a tag within the archive, not a repository: Docker's load (through
+    containerd) ignores such a name too; podman would make it `localhost/latest:latest`
+    (podman#11553). It still selects the image for FROM `oci-archive:x.tar:latest`."""
+    return any(c in ref_name for c in "/:@")
 
 
 def _platform_manifest(source: Source, desc: oci.Descriptor, depth: int) -> oci.Descriptor:

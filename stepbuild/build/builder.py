@@ -23,6 +23,7 @@ from stepbuild.build.plan import (
     Scope,
     Stage,
     Stages,
+    check_platforms,
     declare_arg,
     expand_at,
     global_args,
@@ -146,6 +147,7 @@ class Builder:
         globals_ = global_args(stages, options.build_args, stepfile.escape)
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         needed = needed_stages(target.index, graph)
+        check_platforms(stages, needed, globals_, stepfile.escape)
         team = None
         if options.cache_from or options.cache_to:
             team = self.team_cache(self.store, options, self.progress.warn, misses)

@@ -6,14 +6,15 @@ This module owns Docker's scoping rules, as pure functions over values:
 - inside a stage an ARG declares a variable: its value is the `--build-arg`, else the global
   value when redeclared without a default, else its own default (expanded), else unset;
 - ENV values override ARGs of the same name, in expansion and in a RUN's environment;
-- platform ARGs are predefined in the global scope; proxy ARGs need no declaration.
+- platform ARGs are predefined in the global scope; proxy ARGs need no declaration;
+- builds are native: a FROM --platform other than this machine's is refused (`check_platforms`).
 No I/O and no building here.
 """
 
 from __future__ import annotations
 
 import platform as host_platform
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from stepbuild.build.keys import PROXY_ARGS
@@ -94,13 +95,67 @@ def located(kind: type[PlanError], filename: str, instruction: ins.Instruction,
 
 def platform_args() -> dict[str, str]:
     """The predefined platform ARGs (BuildKit's), for a native build on this machine."""
-    machine = host_platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+    arch = _host_arch()
     value = f"linux/{arch}"
     return {
         "BUILDPLATFORM": value, "BUILDOS": "linux", "BUILDARCH": arch, "BUILDVARIANT": "",
         "TARGETPLATFORM": value, "TARGETOS": "linux", "TARGETARCH": arch, "TARGETVARIANT": "",
     }
+
+
+def _host_arch() -> str:
+    machine = host_platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
+# containerd's platforms.Normalize: other spellings of an architecture (and its variant), and
+# the variant an architecture has when none is written (amd64 is amd64/v1, arm64 arm64/v8).
+_ARCH_ALIASES = {"x86_64": ("amd64", ""), "x86-64": ("amd64", ""), "aarch64": ("arm64", ""),
+                 "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", "")}
+_DEFAULT_VARIANTS = {"amd64": "v1", "arm64": "v8", "arm": "v7"}
+_OSES = frozenset({"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris",
+                   "illumos", "aix", "android", "ios", "plan9", "js", "wasip1"})
+
+
+def normalise_platform(text: str) -> tuple[str, str, str] | None:
+    """(os, architecture, variant) of `os[/arch[/variant]]` or a bare `arch`, in containerd's
+    normal form (lower case, aliases resolved, the default variant written out), the missing
+    parts taken from this machine; None if it is no platform."""
+    parts = text.lower().split("/")
+    if len(parts) > 3 or not all(parts):
+        return None
+    if len(parts) == 1:
+        parts = [parts[0], _host_arch()] if parts[0] in _OSES else ["linux", parts[0]]
+    os_name, arch, variant = parts[0], parts[1], parts[2] if len(parts) == 3 else ""
+    arch, alias_variant = _ARCH_ALIASES.get(arch, (arch, ""))
+    return os_name, arch, variant or alias_variant or _DEFAULT_VARIANTS.get(arch, "")
+
+
+def check_platforms(stages: Stages, needed: Iterable[int], globals_: Mapping[str, str],
+                    escape: str) -> None:
+    """Refuse (PlanError at the FROM) a `FROM --platform` of a needed stage that is not this
+    machine's, after expansion: there are no multi-platform or emulated builds yet, and
+    building the host's platform instead would be silently wrong. `linux/amd64`,
+    `linux/amd64/v1`, `linux/x86_64`, `amd64` and `$BUILDPLATFORM`/`$TARGETPLATFORM` are all
+    accepted on an amd64 machine."""
+    scope = Scope(escape, globals_)
+    host = platform_args()["BUILDPLATFORM"]
+    for index in needed:
+        base = stages.stages[index].base
+        if not base.platform:
+            continue
+        wanted = expand_at(scope, stages.filename, base, base.platform)
+        normal = normalise_platform(wanted)
+        if normal is None:
+            raise located(PlanError, stages.filename, base,
+                          f"--platform={wanted}: not a platform",
+                          hint="os/arch[/variant], e.g. linux/amd64")
+        if normal != normalise_platform(host):
+            raise located(PlanError, stages.filename, base,
+                          f"--platform={wanted}: this build runs {host} only; "
+                          "multi-platform builds are not supported yet",
+                          hint=f"remove --platform, or use --platform={host} "
+                               "(or $BUILDPLATFORM)")
 
 
 @dataclass(frozen=True, slots=True)

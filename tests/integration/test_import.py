@@ -79,7 +79,7 @@ def config_json(diff_ids: list[str], **extra: Any) -> bytes:
                        "rootfs": {"type": "layers", "diff_ids": diff_ids}, **extra}).encode()
 
 
-def oci_files(layers: list[bytes], kind: str = "gzip", ref: str | None = "v1"
+def oci_files(layers: list[bytes], kind: str = "gzip", ref: str | None = "app:v1"
               ) -> tuple[dict[str, bytes], dict[str, Any]]:
     """The files of an OCI layout holding one image; and its digests (for tampering)."""
     files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}
@@ -162,7 +162,7 @@ def test_corpus_as_a_layer(place: Place, name: str) -> None:
         place.check(tags=0)
     else:
         [image] = place.load(pack(files))
-        assert image.names == ("v1",)
+        assert image.names == ("app:v1",)
         assert case.check is not None
         case.check(place.store.layer_dir(meta["diff_ids"][1]))
         place.check(tags=1)
@@ -348,7 +348,7 @@ def test_legacy_docker_archive_with_symlinked_layers(place: Place) -> None:
 
 
 def test_multi_image_archive_and_platform_index(place: Place) -> None:
-    files, meta = oci_files([BASE_LAYER], "zstd", ref="one")
+    files, meta = oci_files([BASE_LAYER], "zstd", ref="one:1")
     files2, meta2 = oci_files([BASE_LAYER, tar(reg("two", b"2"))], "none", ref=None)
     files.update({k: v for k, v in files2.items() if k.startswith("blobs/")})
     index = json.loads(files["index.json"])
@@ -377,7 +377,8 @@ def test_multi_image_archive_and_platform_index(place: Place) -> None:
         with pytest.raises(ImageNotFound):
             import_base(place.store, f"oci-archive:{archive}:three")
         loaded = place.load(archive.read_bytes())
-        assert [i.names for i in loaded] == [("one",), ("two",)]
+        # a bare tag (`two`) chooses the FROM image, but names no image: loaded untagged
+        assert [i.names for i in loaded] == [("one:1",), ()]
         index["manifests"][1]["digest"] = sha256_bytes(nested.replace(b"amd64", b"s390x"))
         files["blobs/sha256/" + index["manifests"][1]["digest"][7:]] = \
             nested.replace(b"amd64", b"s390x")
@@ -386,13 +387,13 @@ def test_multi_image_archive_and_platform_index(place: Place) -> None:
             place.load(pack(files))
     finally:
         archive.unlink()
-    place.check(tags=2)
+    place.check(tags=1)
 
 
 def test_image_without_layers(place: Place) -> None:
     files, _ = oci_files([], "none")
     [image] = place.load(pack(files))
-    assert image.names == ("v1",)
+    assert image.names == ("app:v1",)
     place.check(tags=1)
 
 
@@ -487,8 +488,11 @@ def test_skopeo_archives_round_trip(tmp_path: Path) -> None:
     with open(oci, "rb") as f:
         out = subprocess.run([*fresh_cmd(fresh), "load"], stdin=f, capture_output=True,
                              text=True, check=True)
-    assert out.stdout == "Loaded image: bar\n"
-    for name in ("foo:1", "bar"):
+    # skopeo wrote the ref name `bar`, a bare tag: no name, the image is loaded by its digest
+    assert out.stdout.startswith("Loaded image ID: sha256:")
+    bar = out.stdout.split()[-1]
+    assert [line.split()[0] for line in fresh("images").stdout.splitlines()] == ["NAME", "foo:1"]
+    for name in ("foo:1", bar):
         loaded = json.loads(fresh("inspect", name).stdout)
         assert loaded["config"]["rootfs"] == original["config"]["rootfs"]
         assert loaded["manifest"]["config"]["digest"] == original["manifest"]["config"]["digest"]
@@ -529,9 +533,10 @@ def test_whiteouts_and_opaque_dirs_survive_skopeo(tmp_path: Path) -> None:
     subprocess.run([skopeo, "copy", "-q", "--dest-compress", "--dest-compress-format", "zstd",
                     f"oci:{sb.root}:wh:1", f"oci-archive:{archive}:v1"], check=True, timeout=60)
     fresh = Stepbuild(tmp_path / "fresh")
-    assert fresh("load", "-i", str(archive)).stdout == "Loaded image: v1\n"
+    loaded = fresh("load", "-i", str(archive)).stdout
+    assert loaded.startswith("Loaded image ID: sha256:")  # `v1` is a tag, not a name
     before = sb.run("wh:1", "sh", "-c", LISTING)
-    after = fresh.run("v1", "sh", "-c", LISTING)
+    after = fresh.run(loaded.split()[-1], "sh", "-c", LISTING)
     assert "/opt/app|41c8|33|33|4096|1000000000|" in after  # inherited from the layer below
     assert "/srv/data/new" in after and "/srv/data/g" not in after and "/bin/vi|" not in after
     assert after == before
@@ -590,7 +595,7 @@ def test_parallel_loads_of_one_archive(tmp_path: Path) -> None:
              for _ in range(4)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outs
-    assert all(out == "Loaded image: v1\n" for out, _ in outs)
+    assert all(out == "Loaded image: app:v1\n" for out, _ in outs)
     assert sorted(os.listdir(sb.root / "layers")) == sorted(d[7:] for d in meta["diff_ids"])
     assert sb("check").stdout == "store is consistent\n"
     assert os.listdir(sb.root / "tmp") == []

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.archive.export import Output, check_destination, export_image, parse_output
+from stepbuild.archive.export import (
+    OUTPUT_TYPES,
+    Output,
+    check_destination,
+    export_image,
+    parse_output,
+)
 from stepbuild.errors import DigestMismatch, LayerError, StepbuildError, UsageError
 from stepbuild.layers.flatten import flatten
 from stepbuild.layers.tar import DIRTYPE, END_OF_ARCHIVE, REGTYPE, SYMTYPE, Header, encode_header
@@ -60,15 +66,52 @@ def test_destinations(tmp_path: Path) -> None:
     (tmp_path / "full" / "x").write_text("x")
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to("nowhere")
     ok = [("oci", "new.tar"), ("oci", "file"), ("local", "empty"), ("local", "new"),
-          ("oci-layout", "empty"), ("tar", "file")]
+          ("oci-layout", "empty"), ("tar", "file"), ("oci", "missing/x.tar"),
+          ("local", "missing/a/b")]
     bad = [("oci", "full"), ("local", "full"), ("local", "file"), ("oci-layout", "full"),
-           ("oci", "missing/x.tar")]
+           ("oci", "file/x.tar"), ("local", "file/a/b"), ("tar", "dangling/a/r.tar")]
     for kind, name in ok:
         check_destination(Output(kind, tmp_path / name))
     for kind, name in bad:
         with pytest.raises(UsageError):
             check_destination(Output(kind, tmp_path / name))
+
+
+def test_missing_parents_are_created(tmp_path: Path) -> None:
+    """Every output type makes the missing parents of its dest as `mkdir -p` does (0777 less
+    the umask), like `docker buildx build -o type=local,dest=a/b/c`; checking makes none."""
+    store = Store(tmp_path / "store")
+    _image(store, _dir("etc") + _entry("etc/x", data=b"x") + END_OF_ARCHIVE)
+    outputs = [Output(kind, tmp_path / "out" / kind / "deeper" / name)
+               for kind, name in (("oci", "a.tar"), ("oci-layout", "layout"),
+                                  ("docker", "d.tar"), ("local", "rootfs"), ("tar", "r.tar"))]
+    for output in outputs:
+        check_destination(output)
+    assert not (tmp_path / "out").exists()
+    old = os.umask(0o027)
+    try:
+        export_image(store, "app:1", outputs)
+    finally:
+        os.umask(old)
+    for output in outputs:
+        assert os.path.lexists(output.dest)
+        for parent in (output.dest.parent, output.dest.parent.parent):
+            assert parent.stat().st_mode & 0o7777 == 0o750
+    assert (tmp_path / "out").stat().st_mode & 0o7777 == 0o750
+    assert (tmp_path / "out" / "local" / "deeper" / "rootfs" / "etc" / "x").read_text() == "x"
+    assert sorted(os.listdir(tmp_path / "out" / "oci" / "deeper")) == ["a.tar"]  # no temp left
+
+
+def test_a_file_on_the_way_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    _image(store, b"x")
+    (tmp_path / "file").write_text("x")
+    for kind in OUTPUT_TYPES:
+        with pytest.raises(UsageError, match="file is not a directory"):
+            export_image(store, "app:1", [Output(kind, tmp_path / "file" / "sub" / "dest")])
+    assert (tmp_path / "file").read_text() == "x"
 
 
 # --- OCI and docker archives of a store image (layers need not be real tars here) ---------------

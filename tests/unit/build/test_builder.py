@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from stepbuild.build.builder import Builder, BuildOptions, BuildResult, whole_store
-from stepbuild.errors import StepFailed
+from stepbuild.errors import PlanError, StepFailed
 from stepbuild.frontend.parse import parse
 from stepbuild.progress import Progress
 from stepbuild.teamcache.cache import CacheSpec
@@ -291,3 +291,51 @@ def test_only_the_real_store_reaches_what_takes_the_whole_store() -> None:
     # rather than failing somewhere inside them.
     with pytest.raises(TypeError, match="FakeStore is not a store.Store"):
         whole_store(FakeStore({}))
+
+
+@pytest.fixture
+def amd64_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stepbuild.build.plan._host_arch", lambda: "amd64")
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64", "$BUILDPLATFORM", "${TARGETPLATFORM}",
+                                      "linux/amd64/v1", "Linux/x86_64", "amd64", "linux",
+                                      "$TARGETOS/$TARGETARCH", ""])
+def test_from_platform_of_this_machine_builds(amd64_host: None, platform: str) -> None:
+    world = World()
+    result = world.build(f"FROM --platform={platform} scratch\nRUN make\n")
+    assert world.executor.ran == ["RUN make"]
+    assert result.state.diff_ids == (layer("RUN make"),)
+
+
+@pytest.mark.parametrize(("from_line", "shown"), [
+    ("FROM --platform=linux/arm64 scratch", "linux/arm64"),
+    ("FROM --platform=$ARCH scratch", "linux/arm64"),  # ARG ARCH=linux/arm64 above
+    ("FROM --platform=linux/amd64/v3 scratch", "linux/amd64/v3"),
+    ("FROM --platform=windows/amd64 scratch", "windows/amd64"),
+    ("FROM --platform=arm64 scratch", "arm64"),
+])
+def test_from_platform_of_another_machine_is_refused_before_any_step(
+        amd64_host: None, from_line: str, shown: str) -> None:
+    world = World()
+    stepfile = ("ARG ARCH=linux/arm64\nFROM scratch AS first\nRUN make\n"
+                f"{from_line} AS second\nCOPY --from=first /a /a\n")
+    with pytest.raises(PlanError) as refused:
+        world.build(stepfile)
+    assert refused.value.message == (f"--platform={shown}: this build runs linux/amd64 only; "
+                                      "multi-platform builds are not supported yet")
+    assert refused.value.render().startswith(f"Stepfile:4:1: --platform={shown}:")
+    assert world.executor.ran == []  # refused before the first stage ran
+    assert world.store.layers == set()
+
+
+def test_a_platform_that_is_no_platform_is_refused(amd64_host: None) -> None:
+    with pytest.raises(PlanError, match="--platform=linux/amd64/v1/x: not a platform"):
+        World().build("FROM --platform=linux/amd64/v1/x scratch\n")
+
+
+def test_a_stage_the_target_does_not_need_may_name_another_platform(amd64_host: None) -> None:
+    world = World()
+    world.build("FROM --platform=linux/arm64 scratch AS other\nRUN other\n"
+                "FROM scratch\nRUN make\n")
+    assert world.executor.ran == ["RUN make"]
