@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.build import keys
+from stepbuild.build import keys, users
 from stepbuild.build.copy_files import (
     Copier,
     Owner,
@@ -132,6 +132,13 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     inline = [(s.name, scope.expand(s.data) if s.expand else s.data) for s in copy.inline]
     dest = destination(scope.expand(copy.dest), state.workdir)
     chown = scope.expand(copy.chown) if copy.chown else None
+    where = f"{run.stages.filename}:{copy.loc.line}:{copy.loc.column}"
+    if chown:
+        try:
+            numeric_owner(chown)  # an id out of range is the Stepfile's fault: say so now
+        except users.UserError as exc:
+            raise located(PlanError, run.stages.filename, copy,
+                          f"--chown={chown}: {exc.message}") from None
     keep_git_dir = isinstance(copy, ins.Add) and copy.keep_git_dir
     inputs: dict[str, Any] = {
         "op": word.lower(), "selection": selection.digest() if selection else None,
@@ -150,7 +157,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     if copy.link:
         inputs["link"] = True
         if chown:
-            owner = _parent_owner(executor, state, chown, run)
+            owner = _parent_owner(executor, state, chown, run, where)
             inputs["owner"] = [owner.uid, owner.gid]
     key = keys.step_key(LINK_PARENT if copy.link else state.key, inputs)
     flags = "".join(f" {flag}" for flag, on in (
@@ -166,7 +173,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
         owner=owner, chmod=int(chmod, 8) if chmod else None,
         unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
-        where=f"{run.stages.filename}:{copy.loc.line}")
+        where=where)
     return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
                         link=copy.link)
 
@@ -214,16 +221,16 @@ class _GitInput:
     written: str
 
 
-def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildRun
-                  ) -> Owner:
+def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildRun,
+                  where: str) -> Owner:
     """--link --chown: names are looked up in the parent image, mounted read-only."""
-    uid, _, gid = chown.partition(":")
-    if uid.isdigit() and (gid.isdigit() or not gid):
-        return Owner(int(uid), int(gid or uid))  # nothing to look up
+    owner = numeric_owner(chown.removesuffix(":"))  # here "uid:" is uid:uid too
+    if owner is not None:
+        return owner  # nothing to look up
     run.need_layers(state)
     lowers = [executor.store.layer_dir(d) for d in reversed(state.diff_ids)]
     with overlay.mounted_readonly(executor.scratch_file("chown"), lowers) as root:
-        return chown_owner(root, chown)
+        return chown_owner(root, chown, where)
 
 
 def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
@@ -274,7 +281,8 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
 
 def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
               work: CopyWork, merged: Path, tmp: Path) -> None:
-    owner = work.owner or (chown_owner(merged, work.chown) if work.chown else Owner())
+    owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
+                           else Owner())
     place = Placement(work.dest, owner, work.chmod)
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
@@ -305,13 +313,26 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
             copier.close()
 
 
-def chown_owner(root: Path, chown: str) -> Owner:
-    """--chown: names resolved in the image; a lone numeric uid is also the gid (Dockerfile
-    reference: "providing a UID without a GID uses the UID as the GID")."""
-    if chown.isdigit():
-        return Owner(int(chown), int(chown))
-    ids = user_ids(root, chown)
+def chown_owner(root: Path, chown: str, where: str) -> Owner:
+    """--chown: names resolved in the image `root`; errors located at `where` ("FILE:LINE:COL")."""
+    try:
+        owner = numeric_owner(chown)
+        if owner is not None:
+            return owner
+        ids = user_ids(root, chown)
+    except users.UserError as exc:  # a name the image lacks, an id out of range, no passwd
+        raise BuildError(f"{where}: --chown={chown}: {exc.message}", hint=exc.hint) from None
     return Owner(ids.uid, ids.gid)
+
+
+def numeric_owner(chown: str) -> Owner | None:
+    """`uid[:gid]` given as numbers, else None (names to look up). A lone uid is also the gid
+    (Dockerfile reference: "providing a UID without a GID uses the UID as the GID").
+    UserError for an id out of range."""
+    uid, colon, gid = chown.partition(":")
+    if not users.is_numeric(uid) or not (users.is_numeric(gid) or not colon):
+        return None  # "uid:" too: the group is then the user's primary group, from passwd
+    return Owner(users.numeric_id(uid, "uid"), users.numeric_id(gid or uid, "gid"))
 
 
 def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place: Placement,

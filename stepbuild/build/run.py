@@ -130,7 +130,13 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     step uses."""
     from stepbuild.sandbox.spec import SandboxSpec
 
-    ids = user_ids(merged, state.user)
+    loc = step.instruction.loc
+    where = f"{filename}:{loc.line}:{loc.column}"
+    try:
+        ids = user_ids(merged, state.user)
+    except users.UserError as exc:  # USER names no one in the image, or an id out of range
+        user = f"USER {state.user}: " if state.user else ""
+        raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
     etc = tmp / "etc"
     write_etc_files(etc, HOSTNAME)
     stubs = _make_stubs(merged)
@@ -242,10 +248,18 @@ def user_ids(root: Path, user: str) -> users.Ids:
 
 
 def _read_image_file(root: Path, path: str) -> str:
+    """The image's `path` as text, "" when it has none; UserError when it cannot be read
+    (a symlink loop, a directory, ...): the ids cannot be known without it."""
     try:
         return rootpath.read_file_in_root(root, path).decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         return ""
+    except OSError as exc:
+        raise users.UserError(f"cannot read {path} in the image: {exc.strerror or exc}"
+                              ) from None
+    except ValueError:  # not a regular file, or too large to be trusted whole
+        raise users.UserError(f"cannot read {path} in the image: not a regular file of at"
+                              " most 1 MiB") from None
 
 
 def write_etc_files(etc: Path, hostname: str) -> None:
