@@ -57,7 +57,7 @@ from stepbuild.build.plan import Scope, located
 from stepbuild.build.run import user_ids
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
-from stepbuild.errors import BuildError, ContextError, PlanError
+from stepbuild.errors import BuildError, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs import rootpath
 from stepbuild.layers.unpack import is_archive, unpack_archive
@@ -81,7 +81,8 @@ class CopyWork:
     the heredocs (name, body), the URLs downloaded and the git commits resolved; where they go
     and with which owner and mode. `owner` is the `--link --chown` owner, resolved in the
     parent; otherwise `chown` is resolved in the image when copying. `unpack`: an ADD of a
-    local archive unpacks it. `where` ("Stepfile:LINE") locates errors while copying."""
+    local archive unpacks it. `where` ("Stepfile:LINE:COLUMN") locates errors while copying;
+    `origin` names the `--from` source for them (`stage "build"`, `image "alpine"`)."""
 
     dest: str
     selection: Selection | None
@@ -99,6 +100,7 @@ class CopyWork:
     chmod: int | None
     unpack: bool
     where: str
+    origin: str = ""
 
 
 def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
@@ -173,7 +175,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
         owner=owner, chmod=int(chmod, 8) if chmod else None,
         unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
-        where=where)
+        where=where, origin=_origin(copy, scope, run) if source else "")
     return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
                         link=copy.link)
 
@@ -251,6 +253,20 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
     return state
 
 
+def _origin(copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun) -> str:
+    """`stage "NAME"` or `image "NAME"`: what a `COPY --from` reads, for its errors."""
+    name = scope.expand(copy.from_) if isinstance(copy, ins.Copy) and copy.from_ else ""
+    return f'{"stage" if run.stages.find(name) is not None else "image"} "{name}"'
+
+
+def _from_error(exc: ContextError, work: CopyWork) -> BuildError:
+    """A source error of `COPY --from`, said of the stage or image (no build context hint)."""
+    if isinstance(exc, SourceNotFound):
+        why = "excluded by --exclude" if exc.excluded else "no such file or directory"
+        return BuildError(f"{work.where}: COPY --from: {exc.source}: {why} in {work.origin}")
+    return BuildError(f"{work.where}: COPY --from ({work.origin}): {exc.message}")
+
+
 def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> str:
     if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
         raise located(PlanError, run.stages.filename, copy,
@@ -275,7 +291,10 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
     with overlay.mounted_readonly(tmp / "from", lowers) as root:
         context = BuildContext(root)
-        selection, layout = select(context, work.sources, work.excludes, work.parents)
+        try:
+            selection, layout = select(context, work.sources, work.excludes, work.parents)
+        except ContextError as exc:  # its hint speaks of the build context: not this one
+            raise _from_error(exc, work) from None
         _copy_all(context, selection, layout, work, merged, tmp)
 
 

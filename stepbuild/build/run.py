@@ -160,12 +160,15 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
             mounts += done.mounts
             env = with_env(env, done.env)
-        spec = SandboxSpec(
-            rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
-            cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-            hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
-            mounts=tuple(mounts),
-        )
+        try:
+            spec = SandboxSpec(
+                rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
+                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+                hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
+                mounts=tuple(mounts),
+            )
+        except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
+            raise BuildError(f"{where}: cannot run this step: {exc}") from None
         result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data))
     progress.flush_output(label)
     for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind

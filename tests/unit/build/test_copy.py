@@ -1,5 +1,5 @@
 """COPY/ADD --chown: numeric owners without a lookup, ids out of range refused, and lookup
-errors located at the instruction."""
+errors located at the instruction; `COPY --from` source errors said of the stage."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.copy import chown_owner, numeric_owner
+from stepbuild.build.copy import CopyWork, _from_error, chown_owner, numeric_owner, select
 from stepbuild.build.copy_files import Owner
 from stepbuild.build.users import UserError
-from stepbuild.errors import BuildError
+from stepbuild.errors import BuildError, ContextError, SourceNotFound
+from stepbuild.sources.context import BuildContext
 
 
 @pytest.mark.parametrize(("chown", "expected"), [
@@ -42,3 +43,38 @@ def test_chown_with_a_passwd_loop_is_located(tmp_path: Path) -> None:
     (tmp_path / "etc" / "passwd").symlink_to("/etc/passwd")
     with pytest.raises(BuildError, match="Stepfile:2:1: --chown=app: cannot read /etc/passwd"):
         chown_owner(tmp_path, "app", "Stepfile:2:1")
+
+
+def from_work(origin: str) -> CopyWork:
+    return CopyWork(
+        dest="/x", selection=None, layout=None, source=None, sources=("/missing",), excludes=(),
+        parents=False, inline=(), downloads=(), git=(), keep_git_dir=False, chown=None,
+        owner=None, chmod=None, unpack=False, where="Stepfile:3:1", origin=origin)
+
+
+def test_missing_source_is_source_not_found(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound) as caught:
+        select(BuildContext(tmp_path), ["/missing"], [], False)
+    assert caught.value.source == "/missing" and not caught.value.excluded
+
+
+def test_from_missing_source_names_the_stage_not_the_context(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound) as caught:
+        select(BuildContext(tmp_path), ["/missing"], [], False)
+    error = _from_error(caught.value, from_work('stage "build"'))
+    assert error.message == ('Stepfile:3:1: COPY --from: /missing: no such file or directory'
+                             ' in stage "build"')
+    assert error.hint is None  # no word of the build context or .dockerignore
+    assert error.exit_code == 1
+
+
+def test_from_excluded_source() -> None:
+    error = _from_error(SourceNotFound("/a.txt", excluded=True), from_work('image "alpine"'))
+    assert error.message.endswith('/a.txt: excluded by --exclude in image "alpine"')
+
+
+def test_from_other_source_errors_keep_their_message() -> None:
+    error = _from_error(ContextError("empty COPY source", hint="about the context"),
+                        from_work('stage "s"'))
+    assert error.message == 'Stepfile:3:1: COPY --from (stage "s"): empty COPY source'
+    assert error.hint is None
