@@ -8,12 +8,14 @@ Stepfile location where there is one, and no `Traceback` anywhere on stderr.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import Stepbuild, base_image, write_context
+from tests.integration.builds import Stepbuild, base_image, rootfs_tarball, write_context
 
 PASSWD_LOOP = "RUN rm /etc/passwd && ln -s /etc/passwd /etc/passwd\n"
 
@@ -94,3 +96,42 @@ def test_debug_shows_the_traceback(sb: Stepbuild, tmp_path: Path) -> None:
     context = write_context(tmp_path / "context", CASES["uid-too-large"].stepfile)
     result = sb("--debug", "build", "-q", str(context), check=False)
     assert result.returncode == 1 and "Traceback" in result.stderr, result.stderr
+
+
+def oci_layout_with_env(directory: Path, rootfs: Path, env: list[str]) -> Path:
+    """An OCI layout of the `rootfs` tarball (one uncompressed layer) whose config sets `env`."""
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layer = rootfs.read_bytes()
+    config = blob(json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Env": env},
+        "rootfs": {"type": "layers", "diff_ids": [blob(layer)["digest"]]}}).encode())
+    manifest = blob(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(layer)}],
+    }).encode())
+    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
+    return directory
+
+
+def test_nul_in_an_inherited_env_is_located(sb: Stepbuild, tmp_path: Path) -> None:
+    # no Stepfile can hold a NUL any more, but a base image's config can
+    rootfs = rootfs_tarball(sb.root.parent / "base-context")  # the base's: made already
+    layout = oci_layout_with_env(tmp_path / "layout", rootfs, ["PATH=/bin", "X=a\u0000b"])
+    context = write_context(tmp_path / "context", f"FROM oci-layout:{layout}:v1\nRUN true\n")
+    result = sb.build(context, "-q", check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stepbuild: error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"stepbuild: error: {context}/Stepfile:"), result.stderr
