@@ -218,6 +218,16 @@ class ContextError(StepbuildError):
     source."""
 
 
+class SourceNotFound(ContextError):
+    """A COPY/ADD source names nothing: `source` as written; `excluded` when it exists but
+    the ignore rules leave it out. `COPY --from` re-words it for the stage or image."""
+
+    def __init__(self, source: str, *, excluded: bool = False, hint: str | None = None) -> None:
+        super().__init__(f"COPY source not found: {source}", hint=hint)
+        self.source = source
+        self.excluded = excluded
+
+
 class InvalidReference(UsageError, ValueError):
     """An image reference (`registry/repository:tag@digest`) is malformed. Exit status 2.
 

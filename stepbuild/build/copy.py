@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.build import keys
+from stepbuild.build import keys, users
 from stepbuild.build.copy_files import (
     Copier,
     Owner,
@@ -57,7 +57,7 @@ from stepbuild.build.plan import Scope, located
 from stepbuild.build.run import user_ids
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
-from stepbuild.errors import BuildError, ContextError, PlanError
+from stepbuild.errors import BuildError, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs import rootpath
 from stepbuild.layers.unpack import is_archive, unpack_archive
@@ -81,7 +81,8 @@ class CopyWork:
     the heredocs (name, body), the URLs downloaded and the git commits resolved; where they go
     and with which owner and mode. `owner` is the `--link --chown` owner, resolved in the
     parent; otherwise `chown` is resolved in the image when copying. `unpack`: an ADD of a
-    local archive unpacks it. `where` ("Stepfile:LINE") locates errors while copying."""
+    local archive unpacks it. `where` ("Stepfile:LINE:COLUMN") locates errors while copying;
+    `origin` names the `--from` source for them (`stage "build"`, `image "alpine"`)."""
 
     dest: str
     selection: Selection | None
@@ -99,6 +100,7 @@ class CopyWork:
     chmod: int | None
     unpack: bool
     where: str
+    origin: str = ""
 
 
 def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
@@ -132,6 +134,13 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     inline = [(s.name, scope.expand(s.data) if s.expand else s.data) for s in copy.inline]
     dest = destination(scope.expand(copy.dest), state.workdir)
     chown = scope.expand(copy.chown) if copy.chown else None
+    where = f"{run.stages.filename}:{copy.loc.line}:{copy.loc.column}"
+    if chown:
+        try:
+            numeric_owner(chown)  # an id out of range is the Stepfile's fault: say so now
+        except users.UserError as exc:
+            raise located(PlanError, run.stages.filename, copy,
+                          f"--chown={chown}: {exc.message}") from None
     keep_git_dir = isinstance(copy, ins.Add) and copy.keep_git_dir
     inputs: dict[str, Any] = {
         "op": word.lower(), "selection": selection.digest() if selection else None,
@@ -150,7 +159,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     if copy.link:
         inputs["link"] = True
         if chown:
-            owner = _parent_owner(executor, state, chown, run)
+            owner = _parent_owner(executor, state, chown, run, where)
             inputs["owner"] = [owner.uid, owner.gid]
     key = keys.step_key(LINK_PARENT if copy.link else state.key, inputs)
     flags = "".join(f" {flag}" for flag, on in (
@@ -166,7 +175,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
         owner=owner, chmod=int(chmod, 8) if chmod else None,
         unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
-        where=f"{run.stages.filename}:{copy.loc.line}")
+        where=where, origin=_origin(copy, scope, run) if source else "")
     return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
                         link=copy.link)
 
@@ -214,16 +223,16 @@ class _GitInput:
     written: str
 
 
-def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildRun
-                  ) -> Owner:
+def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildRun,
+                  where: str) -> Owner:
     """--link --chown: names are looked up in the parent image, mounted read-only."""
-    uid, _, gid = chown.partition(":")
-    if uid.isdigit() and (gid.isdigit() or not gid):
-        return Owner(int(uid), int(gid or uid))  # nothing to look up
+    owner = numeric_owner(chown.removesuffix(":"))  # here "uid:" is uid:uid too
+    if owner is not None:
+        return owner  # nothing to look up
     run.need_layers(state)
     lowers = [executor.store.layer_dir(d) for d in reversed(state.diff_ids)]
     with overlay.mounted_readonly(executor.scratch_file("chown"), lowers) as root:
-        return chown_owner(root, chown)
+        return chown_owner(root, chown, where)
 
 
 def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
@@ -242,6 +251,20 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
                       f"COPY --from={name}: no stage or image of that name",
                       hint="name an earlier stage, or build or load the image first")
     return state
+
+
+def _origin(copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun) -> str:
+    """`stage "NAME"` or `image "NAME"`: what a `COPY --from` reads, for its errors."""
+    name = scope.expand(copy.from_) if isinstance(copy, ins.Copy) and copy.from_ else ""
+    return f'{"stage" if run.stages.find(name) is not None else "image"} "{name}"'
+
+
+def _from_error(exc: ContextError, work: CopyWork) -> BuildError:
+    """A source error of `COPY --from`, said of the stage or image (no build context hint)."""
+    if isinstance(exc, SourceNotFound):
+        why = "excluded by --exclude" if exc.excluded else "no such file or directory"
+        return BuildError(f"{work.where}: COPY --from: {exc.source}: {why} in {work.origin}")
+    return BuildError(f"{work.where}: COPY --from ({work.origin}): {exc.message}")
 
 
 def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> str:
@@ -268,13 +291,17 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
     with overlay.mounted_readonly(tmp / "from", lowers) as root:
         context = BuildContext(root)
-        selection, layout = select(context, work.sources, work.excludes, work.parents)
+        try:
+            selection, layout = select(context, work.sources, work.excludes, work.parents)
+        except ContextError as exc:  # its hint speaks of the build context: not this one
+            raise _from_error(exc, work) from None
         _copy_all(context, selection, layout, work, merged, tmp)
 
 
 def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
               work: CopyWork, merged: Path, tmp: Path) -> None:
-    owner = work.owner or (chown_owner(merged, work.chown) if work.chown else Owner())
+    owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
+                           else Owner())
     place = Placement(work.dest, owner, work.chmod)
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
@@ -305,13 +332,26 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
             copier.close()
 
 
-def chown_owner(root: Path, chown: str) -> Owner:
-    """--chown: names resolved in the image; a lone numeric uid is also the gid (Dockerfile
-    reference: "providing a UID without a GID uses the UID as the GID")."""
-    if chown.isdigit():
-        return Owner(int(chown), int(chown))
-    ids = user_ids(root, chown)
+def chown_owner(root: Path, chown: str, where: str) -> Owner:
+    """--chown: names resolved in the image `root`; errors located at `where` ("FILE:LINE:COL")."""
+    try:
+        owner = numeric_owner(chown)
+        if owner is not None:
+            return owner
+        ids = user_ids(root, chown)
+    except users.UserError as exc:  # a name the image lacks, an id out of range, no passwd
+        raise BuildError(f"{where}: --chown={chown}: {exc.message}", hint=exc.hint) from None
     return Owner(ids.uid, ids.gid)
+
+
+def numeric_owner(chown: str) -> Owner | None:
+    """`uid[:gid]` given as numbers, else None (names to look up). A lone uid is also the gid
+    (Dockerfile reference: "providing a UID without a GID uses the UID as the GID").
+    UserError for an id out of range."""
+    uid, colon, gid = chown.partition(":")
+    if not users.is_numeric(uid) or not (users.is_numeric(gid) or not colon):
+        return None  # "uid:" too: the group is then the user's primary group, from passwd
+    return Owner(users.numeric_id(uid, "uid"), users.numeric_id(gid or uid, "gid"))
 
 
 def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place: Placement,

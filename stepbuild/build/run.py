@@ -132,7 +132,13 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     step uses; once `cancel` is set the command is killed (`Cancelled`)."""
     from stepbuild.sandbox.spec import SandboxSpec
 
-    ids = user_ids(merged, state.user)
+    loc = step.instruction.loc
+    where = f"{filename}:{loc.line}:{loc.column}"
+    try:
+        ids = user_ids(merged, state.user)
+    except users.UserError as exc:  # USER names no one in the image, or an id out of range
+        user = f"USER {state.user}: " if state.user else ""
+        raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
     etc = tmp / "etc"
     write_etc_files(etc, HOSTNAME)
     stubs = _make_stubs(merged)
@@ -156,12 +162,15 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
             mounts += done.mounts
             env = with_env(env, done.env)
-        spec = SandboxSpec(
-            rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
-            cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-            hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
-            mounts=tuple(mounts),
-        )
+        try:
+            spec = SandboxSpec(
+                rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
+                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+                hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
+                mounts=tuple(mounts),
+            )
+        except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
+            raise BuildError(f"{where}: cannot run this step: {exc}") from None
         result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data),
                                       cancel=cancel)
     progress.flush_output(label)
@@ -245,10 +254,18 @@ def user_ids(root: Path, user: str) -> users.Ids:
 
 
 def _read_image_file(root: Path, path: str) -> str:
+    """The image's `path` as text, "" when it has none; UserError when it cannot be read
+    (a symlink loop, a directory, ...): the ids cannot be known without it."""
     try:
         return rootpath.read_file_in_root(root, path).decode("utf-8", "replace")
     except (FileNotFoundError, NotADirectoryError):
         return ""
+    except OSError as exc:
+        raise users.UserError(f"cannot read {path} in the image: {exc.strerror or exc}"
+                              ) from None
+    except ValueError:  # not a regular file, or too large to be trusted whole
+        raise users.UserError(f"cannot read {path} in the image: not a regular file of at"
+                              " most 1 MiB") from None
 
 
 def write_etc_files(etc: Path, hostname: str) -> None:

@@ -88,6 +88,7 @@ class LineReader:
 
     def __post_init__(self) -> None:
         text = self.text.removeprefix(_UTF8_BOM)
+        _refuse_nul(text, self.filename)
         self._lines = text.split("\n")
         self._ends = ["\n"] * (len(self._lines) - 1) + [""]
         if self._lines and self._lines[-1] == "":
@@ -244,6 +245,23 @@ def decode(data: bytes, filename: str) -> str:
             ),
             hint="save the Stepfile as UTF-8",
         ) from None
+
+
+def _refuse_nul(text: str, filename: str) -> None:
+    """A NUL character anywhere is a ParseError at its place. BuildKit's parser keeps it and
+    the step fails at run time (no argv, env or path can hold one); saying where, now, is
+    better. The line is shown with U+2400 (␀) in its place, so the caret lines up."""
+    at = text.find("\0")
+    if at < 0:
+        return
+    start = text.rfind("\n", 0, at) + 1
+    end = text.find("\n", at)
+    shown = text[start : end if end >= 0 else len(text)].rstrip("\r").replace("\0", "\u2400")
+    raise ParseError(
+        "the file contains a NUL character",
+        SourcePosition(filename, text.count("\n", 0, at) + 1, at - start + 1, shown),
+        hint="remove it; to pass a NUL byte to a command, write it as printf '\\0'",
+    )
 
 
 def _continuation_regex(escape: str) -> re.Pattern[str]:

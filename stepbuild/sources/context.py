@@ -66,7 +66,7 @@ from pathlib import Path
 
 import xxhash
 
-from stepbuild.errors import ContextError
+from stepbuild.errors import ContextError, SourceNotFound
 from stepbuild.fs.durable import write_file
 from stepbuild.sources.patterns import (
     MatchState,
@@ -635,7 +635,7 @@ def _drop_empty_conditional(found: list[tuple[ContextEntry, bool]]) -> tuple[Con
 def _not_found(raw: str, *, excluded: bool = False) -> ContextError:
     hint = ("it is excluded by .dockerignore" if excluded else
             "sources are relative to the build context; check the path and .dockerignore")
-    return ContextError(f"COPY source not found: {raw}", hint=hint)
+    return SourceNotFound(raw, excluded=excluded, hint=hint)
 
 
 def _escape(raw: str, why: str) -> ContextError:

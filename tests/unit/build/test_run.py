@@ -3,6 +3,7 @@ the --mounts' declarations; never a secret's value)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +14,7 @@ from stepbuild.build.mounts.plan import PlannedMount
 from stepbuild.build.mounts.secrets import SecretSource
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
+from stepbuild.build.users import UserError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.parse import parse
 
@@ -92,3 +94,23 @@ def test_the_builds_team_cache_hears_of_its_cache_mounts() -> None:
     team = PlannedObserver()
     prepared_key("RUN --mount=type=cache,target=/c,id=pip make\n", SimpleNamespace(team=team))
     assert [p.cache_id for p in team.planned] == ["pip"]
+
+
+# --- the image's /etc/passwd -------------------------------------------------------------------
+
+
+def test_user_ids_name_a_passwd_that_cannot_be_read(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").symlink_to("/etc/passwd")  # a loop inside the image root
+    with pytest.raises(UserError, match="cannot read /etc/passwd in the image: .*symbolic"):
+        run_step.user_ids(tmp_path, "someone")
+
+
+def test_user_ids_refuse_a_passwd_that_is_not_a_file(tmp_path: Path) -> None:
+    (tmp_path / "etc" / "passwd").mkdir(parents=True)
+    with pytest.raises(UserError, match="cannot read /etc/passwd in the image"):
+        run_step.user_ids(tmp_path, "0")
+
+
+def test_user_ids_without_passwd_take_numbers(tmp_path: Path) -> None:
+    assert run_step.user_ids(tmp_path, "7:8").uid == 7

@@ -34,3 +34,21 @@ def test_invalid_stepfile_is_located(case: Path) -> None:
         assert caret.index("^") - 2 == position.column - 1
     assert len(rendered) <= 4
     assert "Traceback" not in caught.value.render()
+
+
+@pytest.mark.parametrize(("text", "line", "column"), [
+    ("FROM a\nRUN echo a\0b\n", 2, 11),
+    ("\0FROM a\n", 1, 1),
+    ("\ufeffFROM a\0\n", 1, 7),                    # the BOM is not a column
+    ("FROM a\n# a comment \0\nRUN true\n", 2, 13),  # comments too: anywhere in the file
+    ("FROM a\nRUN <<EOF\nx\0y\nEOF\n", 3, 2),        # and heredoc bodies
+    ("FROM a\r\nRUN \\\r\n  \0\r\n", 3, 3),
+])
+def test_nul_character_is_located(text: str, line: int, column: int) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(text, "Stepfile")
+    position = caught.value.position
+    assert position is not None
+    assert (position.line, position.column) == (line, column)
+    assert "\0" not in caught.value.render()  # shown as U+2400, so the caret lines up
+    assert caught.value.message == "the file contains a NUL character"

@@ -1,0 +1,80 @@
+"""COPY/ADD --chown: numeric owners without a lookup, ids out of range refused, and lookup
+errors located at the instruction; `COPY --from` source errors said of the stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stepbuild.build.copy import CopyWork, _from_error, chown_owner, numeric_owner, select
+from stepbuild.build.copy_files import Owner
+from stepbuild.build.users import UserError
+from stepbuild.errors import BuildError, ContextError, SourceNotFound
+from stepbuild.sources.context import BuildContext
+
+
+@pytest.mark.parametrize(("chown", "expected"), [
+    ("1000", Owner(1000, 1000)),          # a lone uid is also the gid
+    ("1000:50", Owner(1000, 50)),
+    ("4294967294", Owner(4294967294, 4294967294)),
+    ("app", None),
+    ("1000:staff", None),
+    ("1000:", None),                      # the primary group comes from passwd
+])
+def test_numeric_owner(chown: str, expected: Owner | None) -> None:
+    assert numeric_owner(chown) == expected
+
+
+@pytest.mark.parametrize("chown", ["4294967296", "4294967295", "0:4294967296"])
+def test_numeric_owner_out_of_range(chown: str) -> None:
+    with pytest.raises(UserError, match="out of range"):
+        numeric_owner(chown)
+
+
+def test_chown_errors_are_located(tmp_path: Path) -> None:
+    with pytest.raises(BuildError) as caught:
+        chown_owner(tmp_path, "ghost", "Stepfile:3:1")
+    assert caught.value.message.startswith("Stepfile:3:1: --chown=ghost: unable to find user")
+
+
+def test_chown_with_a_passwd_loop_is_located(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(BuildError, match="Stepfile:2:1: --chown=app: cannot read /etc/passwd"):
+        chown_owner(tmp_path, "app", "Stepfile:2:1")
+
+
+def from_work(origin: str) -> CopyWork:
+    return CopyWork(
+        dest="/x", selection=None, layout=None, source=None, sources=("/missing",), excludes=(),
+        parents=False, inline=(), downloads=(), git=(), keep_git_dir=False, chown=None,
+        owner=None, chmod=None, unpack=False, where="Stepfile:3:1", origin=origin)
+
+
+def test_missing_source_is_source_not_found(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound) as caught:
+        select(BuildContext(tmp_path), ["/missing"], [], False)
+    assert caught.value.source == "/missing" and not caught.value.excluded
+
+
+def test_from_missing_source_names_the_stage_not_the_context(tmp_path: Path) -> None:
+    with pytest.raises(SourceNotFound) as caught:
+        select(BuildContext(tmp_path), ["/missing"], [], False)
+    error = _from_error(caught.value, from_work('stage "build"'))
+    assert error.message == ('Stepfile:3:1: COPY --from: /missing: no such file or directory'
+                             ' in stage "build"')
+    assert error.hint is None  # no word of the build context or .dockerignore
+    assert error.exit_code == 1
+
+
+def test_from_excluded_source() -> None:
+    error = _from_error(SourceNotFound("/a.txt", excluded=True), from_work('image "alpine"'))
+    assert error.message.endswith('/a.txt: excluded by --exclude in image "alpine"')
+
+
+def test_from_other_source_errors_keep_their_message() -> None:
+    error = _from_error(ContextError("empty COPY source", hint="about the context"),
+                        from_work('stage "s"'))
+    assert error.message == 'Stepfile:3:1: COPY --from (stage "s"): empty COPY source'
+    assert error.hint is None
