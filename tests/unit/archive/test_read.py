@@ -7,28 +7,18 @@ timeout, so a regression fails instead of hanging.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from stepbuild.archive.read import LayoutSource
 from stepbuild.errors import InvalidDocument
 from stepbuild.store.store import Store
+from tests.fifos import promptly, release
 
-T = TypeVar("T")
 BLOB = "blobs/sha256/" + "ab" * 32
 
-
-def promptly(call: Callable[[], T]) -> T:
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(call).result(timeout=5)
-    finally:
-        pool.shutdown(wait=False)
 
 
 @pytest.fixture
@@ -42,8 +32,7 @@ def layout(tmp_path: Path) -> Iterator[LayoutSource]:
     yield source
     source.close()
     for fifo in (root / "index.json", root / BLOB):  # let go of a reader left blocked
-        with suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        release(fifo)
 
 
 def test_a_regular_file_is_read(layout: LayoutSource) -> None:

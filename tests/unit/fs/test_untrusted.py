@@ -9,27 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from stepbuild.fs.untrusted import UntrustedFileError, copy_regular, open_regular, read_regular
-
-T = TypeVar("T")
-
-
-def promptly(call: Callable[[], T]) -> T:
-    """call(), which must return (or raise) within 5 s. A hung thread is left behind (a
-    blocked open cannot be interrupted), so it is unblocked by the test that made the FIFO."""
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(call).result(timeout=5)
-    finally:
-        pool.shutdown(wait=False)
+from tests.fifos import promptly, release
 
 
 @pytest.fixture
@@ -39,8 +25,7 @@ def fifo(tmp_path: Path) -> Iterator[Path]:
     yield path
     # If a regression left a reader blocked in open(2), opening the FIFO for writing lets it
     # go on; with no reader this open fails with ENXIO, and there is nothing to do.
-    with suppress(OSError):
-        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    release(path)
 
 
 def test_a_regular_file_gives_its_bytes(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ checks that a sentinel file beside the context was not read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -27,6 +26,7 @@ from stepbuild.sources.context import (
     hash_file,
 )
 from stepbuild.sources.patterns import read_ignore_file
+from tests.fifos import promptly, release
 
 
 class Link(str):
@@ -393,23 +393,19 @@ def test_a_fifo_swapped_in_after_the_walk_is_refused_without_hanging(ctx_dir: Pa
     # The walk's lstat saw a regular file; a FIFO put under its name before the file is
     # hashed or opened for COPY must fail at once (O_NONBLOCK, then fstat), not wait for a
     # writer. Run in a thread with a timeout so that a regression fails instead of hanging.
-    from concurrent.futures import ThreadPoolExecutor
 
     stale = os.lstat(ctx_dir / "a.txt")
     (ctx_dir / "a.txt").unlink()
     os.mkfifo(ctx_dir / "a.txt")
     fd = os.open(ctx_dir, os.O_RDONLY | os.O_DIRECTORY)
-    pool = ThreadPoolExecutor(max_workers=1)
     try:
         with pytest.raises(ContextError, match="changed"):
-            pool.submit(hash_file, fd, "a.txt", stale, "a.txt").result(timeout=5)
+            promptly(lambda: hash_file(fd, "a.txt", stale, "a.txt"))
         with pytest.raises(ContextError, match="not a regular file"):
-            pool.submit(BuildContext(ctx_dir).open_file, "a.txt").result(timeout=5)
+            promptly(lambda: BuildContext(ctx_dir).open_file("a.txt"))
     finally:
-        pool.shutdown(wait=False)
         os.close(fd)
-        with contextlib.suppress(OSError):  # let go of a reader a regression left blocked
-            os.close(os.open(ctx_dir / "a.txt", os.O_WRONLY | os.O_NONBLOCK))
+        release(ctx_dir / "a.txt")  # let go of a reader a regression left blocked
 
 
 # --- .dockerignore and --exclude ------------------------------------------------------------

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from stepbuild.teamcache.local import MAX_RECORD, LocalDir
 from stepbuild.teamcache.records import CacheError, make_record
+from tests.fifos import promptly, release
 
-T = TypeVar("T")
 KEY = "0123456789abcdef0123456789abcdef"
 DIGEST = "sha256:" + "ab" * 32
 
-
-def promptly(call: Callable[[], T]) -> T:
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        return pool.submit(call).result(timeout=5)
-    finally:
-        pool.shutdown(wait=False)
 
 
 @pytest.fixture
@@ -41,8 +31,7 @@ def shared(tmp_path: Path) -> Iterator[LocalDir]:
     yield cache
     # let go of any reader a regression left blocked on a FIFO of the dir
     for fifo in (tmp_path / "shared").rglob("*"):
-        with suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        release(fifo)
 
 
 def test_a_record_is_read_back(shared: LocalDir) -> None:
