@@ -1,7 +1,8 @@
 """The builder loop: stages in order, each instruction taking the image to its next state.
 
 `Builder.build` walks the stages of a Stepfile in order. Config-only instructions change the
-image config (`state.py`); RUN, COPY and ADD are cached steps, built by `lifecycle.py`
+image config (`state.py`); RUN, COPY, ADD and WORKDIR (which makes its directory,
+`workdir.py`) are cached steps, built by `lifecycle.py`
 (prepare → look up → perform → capture → commit): their key (`keys.py`) covers the parent
 state and everything the step sees; a hit reuses the recorded layer, a miss runs the step in
 an overlay (`execute.py`), captures the upper dir as a layer and commits it to the store
@@ -341,15 +342,34 @@ class _Run:
             return state.with_config(f"ARG {arg_text(instruction)}"), scope
         if isinstance(instruction, ins.Run | ins.Copy | ins.Add):
             return self.cached_step(instruction, state, scope, stage), scope
+        if isinstance(instruction, ins.Workdir):
+            return self.workdir(instruction, state, scope, stage), scope
+        return self.config(instruction, state, scope), scope
+
+    def config(self, instruction: ins.Instruction, state: ImageState,
+               scope: Scope) -> ImageState:
         try:
-            return apply_config(instruction, state, scope), scope
+            return apply_config(instruction, state, scope)
         except StepbuildError as exc:
             if isinstance(exc, PlanError) and exc.position is not None:
                 raise
             raise located(PlanError, self.stages.filename, instruction, exc.message) from None
 
-    def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                    scope: Scope, stage: Stage) -> ImageState:
+    def workdir(self, instruction: ins.Workdir, state: ImageState, scope: Scope,
+                stage: Stage) -> ImageState:
+        """WORKDIR sets WorkingDir and, as in BuildKit, makes the directory at once: a cached
+        step (build/workdir.py). When the directory was there the step adds no layer, and
+        WORKDIR keeps its config-only history entry."""
+        moved = self.config(instruction, state, scope)
+        if moved.workdir == "/":
+            return moved
+        made = self.cached_step(instruction, state, scope, stage)
+        if made.diff_ids == state.diff_ids:
+            return moved
+        return replace(made, config=moved.config)
+
+    def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
+                    state: ImageState, scope: Scope, stage: Stage) -> ImageState:
         state, hit = self.lifecycle.step(self, instruction, state, scope, stage=stage.index,
                                          label=self.label(stage),
                                          eager=stage.index == self.target)

@@ -18,7 +18,7 @@ from stepbuild.errors import BuildError, ParseError, PlanError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import go_quote
 
-__all__ = ["apply_config", "arg_text", "onbuild_triggers"]
+__all__ = ["apply_config", "arg_text", "onbuild_triggers", "workdir_path"]
 
 
 def onbuild_triggers(state: ImageState, filename: str, base: ins.From
@@ -79,11 +79,18 @@ def _label(instruction: ins.Label, state: ImageState, scope: Scope) -> ImageStat
     return state.with_config(f"LABEL {text}", Labels=labels)
 
 
-def _workdir(instruction: ins.Workdir, state: ImageState, scope: Scope) -> ImageState:
+def workdir_path(instruction: ins.Workdir, state: ImageState, scope: Scope) -> str:
+    """WORKDIR's directory: expanded, relative to the current one, clean (BuildKit's
+    NormalizeWorkdir)."""
     path = scope.expand(instruction.path)
     if not path.startswith("/"):
         path = state.workdir.rstrip("/") + "/" + path
-    path = _clean_path(path)
+    return _clean_path(path)
+
+
+def _workdir(instruction: ins.Workdir, state: ImageState, scope: Scope) -> ImageState:
+    # The config half of WORKDIR; the builder makes the directory (build/workdir.py).
+    path = workdir_path(instruction, state, scope)
     return state.with_config(f"WORKDIR {path}", WorkingDir=path)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.build import copy as copy_step
 from stepbuild.build import run as run_step
+from stepbuild.build import workdir as workdir_step
 from stepbuild.build.mounts.context_copies import ContextCopies
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
@@ -84,10 +85,12 @@ class Executor:
             self._scratch = self.store.tmp_dir("build-")
         return self._scratch / f"{len(os.listdir(self._scratch))}-{name}"
 
-    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                scope: Scope, build: BuildRun) -> PreparedStep:
+    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
+                state: ImageState, scope: Scope, build: BuildRun) -> PreparedStep:
         if isinstance(instruction, ins.Run):
             return run_step.prepare(self, instruction, state, scope, build)
+        if isinstance(instruction, ins.Workdir):
+            return workdir_step.prepare(self, instruction, state, scope, build)
         return copy_step.prepare(self, instruction, state, scope, build)
 
     @contextmanager
@@ -104,13 +107,16 @@ class Executor:
 
     def perform(self, step: PreparedStep, state: ImageState, space: Workspace,
                 build: BuildRun, label: str) -> None:
-        """Run the RUN, or copy the files, in an overlay mounted for the step."""
+        """Run the RUN, copy the files or make the WORKDIR, in an overlay mounted for the
+        step."""
         stubs: list[str] = []
         with overlay.mounted(space.tmp, space.lowers) as merged:
             if isinstance(step.work, run_step.RunWork):
                 stubs = run_step.perform(self, step, step.work, state, merged, space.tmp,
                                          build.stages.filename, label,
                                          cache_observer=build.team, cancel=build.cancel)
+            elif isinstance(step.work, workdir_step.WorkdirWork):
+                workdir_step.perform(step.work, merged)
             else:
                 copy_step.perform(self, step.work, merged, space.tmp)
         run_step.remove_stubs(space.upper, stubs)

@@ -65,7 +65,7 @@ class StepLifecycle:
     no_cache: bool = False
     source_date_epoch: int | None = None
 
-    def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add,
+    def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
              state: ImageState, scope: Scope, *, stage: int, label: str,
              eager: bool) -> tuple[ImageState, bool]:
         """The state after `instruction`, and whether a cache had its result. `stage` is

@@ -114,8 +114,8 @@ class StepExecutor(Protocol):
     layers or cache records.
     """
 
-    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                scope: Scope, build: BuildRun) -> PreparedStep: ...
+    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
+                state: ImageState, scope: Scope, build: BuildRun) -> PreparedStep: ...
 
     def workspace(self, step: PreparedStep, state: ImageState
                   ) -> AbstractContextManager[Workspace]: ...

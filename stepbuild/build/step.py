@@ -1,7 +1,8 @@
-"""A prepared step: what a RUN/COPY/ADD depends on (its key) and what it will do.
+"""A prepared step: what a RUN/COPY/ADD/WORKDIR depends on (its key) and what it will do.
 
 `PreparedStep.work` is typed per kind of step: `run.RunWork` for RUN, `copy.CopyWork` for
-COPY and ADD; each is made by its module's `prepare` and read only by its `perform`.
+COPY and ADD, `workdir.WorkdirWork` for WORKDIR (it makes its directory); each is made by its
+module's `prepare` and read only by its `perform`.
 `Workspace` is where a step that missed the cache runs (`lifecycle.py`).
 """
 
@@ -17,6 +18,7 @@ from stepbuild.frontend import instructions as ins
 if TYPE_CHECKING:
     from stepbuild.build.copy import CopyWork
     from stepbuild.build.run import RunWork
+    from stepbuild.build.workdir import WorkdirWork
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +29,11 @@ class PreparedStep:
     `link` (COPY/ADD --link): the step is made on an empty root and reads none of the
     parent's layers."""
 
-    instruction: ins.Run | ins.Copy | ins.Add
+    instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir
     key: str
     inputs: dict[str, Any]
     created_by: str
-    work: RunWork | CopyWork
+    work: RunWork | CopyWork | WorkdirWork
     reads: tuple[ImageState, ...] = ()
     link: bool = False
 

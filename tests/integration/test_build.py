@@ -6,13 +6,20 @@ Each test has its own store (tmp_path) with the busybox `base` image, and drives
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    assert_clear_error,
+    base_image,
+    step_lines,
+    write_context,
+)
 
 
 @pytest.fixture()
@@ -171,8 +178,51 @@ def test_config_and_history_are_recorded(sb: Stepbuild, tmp_path: Path) -> None:
     created_by = [entry["created_by"] for entry in config["history"]]
     assert created_by[-3:] == ["ONBUILD RUN echo child", 'ENTRYPOINT ["/bin/sh"]',
                                'CMD ["-c" "id"]']
-    assert all(entry.get("empty_layer") for entry in config["history"][-14:])
+    # WORKDIR makes its directory (BuildKit): /srv and /srv/app are layers, the rest config
+    entries = {entry["created_by"]: entry.get("empty_layer", False)
+               for entry in config["history"][-14:]}
+    assert entries.pop("WORKDIR /srv") is False and entries.pop("WORKDIR /srv/app") is False
+    assert all(entries.values()) and len(entries) == 12
     assert sb.run("cfg").startswith("uid=1000 gid=1000")
+
+
+def test_workdir_makes_its_directory_at_once_owned_by_the_user(sb: Stepbuild,
+                                                               tmp_path: Path) -> None:
+    """BuildKit's WORKDIR: `mkdir -p` now, 0755, owned by the USER in effect (a name looked
+    up in the image, a lone uid as the gid too); an existing directory is left as it is and
+    adds no layer. No RUN comes after: nothing else makes the directories."""
+    context = write_context(tmp_path / "ctx", (
+        "FROM base\nUSER nobody\nWORKDIR /data/sub\nUSER 1000\nARG D=rel\nWORKDIR $D\n"
+        "USER root\nWORKDIR /etc\n"))
+    first = sb.build(context, "-t", "wd")
+    listing = sb.run("wd", "stat", "-c", "%n %u:%g %a", "/data", "/data/sub", "/data/sub/rel",
+                     "/etc")
+    assert listing.splitlines() == ["/data 65534:65534 755", "/data/sub 65534:65534 755",
+                                    "/data/sub/rel 1000:1000 755", "/etc 0:0 755"]
+    manifest, config = manifest_and_config(sb, "wd")
+    _, base = manifest_and_config(sb, "base")
+    assert len(manifest["layers"]) == len(base["rootfs"]["diff_ids"]) + 2
+    assert [(h["created_by"], h.get("empty_layer", False))
+            for h in config["history"][-7:]] == [
+        ("USER nobody", True), ("WORKDIR /data/sub", False), ("USER 1000", True),
+        ("ARG D=rel", True), ("WORKDIR /data/sub/rel", False), ("USER root", True),
+        ("WORKDIR /etc", True)]  # /etc was there
+    again = sb.build(context, "-t", "wd")
+    assert step_lines(again.stderr) == ["CACHED"] * 3  # the three WORKDIR steps hit
+    assert again.stdout == first.stdout  # the same image digest
+    assert_consistent(sb)
+
+
+def test_workdir_errors_are_located(sb: Stepbuild, tmp_path: Path) -> None:
+    for stepfile, words in (
+            ("FROM base\nWORKDIR /etc/passwd/x\n", ("Stepfile:2:1: WORKDIR /etc/passwd/x",
+                                                     "not a directory")),
+            ("FROM base\nUSER ghost\nWORKDIR /app\n", ("Stepfile:3:1: WORKDIR as USER ghost",
+                                                         "unable to find user ghost"))):
+        result = sb.build(write_context(tmp_path / "bad", stepfile), check=False)
+        assert_clear_error(result, 1, *words)
+    assert_consistent(sb)
+    assert os.listdir(sb.root / "tmp") == []
 
 
 def test_from_an_earlier_stage_and_from_a_tag(sb: Stepbuild, tmp_path: Path) -> None:

@@ -95,3 +95,20 @@ def test_later_steps_see_the_clamped_times(tmp_path: Path) -> None:
                             "RUN stat -c %Y /made > /seen\n")
     sb.build(context, "-t", "seen", "--build-arg", f"SOURCE_DATE_EPOCH={EPOCH}")
     assert sb.run("seen", "cat", "/seen") == f"{EPOCH}\n"
+
+
+def test_workdir_is_reproducible_with_source_date_epoch(tmp_path: Path) -> None:
+    """BuildKit's testWorkdirSourceDateEpochReproducible: the directory WORKDIR makes (and the
+    parent it changes) carry the epoch, so building again from nothing gives the same image."""
+    import tarfile
+
+    epoch = ("--build-arg", f"SOURCE_DATE_EPOCH={EPOCH}")
+    sb = Stepbuild(tmp_path / "store")
+    base_image(sb, tmp_path, *epoch)
+    context = write_context(tmp_path / "ctx", "FROM base\nWORKDIR /mydir\n")
+    sb.build(context, "-q", "-t", "wd", "--reproducible", *epoch)  # built twice, compared
+    manifest = json.loads(sb("inspect", "wd").stdout)["manifest"]
+    digest = manifest["layers"][-1]["digest"].removeprefix("sha256:")
+    with tarfile.open(sb.root / "blobs" / "sha256" / digest) as tar:
+        members = {m.name: m.mtime for m in tar.getmembers()}
+    assert "mydir" in members and set(members.values()) == {int(EPOCH)}

@@ -25,6 +25,7 @@ from stepbuild.build.run import RunWork
 from stepbuild.build.seams import BuildRun, BuildStore, TeamCacheView
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep, Workspace
+from stepbuild.build.workdir import WorkdirWork
 from stepbuild.errors import BlobNotFound, LazyLayerError, SourcePosition, StepFailed
 from stepbuild.frontend import instructions as ins
 from stepbuild.layers.capture import LayerBlob
@@ -155,17 +156,19 @@ class FakeExecutor:
         self.workspaces: list[Path] = []
         self._numbers = itertools.count()  # stage threads take numbers at the same time
 
-    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add, state: ImageState,
-                scope: Scope, build: BuildRun) -> PreparedStep:
+    def prepare(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
+                state: ImageState, scope: Scope, build: BuildRun) -> PreparedStep:
         source = _copy_source(instruction, build)
         # As the real keys: the parent state (or, for --link, not), what the step sees.
         inputs = {"text": instruction.text, "sees": self.script.sees.get(instruction.text, ""),
                   "from": source.key if source else None}
         link = isinstance(instruction, ins.Copy) and instruction.link
         key = keys.step_key("link" if link else state.key, inputs)
-        work: RunWork | CopyWork
+        work: RunWork | CopyWork | WorkdirWork
         if isinstance(instruction, ins.Run):
             work = RunWork(tuple(instruction.command.args), scope.run_env({}), "host")
+        elif isinstance(instruction, ins.Workdir):
+            work = WorkdirWork(instruction.path, state.user, build.stages.filename)
         else:
             work = _copy_work(instruction, source, build.stages.filename)
         return PreparedStep(instruction, key, inputs, instruction.text, work,

@@ -173,6 +173,46 @@ def test_the_steps_before_a_failure_hit_once_it_is_fixed() -> None:
     assert world.executor.ran == ["RUN make install"] and result.cached == 2
 
 
+WORKDIR_STEPFILE = (
+    "FROM scratch\n"
+    "RUN make\n"
+    "USER nobody\n"
+    "WORKDIR /app\n"
+    "WORKDIR /\n"
+)
+
+
+def history(config: Any) -> list[tuple[str, bool]]:
+    return [(h["created_by"], h.get("empty_layer", False)) for h in config.to_json()["history"]]
+
+
+def test_workdir_makes_its_directory_at_once_in_a_cached_step_of_its_own() -> None:
+    world = World()
+    result = world.build(WORKDIR_STEPFILE)
+    assert world.executor.ran == ["RUN make", "WORKDIR /app"]  # `/` is there: no step
+    assert result.state.diff_ids == (layer("RUN make"), layer("WORKDIR /app"))
+    _, config = world.store.image("app")
+    assert history(config) == [("RUN make", False), ("USER nobody", True),
+                               ("WORKDIR /app", False), ("WORKDIR /", True)]
+    assert config.to_json()["config"]["WorkingDir"] == "/"
+    world.executor.ran.clear()
+    again = world.build(WORKDIR_STEPFILE)
+    assert world.executor.ran == [] and again.cached == 2  # a rebuild hits WORKDIR too
+    assert again.manifest_digest == result.manifest_digest
+
+
+def test_a_workdir_whose_directory_is_there_adds_no_layer_and_only_sets_the_config() -> None:
+    world = World()
+    world.script.writes["WORKDIR /app"] = None  # the directory exists: nothing changes
+    result = world.build(WORKDIR_STEPFILE + "RUN ls\n")
+    assert world.executor.ran == ["RUN make", "WORKDIR /app", "RUN ls"]
+    assert result.state.diff_ids == (layer("RUN make"), layer("RUN ls"))
+    _, config = world.store.image("app")
+    entries = config.to_json()["history"]
+    assert history(config)[2] == ("WORKDIR /app", True)
+    assert entries[2]["created"] == entries[0]["created"]  # as a config-only entry has it
+
+
 def test_a_second_image_builds_on_the_first_from_the_store() -> None:
     world = World()
     base = world.build(STEPFILE)
