@@ -43,9 +43,10 @@ annotations. Stored with `put_blob` + `tag` rather than `put_image`, which re-se
 the config (oci/documents.py: "never re-serialise a document you did not create").
 
 Reading archives and layout dirs (with limits, verifying blobs) is `read.py`'s job;
-unpacking a layer is `layers/apply.py`'s. The builder imports this module only for a FROM that names
-a transport (`build.IMPORT_TRANSPORTS`), and this module imports `apply` (and the unpacking
-machinery of `unpack`) only when a layer is really unpacked.
+unpacking a layer is `layers/apply.py`'s. The builder imports this module only for a FROM or a
+`COPY --from` that names a transport (`build/images.IMPORT_TRANSPORTS`), and this module
+imports `apply` (and the unpacking machinery of `unpack`) only when a layer is really
+unpacked.
 """
 
 from __future__ import annotations

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from stepbuild.build.config import apply_config, arg_text, onbuild_triggers
-from stepbuild.build.images import base_descriptor, load_state, save_state
+from stepbuild.build.images import (
+    base_descriptor,
+    import_archive,
+    is_archive_name,
+    load_state,
+    save_state,
+)
 from stepbuild.build.lifecycle import StepLifecycle
 from stepbuild.build.plan import (
     Scope,
@@ -37,7 +43,6 @@ from stepbuild.build.state import ImageState, scratch, timestamp
 from stepbuild.errors import (
     BaseImageError,
     BuildError,
-    ImageNotFound,
     LazyLayerError,
     PlanError,
     StepbuildError,
@@ -50,10 +55,6 @@ if TYPE_CHECKING:
     from stepbuild.progress import Progress
     from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
-
-# FROM oci-archive:PATH[:REF], oci-layout:DIR[:REF], docker-archive:PATH[:NAME:TAG] (buildah's
-# syntax); stepbuild.archive.load.TRANSPORTS, repeated here so a build need not import that module.
-IMPORT_TRANSPORTS = ("oci-archive:", "oci-layout:", "docker-archive:")
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,15 +294,10 @@ class _Run:
                 self.bases[stage.index] = self.bases[earlier.index]
             return self.results[earlier.index], ()
         imported = None
-        if name.startswith(IMPORT_TRANSPORTS):  # imported into the store on first use
-            from stepbuild.archive.load import import_base
-
+        if is_archive_name(name):  # imported into the store on first use
             self.read_outside(f"FROM {name}")  # the archive is not part of the context
-            try:
-                imported = import_base(whole_store(self.builder.store), name)
-            except ImageNotFound as exc:
-                raise located(PlanError, self.stages.filename, stage.base, exc.message,
-                              hint=exc.hint) from None
+            imported = import_archive(whole_store(self.builder.store), name,
+                                      self.stages.filename, stage.base)
         state = load_state(self.builder.store, imported or name)
         if imported is None and (state is None or self.options.pull == "always"):
             imported = self.from_registry(stage, name, found=state is not None)  # last

@@ -52,7 +52,7 @@ from stepbuild.build.copy_files import (
     open_root,
     upper_directory,
 )
-from stepbuild.build.images import load_state
+from stepbuild.build.images import import_archive, is_archive_name, load_state
 from stepbuild.build.plan import Scope, located
 from stepbuild.build.run import user_ids
 from stepbuild.build.state import ImageState
@@ -237,7 +237,9 @@ def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildR
 
 def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
           ) -> ImageState | None:
-    """The image state a `COPY --from` reads: an earlier stage's result, or an image."""
+    """The image state a `COPY --from` reads: an earlier stage's result, or an image: in the
+    store, or in an archive or layout dir (`oci-archive:` …, as FROM takes them). The key
+    holds the state, so it changes when the archive's image does."""
     if not isinstance(copy, ins.Copy) or not copy.from_:
         return None
     name = scope.expand(copy.from_)
@@ -245,6 +247,9 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
     if stage is not None:
         built: ImageState = run.results[stage.index]  # the stage graph made sure it is built
         return built
+    if is_archive_name(name):  # imported into the store on first use, as for FROM
+        run.read_outside(f"COPY --from={name}")  # the archive is not part of the context
+        name = import_archive(executor.store, name, run.stages.filename, copy)
     state = load_state(executor.store, name)
     if state is None:
         raise located(PlanError, run.stages.filename, copy,

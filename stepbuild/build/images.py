@@ -2,18 +2,50 @@
 
 The bridge between the builder's `ImageState` and the store's OCI documents. Layers are stored
 uncompressed for now (digest == diff_id). An image with no layer at all gets the canonical
-empty layer, because an OCI manifest must list at least one.
+empty layer, because an OCI manifest must list at least one. An image named by an archive
+(`oci-archive:`, `oci-layout:`, `docker-archive:`) is imported into the store first
+(`import_archive`), for FROM and `COPY --from` alike.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stepbuild.build.plan import located
 from stepbuild.build.state import ImageState
+from stepbuild.errors import BaseImageError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.oci import documents as oci
 
 if TYPE_CHECKING:
     from stepbuild.build.seams import ImageStore
+    from stepbuild.frontend import instructions as ins
+    from stepbuild.store.store import Store
+
+# FROM and COPY --from oci-archive:PATH[:REF], oci-layout:DIR[:REF],
+# docker-archive:PATH[:NAME:TAG] (buildah's syntax); stepbuild.archive.load.TRANSPORTS,
+# repeated here so a build need not import that module.
+IMPORT_TRANSPORTS = ("oci-archive:", "oci-layout:", "docker-archive:")
+
+
+def is_archive_name(name: str) -> bool:
+    """Whether `name` names an image in an archive or layout dir rather than in the store."""
+    return name.startswith(IMPORT_TRANSPORTS)
+
+
+def import_archive(store: Store, name: str, filename: str,
+                   instruction: ins.Instruction) -> str:
+    """The manifest digest of the image an archive name gives, imported into the store on
+    first use (`archive.load.import_base`). Its errors are located at `instruction`: a name
+    that is malformed or gives no image (no such file, no such ref, several images) is the
+    Stepfile's (PlanError, exit 2); an archive that fails verification is a BaseImageError."""
+    from stepbuild.archive.load import import_base
+
+    try:
+        return import_base(store, name)
+    except StepbuildError as exc:
+        usage = exc.exit_code == 2 or isinstance(exc, ImageNotFound)
+        raise located(PlanError if usage else BaseImageError, filename, instruction,
+                      exc.message, hint=exc.hint) from None
 
 
 def base_descriptor(store: ImageStore, name: str) -> tuple[str, str] | None:

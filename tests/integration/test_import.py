@@ -43,9 +43,11 @@ from stepbuild.store.store import Store
 from tests.badtars import case_names, corpus, ent, reg, tar
 from tests.integration.builds import (
     Stepbuild,
+    assert_clear_error,
     base_image,
     rootfs_tarball,
     small_tmpfs,
+    step_lines,
     write_context,
 )
 from tests.unit.layers.test_apply import tree
@@ -545,9 +547,9 @@ def test_whiteouts_and_opaque_dirs_survive_skopeo(tmp_path: Path) -> None:
 
 def test_builder_knows_the_transports() -> None:
     from stepbuild.archive import load as imports
-    from stepbuild.build import builder as build
+    from stepbuild.build import images
 
-    assert build.IMPORT_TRANSPORTS == imports.TRANSPORTS
+    assert images.IMPORT_TRANSPORTS == imports.TRANSPORTS
 
 
 def test_from_transports_and_their_errors(tmp_path: Path) -> None:
@@ -598,4 +600,60 @@ def test_parallel_loads_of_one_archive(tmp_path: Path) -> None:
     assert all(out == "Loaded image: app:v1\n" for out, _ in outs)
     assert sorted(os.listdir(sb.root / "layers")) == sorted(d[7:] for d in meta["diff_ids"])
     assert sb("check").stdout == "store is consistent\n"
+    assert os.listdir(sb.root / "tmp") == []
+
+
+def test_copy_from_transports_and_their_errors(tmp_path: Path) -> None:
+    """COPY --from takes what FROM takes (oci-archive:, docker-archive: relative to the current
+    dir, oci-layout:DIR:REF) and copies from that image's rootfs; a changed archive is a new
+    key; a missing, ambiguous or broken archive is the error FROM gives, located at the COPY."""
+    skopeo = _tool("skopeo")
+    sb = Stepbuild(tmp_path / "store")
+    base_image(sb, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def export(payload: str) -> None:
+        write_context(tmp_path / "src", f"FROM base\nRUN echo {payload} > /payload\n")
+        sb.build(tmp_path / "src", "-t", "src:1")
+        for dest in (f"oci-archive:{work / 'o.tar'}:v1", f"docker-archive:{work / 'd.tar'}:foo:1",
+                     f"oci:{work / 'lay'}:v2"):
+            if dest.startswith("docker-archive:"):
+                (work / "d.tar").unlink(missing_ok=True)  # skopeo adds to a docker archive
+            subprocess.run([skopeo, "copy", "-q", f"oci:{sb.root}:src:1", dest], check=True,
+                           timeout=60)
+
+    def build(source: str, line: str = "COPY --from={} /payload /got\n"
+              ) -> subprocess.CompletedProcess[str]:
+        ctx = write_context(tmp_path / "app", "FROM base\n" + line.format(source))
+        return subprocess.run([*fresh_cmd(sb), "build", "-t", "app", str(ctx)], cwd=work,
+                              capture_output=True, text=True, timeout=120)
+
+    export("one")
+    sources = (f"oci-archive:{work / 'o.tar'}:v1", "docker-archive:d.tar:foo:1",
+               f"oci-layout:{work / 'lay'}:v2")
+    for source in sources:
+        result = build(source)
+        assert result.returncode == 0, result.stderr
+        assert sb.run("app", "cat", "/got") == "one\n"
+        assert step_lines(build(source).stderr) == ["CACHED"]  # the same archive: a hit
+    export("two")  # the same names, another image: the COPY runs again, once, as the key
+    for n, source in enumerate(sources):  # is the image's content, not where it came from
+        result = build(source)
+        assert result.returncode == 0, result.stderr
+        assert step_lines(result.stderr) == ["CACHED" if n else "DONE"]
+        assert sb.run("app", "cat", "/got") == "two\n"
+
+    subprocess.run([skopeo, "copy", "-q", f"oci:{sb.root}:base", f"oci:{work / 'lay'}:v3"],
+                   check=True, timeout=60)
+    (work / "junk.tar").write_bytes(b"not an archive" * 100)
+    for source, code, message in ((f"oci-archive:{tmp_path / 'missing.tar'}", 2, "cannot read"),
+                                  (f"oci-layout:{work / 'lay'}", 2, "images in"),
+                                  ("oci-archive:", 2, "no path after oci-archive:"),
+                                  ("oci-archive:junk.tar", 1, "junk.tar")):
+        for line, where in (("COPY --from={} /payload /got\n", "Stepfile:2:1: "),
+                            ("FROM {}\n", "Stepfile:2:1: ")):
+            result = build(source, line)
+            assert_clear_error(result, code, where, message)
+    assert sb("check").returncode == 0
     assert os.listdir(sb.root / "tmp") == []
