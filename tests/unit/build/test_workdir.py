@@ -121,7 +121,7 @@ def prepared_key(text: str, state: ImageState, epoch: int | None = None) -> str:
     instruction = stepfile.instructions[-1]
     assert isinstance(instruction, ins.Workdir)
     run = _Run(Stages("Stepfile", (), ()))
-    step = workdir.prepare(_Executor(epoch), instruction, state, Scope(), run)  # type: ignore[arg-type]
+    step = workdir.prepare(_Executor(epoch), instruction, state, Scope(), run)  # duck-typed
     assert step.created_by.startswith("WORKDIR /")
     return step.key
 
