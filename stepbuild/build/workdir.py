@@ -12,7 +12,10 @@ directory and the user. Where BuildKit adds a layer (an empty one when the direc
 there), stepbuild adds none for a step that changed nothing, as for every step; the builder
 then keeps WORKDIR's config-only history entry (`builder.py`), so an image whose WORKDIR
 directories exist has the digest it had before WORKDIR made directories. A name the image
-does not have is an error here, as for `--chown` and RUN, where BuildKit silently uses root.
+the image does not have gives root, as in BuildKit (its readUser leaves the id at 0 when the
+passwd or group file has no such entry): a Stepfile such as `USER app` + `WORKDIR /srv` on a
+base without that user builds with docker, so it builds here too. An id out of range, or a
+passwd file that cannot be read, is still an error located at the WORKDIR.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from stepbuild.build import keys, users
 from stepbuild.build.config import workdir_path
-from stepbuild.build.copy import numeric_owner
 from stepbuild.build.copy_files import Owner, open_root
 from stepbuild.build.run import user_ids
 from stepbuild.build.step import PreparedStep
@@ -81,13 +83,50 @@ def perform(work: WorkdirWork, merged: Path) -> None:
 
 def _owner(root: Path, work: WorkdirWork) -> Owner:
     """The USER in effect as the owner of the directories made (BuildKit's WithUser)."""
-    user = ":".join("0" if part == "root" else part for part in work.user.split(":"))
+    user_part, _, group_part = work.user.partition(":")
     try:
-        owner = numeric_owner(user) if user else Owner()
-        if owner is not None:
-            return owner
-        ids = user_ids(root, user)
-    except users.UserError as exc:  # a name the image lacks, an id out of range, no passwd
+        uid, gid = _user_ids(root, user_part)
+        if group_part:
+            gid = _group_id(root, group_part, gid)
+    except users.UserError as exc:  # an id out of range, an unreadable passwd or group file
         raise BuildError(f"{work.where}: WORKDIR as USER {work.user}: {exc.message}",
                          hint=exc.hint) from None
-    return Owner(ids.uid, ids.gid)
+    return Owner(uid, gid)
+
+
+def _user_ids(root: Path, user: str) -> tuple[int, int]:
+    """uid and primary gid of `user`; a name the image lacks is 0:0, as in BuildKit."""
+    if not user or user == "root":
+        return 0, 0
+    if users.is_numeric(user):
+        uid = users.numeric_id(user, "uid")
+        return uid, uid  # llb.WithUser: a lone uid is the gid too
+    try:
+        ids = user_ids(root, user)
+    except users.UserError:
+        if _passwd_unreadable(root):
+            raise
+        return 0, 0
+    return ids.uid, ids.gid
+
+
+def _group_id(root: Path, group: str, fallback: int) -> int:
+    """gid of `group`; a name the image lacks keeps the user's gid, as in BuildKit."""
+    if users.is_numeric(group):
+        return users.numeric_id(group, "gid")
+    try:
+        return user_ids(root, f"0:{group}").gid
+    except users.UserError:
+        if _passwd_unreadable(root):
+            raise
+        return fallback
+
+
+def _passwd_unreadable(root: Path) -> bool:
+    """Whether the lookup failed because a file could not be read (rather than lacked the
+    name): then the owner cannot be known, and that is an error, not root."""
+    try:
+        user_ids(root, "0")
+    except users.UserError:
+        return True
+    return False

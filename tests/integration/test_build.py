@@ -213,12 +213,21 @@ def test_workdir_makes_its_directory_at_once_owned_by_the_user(sb: Stepbuild,
     assert_consistent(sb)
 
 
+def test_workdir_as_a_user_the_image_lacks_is_root_owned_as_in_buildkit(
+        sb: Stepbuild, tmp_path: Path) -> None:
+    """`USER app` + `WORKDIR` on a base without `app` builds with docker (BuildKit's readUser
+    leaves the id at 0), so it builds here too; RUN as that user would still fail."""
+    context = write_context(tmp_path / "ctx", "FROM base\nUSER ghost\nWORKDIR /app\nUSER 0\n")
+    sb.build(context, "-t", "ghostwd")
+    assert sb.run("ghostwd", "stat", "-c", "%u:%g %a", "/app") == "0:0 755\n"
+
+
 def test_workdir_errors_are_located(sb: Stepbuild, tmp_path: Path) -> None:
     for stepfile, words in (
             ("FROM base\nWORKDIR /etc/passwd/x\n", ("Stepfile:2:1: WORKDIR /etc/passwd/x",
                                                      "not a directory")),
-            ("FROM base\nUSER ghost\nWORKDIR /app\n", ("Stepfile:3:1: WORKDIR as USER ghost",
-                                                         "unable to find user ghost"))):
+            ("FROM base\nUSER 0:4294967295\nWORKDIR /app\n", (
+                "Stepfile:3:1: WORKDIR as USER 0:4294967295", "out of range"))):
         result = sb.build(write_context(tmp_path / "bad", stepfile), check=False)
         assert_clear_error(result, 1, *words)
     assert_consistent(sb)

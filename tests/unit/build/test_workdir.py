@@ -49,12 +49,25 @@ def owner_and_mode(path: Path) -> tuple[int, int, int]:
     ("1000", (1000, 1000)),            # a lone uid is the gid too (BuildKit's WithUser)
     ("1000:50", (1000, 50)),
     ("root", (0, 0)),
+    ("ghost", (0, 0)),                 # a name the image lacks is root, as in BuildKit
+    ("nobody:ghosts", (65534, 65534)),  # a group it lacks keeps the user's gid
+    ("1000:ghosts", (1000, 1000)),
 ])
 def test_the_directory_and_its_parents_are_made_0755_owned_by_the_user(
         root: Path, user: str, ids: tuple[int, int]) -> None:
     make(root, "/srv/data/sub", user)
     for made in ("srv", "srv/data", "srv/data/sub"):
         assert owner_and_mode(root / made) == (*ids, 0o755)
+
+
+def test_an_unreadable_passwd_is_a_located_error_not_root(root: Path) -> None:
+    (root / "etc" / "passwd").unlink()
+    (root / "etc" / "passwd").mkdir()  # a name cannot be known: never guess root
+    with pytest.raises(BuildError) as caught:
+        make(root, "/app", "nobody")
+    assert caught.value.message.startswith("Stepfile:4:1: WORKDIR as USER nobody: ")
+    assert "cannot read /etc/passwd" in caught.value.message
+    assert not (root / "app").exists()
 
 
 def test_root_needs_no_passwd(tmp_path: Path) -> None:
@@ -93,9 +106,8 @@ def test_a_file_in_the_way_is_a_located_error(root: Path) -> None:
 
 
 @pytest.mark.parametrize(("user", "words"), [
-    ("ghost", "unable to find user ghost"),
-    ("nobody:ghosts", "unable to find group ghosts"),
     ("4294967295", "out of range"),
+    ("nobody:4294967295", "out of range"),
 ])
 def test_a_user_the_image_cannot_give_is_a_located_error(root: Path, user: str,
                                                           words: str) -> None:
