@@ -70,6 +70,7 @@ from stepbuild.archive.write import (
 from stepbuild.errors import UsageError
 from stepbuild.fs.durable import fsync_dir, replacing, replacing_path
 from stepbuild.fs.locks import flocked
+from stepbuild.fs.owner import is_dead_work, owner_tag
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
@@ -258,6 +259,7 @@ def _export_one(store: Store, source: ImageSource, output: Output, compression: 
                 names: Sequence[str]) -> Exported:
     kind, dest = output.type, output.dest
     _make_parents(dest)
+    _clear_dead_leftovers(dest)
     if kind in COMPRESSED_TYPES:
         image = oci_image(store, source, output.compression or compression)
         if kind == "oci":
@@ -282,7 +284,7 @@ def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence
         with flocked(dest, exclusive=True, directory=True):  # other writers of it wait
             fill_layout(dest, store, image, names)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _temp_dir(dest, ".tmp")
     try:
         os.chmod(tmp, 0o777 & ~umask())
         fill_layout(tmp, store, image, names)
@@ -297,6 +299,25 @@ def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence
     fsync_dir(dest.parent)
 
 
+def _temp_dir(dest: Path, suffix: str) -> Path:
+    """A new dir beside `dest`, `.<name>.<owner tag>-XXXX<suffix>`: hidden, and known to be
+    garbage once its owner is dead (`_clear_dead_leftovers`)."""
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{owner_tag()}-", suffix=suffix,
+                                 dir=dest.parent))
+
+
+def _clear_dead_leftovers(dest: Path) -> None:
+    """Remove the temp files and dirs that killed exports (SIGKILL: no cleanup ran) left
+    beside `dest`; those of live exports, and anything not ours, stay."""
+    prefix = f".{dest.name}."
+    with os.scandir(dest.parent) as entries:
+        doomed = [Path(e.path) for e in entries
+                  if e.name.startswith(prefix) and e.name.endswith((".tmp", ".old"))
+                  and is_dead_work(e.name)]
+    for path in doomed:
+        remove_tree(path, best_effort=True)
+
+
 class _DestinationTaken(Exception):
     """A directory appeared at the destination after it was checked."""
 
@@ -307,7 +328,7 @@ def _rename_dir(tmp: Path, dest: Path, *, previous: bool = False) -> None:
     renamed away first (and put back if the second rename fails) and then deleted."""
     trash = None
     if previous:
-        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        trash = _temp_dir(dest, ".old")
         os.rename(dest, trash / "tree")
     try:
         os.rename(tmp, dest)
@@ -329,7 +350,7 @@ def _write_local(dest: Path, store: Store, source: ImageSource) -> None:
     from stepbuild.layers.flatten import flatten
 
     state = _local_state(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _temp_dir(dest, ".tmp")
     try:
         flatten(store, source.config.diff_ids, tmp)
         with suppress(OSError):  # no user xattrs there: the next export asks for a clean dir
