@@ -346,11 +346,32 @@ def load(options: argparse.Namespace) -> int:
 
 
 def _connection(options: argparse.Namespace) -> Connection:
-    """--authfile, --tls-verify and --ca-file as one connection.Connection."""
+    """--authfile, --tls-verify, --ca-file and --stall-timeout as one
+    connection.Connection."""
     from stepbuild.distribution.connection import Connection
 
-    return Connection(authfile=options.authfile, tls_verify=options.tls_verify,
-                      ca_file=options.ca_file)
+    connection = Connection(authfile=options.authfile, tls_verify=options.tls_verify,
+                            ca_file=options.ca_file)
+    stall: float | None = options.stall_timeout or _stall_timeout_from_environment()
+    if stall is None:
+        return connection
+    from dataclasses import replace
+
+    return replace(connection, stall_timeout=stall)
+
+
+def _stall_timeout_from_environment() -> float | None:
+    """$STEPBUILD_STALL_TIMEOUT (seconds), None if unset; `UsageError` if not a number."""
+    text = os.environ.get("STEPBUILD_STALL_TIMEOUT", "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"STEPBUILD_STALL_TIMEOUT={text!r}: expected a number of seconds")
+    return value
 
 
 def _display(options: argparse.Namespace) -> TransferDisplay:

@@ -217,6 +217,20 @@ def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify the registry's certificate; false also allows plain HTTP"
                              " (default: true)")
     parser.add_argument("--ca-file", help="CA certificate(s) to trust for the registry")
+    parser.add_argument("--stall-timeout", type=_seconds, metavar="SECONDS",
+                        help="fail a registry transfer that makes no progress (under 1 KiB/s)"
+                             " for this long; retried as other network errors (default:"
+                             " $STEPBUILD_STALL_TIMEOUT, else 60)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:
