@@ -67,7 +67,7 @@ from stepbuild.archive.write import (
     write_docker_archive,
     write_oci_archive,
 )
-from stepbuild.errors import UsageError
+from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.fs.durable import fsync_dir, replacing, replacing_path
 from stepbuild.fs.locks import flocked
 from stepbuild.fs.owner import is_dead_work, owner_tag
@@ -251,8 +251,24 @@ def export_image(store: Store, image: str, outputs: Sequence[Output], *,
         if names is None:
             names = [image] if any(name == image for name, _ in store.images()) else []
         source = load_image(store, image)
-        return [_export_one(store, source, output, compression, output.names or tuple(names))
+        return [_export_or_say_why(store, source, output, compression,
+                                   output.names or tuple(names))
                 for output in outputs]
+
+
+def _export_or_say_why(store: Store, source: ImageSource, output: Output, compression: str,
+                       names: Sequence[str]) -> Exported:
+    """`_export_one`, with a full disk said as one error. Nothing half-written stays: each
+    writer removes its temp file or dir on the way out (`replacing`, `_write_local`)."""
+    try:
+        return _export_one(store, source, output, compression, names)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StepbuildError(
+            f"cannot write {output.dest}: no space left on device (nothing half-written was left)",
+            hint="free some space where it goes (or in the store: `stepbuild prune`), or"
+                 " choose another dest") from exc
 
 
 def _export_one(store: Store, source: ImageSource, output: Output, compression: str,
