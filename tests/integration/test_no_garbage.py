@@ -90,6 +90,30 @@ def test_sigterm_stops_a_build_that_cleans_up_and_exits_143(sb: Stepbuild,
     assert "stale work" not in sb("check").stdout
 
 
+def test_sigterm_stops_parallel_stages_and_their_steps(sb: Stepbuild, tmp_path: Path) -> None:
+    run = f"RUN head -c 1000000 /dev/zero > /junk && echo {MARKER} && sleep 1000"
+    context = write_context(tmp_path / "context", f"FROM base AS one\n{run}\n"
+                            f"FROM base AS two\n{run} two\nFROM base\n"
+                            "COPY --from=one /junk /1\nCOPY --from=two /junk /2\n")
+    build = _start(sb, "build", "--no-cache", "--jobs", "2", str(context))
+    assert build.stderr is not None
+    markers = 0
+    for line in build.stderr:
+        markers += MARKER in line and "echo" not in line
+        if markers == 2:
+            break
+    assert markers == 2, build.communicate()
+    build.send_signal(signal.SIGTERM)
+    try:  # the stage threads' RUN steps are killed too: nothing waits for `sleep 1000`
+        _, stderr = build.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        build.kill()
+        build.communicate()
+        raise
+    assert build.returncode == 128 + signal.SIGTERM, stderr
+    assert _tmp_entries(sb) == []
+
+
 @pytest.fixture
 def export_dest(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "out" / "image.tar"
