@@ -324,9 +324,16 @@ def _temp_dir(dest: Path, suffix: str) -> Path:
 
 def _clear_dead_leftovers(dest: Path) -> None:
     """Remove the temp files and dirs that killed exports (SIGKILL: no cleanup ran) left
-    beside `dest`; those of live exports, and anything not ours, stay."""
-    prefix = f".{dest.name}."
-    with os.scandir(dest.parent) as entries:
+    beside `dest`, and in it when it is an OCI layout they were adding blobs to; those of
+    live exports, and anything not ours, stay."""
+    _clear_dead_temps(dest.parent, f".{dest.name}.")
+    if (dest / "oci-layout").is_file():
+        _clear_dead_temps(dest, ".index.json.")
+        _clear_dead_temps(dest / "blobs" / "sha256", ".")
+
+
+def _clear_dead_temps(directory: Path, prefix: str) -> None:
+    with suppress(FileNotFoundError, NotADirectoryError), os.scandir(directory) as entries:
         doomed = [Path(e.path) for e in entries
                   if e.name.startswith(prefix) and e.name.endswith((".tmp", ".old"))
                   and is_dead_work(e.name)]
