@@ -67,9 +67,10 @@ from stepbuild.archive.write import (
     write_docker_archive,
     write_oci_archive,
 )
-from stepbuild.errors import UsageError
+from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.fs.durable import fsync_dir, replacing, replacing_path
 from stepbuild.fs.locks import flocked
+from stepbuild.fs.owner import is_dead_work, owner_tag
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
@@ -250,14 +251,31 @@ def export_image(store: Store, image: str, outputs: Sequence[Output], *,
         if names is None:
             names = [image] if any(name == image for name, _ in store.images()) else []
         source = load_image(store, image)
-        return [_export_one(store, source, output, compression, output.names or tuple(names))
+        return [_export_or_say_why(store, source, output, compression,
+                                   output.names or tuple(names))
                 for output in outputs]
+
+
+def _export_or_say_why(store: Store, source: ImageSource, output: Output, compression: str,
+                       names: Sequence[str]) -> Exported:
+    """`_export_one`, with a full disk said as one error. Nothing half-written stays: each
+    writer removes its temp file or dir on the way out (`replacing`, `_write_local`)."""
+    try:
+        return _export_one(store, source, output, compression, names)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StepbuildError(
+            f"cannot write {output.dest}: no space left on device (nothing half-written was left)",
+            hint="free some space where it goes (or in the store: `stepbuild prune`), or"
+                 " choose another dest") from exc
 
 
 def _export_one(store: Store, source: ImageSource, output: Output, compression: str,
                 names: Sequence[str]) -> Exported:
     kind, dest = output.type, output.dest
     _make_parents(dest)
+    _clear_dead_leftovers(dest)
     if kind in COMPRESSED_TYPES:
         image = oci_image(store, source, output.compression or compression)
         if kind == "oci":
@@ -282,7 +300,7 @@ def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence
         with flocked(dest, exclusive=True, directory=True):  # other writers of it wait
             fill_layout(dest, store, image, names)
         return
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _temp_dir(dest, ".tmp")
     try:
         os.chmod(tmp, 0o777 & ~umask())
         fill_layout(tmp, store, image, names)
@@ -297,6 +315,32 @@ def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence
     fsync_dir(dest.parent)
 
 
+def _temp_dir(dest: Path, suffix: str) -> Path:
+    """A new dir beside `dest`, `.<name>.<owner tag>-XXXX<suffix>`: hidden, and known to be
+    garbage once its owner is dead (`_clear_dead_leftovers`)."""
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{owner_tag()}-", suffix=suffix,
+                                 dir=dest.parent))
+
+
+def _clear_dead_leftovers(dest: Path) -> None:
+    """Remove the temp files and dirs that killed exports (SIGKILL: no cleanup ran) left
+    beside `dest`, and in it when it is an OCI layout they were adding blobs to; those of
+    live exports, and anything not ours, stay."""
+    _clear_dead_temps(dest.parent, f".{dest.name}.")
+    if (dest / "oci-layout").is_file():
+        _clear_dead_temps(dest, ".index.json.")
+        _clear_dead_temps(dest / "blobs" / "sha256", ".")
+
+
+def _clear_dead_temps(directory: Path, prefix: str) -> None:
+    with suppress(FileNotFoundError, NotADirectoryError), os.scandir(directory) as entries:
+        doomed = [Path(e.path) for e in entries
+                  if e.name.startswith(prefix) and e.name.endswith((".tmp", ".old"))
+                  and is_dead_work(e.name)]
+    for path in doomed:
+        remove_tree(path, best_effort=True)
+
+
 class _DestinationTaken(Exception):
     """A directory appeared at the destination after it was checked."""
 
@@ -307,7 +351,7 @@ def _rename_dir(tmp: Path, dest: Path, *, previous: bool = False) -> None:
     renamed away first (and put back if the second rename fails) and then deleted."""
     trash = None
     if previous:
-        trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        trash = _temp_dir(dest, ".old")
         os.rename(dest, trash / "tree")
     try:
         os.rename(tmp, dest)
@@ -329,7 +373,7 @@ def _write_local(dest: Path, store: Store, source: ImageSource) -> None:
     from stepbuild.layers.flatten import flatten
 
     state = _local_state(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = _temp_dir(dest, ".tmp")
     try:
         flatten(store, source.config.diff_ids, tmp)
         with suppress(OSError):  # no user xattrs there: the next export asks for a clean dir

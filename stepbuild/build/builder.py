@@ -182,19 +182,22 @@ class Builder:
         pending = list(needed)
         running: dict[Future[ImageState], int] = {}
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="stage") as pool:
-            while pending or running:
-                for index in [i for i in pending if graph[i] <= run.results.keys()]:
-                    pending.remove(index)
-                    running[pool.submit(run.stage, run.stages.stages[index])] = index
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    index = running.pop(future)
-                    if future.exception() is not None:
-                        run.failed = True  # other stages stop at their next step...
-                        run.cancel.set()  # ...and the RUN steps running now are killed
-                        wait(running)
-                        raise future.exception()  # type: ignore[misc]
-                    run.results[index] = future.result()
+            try:
+                while pending or running:
+                    for index in [i for i in pending if graph[i] <= run.results.keys()]:
+                        pending.remove(index)
+                        running[pool.submit(run.stage, run.stages.stages[index])] = index
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        index = running.pop(future)
+                        if future.exception() is not None:
+                            raise future.exception()  # type: ignore[misc]
+                        run.results[index] = future.result()
+            except BaseException:  # a stage failed, or SIGTERM (cli/main.py) came
+                run.failed = True  # other stages stop at their next step...
+                run.cancel.set()  # ...and the RUN steps running now are killed
+                wait(running)
+                raise
 
 
 def _final_stages(run: _Run, target: int) -> set[int]:

@@ -333,8 +333,16 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
             for index, repo in enumerate(work.git):
                 _copy_git(copier, repo, place, root_fd, tmp / f"git-{index}", work, merged)
             copier.finish()
+        except _SourceChanged as exc:
+            raise BuildError(f"{work.where}: {exc}",
+                             hint="leave the build context alone while a build reads it") from None
         finally:
             copier.close()
+
+
+class _SourceChanged(Exception):
+    """A source file was swapped (for a symlink, a symlink loop, nothing) after the context
+    was hashed: said at the instruction by `_copy_all`."""
 
 
 def chown_owner(root: Path, chown: str, where: str) -> Owner:
@@ -365,7 +373,7 @@ def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place
     if not group.is_dir:
         entry = group.entries[0]
         archive = context.root / group.resolved
-        if unpack and entry.kind == "file" and is_archive(archive):
+        if unpack and entry.kind == "file" and _is_archive(archive, group.resolved):
             owner = place.owner if chowned else None
             unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
                            uid=owner.uid if owner else None,
@@ -386,6 +394,14 @@ def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place
         _copy_entry(context, copier, source, base.rstrip("/") + "/" + entry.path, entry)
 
 
+def _is_archive(path: Path, source: str) -> bool:
+    try:
+        return is_archive(path)
+    except OSError as exc:  # swapped since it was hashed: for a symlink loop, or removed
+        raise _SourceChanged(f"{source} changed while the build read it: {exc.strerror}"
+                             ) from exc
+
+
 def _copy_entry(context: BuildContext, copier: Copier, source: str, target: str,
                 entry: ContextEntry) -> None:
     """Copy one entry; `source` is relative to the context (or source image) root."""
@@ -395,7 +411,11 @@ def _copy_entry(context: BuildContext, copier: Copier, source: str, target: str,
         assert entry.link_target is not None  # every symlink entry has its target
         copier.copy_symlink(entry.link_target, target, os.lstat(context.root / source))
     else:
-        fd = context.open_file(source)
+        try:
+            fd = context.open_file(source)
+        except OSError as exc:  # open_file never follows a symlink: ELOOP, ENOENT, ENOTDIR
+            raise _SourceChanged(f"{source} changed while the build read it: "
+                                 f"{exc.strerror}") from exc
         try:
             copier.copy_file(fd, target, os.fstat(fd))
         finally:

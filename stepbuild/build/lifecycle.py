@@ -24,10 +24,12 @@ state behind, and the steps after it hit again.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.build.state import timestamp
+from stepbuild.errors import BuildError
 from stepbuild.store.records import CacheRecord
 
 if TYPE_CHECKING:
@@ -108,16 +110,32 @@ class StepLifecycle:
         for other in step.reads:
             build.need_layers(other)
         diff_id = None
-        with self.executor.workspace(step, state) as space:
-            self.executor.perform(step, state, space, build, label)
-            layer = self.executor.capture(space)
-            if layer is not None:
-                self.store.commit_layer(space.upper, layer.diff_id, layer.path)
-                diff_id = layer.diff_id
-        finished = self.clock()
-        # started/finished are for people and tests (did two stages overlap?), not keys.
-        self.store.cache_records.put(step.key, CacheRecord(
-            (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
-            started=started, finished=finished))
+        try:
+            with self.executor.workspace(step, state) as space:
+                self.executor.perform(step, state, space, build, label)
+                layer = self.executor.capture(space)
+                if layer is not None:
+                    self.store.commit_layer(space.upper, layer.diff_id, layer.path)
+                    diff_id = layer.diff_id
+            finished = self.clock()
+            # started/finished are for people and tests (did two stages overlap?), not keys.
+            self.store.cache_records.put(step.key, CacheRecord(
+                (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
+                started=started, finished=finished))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _out_of_space(build, step.instruction) from exc
         self.progress.done(label, finished - started)
         return StepResult(diff_id, created, created)
+
+
+def _out_of_space(build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add) -> BuildError:
+    """The store's filesystem filled up while a step wrote its files or its layer. The
+    workspace is gone and no blob, layer dir or record of the step was written (each is
+    renamed into place whole, or its temp file removed)."""
+    loc = instruction.loc
+    return BuildError(f"{build.stages.filename}:{loc.line}:{loc.column}: no space left on"
+                      " the store's filesystem while building this step (nothing of it was"
+                      " kept)", hint="free some space there, or remove what no image uses"
+                      " with `stepbuild prune`")

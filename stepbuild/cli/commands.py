@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
     from stepbuild.sources.context import BuildContext
+    from stepbuild.store.stale import StaleWork
     from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
@@ -345,11 +346,32 @@ def load(options: argparse.Namespace) -> int:
 
 
 def _connection(options: argparse.Namespace) -> Connection:
-    """--authfile, --tls-verify and --ca-file as one connection.Connection."""
+    """--authfile, --tls-verify, --ca-file and --stall-timeout as one
+    connection.Connection."""
     from stepbuild.distribution.connection import Connection
 
-    return Connection(authfile=options.authfile, tls_verify=options.tls_verify,
-                      ca_file=options.ca_file)
+    connection = Connection(authfile=options.authfile, tls_verify=options.tls_verify,
+                            ca_file=options.ca_file)
+    stall: float | None = options.stall_timeout or _stall_timeout_from_environment()
+    if stall is None:
+        return connection
+    from dataclasses import replace
+
+    return replace(connection, stall_timeout=stall)
+
+
+def _stall_timeout_from_environment() -> float | None:
+    """$STEPBUILD_STALL_TIMEOUT (seconds), None if unset; `UsageError` if not a number."""
+    text = os.environ.get("STEPBUILD_STALL_TIMEOUT", "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise UsageError(f"STEPBUILD_STALL_TIMEOUT={text!r}: expected a number of seconds")
+    return value
 
 
 def _display(options: argparse.Namespace) -> TransferDisplay:
@@ -542,14 +564,30 @@ def prune(options: argparse.Namespace) -> int:
 
 def check(options: argparse.Namespace) -> int:
     from stepbuild.store import gc
+    from stepbuild.store.stale import dead_work
+    from stepbuild.store.store import Store
 
-    problems = gc.check(open_store(options))
+    store = Store(store_root(options.root), clear_dead=False)  # list dead work, not clear it
+    _report_dead_work(store.root, dead_work(store.layout))
+    problems = gc.check(store)
     for problem in problems:
         print(problem)
     if problems:
         return 1
     print("store is consistent")
     return 0
+
+
+def _report_dead_work(root: Path, leftovers: list[StaleWork]) -> None:
+    """What killed builders left in the store: garbage, not a problem (the next command
+    that takes the store lock removes it)."""
+    if not leftovers:
+        return
+    total = human_size(sum(work.size for work in leftovers))
+    print(f"stale work of dead builders: {len(leftovers)} entries, {total}"
+          " (the next build, or any command that locks the store, removes it)")
+    for work in leftovers:
+        print(f"  {work.path.relative_to(root)}  {human_size(work.size)}")
 
 
 # --- run ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,25 @@ from stepbuild.errors import StepbuildError
 from stepbuild.frontend.source import read_stepfile
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from stepbuild.frontend.syntax import Node
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Raised in the main thread so that every `finally` and cleanup on the
+    way out runs (temp dirs, mounts, a half-written export) before we exit 143. A
+    BaseException, so that no `except Exception` takes it for an ordinary failure."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # One unwinding is enough: a second SIGTERM must not cut the cleanup of the first short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        previous = None
+    try:
+        return _run(options)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(options: argparse.Namespace) -> int:
+    """Run the command; print its error, if any, and return the exit status."""
+    try:
         return int(options.run(options))
     except StepbuildError as exc:
         if options.debug:
@@ -38,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        print("stepbuild: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         # `stepbuild history IMG | head`: the reader left; say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -185,6 +217,20 @@ def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify the registry's certificate; false also allows plain HTTP"
                              " (default: true)")
     parser.add_argument("--ca-file", help="CA certificate(s) to trust for the registry")
+    parser.add_argument("--stall-timeout", type=_seconds, metavar="SECONDS",
+                        help="fail a registry transfer that makes no progress (under 1 KiB/s)"
+                             " for this long; retried as other network errors (default:"
+                             " $STEPBUILD_STALL_TIMEOUT, else 60)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}")
+    return value
 
 
 def _boolean(text: str) -> bool:

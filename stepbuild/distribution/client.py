@@ -45,7 +45,12 @@ import requests
 
 from stepbuild.distribution.auth import Credentials, repository_scope
 from stepbuild.distribution.reference import check_identifier, check_repository
-from stepbuild.distribution.transport import NETWORK_ERRORS, Retryable, Transport, network_error
+from stepbuild.distribution.transport import (
+    DEFAULT_STALL_TIMEOUT,
+    ProgressWatch,
+    Retryable,
+    Transport,
+)
 from stepbuild.errors import DigestMismatch, RegistryError
 from stepbuild.oci.digest import PREFIX, Digest, is_digest, sha256_bytes
 from stepbuild.oci.documents import (
@@ -60,7 +65,6 @@ MANIFEST_MEDIA_TYPES = (
     MEDIA_TYPE_MANIFEST, MEDIA_TYPE_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
 )
 MAX_MANIFEST_SIZE = 4 << 20  # what registries accept
-_CHUNK = 1 << 16
 _PROGRESS_STEP = 1 << 20  # bytes between two progress callbacks
 
 Progress = Callable[[str, int, int], None]  # (digest, done bytes, total bytes; 0 if unknown)
@@ -73,7 +77,9 @@ class Registry:
     `insecure_http`: None decides by itself (plain HTTP only for a loopback registry without
     TLS, or with `tls_verify=False`: see transport.py), True always uses plain
     HTTP, False never does. `retries` is how many times a temporary failure is retried,
-    after `backoff` * 2^n seconds; `timeout` is (connect, read) in seconds. Methods take
+    after `backoff` * 2^n seconds. A transfer that makes no progress for `stall_timeout`
+    seconds fails (a temporary error: retried); `timeout`, (connect, read) in seconds,
+    replaces it for the socket alone (transport.py). Methods take
     repository names without the host (`library/busybox`). `close()` (or `with`) at the end.
     """
 
@@ -87,12 +93,13 @@ class Registry:
         insecure_http: bool | None = None,
         retries: int = 4,
         backoff: float = 0.5,
-        timeout: float | tuple[float, float] = (30.0, 300.0),
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        timeout: float | tuple[float, float] | None = None,
     ) -> None:
         self.host = host
         self._http = Transport(host, auth=auth, tls_verify=tls_verify, ca_file=ca_file,
                                insecure_http=insecure_http, retries=retries, backoff=backoff,
-                               timeout=timeout)
+                               stall_timeout=stall_timeout, timeout=timeout)
 
     def __enter__(self) -> Registry:
         return self
@@ -255,17 +262,14 @@ class Registry:
         headers = {"Accept-Encoding": "identity"}
         if download.done:
             headers["Range"] = f"bytes={download.done}-"
+        what = f"blob {download.digest} in {repo}"
         resp = self._http.request("GET", f"/v2/{repo}/blobs/{download.digest}", stream=True,
                                   follow=True, headers=headers, expect=(200, 206),
-                                  scopes=(repository_scope(repo, "pull"),),
-                                  what=f"blob {download.digest} in {repo}")
+                                  scopes=(repository_scope(repo, "pull"),), what=what)
         with resp:
             download.start(resp)
-            try:
-                for chunk in resp.raw.stream(_CHUNK, decode_content=False):
-                    download.write(chunk)
-            except NETWORK_ERRORS as exc:
-                raise network_error(f"download of {download.digest}", exc) from exc
+            for chunk in self._http.body(resp, "GET", what):
+                download.write(chunk)
         download.check_complete()
 
     def _start_upload(self, repo: str) -> str:
@@ -278,16 +282,17 @@ class Registry:
     def _upload_whole(self, repo: str, digest: str, size: int, f: BinaryIO, location: str,
                       meter: _Meter) -> None:
         bodies: list[_UploadBody] = []
+        what = f"blob {digest} to {repo}"
 
         def body() -> _UploadBody:
-            bodies.append(_UploadBody(f, size, meter))
+            bodies.append(_UploadBody(f, size, meter, self._http.watch("PUT", what)))
             return bodies[-1]
 
         try:
             self._http.request("PUT", _with_query(location, digest=digest), body=body,
                                headers={"Content-Type": "application/octet-stream"},
                                scopes=(repository_scope(repo, "pull", "push"),), expect=(201,),
-                               what=f"upload of {digest} to {repo}").close()
+                               what=what).close()
         except RegistryError as exc:
             if "DIGEST_INVALID" in exc.codes and bodies:
                 raise DigestMismatch(digest, bodies[-1].digest) from exc
@@ -307,7 +312,7 @@ class Registry:
             headers = {"Content-Type": "application/octet-stream",
                        "Content-Range": f"{offset}-{end}"}
             resp = self._http.request("PATCH", location, body=data, scopes=scopes, expect=(202,),
-                                      headers=headers, what=f"upload of {digest} to {repo}")
+                                      headers=headers, what=f"blob {digest} to {repo}")
             with resp:
                 location = self._http.location(resp)
                 said = resp.headers.get("Range", f"0-{end}").removeprefix("bytes=")
@@ -320,7 +325,7 @@ class Registry:
         if PREFIX + hasher.hexdigest() != digest:
             raise DigestMismatch(digest, PREFIX + hasher.hexdigest())
         self._http.request("PUT", _with_query(location, digest=digest), body=b"", scopes=scopes,
-                           expect=(201,), what=f"upload of {digest} to {repo}").close()
+                           expect=(201,), what=f"blob {digest} to {repo}").close()
         meter.report(size, force=True)
 
     def _cancel_upload(self, resp: requests.Response, scopes: tuple[str, ...]) -> None:
@@ -337,10 +342,11 @@ class Registry:
                                   headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
                                   scopes=(repository_scope(repo, "pull"),), what=what)
         with resp:
-            try:
-                data = resp.raw.read(MAX_MANIFEST_SIZE + 1, decode_content=True)
-            except NETWORK_ERRORS as exc:
-                raise network_error(f"download of {what}", exc) from exc
+            data = b""
+            for chunk in self._http.body(resp, "GET", what, decode=True):
+                data += chunk
+                if len(data) > MAX_MANIFEST_SIZE:
+                    break
             if len(data) > MAX_MANIFEST_SIZE:
                 raise RegistryError(resp.status_code, (), f"{what}: larger than "
                                     f"{MAX_MANIFEST_SIZE} bytes, not a manifest")
@@ -399,11 +405,12 @@ class _Meter:
 
 
 class _UploadBody:
-    """A file as a request body of exactly `size` bytes, hashed as it is read."""
+    """A file as a request body of exactly `size` bytes, hashed as it is read. http.client
+    reads the next block only once the last one is sent, so `watch` sees the upload's pace."""
 
-    def __init__(self, file: BinaryIO, size: int, meter: _Meter) -> None:
+    def __init__(self, file: BinaryIO, size: int, meter: _Meter, watch: ProgressWatch) -> None:
         file.seek(0)
-        self._file, self._size, self._meter = file, size, meter
+        self._file, self._size, self._meter, self._watch = file, size, meter, watch
         self._hash, self._done = hashlib.sha256(), 0
 
     @property
@@ -421,6 +428,7 @@ class _UploadBody:
         self._hash.update(data)
         self._done += len(data)
         self._meter.report(self._done)
+        self._watch.moved(len(data))  # the last block was sent: a stalled registry shows
         return data
 
 

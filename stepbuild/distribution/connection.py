@@ -23,13 +23,15 @@ _CERT_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
 class Connection:
     """How to reach registries: the auth file (None: the default search, auth.py),
     TLS verification and a CA file (None: `certs.d/<host>/ca.crt` under /etc/containers or
-    /etc/docker if there is one, else the system's CAs), retries."""
+    /etc/docker if there is one, else the system's CAs), retries, and how long a transfer
+    may make no progress before it fails (`stall_timeout`, seconds: transport.py)."""
 
     authfile: str | None = None
     tls_verify: bool = True
     ca_file: str | None = None
     retries: int = 4
     backoff: float = 0.5
+    stall_timeout: float = 60.0  # transport.DEFAULT_STALL_TIMEOUT (not imported: requests)
 
     def open(self, host: str, repository: str | None = None) -> Registry:
         from stepbuild.distribution.auth import load_credentials
@@ -38,7 +40,8 @@ class Connection:
         credentials = load_credentials(host, repository, authfile=self.authfile)
         return Registry(host, auth=credentials, tls_verify=self.tls_verify,
                         ca_file=self.ca_file or system_ca(host, self.tls_verify),
-                        retries=self.retries, backoff=self.backoff)
+                        retries=self.retries, backoff=self.backoff,
+                        stall_timeout=self.stall_timeout)
 
 
 def system_ca(host: str, tls_verify: bool) -> str | None:

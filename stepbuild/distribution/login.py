@@ -25,7 +25,8 @@ def login(host: str, username: str, password: str, *,
     host = registry_host(host)
     with Registry(host, auth=credentials, tls_verify=connection.tls_verify,
                   ca_file=connection.ca_file or system_ca(host, connection.tls_verify),
-                  retries=connection.retries, backoff=connection.backoff) as registry:
+                  retries=connection.retries, backoff=connection.backoff,
+                  stall_timeout=connection.stall_timeout) as registry:
         registry.ping()
     return store_login(host, credentials, authfile=connection.authfile)
 

@@ -12,6 +12,14 @@ does not verify is an error, never a reason to fall back), or with `tls_verify=F
 tried unverified first), or when forced by `insecure_http=True`. Decided once, by the first
 `GET /v2/`, which also learns the registry's auth challenge.
 
+Stalls: a registry that stops answering, or trickles (10 bytes a second never trips a read
+timeout, which bounds only the gap between two reads), must not hold a build for ever. Every
+connect, and every wait for an answer, gives up after `stall_timeout` seconds; a body read
+with `body` (blobs, manifests) or sent through a `ProgressWatch` (uploads) fails when a window
+of `stall_timeout` seconds moves fewer than `STALL_MIN_RATE` bytes a second on average. A
+stall is a temporary failure, retried with the usual backoff; the last error names the
+registry and the operation ("pulling blob sha256:… in app").
+
 Threads: each thread gets its own `requests.Session` (requests does not document `Session`
 as thread-safe); the token cache (`registry_auth.Authenticator`) is shared.
 """
@@ -23,7 +31,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
@@ -41,6 +49,9 @@ _MAX_REDIRECTS = 5
 _TEMPORARY = frozenset({408, 429, 500, 502, 503, 504})
 _MAX_BACKOFF = 10.0
 _MAX_RETRY_AFTER = 30.0
+DEFAULT_STALL_TIMEOUT = 60.0  # seconds without progress before a transfer fails
+STALL_MIN_RATE = 1024  # bytes a second, on average over each window of the stall timeout
+_CHUNK = 1 << 16
 NETWORK_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 _T = TypeVar("_T")
@@ -61,11 +72,32 @@ class Retryable(RegistryError):
     retry_after: float = 0.0
 
 
+class ProgressWatch:
+    """Counts the bytes of one transfer and raises `stalled()` when a window of `timeout`
+    seconds ends with fewer than `STALL_MIN_RATE * timeout` bytes moved in it. A total
+    stall never calls `moved`: the socket timeout (the same `timeout`) catches that."""
+
+    def __init__(self, timeout: float, stalled: Callable[[], RegistryError]) -> None:
+        self._timeout, self._stalled = timeout, stalled
+        self._window_start, self._moved = time.monotonic(), 0
+
+    def moved(self, n: int) -> None:
+        self._moved += n
+        now = time.monotonic()
+        if now - self._window_start < self._timeout:
+            return
+        if self._moved < STALL_MIN_RATE * self._timeout:
+            raise self._stalled()
+        self._window_start, self._moved = now, 0
+
+
 class Transport:
     """Authenticated, retrying HTTP to the registry `host`; see the module docstring.
 
-    `retries` is how many times a temporary failure (5xx, 408, 429, network) is retried,
-    after `backoff` * 2^n seconds (jittered, at most 10 s, or the server's Retry-After).
+    `retries` is how many times a temporary failure (5xx, 408, 429, network, a stall) is
+    retried, after `backoff` * 2^n seconds (jittered, at most 10 s, or the server's
+    Retry-After). `stall_timeout`: see the module docstring; `timeout` (connect, read),
+    if given, replaces it for the socket only.
     """
 
     def __init__(
@@ -78,14 +110,16 @@ class Transport:
         insecure_http: bool | None,
         retries: int,
         backoff: float,
-        timeout: float | tuple[float, float],
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        timeout: float | tuple[float, float] | None = None,
     ) -> None:
         if not valid_registry_host(host):
             raise InvalidReference(host, "invalid registry host")
         self.host = host
         self.retries = retries
         self.backoff = backoff
-        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self.timeout = timeout if timeout is not None else (stall_timeout, stall_timeout)
         self._api_host = DOCKER_HUB_API if host == DOCKER_HUB else host
         self._verify: bool | str = (ca_file or True) if tls_verify else False
         self._insecure_http = insecure_http
@@ -133,11 +167,12 @@ class Transport:
     ) -> requests.Response:
         """One exchange with the registry: authenticated, redirects followed if `follow`,
         a 401 answered once by learning the challenge. Returns a response whose status is
-        in `expect` (the caller closes it); raises `RegistryError` otherwise."""
-        self._ensure_ready()
+        in `expect` (the caller closes it); raises `RegistryError` otherwise. `what` names
+        the object of the exchange in errors ("blob sha256:… in app")."""
+        self._ensure_ready(method, what)
         url = urljoin(self._base, url)
         for again in (True, False):
-            resp = self._send(method, url, scopes, headers or {}, body, stream, follow)
+            resp = self._send(method, url, what, scopes, headers or {}, body, stream, follow)
             if resp.status_code == 401 and again and self.own(resp.url):
                 challenge = self._auth.learn(parse_challenges(
                     resp.headers.get("WWW-Authenticate", "")))
@@ -152,8 +187,43 @@ class Transport:
             return resp
         raise AssertionError("unreachable")
 
+    def stalled(self, method: str, what: str) -> Retryable:
+        """The error of a transfer that made no progress for `stall_timeout` seconds."""
+        doing = "pulling" if method in ("GET", "HEAD") else "pushing"
+        seconds = f"{self.stall_timeout:g}"
+        return Retryable(None, (), f"{self.host}: {doing} {what}: no progress for {seconds} s"
+                         " (the registry stalled)", True,
+                         hint=f"on a slow link, wait longer with --stall-timeout SECONDS or"
+                              f" STEPBUILD_STALL_TIMEOUT (now {seconds})")
+
+    def watch(self, method: str, what: str) -> ProgressWatch:
+        """A `ProgressWatch` for one transfer of `what`."""
+        return ProgressWatch(self.stall_timeout, lambda: self.stalled(method, what))
+
+    def body(self, resp: requests.Response, method: str, what: str, *,
+             decode: bool = False) -> Iterator[bytes]:
+        """The body of a `stream=True` response, chunk by chunk as it arrives (`read1`: a
+        trickle comes back a few bytes at a time, so the watch sees it); a stall or a
+        network failure is a temporary `RegistryError`. `decode`: undo Content-Encoding."""
+        watch = self.watch(method, what)
+        while True:
+            try:
+                chunk = resp.raw.read1(_CHUNK, decode_content=decode)
+            except NETWORK_ERRORS as exc:
+                raise self._network_error(method, what, exc) from exc
+            if not chunk:
+                return
+            watch.moved(len(chunk))
+            yield chunk
+
+    def _network_error(self, method: str, what: str, exc: BaseException) -> RegistryError:
+        if _is_timeout(exc):
+            return self.stalled(method, what)
+        return network_error(f"{method} {what}", exc)
+
     def _send(
-        self, method: str, url: str, scopes: tuple[str, ...], headers: dict[str, str],
+        self, method: str, url: str, what: str, scopes: tuple[str, ...],
+        headers: dict[str, str],
         body: bytes | Callable[[], StreamedBody] | None, stream: bool, follow: bool,
     ) -> requests.Response:
         for _hop in range(_MAX_REDIRECTS + 1):
@@ -167,6 +237,8 @@ class Transport:
                     allow_redirects=False, proxies=_proxies(url),
                 )
             except NETWORK_ERRORS as exc:
+                if _is_timeout(exc):
+                    raise self.stalled(method, what) from exc
                 raise network_error(f"{method} {url}", exc) from exc
             if not (follow and resp.status_code in _REDIRECTS and "Location" in resp.headers):
                 return resp
@@ -192,15 +264,18 @@ class Transport:
         mine, theirs = urlsplit(self._base), urlsplit(url)
         return (mine.scheme, mine.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
 
-    def _ensure_ready(self) -> None:
-        """Decide the scheme and learn the auth challenge, once: `GET /v2/` unauthenticated."""
+    def _ensure_ready(self, method: str, what: str) -> None:
+        """Decide the scheme and learn the auth challenge, once: `GET /v2/` unauthenticated.
+        `method` and `what` are the exchange it is for (they name it should it stall). Not
+        retried here: every `request` runs inside the caller's `retry`, and a retry inside
+        a retry would try 25 times."""
         if self._base:
             return
         with self._ready:
             if not self._base:
-                self.retry(self._probe)
+                self._probe(method, what)
 
-    def _probe(self) -> None:
+    def _probe(self, method: str, what: str) -> None:
         schemes = ["http"] if self._insecure_http else ["https"]
         if self._http_allowed and not self._insecure_http:
             schemes.append("http")
@@ -214,6 +289,8 @@ class Transport:
                     raise self._tls_error(exc) from exc
                 continue  # no TLS there: try plain HTTP
             except NETWORK_ERRORS as exc:
+                if _is_timeout(exc):
+                    raise self.stalled(method, what) from exc
                 raise network_error(f"connect to {self.host}", exc, temporary=False) from exc
             with resp:
                 if resp.status_code in (200, 401):
@@ -257,6 +334,8 @@ class Transport:
                                            headers={"Authorization": basic} if basic else {},
                                            allow_redirects=False)
         except NETWORK_ERRORS as exc:
+            if _is_timeout(exc):
+                raise self.stalled("GET", f"a token from {parts.netloc}") from exc
             raise network_error(f"token request to {parts.netloc}", exc) from exc
         with resp:
             if resp.status_code != 200:
@@ -355,6 +434,25 @@ def _reason(exc: BaseException) -> str:
             nested = next((a for a in current.args if isinstance(a, BaseException)), None)
         current = nested or current.__cause__ or current.__context__
     return best
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Did a connect or a read wait for longer than the socket timeout? requests wraps
+    urllib3's errors, which wrap the socket's: look through the chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError):
+            return False  # refused, unreachable: a ConnectTimeoutError by class, not a wait
+        if isinstance(current, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError,
+                                TimeoutError)):
+            return True
+        nested = getattr(current, "reason", None)
+        if not isinstance(nested, BaseException):
+            nested = next((a for a in current.args if isinstance(a, BaseException)), None)
+        current = nested or current.__cause__ or current.__context__
+    return False
 
 
 def _is_certificate_error(exc: BaseException) -> bool:

@@ -15,6 +15,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from stepbuild.fs.owner import owner_tag
+
 __all__ = ["fsync_dir", "replacing", "replacing_path", "write_file"]
 
 # What tempfile.mkstemp does, without importing tempfile (~4 ms, on the no-op path): O_EXCL
@@ -90,8 +92,9 @@ def write_file(dest: Path, data: bytes, mode: int | None, *, tmp_dir: Path | Non
 def _create_temp(directory: Path, dest: Path, mode: int | None) -> tuple[int, Path]:
     """A new empty file in `directory` named after `dest`: 0600 until `_seal` gives it
     `mode`, or 0o666 less the umask when `mode` is None."""
+    owner = owner_tag()  # whose it is, should we be killed before we remove it
     while True:
-        path = directory / f".{dest.name}.{os.urandom(6).hex()}.tmp"
+        path = directory / f".{dest.name}.{owner}-{os.urandom(6).hex()}.tmp"
         try:
             return os.open(path, _TEMP_FLAGS, 0o666 if mode is None else 0o600), path
         except FileExistsError:

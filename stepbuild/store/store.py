@@ -38,6 +38,7 @@ from stepbuild.errors import (
 )
 from stepbuild.fs.durable import fsync_dir, write_file
 from stepbuild.fs.locks import flocked
+from stepbuild.fs.owner import owner_tag
 from stepbuild.fs.trees import remove_tree
 from stepbuild.oci.digest import (
     PREFIX,
@@ -66,6 +67,7 @@ from stepbuild.store.records import (
     ImportRecords,
     RemoteRecords,
 )
+from stepbuild.store.stale import clear_dead_work
 
 GRACE_PERIOD = 3600.0  # seconds: prune never deletes anything younger
 MAX_MANIFEST_SIZE = 4 << 20  # what registries accept; a bigger blob is not a manifest
@@ -99,8 +101,9 @@ class Store:
     - Atomic: each final name (blob, layer dir, cache record, index.json) appears complete
       or not at all. Everything is written under tmp/ (or a staging name beside the final
       one), fsynced, renamed into place, and the directory fsynced (docs/security.md rule 5). A
-      crash leaves only garbage in tmp/ (or `layers/<hex>.tmp-*`); `gc.check` stays clean
-      and `gc.prune` removes it once it is older than the grace period.
+      crash leaves only garbage in tmp/ (or `layers/<hex>.tmp-*`); `gc.check` stays clean,
+      the next `lock` removes it once its owner is dead (the owner tag in its name:
+      stale.py), and `gc.prune` whatever is older than the grace period.
     - Idempotent: putting content that is already there succeeds and changes nothing
       (it refreshes the mtime, so a concurrent prune's grace period covers it).
     - Verified: `read_blob` and `ingest_blob` hash what they read; digests are validated
@@ -119,14 +122,17 @@ class Store:
     """
 
     def __init__(self, root: Path, *, grace_period: float = GRACE_PERIOD,
-                 on_resolve: Callable[[str], None] | None = None) -> None:
+                 on_resolve: Callable[[str], None] | None = None,
+                 clear_dead: bool = True) -> None:
         """Open the store at `root`, creating whatever part of the layout is missing.
 
         Directories are created 0700. Safe to run concurrently: `oci-layout` and
         `index.json` are created with link(2), which never replaces an existing file.
         `grace_period` (seconds) is how old garbage must be before `gc.prune` deletes it.
         `on_resolve` is told every name `resolve` is asked (the no-op fingerprint of a
-        build wants the tags the build read: cli/noop.py).
+        build wants the tags the build read: cli/noop.py). `clear_dead`: the first `lock`
+        removes the work dead builders left (stale.py); `stepbuild check` says False, to
+        list it instead.
         """
         self.root = Path(root)
         self.layout = StoreLayout(self.root)
@@ -137,6 +143,7 @@ class Store:
         self._tmp = self.layout.tmp
         self._index = self.layout.index
         self._held = threading.local()
+        self._clear_dead = clear_dead
         self._create_layout()
         self.cache_records = CacheRecords(self)
         self.compressed_records = CompressedRecords(self)
@@ -169,18 +176,18 @@ class Store:
     def tmp_dir(self, prefix: str) -> Path:
         """A new, empty, uniquely named dir under tmp/ (0700). The caller renames it into
         the store (e.g. via `commit_layer`) or deletes it; `prune` removes it once stale."""
-        return Path(tempfile.mkdtemp(prefix=_check_prefix(prefix), dir=self._tmp))
+        return Path(tempfile.mkdtemp(prefix=_owned(prefix), dir=self._tmp))
 
     def tmp_file(self, prefix: str) -> Path:
         """A new, empty, uniquely named file under tmp/ (0600), for `ingest_blob` or
         `commit_layer` to consume. Same cleanup rules as `tmp_dir`."""
-        fd, name = tempfile.mkstemp(prefix=_check_prefix(prefix), dir=self._tmp)
+        fd, name = tempfile.mkstemp(prefix=_owned(prefix), dir=self._tmp)
         os.close(fd)
         return Path(name)
 
     def _write_temp(self, prefix: str, data: bytes) -> Path:
         """A durable (fsynced) temp file holding `data`."""
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=self._tmp)
+        fd, name = tempfile.mkstemp(prefix=_owned(prefix), dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -225,6 +232,9 @@ class Store:
             raise StoreError("cannot take the store lock exclusively while holding it shared")
         with flocked(self.layout.lock, exclusive=exclusive):
             self._held.mode = "ex" if exclusive else "sh"
+            if self._clear_dead:  # once per Store: a killed builder's tmp/ can be 100 MB
+                self._clear_dead = False
+                clear_dead_work(self.layout)
             try:
                 yield
             finally:
@@ -381,7 +391,8 @@ class Store:
         return final / "diff"
 
     def _rename_layer(self, upper: Path, final: Path) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=self._layers))
+        staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-{owner_tag()}-",
+                                        dir=self._layers))
         os.rename(upper, staging / "diff")
         try:
             os.rename(staging, final)
@@ -393,7 +404,7 @@ class Store:
     def discard(self, path: Path) -> None:
         """Delete a tree under the root: first rename it into tmp/ (atomic), then remove it
         there, so a crash never leaves a partial tree under its name."""
-        trash = Path(tempfile.mkdtemp(prefix="discard-", dir=self._tmp))
+        trash = Path(tempfile.mkdtemp(prefix=_owned("discard-"), dir=self._tmp))
         with suppress(FileNotFoundError):
             os.rename(path, trash / "x")
         remove_tree(trash)
@@ -545,10 +556,12 @@ class Store:
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _check_prefix(prefix: str) -> str:
+def _owned(prefix: str) -> str:
+    """A temp name prefix with this process's owner tag (fs/owner.py), so that whatever a
+    killed builder leaves is known to be garbage as soon as it is dead."""
     if "/" in prefix or "\0" in prefix:
         raise ValueError(f"temp name prefix {prefix!r} must be a plain name")
-    return prefix
+    return f"{prefix}{owner_tag()}-"
 
 
 def _check_ref_name(name: str) -> None:

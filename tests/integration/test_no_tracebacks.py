@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import Stepbuild, base_image, rootfs_tarball, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    base_image,
+    rootfs_tarball,
+    small_tmpfs,
+    write_context,
+)
 
 PASSWD_LOOP = "RUN rm /etc/passwd && ln -s /etc/passwd /etc/passwd\n"
 
@@ -135,3 +143,45 @@ def test_nul_in_an_inherited_env_is_located(sb: Stepbuild, tmp_path: Path) -> No
     errors = [line for line in result.stderr.splitlines() if line.startswith("stepbuild: error:")]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith(f"stepbuild: error: {context}/Stepfile:"), result.stderr
+
+
+def _one_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one `stepbuild: error:` line of a failed command (exit 1) without a traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("stepbuild: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def _store_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if "parse-cache" not in p.parts
+            and "context-cache" not in p.parts and "fingerprints" not in p.parts}
+
+
+@pytest.mark.usefixtures("private_mount_ns")
+def test_a_full_store_while_capturing_a_layer(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small", "16m") as small:
+        full = Stepbuild(small / "store")
+        base_image(full, tmp_path)  # about 4 MB of the 16
+        before = _store_files(full.root)
+        # 9 MB fit in the step's upper dir; its 9 MB layer tar does not
+        context = write_context(tmp_path / "context",
+                                "FROM base\nRUN head -c 9000000 /dev/zero > /big\n")
+        error = _one_error(full.build(context, "-q", check=False))
+        assert error.startswith(f"stepbuild: error: {context}/Stepfile:2:1: no space left on"
+                                " the store's filesystem"), error
+        assert "stepbuild prune" in full.build(context, "-q", check=False).stderr
+        assert _store_files(full.root) == before  # no blob, layer dir, record or tmp/ entry
+
+
+@pytest.mark.usefixtures("private_mount_ns")
+def test_a_full_destination_while_exporting(sb: Stepbuild, tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        dest = small / "out" / "base.tar"
+        result = sb("export", "base", "--output", f"type=tar,dest={dest}", check=False)
+        error = _one_error(result)
+        assert error == f"stepbuild: error: cannot write {dest}: no space left on device" \
+                        " (nothing half-written was left)", error
+        assert os.listdir(dest.parent) == []
+    assert os.listdir(sb.root / "tmp") == []

@@ -393,3 +393,38 @@ def test_a_layout_made_meanwhile_is_added_to(tmp_path: Path,
     index = json.loads((layout / "index.json").read_bytes())
     assert len(index["manifests"]) == 2 and validate_layout(layout) == []
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+def _dead_owner_tag() -> str:
+    """The owner tag of a process that has exited (fs/owner.py)."""
+    import subprocess
+    import sys
+
+    code = "from stepbuild.fs.owner import owner_tag; print(owner_tag())"
+    project = Path(__file__).resolve().parents[3]
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": str(project)}
+                          ).stdout.strip()
+
+
+def test_an_export_removes_what_killed_exports_left(tmp_path: Path) -> None:
+    from stepbuild.fs.owner import owner_tag
+
+    store = Store(tmp_path / "store")
+    _image(store, b"one" * 1000)
+    out = tmp_path / "out"
+    export_image(store, "app:1", [Output("oci-layout", out / "layout")])
+    dead, live = _dead_owner_tag(), owner_tag()
+    blobs = out / "layout" / "blobs" / "sha256"
+    leftovers = [out / f".a.tar.{dead}-0123456789ab.tmp", out / f".layout.{dead}-x1.tmp",
+                 out / "layout" / f".index.json.{dead}-0123456789ab.tmp",
+                 blobs / f".{'0' * 64}.{dead}-0123456789ab.tmp"]
+    kept = [out / f".a.tar.{live}-0123456789ab.tmp", out / ".a.tar.0123456789ab.tmp",
+            out / "notes.tmp"]
+    for path in leftovers + kept:
+        path.write_bytes(b"partial")
+    export_image(store, "app:1", [Output("oci", out / "a.tar"),
+                                  Output("oci-layout", out / "layout")])
+    assert [p for p in leftovers if p.exists()] == []
+    assert [p for p in kept if p.exists()] == kept  # live, or not ours: left alone
+    assert validate_layout(out / "layout") == []

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.build.copy import CopyWork, _from_error, chown_owner, numeric_owner, select
+from stepbuild.build.copy import (
+    CopyWork,
+    _copy_all,
+    _from_error,
+    chown_owner,
+    numeric_owner,
+    select,
+)
 from stepbuild.build.copy_files import Owner
 from stepbuild.build.users import UserError
 from stepbuild.errors import BuildError, ContextError, SourceNotFound
@@ -78,3 +85,30 @@ def test_from_other_source_errors_keep_their_message() -> None:
                         from_work('stage "s"'))
     assert error.message == 'Stepfile:3:1: COPY --from (stage "s"): empty COPY source'
     assert error.hint is None
+
+
+def _copy_work(dest: str, unpack: bool = False) -> CopyWork:
+    return CopyWork(
+        dest=dest, selection=None, layout=None, source=None, sources=("f",), excludes=(),
+        parents=False, inline=(), downloads=(), git=(), keep_git_dir=False, chown=None,
+        owner=None, chmod=None, unpack=unpack, where="Stepfile:2:1")
+
+
+@pytest.mark.parametrize("unpack", [False, True], ids=["COPY", "ADD"])
+def test_a_source_swapped_for_a_symlink_loop_after_hashing_is_named(
+        tmp_path: Path, unpack: bool) -> None:
+    context_dir = tmp_path / "context"
+    context_dir.mkdir()
+    (context_dir / "f").write_text("hashed")
+    context = BuildContext(context_dir)
+    selection, layout = select(context, ["f"], [], False)
+    (context_dir / "f").unlink()  # ln -s g f; ln -s f g: between hashing and copying
+    (context_dir / "f").symlink_to("g")
+    (context_dir / "g").symlink_to("f")
+    merged = tmp_path / "root"
+    merged.mkdir()
+    with pytest.raises(BuildError) as caught:
+        _copy_all(context, selection, layout, _copy_work("/f", unpack), merged, tmp_path)
+    assert caught.value.message == ("Stepfile:2:1: f changed while the build read it:"
+                                    " Too many levels of symbolic links")
+    assert list(merged.iterdir()) == []

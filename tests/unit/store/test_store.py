@@ -75,3 +75,29 @@ def test_umoci_and_skopeo_read_the_store(tmp_path: Path) -> None:
         ["skopeo", "inspect", f"oci:{ref}"], check=True, capture_output=True, text=True
     )
     assert json.loads(inspect.stdout)["Architecture"] == "amd64"
+
+
+def test_the_first_lock_clears_the_work_of_dead_builders_only(tmp_path: Path) -> None:
+    from stepbuild.store.stale import dead_work
+
+    root = tmp_path / "store"
+    Store(root)
+    code = ("import sys; from stepbuild.store.store import Store;"
+            " s = Store(sys.argv[1]); d = s.tmp_dir('step-'); (d / 'f').write_bytes(b'x' * 9000);"
+            " s.tmp_file('pull-blob-'); print(d)")
+    project = Path(__file__).resolve().parents[3]
+    dead = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                          text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(project)}).stdout.strip()
+    store = Store(root)
+    live = store.tmp_dir("step-")
+    untagged = root / "tmp" / "old-style-dir"
+    untagged.mkdir()
+    leftovers = dead_work(store.layout)
+    assert [w.path for w in leftovers if w.path == Path(dead)] == [Path(dead)]
+    assert len(leftovers) == 2 and sum(w.size for w in leftovers) >= 9000
+    with store.lock(exclusive=False):
+        pass
+    assert sorted(p.name for p in (root / "tmp").iterdir()) == sorted(
+        [live.name, untagged.name])
+    assert dead_work(store.layout) == []
