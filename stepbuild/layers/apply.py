@@ -153,7 +153,7 @@ class _Applier(Unpacker):
     """`Unpacker` into the layer root, with OCI whiteouts turned into overlay ones."""
 
     def __init__(self, root_fd: int, label: str) -> None:
-        super().__init__(root_fd, "", None, None, label)
+        super().__init__(root_fd, "", None, None, label, as_layer=True)
         self._explicit: set[tuple[int, int]] = set()  # (st_dev, st_ino) of listed dirs
 
     def _entry(self, reader: TarReader, h: Header, name: str) -> None:
@@ -184,7 +184,7 @@ class _Applier(Unpacker):
             raise self._fail(name, f"whiteout of {hidden or 'an empty name'!r}")
         head = rel.rpartition("/")[0]
         parent, base = resolve_parent(self._root, f"{head}/{hidden}" if head else hidden,
-                                      create=True)
+                                      create=True, on_nondir=self._path_rule(name))
         try:
             try:
                 st = os.lstat(base, dir_fd=parent)
@@ -200,7 +200,7 @@ class _Applier(Unpacker):
         if not dir_rel:
             raise self._fail(name, "opaque marker at the layer root: overlayfs ignores "
                                    "opacity on a layer's root dir, so it cannot be applied")
-        fd = makedirs_in_root(self._root, dir_rel)
+        fd = makedirs_in_root(self._root, dir_rel, on_nondir=self._path_rule(name))
         try:
             st, root = os.fstat(fd), os.fstat(self._root)
             if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from stepbuild.errors import DigestMismatch, LayerError
-from stepbuild.fs.rootpath import open_in_root
+from stepbuild.fs.rootpath import makedirs_in_root
 from stepbuild.layers.tar import DIRTYPE, Header, TarReader
 from stepbuild.layers.unpack import (  # the ADD unpacker: the same safe entry writer and name rule
     Unpacker,
@@ -95,7 +95,7 @@ def _apply_layer(store: LayerBlobs, diff_id: str, root_fd: int, dir_times: dict[
     with open(path, "rb") as f:
         hashing = _HashingReader(f)
         entries = _Entries(TarReader(hashing), dir_times, label)
-        Unpacker(root_fd, "", None, None, label).run(cast(TarReader, entries))
+        Unpacker(root_fd, "", None, None, label, as_layer=True).run(cast(TarReader, entries))
         hashing.drain()
     if hashing.digest != diff_id:
         raise DigestMismatch(diff_id, hashing.digest, actual_size=hashing.size)
@@ -158,24 +158,28 @@ class _HashingReader:
 
 
 def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, int]) -> None:
-    """Delete what whiteout entry `raw` hides; the directory's mtime is left as it was."""
+    """Delete what whiteout entry `raw` hides; the directory's mtime is left as it was.
+
+    The directory holding the whiteout is made if missing, and a symlink (or any other
+    non-directory) on its path is replaced by a directory, not followed: `apply` makes that
+    directory in the layer's own dir, and overlay shows it, empty but for this layer's
+    entries, over whatever non-directory the layers below have at that path (see `Unpacker`;
+    in pass one everything in the tree is below this layer).
+    """
     name = os.fsdecode(raw)
     if "\0" in name:
         raise LayerError(f"{label}: entry {name!r}: NUL byte in the name")
     rel = clean_name(name)
     parent, _, base = rel.rpartition("/")
-    if base == _OPAQUE:
-        target = None
-    elif base.startswith(_META_PREFIX):
+    if base.startswith(_META_PREFIX) and base != _OPAQUE:
         return  # AUFS bookkeeping, not a whiteout of anything (moby skips it too)
-    else:
-        target = base[len(_WHITEOUT):]
-        if target in ("", ".", ".."):
-            raise LayerError(f"{label}: entry {name!r}: a whiteout of {target or 'nothing'!r}")
+    if any(part.startswith(_WHITEOUT) for part in parent.split("/")):
+        raise LayerError(f"{label}: entry {name!r}: a path through a whiteout")
+    target = None if base == _OPAQUE else base[len(_WHITEOUT):]
+    if target in ("", ".", ".."):
+        raise LayerError(f"{label}: entry {name!r}: a whiteout of {target or 'nothing'!r}")
     try:
-        dir_fd = open_in_root(root_fd, parent or ".", _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # nothing below to hide
+        dir_fd = makedirs_in_root(root_fd, parent, on_nondir=_hide)
     except OSError as exc:
         raise LayerError(f"{label}: entry {name!r}: {exc.strerror or exc}") from exc
     try:
@@ -189,6 +193,11 @@ def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, i
         os.close(dir_fd)
     _forget(dir_times, f"{parent}/{target}".lstrip("/") if target is not None else parent,
             itself=target is not None)
+
+
+def _hide(_parent: int, _name: str, _target: str | None) -> bool:
+    """A non-directory on a whiteout's path is below this layer: a directory hides it."""
+    return True
 
 
 def _forget(dir_times: dict[str, int], path: str, *, itself: bool) -> None:

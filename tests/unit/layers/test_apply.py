@@ -190,6 +190,42 @@ def test_opaque_lower_stops_inheritance(tmp_path: Path) -> None:
     assert not is_opaque(target / "srv")  # the lower's opaque xattr is never copied
 
 
+# --- symlinks on an entry's path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("last", [reg("b/a", b"x"), reg("b/.wh.x"), reg("b/.wh..wh..opq"),
+                                  ent(DIRTYPE, "b/sub/")])
+def test_a_path_through_a_symlink_to_a_whiteout_name_is_refused(tmp_path: Path,
+                                                                last: bytes) -> None:
+    """`b -> .wh.a` then `b/…`: following the layer's own link would make a real /.wh.a."""
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(LayerError, match=r"'b' -> '\.wh\.a'.*reserves for whiteouts"):
+        apply_layer(io.BytesIO(tar(ent(SYMTYPE, "b", ".wh.a"), last)), target, label=LABEL)
+    assert not (target / ".wh.a").exists()
+
+
+def test_a_symlink_to_a_whiteout_name_alone_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    target.mkdir()
+    apply_layer(io.BytesIO(tar(ent(SYMTYPE, "b", ".wh.a"), reg("c/d", b"x"))), target)
+    assert os.readlink(target / "b") == ".wh.a" and sorted(os.listdir(target)) == ["b", "c"]
+
+
+def test_a_lower_symlink_on_a_path_is_not_followed(tmp_path: Path) -> None:
+    """The layer dir holds `lk/Xfile` under a real `lk/`, whatever `lk` is below: overlay
+    shows that directory over the lower symlink (flatten exports the same tree)."""
+    lower, target = tmp_path / "lower", tmp_path / "t"
+    (lower / "abs" / "path").mkdir(parents=True)
+    (lower / "lk").symlink_to("/abs/path")
+    target.mkdir()
+    apply_layer(io.BytesIO(tar(reg("lk/Xfile", b"x"), ent(SYMTYPE, "own", "abs/path"),
+                               reg("own/y", b"y"))), target, lowers=[lower])
+    assert (target / "lk").is_dir() and not (target / "lk").is_symlink()
+    assert sorted(os.listdir(target)) == ["abs", "lk", "own"]  # own link: followed
+    assert (target / "abs" / "path" / "y").read_bytes() == b"y"
+
+
 # --- capture → apply round trip --------------------------------------------------------------
 
 
