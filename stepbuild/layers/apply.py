@@ -14,14 +14,22 @@ from elsewhere (`stepbuild load`, FROM oci-archive:…) is unpacked into the for
 - Any other `.wh..wh.*` name at the top (AUFS metadata such as `.wh..wh.plnk`) is skipped, as
   moby's ApplyLayer does.
 
-Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`): every entry resolved inside
-the target by `rootpath` (absolute symlinks and surplus `..` contained, not refused), numeric
+Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`, as a layer): every entry
+resolved inside the target by `rootpath` (absolute symlinks and surplus `..` contained, not
+refused; only the layer's own symlinks are ever met, the target starts empty), numeric
 ids only, hard links only to files of this layer, device numbers range-checked, overlay xattrs
 in the tar dropped, the last of duplicate entries wins, directory attributes set last.
 
+Where a path crosses a symlink of the layers below (`lk/Xfile` over `lk -> /abs/path`), the
+layer dir holds a real `lk/` (made as any missing parent), so overlay shows a directory
+there; `flatten` gives the same tree (docs/architecture.md, "One tree in every view").
+Resolving through the lower link instead would tie the layer dir to the layers below it,
+while the store shares one dir per diff_id between every image with that layer.
+
 Refused, with a LayerError naming the entry and the layer (docs/security.md rule 2: only what cannot
 be contained or represented): a whiteout of `.`, `..` or of an empty name; a path component
-(not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist); an opaque
+(not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist), also
+when the layer's own symlink leads there (`b -> .wh.a`, then `b/a`); an opaque
 marker at the layer root (overlayfs ignores opacity on a lower layer's root dir — checked on
 this kernel — so the layer could not hide what is below it) or under a non-directory; a 0/0
 character device entry (overlay would read it as a whiteout); NUL in names; directories

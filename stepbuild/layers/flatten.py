@@ -17,6 +17,12 @@ How (and why this way):
   inside the root with fd-relative calls (`rootpath`), symlinks are written as they are and
   followed only within the root, hard links only to files of the same layer, numeric ids,
   no overlay xattrs (docs/security.md rules 1-3).
+- As a layer (`Unpacker(as_layer=True)`): a symlink or other non-directory of the layers
+  below on an entry's path (or a whiteout's) is replaced by a directory, not followed, and
+  a whiteout's missing directories are made: `apply` puts each layer in a dir of its own,
+  where that path is a real directory, and overlay shows it in place of the lower link. So
+  this tree is the overlay's (docs/architecture.md, "One tree in every view"), which
+  `tests/integration/test_layer_paths.py` checks against a real mount.
 - Pass two hashes the tar as it is read; a blob whose sha256 is not its diff_id raises
   `DigestMismatch` (docs/security.md rule 4) and the caller discards the half-made tree.
 - Directory mtimes end deterministic: each directory gets the mtime of the last layer entry
