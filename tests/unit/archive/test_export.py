@@ -335,6 +335,18 @@ def test_a_lower_non_directory_on_a_path_is_hidden_not_followed(store: Store,
     assert (root / "lk").stat().st_mtime_ns == 0  # made, not named: as every implicit dir
 
 
+def test_a_whiteout_of_a_dir_the_layers_own_whiteouts_need(store: Store,
+                                                           tmp_path: Path) -> None:
+    """`a/.wh.b` then `.wh.a` over a lower file `a`: the layer dir holds an opaque `a/`
+    (made for the first, kept by the second), so the tree has an empty `a/`, in either
+    order of the two whiteouts."""
+    lower = _layer(store, _entry("a", data=b"file"), _dir("d"), _entry("d/x", data=b"x"))
+    upper = _layer(store, _entry("a/.wh.b"), _entry(".wh.a"), _entry("d/sub/.wh.y"),
+                   _entry(".wh.d"))
+    assert _tree(_flatten(store, tmp_path, lower, upper)) == {"a": "dir", "d": "dir",
+                                                              "d/sub": "dir"}
+
+
 def test_a_path_through_an_own_symlink_to_a_whiteout_name_is_refused(store: Store,
                                                                       tmp_path: Path) -> None:
     with pytest.raises(LayerError, match="reserves for whiteouts"):
