@@ -7,7 +7,8 @@ overlayfs snapshotter and podman's overlay driver do; `flatten` (`type=local`, `
 must give that same tree. First in-process: each stack of layers applied into layer dirs and
 mounted read-only, against `flatten` of the same blobs. Then for real: an imported base with
 such layers, what `RUN` lists against the `type=local` export of the image; and a layer whose
-own symlink `b -> .wh.a` would make a real `/.wh.a/a` is refused with a clear error.
+own symlink `b -> .wh.a` would make a real `/.wh.a/a` is refused with a clear error. Last, a
+property: any stack of small random layers that apply accepts flattens to the overlay's tree.
 """
 
 from __future__ import annotations
@@ -174,9 +175,11 @@ def layer_tar(entries: list[tuple[str, ...]]) -> bytes:
     """The entries as a tar, each name once: where a layer lists a name twice, flatten
     writes both and so loses what lies below a directory made a file and then a directory
     again, which the layer dir keeps (not a question of paths; left to another day)."""
-    made = []
-    unique = {entry[1]: entry for entry in reversed(entries)}  # the first of each name
-    for kind, name, *target in [e for e in entries if unique[e[1]] is e]:
+    made, seen = [], set()
+    for kind, name, *target in entries:
+        if name in seen:
+            continue
+        seen.add(name)
         if kind == "file":
             made.append(reg(name, name.encode()))
         elif kind == "dir":
