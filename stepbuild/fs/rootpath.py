@@ -14,9 +14,16 @@ reached is the one the walk came through (same `st_dev`/`st_ino`); so only two d
 ever open, and a directory renamed away mid-walk fails the walk instead of leaking out of the
 root (openat2 returns EAGAIN in the same case).
 
+A caller may give a walk an `on_nondir` rule (`NonDirRule`): it sees each non-directory met
+where the walk needs a directory (a symlink, a file, ...) and may have it replaced by a new
+directory instead of followed (or refused), or stop the walk by raising. The layer code uses
+it for overlay's semantics, where a layer's directory hides a non-directory of the layers
+below rather than writing through it (layers/unpack.py, `Unpacker`).
+
 What it must not do: mount, chroot, chdir, change the umask, or use ctypes. It creates nothing
-except the missing directories `resolve_parent(create=True)` is asked for. Callers own (and
-close) every descriptor returned to them.
+except the missing directories `resolve_parent(create=True)` is asked for, and the
+directories an `on_nondir` rule asks for in place of a non-directory. Callers own (and close)
+every descriptor returned to them.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import errno
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_SYMLINKS",
+    "NonDirRule",
     "makedirs_in_root",
     "open_in_root",
     "read_file_in_root",
@@ -46,6 +55,12 @@ MAX_DEPTH = 4096
 # O_RDONLY (0) | O_DIRECTORY | O_NOFOLLOW: opening a symlink fails with ENOTDIR instead of
 # following it, and we read the link ourselves. As root, read permission is never in the way.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# What a walk does with a non-directory where it needs a directory: called with the fd of the
+# directory holding it, its name and its target if it is a symlink (else None); True replaces
+# it by a new directory (made as a missing one would be), False follows a symlink (and fails
+# on anything else, ENOTDIR); raising stops the walk.
+NonDirRule = Callable[[int, str, str | None], bool]
 
 
 class _Walker:
@@ -169,10 +184,14 @@ def _make_dir(parent: int, name: str, mode: int, uid: int, gid: int) -> int | No
     return fd
 
 
-def _enter(walk: _Walker, path: str, create: tuple[int, int, int] | None) -> None:
+def _enter(walk: _Walker, path: str, create: tuple[int, int, int] | None,
+           on_nondir: NonDirRule | None = None) -> None:
     """Walk every component of `path` as a directory, following symlinks within the root.
 
-    `create` is (mode, uid, gid) for missing directories, or None to fail on them.
+    `create` is (mode, uid, gid) for missing directories, or None to fail on them. A
+    non-directory `on_nondir` says to replace becomes a new directory (with `create`), or,
+    without `create`, ends the walk with FileNotFoundError: nothing is below a directory not
+    made yet.
     """
     if path.startswith("/"):
         walk.reset()
@@ -198,14 +217,30 @@ def _enter(walk: _Walker, path: str, create: tuple[int, int, int] | None) -> Non
             fd = made
         except NotADirectoryError:
             target = _readlink(walk.fd, name)
-            if target is None:
+            if on_nondir is not None and on_nondir(walk.fd, name, target):
+                fd = _replace(walk, name, create)
+            elif target is None:
                 raise NotADirectoryError(
                     errno.ENOTDIR, f"{name!r} is not a directory in", walk.path
                 ) from None
-            walk.follow(target)
-            todo.extendleft(reversed(target.split("/")))
-            continue
+            else:
+                walk.follow(target)
+                todo.extendleft(reversed(target.split("/")))
+                continue
         walk.push(fd)
+
+
+def _replace(walk: _Walker, name: str, create: tuple[int, int, int] | None) -> int:
+    """Replace the non-directory `name` in the walk's directory by a new directory; return
+    its fd."""
+    if create is None:
+        raise FileNotFoundError(errno.ENOENT, f"no such directory {name!r} in", walk.path)
+    os.unlink(name, dir_fd=walk.fd)
+    made = _make_dir(walk.fd, name, *create)
+    if made is None:  # only another writer in the same root could get here first
+        raise FileExistsError(errno.EEXIST, f"{name!r} reappeared while replacing it in",
+                              walk.path)
+    return made
 
 
 def resolve_parent(
@@ -216,6 +251,7 @@ def resolve_parent(
     mode: int = 0o755,
     uid: int = 0,
     gid: int = 0,
+    on_nondir: NonDirRule | None = None,
 ) -> tuple[int, str]:
     """Open the directory that holds `path` inside the root; return (fd, final name).
 
@@ -225,7 +261,9 @@ def resolve_parent(
     slashes are ignored. The caller closes `fd` (a dup of `root_fd` when the parent is the root).
 
     With `create=True` missing directories are made as `mkdir -p` would, each with exactly
-    `mode` (no umask) and owner `uid`/`gid`; existing ones are left as they are.
+    `mode` (no umask) and owner `uid`/`gid`; existing ones are left as they are. `on_nondir`
+    (see `NonDirRule`) decides, for each non-directory on the way, whether it is replaced by
+    such a directory (without `create`: FileNotFoundError instead) or followed if a symlink.
 
     Raises ValueError for a NUL in `path` or a final component that is empty, `.` or `..`
     (the path then names a directory, not an entry in one); FileNotFoundError or
@@ -238,25 +276,27 @@ def resolve_parent(
         raise ValueError(f"path does not name an entry in a directory: {path!r}")
     walk = _Walker(root_fd, path)
     try:
-        _enter(walk, head, (mode, uid, gid) if create else None)
+        _enter(walk, head, (mode, uid, gid) if create else None, on_nondir)
         return walk.take(), last
     finally:
         walk.close()
 
 
 def makedirs_in_root(
-    root_fd: int, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0
+    root_fd: int, path: str, *, mode: int = 0o755, uid: int = 0, gid: int = 0,
+    on_nondir: NonDirRule | None = None,
 ) -> int:
     """`mkdir -p path` inside the root; return an fd of the directory it resolves to.
 
-    Symlinks on the way (the last component included) are followed within the root; missing
+    Symlinks on the way (the last component included) are followed within the root, and
+    non-directories replaced by a new directory where `on_nondir` says so; missing
     directories are made with exactly `mode` and owner `uid`/`gid`, existing ones are left
     as they are. `/` or `` give a dup of `root_fd`. The caller closes the fd.
     """
     _check(path)
     walk = _Walker(root_fd, path)
     try:
-        _enter(walk, path, (mode, uid, gid))
+        _enter(walk, path, (mode, uid, gid), on_nondir)
         return walk.take()
     finally:
         walk.close()

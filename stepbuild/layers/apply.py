@@ -14,14 +14,25 @@ from elsewhere (`stepbuild load`, FROM oci-archive:…) is unpacked into the for
 - Any other `.wh..wh.*` name at the top (AUFS metadata such as `.wh..wh.plnk`) is skipped, as
   moby's ApplyLayer does.
 
-Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`): every entry resolved inside
-the target by `rootpath` (absolute symlinks and surplus `..` contained, not refused), numeric
+Everything else is `unpack.unpack_archive`'s machinery (`Unpacker`, as a layer): every entry
+resolved inside the target by `rootpath` (absolute symlinks and surplus `..` contained, not
+refused; only the layer's own symlinks are ever met, the target starts empty), numeric
 ids only, hard links only to files of this layer, device numbers range-checked, overlay xattrs
 in the tar dropped, the last of duplicate entries wins, directory attributes set last.
 
+Where a path crosses a symlink of the layers below (`lk/Xfile` over `lk -> /abs/path`), the
+layer dir holds a real `lk/` (made as any missing parent), so overlay shows a directory
+there; `flatten` gives the same tree (docs/architecture.md, "One tree in every view").
+Resolving through the lower link instead would tie the layer dir to the layers below it,
+while the store shares one dir per diff_id between every image with that layer.
+
 Refused, with a LayerError naming the entry and the layer (docs/security.md rule 2: only what cannot
 be contained or represented): a whiteout of `.`, `..` or of an empty name; a path component
-(not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist); an opaque
+(not the last) named `.wh.*` (the spec reserves the prefix: such a file cannot exist), also
+when the layer's own symlink leads there (`b -> .wh.a`, then `b/a`); a whiteout or opaque
+marker whose path goes through a symlink of the layer itself (`s -> d`, then `s/.wh.x`:
+whiteouts name paths below, and where it lands would depend on the order of the entries,
+which `flatten` does not follow); an opaque
 marker at the layer root (overlayfs ignores opacity on a lower layer's root dir — checked on
 this kernel — so the layer could not hide what is below it) or under a non-directory; a 0/0
 character device entry (overlay would read it as a whiteout); NUL in names; directories
@@ -50,7 +61,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
@@ -58,6 +69,9 @@ from stepbuild.fs.trees import TreeTooDeep, remove_tree, walk_tree
 from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs, look_below, read_xattrs
 from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
+
+if TYPE_CHECKING:
+    from stepbuild.fs.rootpath import NonDirRule
 
 __all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied"]
 
@@ -153,7 +167,7 @@ class _Applier(Unpacker):
     """`Unpacker` into the layer root, with OCI whiteouts turned into overlay ones."""
 
     def __init__(self, root_fd: int, label: str) -> None:
-        super().__init__(root_fd, "", None, None, label)
+        super().__init__(root_fd, "", None, None, label, as_layer=True)
         self._explicit: set[tuple[int, int]] = set()  # (st_dev, st_ino) of listed dirs
 
     def _entry(self, reader: TarReader, h: Header, name: str) -> None:
@@ -184,7 +198,7 @@ class _Applier(Unpacker):
             raise self._fail(name, f"whiteout of {hidden or 'an empty name'!r}")
         head = rel.rpartition("/")[0]
         parent, base = resolve_parent(self._root, f"{head}/{hidden}" if head else hidden,
-                                      create=True)
+                                      create=True, on_nondir=self._marker_path(name))
         try:
             try:
                 st = os.lstat(base, dir_fd=parent)
@@ -200,7 +214,7 @@ class _Applier(Unpacker):
         if not dir_rel:
             raise self._fail(name, "opaque marker at the layer root: overlayfs ignores "
                                    "opacity on a layer's root dir, so it cannot be applied")
-        fd = makedirs_in_root(self._root, dir_rel)
+        fd = makedirs_in_root(self._root, dir_rel, on_nondir=self._marker_path(name))
         try:
             st, root = os.fstat(fd), os.fstat(self._root)
             if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
@@ -208,6 +222,21 @@ class _Applier(Unpacker):
             os.setxattr(fd, OPAQUE_XATTR, b"y")
         finally:
             os.close(fd)
+
+    def _marker_path(self, name: str) -> NonDirRule:
+        """The walk of whiteout `name`'s path: it may not go through a symlink (only this
+        layer's are here). A whiteout names a path of the layers below; through the layer's
+        own link, where it lands would depend on whether the link comes first in the tar,
+        and `flatten`, which applies a layer's whiteouts before its entries, would land it
+        elsewhere than this layer dir does."""
+
+        def no_symlink(_parent: int, link: str, target: str | None) -> bool:
+            if target is not None:
+                raise self._fail(name, f"a whiteout through the symlink {link!r} of its own "
+                                       "layer (whiteouts name paths of the layers below)")
+            return False  # anything else: not a directory, as without a rule
+
+        return no_symlink
 
     def _directory(self, parent: int, base: str) -> None:
         try:

@@ -9,14 +9,22 @@ of the image sees (what the overlay of the layer dirs shows at `stepbuild run`),
 overlay's own whiteout devices and xattrs.
 
 How (and why this way):
-- Two passes over each layer tar. Pass one collects the layer's whiteouts and applies them;
-  pass two writes every other entry. Whiteouts only ever hide what *lower* layers made, so
-  applying them all first is exactly right whatever order a foreign layer lists them in
-  (the spec only says they SHOULD come before their siblings).
+- Two passes over each layer tar. Pass one collects the layer's whiteouts and applies them,
+  shallowest first; pass two writes every other entry. Whiteouts only ever hide what
+  *lower* layers made, so applying them all first is exactly right whatever order a foreign
+  layer lists them in (the spec only says they SHOULD come before their siblings); `apply`
+  refuses a whiteout whose path goes through a symlink of its own layer, the one case
+  where the order would matter.
 - Entries are written by `unpack`'s unpacker, the one used for ADD: every name is resolved
   inside the root with fd-relative calls (`rootpath`), symlinks are written as they are and
   followed only within the root, hard links only to files of the same layer, numeric ids,
   no overlay xattrs (docs/security.md rules 1-3).
+- As a layer (`Unpacker(as_layer=True)`): a symlink or other non-directory of the layers
+  below on an entry's path (or a whiteout's) is replaced by a directory, not followed, and
+  a whiteout's missing directories are made: `apply` puts each layer in a dir of its own,
+  where that path is a real directory, and overlay shows it in place of the lower link. So
+  this tree is the overlay's (docs/architecture.md, "One tree in every view"), which
+  `tests/integration/test_layer_paths.py` checks against a real mount.
 - Pass two hashes the tar as it is read; a blob whose sha256 is not its diff_id raises
   `DigestMismatch` (docs/security.md rule 4) and the caller discards the half-made tree.
 - Directory mtimes end deterministic: each directory gets the mtime of the last layer entry
@@ -38,7 +46,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from stepbuild.errors import DigestMismatch, LayerError
-from stepbuild.fs.rootpath import open_in_root
+from stepbuild.fs.rootpath import makedirs_in_root
 from stepbuild.layers.tar import DIRTYPE, Header, TarReader
 from stepbuild.layers.unpack import (  # the ADD unpacker: the same safe entry writer and name rule
     Unpacker,
@@ -90,12 +98,16 @@ def _apply_layer(store: LayerBlobs, diff_id: str, root_fd: int, dir_times: dict[
     label = f"layer {diff_id}"
     with open(path, "rb") as f:
         whiteouts = [h.name for h in TarReader(f) if _is_whiteout(h.name)]
+    # Shallowest first: a whiteout of `a` deletes the lower `a` before `a/.wh.b` makes this
+    # layer's directory `a`, whichever comes first in the tar (in the layer dir `apply` makes,
+    # that directory stays, made opaque by the whiteout of `a`).
+    whiteouts.sort(key=lambda name: clean_name(os.fsdecode(name)).count("/"))
     for name in whiteouts:
         _apply_whiteout(root_fd, name, label, dir_times)
     with open(path, "rb") as f:
         hashing = _HashingReader(f)
         entries = _Entries(TarReader(hashing), dir_times, label)
-        Unpacker(root_fd, "", None, None, label).run(cast(TarReader, entries))
+        Unpacker(root_fd, "", None, None, label, as_layer=True).run(cast(TarReader, entries))
         hashing.drain()
     if hashing.digest != diff_id:
         raise DigestMismatch(diff_id, hashing.digest, actual_size=hashing.size)
@@ -158,24 +170,28 @@ class _HashingReader:
 
 
 def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, int]) -> None:
-    """Delete what whiteout entry `raw` hides; the directory's mtime is left as it was."""
+    """Delete what whiteout entry `raw` hides; the directory's mtime is left as it was.
+
+    The directory holding the whiteout is made if missing, and a symlink (or any other
+    non-directory) on its path is replaced by a directory, not followed: `apply` makes that
+    directory in the layer's own dir, and overlay shows it, empty but for this layer's
+    entries, over whatever non-directory the layers below have at that path (see `Unpacker`;
+    in pass one everything in the tree is below this layer).
+    """
     name = os.fsdecode(raw)
     if "\0" in name:
         raise LayerError(f"{label}: entry {name!r}: NUL byte in the name")
     rel = clean_name(name)
     parent, _, base = rel.rpartition("/")
-    if base == _OPAQUE:
-        target = None
-    elif base.startswith(_META_PREFIX):
+    if base.startswith(_META_PREFIX) and base != _OPAQUE:
         return  # AUFS bookkeeping, not a whiteout of anything (moby skips it too)
-    else:
-        target = base[len(_WHITEOUT):]
-        if target in ("", ".", ".."):
-            raise LayerError(f"{label}: entry {name!r}: a whiteout of {target or 'nothing'!r}")
+    if any(part.startswith(_WHITEOUT) for part in parent.split("/")):
+        raise LayerError(f"{label}: entry {name!r}: a path through a whiteout")
+    target = None if base == _OPAQUE else base[len(_WHITEOUT):]
+    if target in ("", ".", ".."):
+        raise LayerError(f"{label}: entry {name!r}: a whiteout of {target or 'nothing'!r}")
     try:
-        dir_fd = open_in_root(root_fd, parent or ".", _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        return  # nothing below to hide
+        dir_fd = makedirs_in_root(root_fd, parent, on_nondir=_hide)
     except OSError as exc:
         raise LayerError(f"{label}: entry {name!r}: {exc.strerror or exc}") from exc
     try:
@@ -189,6 +205,11 @@ def _apply_whiteout(root_fd: int, raw: bytes, label: str, dir_times: dict[str, i
         os.close(dir_fd)
     _forget(dir_times, f"{parent}/{target}".lstrip("/") if target is not None else parent,
             itself=target is not None)
+
+
+def _hide(_parent: int, _name: str, _target: str | None) -> bool:
+    """A non-directory on a whiteout's path is below this layer: a directory hides it."""
+    return True
 
 
 def _forget(dir_times: dict[str, int], path: str, *, itself: bool) -> None:

@@ -6,7 +6,8 @@ This module owns one conversion and its parts:
   every entry resolved *inside* the root by `rootpath`. `is_archive` is ADD's test for
   whether a file is one.
 - `Unpacker`: the entry writer behind it, fed a `TarReader`; `flatten.py` uses it as it is
-  and `apply.py` subclasses it to turn OCI whiteouts into overlay ones.
+  and `apply.py` subclasses it to turn OCI whiteouts into overlay ones. Both unpack *layers*
+  (`as_layer=True`), whose paths go through symlinks as overlay shows them (see `Unpacker`).
 - `decompressor`, `clean_name`, `remove_entry`: the pieces other readers of archives share.
 
 What it must not do: mount anything, import `tarfile` (see `tar.py` for why), look up user
@@ -22,12 +23,13 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import makedirs_in_root, open_in_root, resolve_parent
-from stepbuild.layers.overlayfs import is_overlay_xattr
+from stepbuild.layers.overlayfs import is_overlay_xattr, is_whiteout
 from stepbuild.layers.tar import (
     BLKTYPE,
     CHRTYPE,
@@ -40,6 +42,9 @@ from stepbuild.layers.tar import (
     Readable,
     TarReader,
 )
+
+if TYPE_CHECKING:
+    from stepbuild.fs.rootpath import NonDirRule
 
 __all__ = [
     "Unpacker",
@@ -199,10 +204,32 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class Unpacker:
-    """One extraction: entries applied in archive order, directory attributes at the end."""
+    """One extraction: entries applied in archive order, directory attributes at the end.
+
+    ADD follows every symlink on an entry's path, as a write through the image's merged
+    view does. A layer (`as_layer=True`: `apply`, `flatten`) meets the non-directories on its
+    paths as overlay shows them over the layers below, so that the tree `flatten` exports and
+    the overlay of the layer dirs `apply` makes (what RUN and `stepbuild run` see) are one
+    tree:
+
+    - a symlink this layer wrote is followed, as everywhere (and any other non-directory it
+      wrote is in the way: ENOTDIR);
+    - a symlink of the layers below (or a file, a device, ...: there when the layer began)
+      is replaced by a directory, not followed: `apply` unpacks each layer into an empty dir,
+      so the layer's dir holds a real directory at that path, and overlay shows an upper
+      layer's directory in place of a lower non-directory. Docker's overlay2 driver,
+      containerd's overlayfs snapshotter and podman's overlay driver do the same (each
+      unpacks a layer into its own dir); only copying appliers (vfs, containerd's native
+      snapshotter) follow the lower link, so runtimes disagree on such a layer and we side
+      with BuildKit's default, overlay;
+    - a symlink this layer wrote whose target has a `.wh.*` component is refused: following
+      it would make a real directory of a name OCI reserves for whiteouts (an entry cannot
+      name one directly either).
+    """
 
     def __init__(
-        self, root_fd: int, dest: str, uid: int | None, gid: int | None, label: str
+        self, root_fd: int, dest: str, uid: int | None, gid: int | None, label: str,
+        *, as_layer: bool = False,
     ) -> None:
         if "\0" in dest:
             raise LayerError(f"destination {dest!r} contains a NUL byte")
@@ -211,6 +238,7 @@ class Unpacker:
         self._uid = uid
         self._gid = gid
         self._label = label
+        self._as_layer = as_layer
         self._made: set[tuple[int, int]] = set()  # (st_dev, st_ino) of non-dirs we created
         self._dirs: dict[str, Header] = {}  # directory entries, attributes still to set
 
@@ -235,6 +263,25 @@ class Unpacker:
     def _join(self, rel: str) -> str:
         return f"{self._dest}/{rel}" if self._dest else rel
 
+    def _path_rule(self, name: str) -> NonDirRule | None:
+        """What the path of entry `name` does with a non-directory on the way (rootpath's
+        `on_nondir`): ADD follows symlinks (and fails on the rest); a layer: `_layer_path`."""
+        return partial(self._layer_path, name) if self._as_layer else None
+
+    def _layer_path(self, name: str, parent: int, base: str, target: str | None) -> bool:
+        """Whether the non-directory `base` met on entry `name`'s path is hidden by a new
+        directory (True) or, if a symlink, followed (False); see the class docstring."""
+        st = os.lstat(base, dir_fd=parent)
+        if is_whiteout(st):
+            return False  # apply's whiteout of this layer: in the way (ENOTDIR), as always
+        if (st.st_dev, st.st_ino) not in self._made:
+            return True  # of the layers below: this layer's directory hides it
+        if target is not None and any(p.startswith(".wh.") for p in target.split("/")):
+            raise self._fail(name, f"its path goes through the symlink {base!r} -> {target!r}"
+                                   " to a name starting with .wh., which OCI reserves for"
+                                   " whiteouts")
+        return False
+
     def _owner(self, h: Header) -> tuple[int, int]:
         return (
             h.uid if self._uid is None else self._uid,
@@ -250,7 +297,8 @@ class Unpacker:
                 return  # "./": the extraction directory itself, which exists already
             raise self._fail(name, "resolves to the extraction directory itself")
         parent, base = resolve_parent(
-            self._root, self._join(rel), create=True, uid=self._uid or 0, gid=self._gid or 0
+            self._root, self._join(rel), create=True, uid=self._uid or 0, gid=self._gid or 0,
+            on_nondir=self._path_rule(name),
         )
         try:
             if h.type == DIRTYPE:
@@ -324,7 +372,8 @@ class Unpacker:
         target_rel = clean_name(target)
         if not target_rel:
             raise self._fail(name, "hard link to the extraction directory itself")
-        tparent, tbase = resolve_parent(self._root, self._join(target_rel))
+        tparent, tbase = resolve_parent(self._root, self._join(target_rel),
+                                        on_nondir=self._path_rule(name))
         try:
             try:
                 tst = os.lstat(tbase, dir_fd=tparent)

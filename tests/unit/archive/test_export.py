@@ -309,7 +309,52 @@ def test_whiteouts_stay_inside_the_root(store: Store, tmp_path: Path) -> None:
                    _entry("../beside/.wh.victim"), _entry("out/.wh..wh..opq"))
     root = _flatten(store, tmp_path, lower, upper)
     assert (beside / "victim").read_text() == "sentinel"
-    assert sorted(os.listdir(root)) == ["out", "up"]
+    # as the overlay of the applied layers shows it: the upper layer's directories (made to
+    # hold its whiteouts) hide the lower symlinks; nothing was followed
+    assert _tree(root) == {"beside": "dir", "out": "dir", "up": "dir"}
+
+
+def _link(name: str, target: str) -> bytes:
+    return _entry(name, SYMTYPE, linkname=target.encode(), mode=0o777)
+
+
+def test_a_lower_non_directory_on_a_path_is_hidden_not_followed(store: Store,
+                                                                 tmp_path: Path) -> None:
+    """As the overlay of the applied layer dirs shows it (what RUN sees): the upper layer's
+    `lk/` (made for `lk/Xfile`) hides the lower symlink `lk`, and its `f/` the lower file."""
+    lower = _layer(store, _link("lk", "/abs/path"), _dir("abs"), _dir("abs/path"),
+                   _entry("abs/path/old", data=b"old"), _entry("f", data=b"file"),
+                   _link("gone", "abs"))
+    upper = _layer(store, _entry("lk/Xfile", data=b"x"), _entry("f/in", data=b"in"),
+                   _entry("gone/.wh.path"), _link("own", "abs/path"),
+                   _entry("own/y", data=b"y"))
+    root = _flatten(store, tmp_path, lower, upper)
+    assert _tree(root) == {"abs": "dir", "abs/path": "dir", "abs/path/old": "old",
+                           "abs/path/y": "y", "f": "dir", "f/in": "in", "gone": "dir",
+                           "lk": "dir", "lk/Xfile": "x", "own": "-> abs/path"}
+    assert (root / "lk").stat().st_mtime_ns == 0  # made, not named: as every implicit dir
+
+
+def test_a_whiteout_of_a_dir_the_layers_own_whiteouts_need(store: Store,
+                                                           tmp_path: Path) -> None:
+    """`a/.wh.b` then `.wh.a` over a lower file `a`: the layer dir holds an opaque `a/`
+    (made for the first, kept by the second), so the tree has an empty `a/`, in either
+    order of the two whiteouts."""
+    lower = _layer(store, _entry("a", data=b"file"), _dir("d"), _entry("d/x", data=b"x"))
+    upper = _layer(store, _entry("a/.wh.b"), _entry(".wh.a"), _entry("d/sub/.wh.y"),
+                   _entry(".wh.d"))
+    assert _tree(_flatten(store, tmp_path, lower, upper)) == {"a": "dir", "d": "dir",
+                                                              "d/sub": "dir"}
+
+
+def test_a_path_through_an_own_symlink_to_a_whiteout_name_is_refused(store: Store,
+                                                                      tmp_path: Path) -> None:
+    with pytest.raises(LayerError, match="reserves for whiteouts"):
+        _flatten(store, tmp_path, _layer(store, _link("b", ".wh.a"), _entry("b/a")))
+    below = _layer(store, _link("b", ".wh.a"))  # a link below is hidden, never followed
+    (tmp_path / "2").mkdir()
+    root = _flatten(store, tmp_path / "2", below, _layer(store, _entry("b/a", data=b"a")))
+    assert _tree(root) == {"b": "dir", "b/a": "a"}
 
 
 def test_directory_times_are_fixed(store: Store, tmp_path: Path) -> None:

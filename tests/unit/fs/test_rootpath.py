@@ -250,6 +250,47 @@ def test_create_follows_links_within_the_root(tree: Tree, root_fd: int) -> None:
     os.close(fd)
 
 
+def test_on_nondir_replaces_what_it_says_and_follows_the_rest(tree: Tree, root_fd: int) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def hide_all_but_lib(parent: int, name: str, target: str | None) -> bool:
+        seen.append((name, target))
+        return name != "lib"
+
+    parent, name = resolve_parent(root_fd, "abs_etc/lib/new", create=True, mode=0o750,
+                                  uid=7, gid=8, on_nondir=hide_all_but_lib)
+    os.close(parent)
+    assert seen == [("abs_etc", "/etc")] and name == "new"
+    s = (tree.root / "abs_etc").lstat()  # the link became a new directory, made as asked
+    assert stat.S_ISDIR(s.st_mode) and (stat.S_IMODE(s.st_mode), s.st_uid, s.st_gid) == (
+        0o750, 7, 8)
+    assert (tree.root / "abs_etc" / "lib").is_dir() and (tree.root / "etc").is_dir()
+    fd = makedirs_in_root(root_fd, "lib/x", on_nondir=hide_all_but_lib)  # lib: followed
+    assert fd_path(fd) == tree.root / "usr" / "lib" / "x"
+    os.close(fd)
+    fd = makedirs_in_root(root_fd, "file/x", on_nondir=hide_all_but_lib)  # a file, too
+    assert fd_path(fd) == tree.root / "file" / "x"
+    os.close(fd)
+    assert seen[-1] == ("file", None)
+
+
+def test_on_nondir_without_create_finds_nothing_below(tree: Tree, root_fd: int) -> None:
+    with pytest.raises(FileNotFoundError):
+        resolve_parent(root_fd, "lib/libc.so", on_nondir=lambda *_: True)
+    assert (tree.root / "lib").is_symlink()  # a lookup changes nothing
+
+
+def test_on_nondir_may_stop_the_walk(tree: Tree, root_fd: int) -> None:
+    def refuse(parent: int, name: str, target: str | None) -> bool:
+        raise PermissionError(name)
+
+    with pytest.raises(PermissionError, match="dangling"):
+        resolve_parent(root_fd, "dangling/x", create=True, on_nondir=refuse)
+    assert not (tree.root / "nowhere").exists()
+    with pytest.raises(NotADirectoryError):  # False for a non-link: as without a rule
+        resolve_parent(root_fd, "file/x", create=True, on_nondir=lambda *_: False)
+
+
 def test_dotdot_checks_it_returns_where_it_came_from(tree: Tree, root_fd: int) -> None:
     (tree.root / "a" / "b").mkdir(parents=True)
     walk = rootpath._Walker(root_fd, "a/b/..")

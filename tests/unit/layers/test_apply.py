@@ -190,6 +190,72 @@ def test_opaque_lower_stops_inheritance(tmp_path: Path) -> None:
     assert not is_opaque(target / "srv")  # the lower's opaque xattr is never copied
 
 
+# --- symlinks on an entry's path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("last", "problem"), [
+    (reg("b/a", b"x"), r"'b' -> '\.wh\.a'.*reserves for whiteouts"),
+    (ent(DIRTYPE, "b/sub/"), r"'b' -> '\.wh\.a'.*reserves for whiteouts"),
+    (reg("b/.wh.x"), "whiteout through the symlink 'b' of its own layer"),
+    (reg("b/.wh..wh..opq"), "whiteout through the symlink 'b' of its own layer"),
+])
+def test_a_path_through_a_symlink_to_a_whiteout_name_is_refused(tmp_path: Path, last: bytes,
+                                                                problem: str) -> None:
+    """`b -> .wh.a` then `b/…`: following the layer's own link would make a real /.wh.a."""
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(LayerError, match=problem):
+        apply_layer(io.BytesIO(tar(ent(SYMTYPE, "b", ".wh.a"), last)), target, label=LABEL)
+    assert not (target / ".wh.a").exists()
+
+
+def test_a_whiteout_through_the_layers_own_symlink_is_refused(tmp_path: Path) -> None:
+    """`s -> d`, then `s/.wh.x`: flatten applies whiteouts before entries, so it would not
+    follow the link this layer dir follows; before the link, the whiteout is fine."""
+    target = tmp_path / "t"
+    target.mkdir()
+    with pytest.raises(LayerError, match="whiteout through the symlink 's' of its own layer"):
+        apply_layer(io.BytesIO(tar(ent(SYMTYPE, "s", "d"), reg("s/.wh.x"))), target,
+                    label=LABEL)
+    remove_tree(target)
+    target.mkdir()
+    apply_layer(io.BytesIO(tar(reg("s/.wh.x"), ent(SYMTYPE, "s", "d"))), target)
+    assert os.readlink(target / "s") == "d" and os.listdir(target) == ["s"]
+
+
+def test_a_whiteout_on_a_later_entrys_path_is_still_in_the_way(tmp_path: Path) -> None:
+    """`.wh.a` then `a/x`: this layer's whiteout is not a lower non-directory to hide
+    behind a plain directory (that would undo the whiteout): refused, as it always was."""
+    lower, target = tmp_path / "lower", tmp_path / "t"
+    (lower / "a").mkdir(parents=True)
+    (lower / "a" / "old").write_text("old")
+    target.mkdir()
+    with pytest.raises(LayerError, match="'a' is not a directory"):
+        apply_layer(io.BytesIO(tar(reg(".wh.a"), reg("a/x", b"x"))), target, lowers=[lower],
+                    label=LABEL)
+
+
+def test_a_symlink_to_a_whiteout_name_alone_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "t"
+    target.mkdir()
+    apply_layer(io.BytesIO(tar(ent(SYMTYPE, "b", ".wh.a"), reg("c/d", b"x"))), target)
+    assert os.readlink(target / "b") == ".wh.a" and sorted(os.listdir(target)) == ["b", "c"]
+
+
+def test_a_lower_symlink_on_a_path_is_not_followed(tmp_path: Path) -> None:
+    """The layer dir holds `lk/Xfile` under a real `lk/`, whatever `lk` is below: overlay
+    shows that directory over the lower symlink (flatten exports the same tree)."""
+    lower, target = tmp_path / "lower", tmp_path / "t"
+    (lower / "abs" / "path").mkdir(parents=True)
+    (lower / "lk").symlink_to("/abs/path")
+    target.mkdir()
+    apply_layer(io.BytesIO(tar(reg("lk/Xfile", b"x"), ent(SYMTYPE, "own", "abs/path"),
+                               reg("own/y", b"y"))), target, lowers=[lower])
+    assert (target / "lk").is_dir() and not (target / "lk").is_symlink()
+    assert sorted(os.listdir(target)) == ["abs", "lk", "own"]  # own link: followed
+    assert (target / "abs" / "path" / "y").read_bytes() == b"y"
+
+
 # --- capture → apply round trip --------------------------------------------------------------
 
 
