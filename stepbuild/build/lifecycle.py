@@ -130,7 +130,8 @@ class StepLifecycle:
         return StepResult(diff_id, created, created)
 
 
-def _out_of_space(build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add) -> BuildError:
+def _out_of_space(build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir
+                  ) -> BuildError:
     """The store's filesystem filled up while a step wrote its files or its layer. The
     workspace is gone and no blob, layer dir or record of the step was written (each is
     renamed into place whole, or its temp file removed)."""
