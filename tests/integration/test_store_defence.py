@@ -7,6 +7,7 @@ overlay lower; a store others may write to is refused; a missing oci-layout is r
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,16 @@ def test_a_missing_oci_layout_is_reported_and_repaired(sb: Stepbuild) -> None:
     assert found.returncode == 1 and "oci-layout: missing" in found.stdout
     assert "repaired: oci-layout: written" in sb("check", "--repair").stdout
     assert (sb.root / "oci-layout").is_file()
+
+
+def test_a_no_op_rebuild_is_not_replayed_over_a_store_others_may_write_to(
+        sb: Stepbuild, tmp_path: Path) -> None:
+    """The whole-build fingerprint's replay (cli/noop.py) skips opening the store: it must
+    see the damage too, and leave it to the full build to refuse."""
+    context = write_context(tmp_path / "app", "FROM base\nRUN echo r > /r\n")
+    time.sleep(2.1)  # past the fingerprint's racy window (test_noop_fingerprint.SETTLE)
+    sb.build(context, "-v", "-t", "app")
+    assert "nothing changed since the last build" in sb.build(context, "-v", "-t", "app").stderr
+    os.chmod(sb.root, 0o777)
+    assert_clear_error(sb.build(context, "-v", "-t", "app", check=False), 1,
+                       "writable by group or others", f"chmod go-w {sb.root}")
