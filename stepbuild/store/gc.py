@@ -252,9 +252,10 @@ def check(store: Store, *, deep: bool = False) -> list[str]:
     A layer dir that is a symlink or not the store's own is reported and never read.
 
     Reported: a blob whose content does not match its name; anything `validate_layout` finds
-    (index.json, every tagged manifest/config/layer present, sized and hashed right, one
-    diff_id per layer); a ref name used twice; a layer dir without its blob or without
-    `diff/`, or not the store's own (a symlink, another owner), or with a damaged blob; a cache record that does not parse or names a missing layer or blob; a
+    (a missing oci-layout, index.json, every tagged manifest/config/layer present, sized and
+    hashed right, one diff_id per layer); a ref name used twice; a layer dir without its blob
+    or without `diff/`, or not the store's own (a symlink, another owner), or with a damaged
+    blob; a cache record that does not parse or names a missing layer or blob; a
     compressed-blob record that does not parse or names a missing blob, a blob of another
     size, or a missing layer blob; a remote-blob record that does not parse or whose layer or
     config is not in the store. Not problems: tmp/ entries, layer staging dirs,

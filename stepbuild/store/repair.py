@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stepbuild.errors import StoreError
+from stepbuild.errors import StepbuildError, StoreError
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.apply import apply_layer
 from stepbuild.layers.verify import verify_layer_dir
@@ -47,8 +47,9 @@ class Repairs:
 
 
 def repair(store: Store) -> Repairs:
-    """Repair what the module docstring lists; report it. OSError from the filesystem and
-    LayerError from a blob that will not apply pass through."""
+    """Repair what the module docstring lists; report it. A layer that cannot be rebuilt
+    (its blob no longer applies, or differs from what it applies to) is reported in `failed`
+    and the others are still repaired; OSError from the filesystem passes through."""
     repairs = Repairs()
     with store.lock(exclusive=True):
         if not store.layout.oci_layout.exists():
@@ -57,8 +58,12 @@ def repair(store: Store) -> Repairs:
         chains = _image_chains(store)
         bad = layer_problems(store, lambda digest: _hashes_to(store, digest), deep=True)
         for problem in sorted(bad, key=lambda p: _height(p.diff_id, chains)):
-            if problem.diff_id is not None:
+            if problem.diff_id is None:
+                continue
+            try:
                 _repair_layer(store, problem, chains, repairs)
+            except StepbuildError as exc:  # e.g. a blob that no longer applies: say, go on
+                repairs.failed.append(f"{problem.text}: not rebuilt: {exc.message}")
     return repairs
 
 

@@ -600,7 +600,9 @@ def check_owned(path: Path, *, follow: bool = False, what: str = "") -> None:
         raise _not_own(path, what, "is not a directory")
     if st.st_uid != os.geteuid():
         raise StoreError(f"{label}{path} is owned by uid {st.st_uid}, not by this user"
-                         f" ({os.geteuid()})", hint=f"chown {os.geteuid()} {path}")
+                         f" ({os.geteuid()})",
+                         hint=f"chown {os.geteuid()} {path} if the store is this user's;"
+                              " else give --root a store of your own")
     if st.st_mode & 0o022:
         raise StoreError(f"{label}{path} is writable by group or others (mode"
                          f" {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod go-w {path}")
