@@ -72,6 +72,7 @@ GRACE_PERIOD = 3600.0  # seconds: prune never deletes anything younger
 MAX_MANIFEST_SIZE = 4 << 20  # what registries accept; a bigger blob is not a manifest
 
 STAGING_NAME = re.compile(r"[0-9a-f]{64}\.tmp-.+")  # a layer dir being committed
+_NOT_OWN_SYMLINK = "is a symlink, not the store's own directory"
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 # image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
@@ -149,7 +150,7 @@ class Store:
         layout = self.layout
         check_owned(self.root, follow=True)  # an admin may symlink the root elsewhere
         for path in layout.top_dirs():
-            if path.exists() or path.is_symlink():
+            with suppress(FileNotFoundError):  # made when first needed
                 check_owned(path)
         for path in (layout.blobs.parent, layout.blobs, layout.layers, layout.cache,
                      layout.corrupt, layout.tmp):
@@ -370,11 +371,13 @@ class Store:
         """
         top = self._layers / digest_hex(diff_id)
         try:
-            if top.exists() or top.is_symlink():
-                check_owned(top, what=f"layer {diff_id}")
-                diff = top / "diff"
-                if diff.is_symlink() or (diff.exists() and not diff.is_dir()):
-                    raise _not_own(diff, f"layer {diff_id}", "is not a directory")
+            check_owned(top, what=f"layer {diff_id}")
+            mode = (top / "diff").lstat().st_mode
+            if not stat.S_ISDIR(mode):
+                raise _not_own(top / "diff", f"layer {diff_id}", _NOT_OWN_SYMLINK
+                               if stat.S_ISLNK(mode) else "is not a directory")
+        except FileNotFoundError:
+            pass  # not committed (or no diff/: `check` reports it)
         except StoreError as exc:
             exc.hint = "run `stepbuild check --repair`, which restores it from its blob"
             raise
@@ -595,7 +598,7 @@ def check_owned(path: Path, *, follow: bool = False, what: str = "") -> None:
     label = f"{what}: " if what else ""
     st = path.stat() if follow else path.lstat()
     if stat.S_ISLNK(st.st_mode):
-        raise _not_own(path, what, "is a symlink, not the store's own directory")
+        raise _not_own(path, what, _NOT_OWN_SYMLINK)
     if not stat.S_ISDIR(st.st_mode):
         raise _not_own(path, what, "is not a directory")
     if st.st_uid != os.geteuid():
