@@ -617,7 +617,6 @@ def _not_own(path: Path, what: str, problem: str) -> StoreError:
                       hint=f"move {path} away; the store never follows it")
 
 
-
 def _check_prefix(prefix: str) -> str:
     if "/" in prefix or "\0" in prefix:
         raise ValueError(f"temp name prefix {prefix!r} must be a plain name")
