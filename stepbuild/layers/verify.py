@@ -16,7 +16,9 @@ The expected tree follows `apply.py`'s conversion exactly:
   directory `<name>` (before or after), that directory is opaque instead; if it has a file
   `<name>`, nothing; `.wh..wh..opq` → the opaque xattr on its dir; AUFS `.wh..wh.*` skipped;
 - duplicate entries: the last wins, a directory merges with a directory;
-- hard links: the names of one inode, compared as groups (same inode on disk ⇔ same entry).
+- hard links: the names of one inode, compared as groups (same inode on disk ⇔ same entry);
+- names go through the layer's own symlinks as `rootpath` resolves them for apply (`a -> b`,
+  then `a/f`, is `b/f`; absolute targets from the layer root, `..` never above it).
 
 Compared per entry: type; for files their size and sha256, mode (with setuid/setgid/sticky),
 owner, mtime (whole seconds: the capture writes whole seconds) and xattrs (overlay's own left
@@ -28,10 +30,6 @@ out; not opaque), whiteouts inside an opaque dir (they hide nothing), sockets (t
 carry them). Not compared: the layer root's attributes (apply sets them, overlay shows the
 upper's), and the attributes of directories the tar does not list (apply takes them from the
 layers below, which a layer alone does not determine).
-
-Known limit: a layer whose entries go *through* a symlink of the same layer (`a -> b`, then
-`a/f`) is applied by resolving the link; this model keeps `a/f` and reports a difference.
-No real image does this; `check --repair` cannot fix it either, so it stays visible.
 
 The walk is depth-independent: one descriptor, down by name and up by `..` (as fs/trees.py),
 never a path longer than one name. Nothing is followed or written.
@@ -47,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import LayerError
+from stepbuild.fs.rootpath import MAX_SYMLINKS
 from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs
 from stepbuild.layers.tar import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, Header
 from stepbuild.layers.unpack import clean_name
@@ -110,21 +109,55 @@ def _expected_tree(reader: TarReader) -> dict[str, _Expected]:
     """The tree `apply.apply_layer` makes of the tar, by relative name (the root left out)."""
     tree: dict[str, _Expected] = {}
     for h in reader:
-        rel = clean_name(os.fsdecode(h.name))
-        if not rel:
+        name = clean_name(os.fsdecode(h.name))
+        if not name:
             continue  # the root: apply gives it fixed attributes
-        parent, _, last = rel.rpartition("/")
-        if rel.startswith(_META_PREFIX) and last != _OPAQUE_MARKER:
+        last = name.rpartition("/")[2]
+        if name.startswith(_META_PREFIX) and last != _OPAQUE_MARKER:
             continue  # AUFS metadata, skipped by apply
-        _parents(tree, parent)
         if last == _OPAQUE_MARKER:
-            if parent:
-                tree[parent].opaque = True
-        elif last.startswith(_WHITEOUT_PREFIX):
-            _whiteout(tree, f"{parent}/{last[4:]}" if parent else last[4:])
+            opaque_dir = _resolved(tree, name.rpartition("/")[0])
+            if opaque_dir:
+                _parents(tree, opaque_dir)
+                tree[opaque_dir].opaque = True
+            continue
+        parent = _resolved(tree, name.rpartition("/")[0])
+        _parents(tree, parent)
+        rel = f"{parent}/{last}" if parent else last
+        if last.startswith(_WHITEOUT_PREFIX):
+            _whiteout(tree, rel.removesuffix(last) + last[len(_WHITEOUT_PREFIX):])
         else:
             _entry(tree, reader, h, rel)
     return tree
+
+
+def _resolved(tree: dict[str, _Expected], path: str) -> str:
+    """The dir `path` of the layer with the layer's own symlinks on the way followed, as
+    apply's `rootpath` resolves it inside the target: absolute targets from the layer root,
+    `..` never above it. Raises LayerError for a symlink loop."""
+    todo = [p for p in path.split("/") if p]
+    out: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if out:
+                out.pop()
+            continue
+        if part == ".":
+            continue
+        node = tree.get("/".join([*out, part]))
+        if node is None or node.kind != "symlink" or node.header is None:
+            out.append(part)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            raise LayerError(f"{path}: too many levels of symbolic links")
+        target = os.fsdecode(node.header.linkname)
+        if target.startswith("/"):
+            out = []
+        todo[:0] = [p for p in target.split("/") if p]
+    return "/".join(out)
 
 
 def _parents(tree: dict[str, _Expected], parent: str) -> None:
@@ -152,7 +185,9 @@ def _entry(tree: dict[str, _Expected], reader: TarReader, h: Header, rel: str) -
         return
     _remove(tree, rel)
     if h.type == LNKTYPE:
-        target = tree.get(clean_name(os.fsdecode(h.linkname)))
+        head, _, base = clean_name(os.fsdecode(h.linkname)).rpartition("/")
+        target_dir = _resolved(tree, head)
+        target = tree.get(f"{target_dir}/{base}" if target_dir else base)
         if target is None or target.kind != "file":
             raise LayerError(f"entry {rel!r}: hard link to something the layer does not hold")
         tree[rel] = target

@@ -183,3 +183,14 @@ def test_a_deep_tree_is_walked_without_recursion(tmp_path: Path) -> None:
                                                       "top: missing"]
     finally:
         remove_tree(diff)
+
+
+def test_names_through_the_layers_own_symlinks_are_resolved_as_apply_does(
+        tmp_path: Path) -> None:
+    """`s -> /` then `s/landed` lands at /landed; `d -> ../../x` stays inside the layer."""
+    data = tar(ent(SYMTYPE, "s", link="/"), reg("s/landed", b"1"),
+               ent(DIRTYPE, "x/"), ent(SYMTYPE, "x/up", link="../../x"), reg("x/up/f", b"2"),
+               ent(LNKTYPE, "x/hard", link="s/landed"), reg("s/.wh.gone"))
+    diff = applied(tmp_path, data)
+    assert (diff / "landed").read_bytes() == b"1" and (diff / "x" / "f").read_bytes() == b"2"
+    assert verify(diff, data) == []
