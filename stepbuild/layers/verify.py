@@ -39,19 +39,31 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import MAX_SYMLINKS
 from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs
-from stepbuild.layers.tar import BLKTYPE, CHRTYPE, DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE, Header
+from stepbuild.layers.tar import (
+    BLKTYPE,
+    CHRTYPE,
+    DIRTYPE,
+    END_OF_ARCHIVE,
+    FIFOTYPE,
+    LNKTYPE,
+    SYMTYPE,
+    Header,
+    TarReader,
+)
 from stepbuild.layers.unpack import clean_name
 
 if TYPE_CHECKING:
-    from stepbuild.layers.tar import Readable, TarReader
+    from stepbuild.layers.tar import Readable
 
 __all__ = ["verify_layer_dir"]
 
@@ -83,14 +95,18 @@ class _Seen:
     inodes: dict[tuple[int, int], set[str]] = field(default_factory=dict)
 
 
-def verify_layer_dir(diff: str, tar: Readable, *, limit: int = 20) -> list[str]:
-    """The differences between the layer dir `diff` and the layer tar `tar` (a stream of the
-    verified blob), one line each, at most `limit` (then a count); `[]` when they agree.
+def verify_layer_dir(diff: str, tar: Path | Readable, *, limit: int = 20) -> list[str]:
+    """The differences between the layer dir `diff` and the layer tar `tar` (the verified
+    blob: a path or a stream), one line each, at most `limit` (then a count); `[]` when they
+    agree. An empty file is an empty layer, as for `apply.apply_layer`.
 
     Raises LayerError if the tar does not parse, OSError if the dir cannot be read.
     """
-    from stepbuild.layers.tar import TarReader
-
+    if isinstance(tar, Path):
+        if tar.stat().st_size == 0:
+            return verify_layer_dir(diff, io.BytesIO(END_OF_ARCHIVE), limit=limit)
+        with open(tar, "rb") as stream:
+            return verify_layer_dir(diff, stream, limit=limit)
     expected = _expected_tree(TarReader(tar))
     problems: list[str] = []
     seen = _Seen()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from stepbuild.errors import DigestMismatch, InvalidDocument, StoreError
+from stepbuild.errors import DigestMismatch, InvalidDocument, LayerError, StoreError
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.verify import verify_layer_dir
 from stepbuild.oci.digest import PREFIX, digest_hex, is_digest_hex, sha256_file
@@ -348,8 +348,10 @@ def _layer_problem(store: Store, diff_id: str, blob_ok: Callable[[str], bool],
         return "no diff/ dir", True
     if not deep:
         return "", True
-    with open(store.blob_path(diff_id), "rb") as blob:
-        differences = verify_layer_dir(str(diff), blob)
+    try:
+        differences = verify_layer_dir(str(diff), store.blob_path(diff_id))
+    except LayerError as exc:
+        return f"its blob is not a layer tar that can be compared: {exc.message}", False
     return ("differs from its blob: " + "; ".join(differences) if differences else ""), True
 
 

@@ -99,8 +99,7 @@ def _restore(store: Store, diff_id: str, lowers: list[Path]) -> None:
     try:
         blob = store.blob_path(diff_id)
         apply_layer(blob, target, lowers=lowers, label=f"layer {diff_id}")
-        with open(blob, "rb") as stream:
-            differences = verify_layer_dir(str(target), stream)
+        differences = verify_layer_dir(str(target), blob)
         if differences:
             raise StoreError(f"layer {diff_id}: rebuilt from its blob, it still differs from"
                              f" it: {'; '.join(differences)}")

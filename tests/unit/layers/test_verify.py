@@ -194,3 +194,14 @@ def test_names_through_the_layers_own_symlinks_are_resolved_as_apply_does(
     diff = applied(tmp_path, data)
     assert (diff / "landed").read_bytes() == b"1" and (diff / "x" / "f").read_bytes() == b"2"
     assert verify(diff, data) == []
+
+
+def test_an_empty_file_is_an_empty_layer(tmp_path: Path) -> None:
+    """As apply reads it (Go's archive/tar too): test_import's empty layer file."""
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    diff = tmp_path / "layer"
+    diff.mkdir()
+    assert verify_layer_dir(str(diff), empty) == []
+    (diff / "extra").write_text("x")
+    assert verify_layer_dir(str(diff), empty) == ["extra: not in the layer's blob"]

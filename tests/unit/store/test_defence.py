@@ -244,3 +244,13 @@ def test_a_layer_that_cannot_be_rebuilt_is_reported_and_the_others_still_repaire
     assert len(repairs.failed) == 1
     assert repairs.failed[0].startswith(f"layer {top}: differs from its blob")
     assert "not rebuilt" in repairs.failed[0] and "opaque marker" in repairs.failed[0]
+
+
+def test_a_layer_whose_blob_is_no_tar_is_reported_not_a_crash(store: Store) -> None:
+    upper = store.tmp_dir("upper-")
+    tar_path = store.tmp_file("layer-")
+    tar_path.write_bytes(b"junk" * 200)
+    diff_id = diff_id_of(b"junk" * 200)
+    store.commit_layer(upper, diff_id, tar_path)
+    [problem] = check(store, deep=True)
+    assert problem.startswith(f"layer {diff_id}: its blob is not a layer tar")
