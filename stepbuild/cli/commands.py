@@ -569,10 +569,22 @@ def check(options: argparse.Namespace) -> int:
 
     store = Store(store_root(options.root), clear_dead=False)  # list dead work, not clear it
     _report_dead_work(store.root, dead_work(store.layout))
-    problems = gc.check(store)
-    for problem in problems:
+    repair = getattr(options, "repair", False)
+    failed = []
+    if repair:
+        from stepbuild.store.repair import repair as repair_store
+
+        repairs = repair_store(store)
+        for line in repairs.done:
+            print(f"repaired: {line}")
+        failed = repairs.failed
+    problems = gc.check(store, deep=repair or getattr(options, "deep", False))
+    for problem in (*failed, *problems):
         print(problem)
-    if problems:
+    if failed or problems:
+        if not repair:
+            print("`stepbuild check --repair` restores layer dirs from their blobs and a"
+                  " missing oci-layout; `stepbuild prune` removes garbage")
         return 1
     print("store is consistent")
     return 0

@@ -147,6 +147,12 @@ def _add_store_commands(commands: Subcommands) -> None:
         if name == "prune":
             sub.add_argument("--cache-mounts", action="store_true",
                              help="also delete the RUN --mount=type=cache directories")
+        if name == "check":
+            sub.add_argument("--deep", action="store_true",
+                             help="also compare every unpacked layer with its blob")
+            sub.add_argument("--repair", action="store_true",
+                             help="restore damaged layer dirs from their blobs and a missing"
+                                  " oci-layout, then check deeply")
     for name, helptext, func in (("inspect", "print an image's manifest and config",
                                   impl.inspect),
                                  ("history", "print an image's history", impl.history),

@@ -224,11 +224,22 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
     with flocked(layout.lock, exclusive=False, mode=0o644):
         if _tags(layout) != saved["tags"]:
             return False
-        if not (all((layout.blobs / d[7:]).is_file() for d in saved["blobs"])
+        if not (_store_is_own(layout)
+                and all((layout.blobs / d[7:]).is_file() for d in saved["blobs"])
                 and all((layout.layers / d[7:] / "diff").is_dir() for d in saved["layers"])):
             return False
         _print(saved, quiet=quiet, verbose=verbose)
     return True
+
+
+def _store_is_own(layout: StoreLayout) -> bool:
+    """The store root is this user's and nobody else may write to it; otherwise the full
+    build runs, and opening the store refuses it with the fix (store.check_owned)."""
+    try:
+        info = layout.root.stat()
+    except OSError:
+        return False
+    return info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
 def _load(witness: Witness) -> dict[str, Any] | None:

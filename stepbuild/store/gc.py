@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from stepbuild.errors import DigestMismatch, InvalidDocument, StoreError
+from stepbuild.errors import DigestMismatch, InvalidDocument, LayerError, StoreError
 from stepbuild.fs.trees import remove_tree
+from stepbuild.layers.verify import verify_layer_dir
 from stepbuild.oci.digest import PREFIX, digest_hex, is_digest_hex, sha256_file
 from stepbuild.oci.documents import INDEX_TYPES, MANIFEST_TYPES, Descriptor, validate_layout
 from stepbuild.store.records import CACHE_KEY, CacheRecord
@@ -228,19 +229,33 @@ def _remove_if_old(path: Path, cutoff: float,
 
 def _known(store: Store, content_id: str) -> bool:
     """A layer (its dir or tar blob) or a config blob the store holds."""
-    return store.has_blob(content_id) or store.has_layer(content_id)
+    return store.has_blob(content_id) or _usable_layer(store, content_id)
+
+
+def _usable_layer(store: Store, diff_id: str) -> bool:
+    """`store.has_layer`, False for a layer dir that is not the store's own (which `check`
+    reports as such)."""
+    try:
+        return store.has_layer(diff_id)
+    except StoreError:
+        return False
 
 
 # --- check --------------------------------------------------------------------------------
 
 
-def check(store: Store) -> list[str]:
+def check(store: Store, *, deep: bool = False) -> list[str]:
     """Consistency problems, `[]` when the store is sound. Reads everything; slow.
 
+    With `deep`, every layer dir is also compared with its blob, entry by entry
+    (`layers.verify`): its files are what builds copy and run, and only the blob is hashed.
+    A layer dir that is a symlink or not the store's own is reported and never read.
+
     Reported: a blob whose content does not match its name; anything `validate_layout` finds
-    (index.json, every tagged manifest/config/layer present, sized and hashed right, one
-    diff_id per layer); a ref name used twice; a layer dir without its blob or without
-    `diff/`; a cache record that does not parse or names a missing layer or blob; a
+    (a missing oci-layout, index.json, every tagged manifest/config/layer present, sized and
+    hashed right, one diff_id per layer); a ref name used twice; a layer dir without its blob
+    or without `diff/`, or not the store's own (a symlink, another owner), or with a damaged
+    blob; a cache record that does not parse or names a missing layer or blob; a
     compressed-blob record that does not parse or names a missing blob, a blob of another
     size, or a missing layer blob; a remote-blob record that does not parse or whose layer or
     config is not in the store. Not problems: tmp/ entries, layer staging dirs,
@@ -251,7 +266,8 @@ def check(store: Store) -> list[str]:
         problems, hashed = _check_blobs(store)
         problems += validate_layout(store.root, blob_digests=hashed)
         problems += _check_refs(store)
-        problems += _check_layers(store)
+        blob_ok = _hashed_right(hashed)
+        problems += [p.text for p in layer_problems(store, blob_ok, deep=deep)]
         problems += _check_cache(store)
         problems += _check_compressed(store)
         problems += _check_remote(store)
@@ -284,18 +300,59 @@ def _check_refs(store: Store) -> list[str]:
     ]
 
 
-def _check_layers(store: Store) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class LayerProblem:
+    """A layer dir that is wrong: `diff_id` None for a name that is no layer's.
+    `restorable`: its blob is present and sound, so `repair` can rebuild the dir from it."""
+
+    diff_id: str | None
+    text: str
+    restorable: bool = False
+
+
+def _hashed_right(hashed: dict[str, tuple[str, int]]) -> Callable[[str], bool]:
+    """Whether a blob is sound, by `_check_blobs`'s hashes (hex → digest, size)."""
+    return lambda digest: hashed.get(digest_hex(digest), ("", 0))[0] == digest
+
+
+def layer_problems(store: Store, blob_ok: Callable[[str], bool],
+                   *, deep: bool) -> list[LayerProblem]:
+    """The problems of every layer dir; `blob_ok(diff_id)` says whether a present blob's
+    content has its digest."""
     problems = []
     for entry in os.scandir(store.layout.layers):
         if STAGING_NAME.fullmatch(entry.name):
             continue
         if not is_digest_hex(entry.name):
-            problems.append(f"layers/{entry.name}: not a layer name")
-        elif not os.path.isdir(os.path.join(entry.path, "diff")):
-            problems.append(f"layer {PREFIX}{entry.name}: no diff/ dir")
-        elif not store.has_blob(PREFIX + entry.name):
-            problems.append(f"layer {PREFIX}{entry.name}: its blob is missing")
+            problems.append(LayerProblem(None, f"layers/{entry.name}: not a layer name"))
+            continue
+        diff_id = PREFIX + entry.name
+        problem, restorable = _layer_problem(store, diff_id, blob_ok, deep)
+        if problem:
+            problems.append(LayerProblem(diff_id, f"layer {diff_id}: {problem}", restorable))
     return problems
+
+
+def _layer_problem(store: Store, diff_id: str, blob_ok: Callable[[str], bool],
+                   deep: bool) -> tuple[str, bool]:
+    """What is wrong with one layer dir ("" if nothing), and whether its blob is sound."""
+    if not store.has_blob(diff_id):
+        return "its blob is missing", False
+    if not blob_ok(diff_id):
+        return "its blob is damaged (its content has another digest)", False
+    try:
+        diff = store.layer_dir(diff_id)
+    except StoreError as exc:
+        return exc.message.removeprefix(f"layer {diff_id}: "), True
+    if not diff.is_dir():
+        return "no diff/ dir", True
+    if not deep:
+        return "", True
+    try:
+        differences = verify_layer_dir(str(diff), store.blob_path(diff_id))
+    except LayerError as exc:
+        return f"its blob is not a layer tar that can be compared: {exc.message}", False
+    return ("differs from its blob: " + "; ".join(differences) if differences else ""), True
 
 
 def _check_cache(store: Store) -> list[str]:
@@ -308,7 +365,7 @@ def _check_cache(store: Store) -> list[str]:
             problems.append(f"cache record {key}: does not parse")
         else:
             problems += [f"cache record {key}: layer {d} is missing"
-                         for d in record.diff_ids if not store.has_layer(d)]
+                         for d in record.diff_ids if not _usable_layer(store, d)]
             problems += [f"cache record {key}: blob {b} is missing"
                          for b in record.blobs if not store.has_blob(b)]
     return problems

@@ -117,6 +117,13 @@ class StoreLayout:
     def fingerprints(self) -> Path:
         return self.root / "fingerprints"
 
+    def top_dirs(self) -> tuple[Path, ...]:
+        """Every dir directly under the root (and blobs/sha256, cache/corrupt): the dirs the
+        store refuses to use unless they are its own (store.check_owned)."""
+        return (self.root / "blobs", self.blobs, self.layers, self.cache, self.corrupt,
+                self.compressed, self.remote_blobs, self.import_cache, self.tmp,
+                self.parse_cache, self.context_cache, self.cache_mounts, self.fingerprints)
+
     @property
     def writer_id(self) -> Path:
         return self.root / "cache-writer-id"

@@ -23,6 +23,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -73,6 +74,7 @@ GRACE_PERIOD = 3600.0  # seconds: prune never deletes anything younger
 MAX_MANIFEST_SIZE = 4 << 20  # what registries accept; a bigger blob is not a manifest
 
 STAGING_NAME = re.compile(r"[0-9a-f]{64}\.tmp-.+")  # a layer dir being committed
+_NOT_OWN_SYMLINK = "is a symlink, not the store's own directory"
 _HEX_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 # image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
@@ -153,11 +155,22 @@ class Store:
     def _create_layout(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         layout = self.layout
+        check_owned(self.root, follow=True)  # an admin may symlink the root elsewhere
+        for path in layout.top_dirs():
+            with suppress(FileNotFoundError):  # made when first needed
+                check_owned(path)
         for path in (layout.blobs.parent, layout.blobs, layout.layers, layout.cache,
                      layout.corrupt, layout.tmp):
             path.mkdir(mode=0o700, exist_ok=True)
-        self._create_if_absent(layout.oci_layout, layout_header())
+        # Only a new store gets its oci-layout here (it is written before index.json): an
+        # existing store without it is damaged, for `check` to report and `--repair` to fix.
+        if not layout.index.exists():
+            self.write_oci_layout()
         self._create_if_absent(layout.index, Index().to_bytes())
+
+    def write_oci_layout(self) -> None:
+        """Create `oci-layout` if it is missing (never replacing one)."""
+        self._create_if_absent(self.layout.oci_layout, layout_header())
 
     def _create_if_absent(self, path: Path, data: bytes) -> None:
         if path.exists():
@@ -359,11 +372,30 @@ class Store:
     # --- layers -----------------------------------------------------------------------------
 
     def layer_dir(self, diff_id: str) -> Path:
-        """`layers/<hex>/diff` for a diff_id; it may not exist (see `has_layer`)."""
-        return self._layers / digest_hex(diff_id) / "diff"
+        """`layers/<hex>/diff` for a diff_id; it may not exist (see `has_layer`).
+
+        Where it exists it is the store's own: `layers/<hex>` a real dir of the store's
+        owner and `diff` a real dir, neither a symlink — else `StoreError` naming the layer
+        (a symlink to a host dir must never become an overlay lower, nor be exported or
+        copied from). `diff`'s own owner and mode are the image root's (a step may chown /).
+        """
+        top = self._layers / digest_hex(diff_id)
+        try:
+            check_owned(top, what=f"layer {diff_id}")
+            mode = (top / "diff").lstat().st_mode
+            if not stat.S_ISDIR(mode):
+                raise _not_own(top / "diff", f"layer {diff_id}", _NOT_OWN_SYMLINK
+                               if stat.S_ISLNK(mode) else "is not a directory")
+        except FileNotFoundError:
+            pass  # not committed (or no diff/: `check` reports it)
+        except StoreError as exc:
+            exc.hint = "run `stepbuild check --repair`, which restores it from its blob"
+            raise
+        return top / "diff"
 
     def has_layer(self, diff_id: str) -> bool:
-        """True if the layer dir is committed *and* its blob is present (usable)."""
+        """True if the layer dir is committed *and* its blob is present (usable).
+        `StoreError` if the layer dir is not the store's own (see `layer_dir`)."""
         return self.layer_dir(diff_id).is_dir() and self.has_blob(diff_id)
 
     def commit_layer(self, upper: Path, diff_id: str, tar_path: Path) -> Path:
@@ -380,13 +412,24 @@ class Store:
         tree); after a power loss a layer dir can be rebuilt from its blob, which is.
         """
         self.ingest_blob(tar_path, diff_id)
-        final = self._layers / digest_hex(diff_id)
+        final = self.layer_dir(diff_id).parent  # refuses a layer dir not the store's own
         with self.lock(exclusive=False):
             if not final.is_dir():
                 self._rename_layer(Path(upper), final)
             else:
                 self.discard(Path(upper))
             os.utime(final)
+        fsync_dir(self._layers)
+        return final / "diff"
+
+    def replace_layer(self, diff_id: str, new: Path) -> Path:
+        """Put the dir `new` (under tmp/, its content verified by the caller) in place of
+        layer `diff_id`'s dir, whatever is there (moved into tmp/ first, never followed).
+        For `check --repair`, which holds the lock exclusively: no build sees the gap."""
+        final = self._layers / digest_hex(diff_id)
+        with self.lock(exclusive=False):
+            self.discard(final)
+            self._rename_layer(new, final)
         fsync_dir(self._layers)
         return final / "diff"
 
@@ -554,6 +597,35 @@ class Store:
         self.write_file(self._index, index.to_bytes())
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def check_owned(path: Path, *, follow: bool = False, what: str = "") -> None:
+    """`path` is a directory of the store's owner (this process's user) that nobody else may
+    write to, and not a symlink unless `follow`: else `StoreError` with the fix.
+
+    Whoever can write to a store dir can change what every later build copies and runs, so
+    a store shared with others, or reached through a link, is refused rather than used.
+    """
+    label = f"{what}: " if what else ""
+    st = path.stat() if follow else path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise _not_own(path, what, _NOT_OWN_SYMLINK)
+    if not stat.S_ISDIR(st.st_mode):
+        raise _not_own(path, what, "is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StoreError(f"{label}{path} is owned by uid {st.st_uid}, not by this user"
+                         f" ({os.geteuid()})",
+                         hint=f"chown {os.geteuid()} {path} if the store is this user's;"
+                              " else give --root a store of your own")
+    if st.st_mode & 0o022:
+        raise StoreError(f"{label}{path} is writable by group or others (mode"
+                         f" {stat.S_IMODE(st.st_mode):04o})", hint=f"chmod go-w {path}")
+
+
+def _not_own(path: Path, what: str, problem: str) -> StoreError:
+    label = f"{what}: " if what else ""
+    return StoreError(f"{label}{path} {problem}",
+                      hint=f"move {path} away; the store never follows it")
 
 
 def _owned(prefix: str) -> str:
