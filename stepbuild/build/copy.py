@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.build import keys, modes, users
+from stepbuild.build import keys, users
 from stepbuild.build.copy_files import (
     Copier,
     Owner,
@@ -59,7 +59,7 @@ from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
 from stepbuild.errors import BuildError, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
-from stepbuild.fs import rootpath
+from stepbuild.fs import modes, rootpath
 from stepbuild.layers.unpack import is_archive, unpack_archive
 from stepbuild.sandbox import host as overlay
 from stepbuild.sources import git
@@ -277,10 +277,9 @@ def _from_error(exc: ContextError, work: CopyWork) -> BuildError:
 def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> modes.Chmod:
     try:
         return modes.parse(value)
-    except ValueError:
+    except ValueError as exc:  # the value a variable gave; the frontend checked the others
         raise located(PlanError, run.stages.filename, copy,
-                      f"invalid --chmod value {value!r}: expected an octal mode from 0 to 07777"
-                      " (such as 0755) or a symbolic one (such as u+x,go-w)") from None
+                      f"invalid chmod {value!r}: {exc}") from None
 
 
 def destination(dest: str, workdir: str) -> str:

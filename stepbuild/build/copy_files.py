@@ -38,7 +38,7 @@ from stepbuild.errors import BuildError
 from stepbuild.fs import rootpath
 
 if TYPE_CHECKING:
-    from stepbuild.build.modes import Chmod
+    from stepbuild.fs.modes import Chmod
 
 # xattrs worth keeping on copied files: user data and file capabilities. trusted.* and
 # security.selinux belong to the host, not to the image.

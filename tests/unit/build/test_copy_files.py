@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from stepbuild.build.copy_files import Copier, Owner, Placement, open_root
-from stepbuild.build.modes import parse
+from stepbuild.fs.modes import parse
 
 pytestmark = pytest.mark.root  # chown
 

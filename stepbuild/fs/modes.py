@@ -20,6 +20,7 @@ import stat
 from dataclasses import dataclass
 
 DEFAULT_DIR_MODE = 0o755
+EXPECTED = "expected an octal mode from 0 to 07777 (such as 0755) or a symbolic one (such as u+x)"
 
 # The bits each "who" letter reaches: its rwx and, for u and g, its set-id bit. `a` is all of
 # them (not the sticky bit, which only `t` names). Nobody named means every bit (umask 0).
@@ -58,15 +59,14 @@ class Chmod:
 
 
 def parse(text: str) -> Chmod:
-    """Parse a --chmod value; ValueError (with the reason) when it is neither form."""
+    """Parse a --chmod value; ValueError (saying what is expected) when it is neither form."""
     if text and all(ch in "01234567" for ch in text):
-        value = int(text, 8)
-        if value > 0o7777:
-            raise ValueError("an octal mode is at most 07777")
-        return Chmod(text, value)
+        if int(text, 8) > 0o7777:
+            raise ValueError(EXPECTED)
+        return Chmod(text, int(text, 8))
     if not text or text[0].isdigit() or not all(
             _CLAUSE.fullmatch(clause) for clause in text.split(",")):
-        raise ValueError("not an octal mode nor a symbolic one")
+        raise ValueError(EXPECTED)  # BuildKit too: a leading digit means an octal mode
     return Chmod(text, None)
 
 

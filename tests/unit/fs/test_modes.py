@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepbuild.build.modes import Chmod, parse
+from stepbuild.fs.modes import Chmod, parse
 
 
 @pytest.mark.parametrize(("text", "octal"), [
