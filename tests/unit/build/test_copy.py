@@ -4,13 +4,27 @@ errors located at the instruction; `COPY --from` source errors said of the stage
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from stepbuild.build.copy import CopyWork, _from_error, chown_owner, numeric_owner, select
+from stepbuild.build.copy import (
+    COPY_RULES,
+    CopyWork,
+    _from_error,
+    chown_owner,
+    numeric_owner,
+    prepare,
+    select,
+)
 from stepbuild.build.copy_files import Owner
+from stepbuild.build.plan import Scope
+from stepbuild.build.state import ImageState
 from stepbuild.build.users import UserError
 from stepbuild.errors import BuildError, ContextError, SourceNotFound
+from stepbuild.frontend import instructions as ins
+from stepbuild.frontend.parse import parse
 from stepbuild.sources.context import BuildContext
 
 
@@ -78,3 +92,31 @@ def test_from_other_source_errors_keep_their_message() -> None:
                         from_work('stage "s"'))
     assert error.message == 'Stepfile:3:1: COPY --from (stage "s"): empty COPY source'
     assert error.hint is None
+
+
+# --- the key of the steps issue 11 changed ------------------------------------------------------
+
+
+def prepared_inputs(text: str) -> dict[str, Any]:
+    """The key inputs of a COPY (after a stage `src`) that reads no build context."""
+    stepfile = parse("FROM scratch AS src\nFROM scratch\n" + text)
+    copy = stepfile.instructions[-1]
+    assert isinstance(copy, ins.Copy)
+    stages = SimpleNamespace(filename="Stepfile",
+                             find=lambda name: SimpleNamespace(index=0) if name == "src" else None)
+    run = SimpleNamespace(stages=stages, results={0: ImageState()})
+    executor = SimpleNamespace(context=None, source_date_epoch=None)
+    return dict(prepare(executor, copy, ImageState(), Scope(), run).inputs)
+
+
+@pytest.mark.parametrize(("text", "marked"), [
+    ("COPY --from=src /a /b\n", True),                 # owners now kept: was 0:0
+    ("COPY --from=src --chown=1:1 /a /b\n", False),    # as before
+    ("COPY --chmod=755 <<EOF /x/y\nx\nEOF\n", True),   # the dirs it makes: were 0755
+    ("COPY <<EOF /x/y\nx\nEOF\n", False),
+])
+def test_steps_made_differently_now_cannot_hit_old_records(text: str, marked: bool) -> None:
+    # A record made before issue 11 holds a layer with the old owners or modes: a step whose
+    # result changed has `copy_rules` in its key; other steps' keys stay as they were.
+    inputs = prepared_inputs(text)
+    assert (inputs.get("copy_rules") == COPY_RULES) is marked
