@@ -59,7 +59,7 @@ from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
 from stepbuild.errors import BuildError, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
-from stepbuild.fs import rootpath
+from stepbuild.fs import modes, rootpath
 from stepbuild.layers.unpack import is_archive, unpack_archive
 from stepbuild.sandbox import host as overlay
 from stepbuild.sources import git
@@ -72,6 +72,10 @@ if TYPE_CHECKING:
 
 # What a --link step's key has in place of the parent state: the layer does not depend on it.
 LINK_PARENT = "stepbuild-copy-link/1"
+# In the key of the steps whose result changed with issue 11 — a `COPY --from` without
+# --chown (owners were reset to 0:0), a --chmod (the directories it made were 0755) — so that
+# a cache record made before cannot hit.
+COPY_RULES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +101,7 @@ class CopyWork:
     keep_git_dir: bool
     chown: str | None
     owner: Owner | None
-    chmod: int | None
+    chmod: modes.Chmod | None
     unpack: bool
     where: str
     origin: str = ""
@@ -145,7 +149,8 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     inputs: dict[str, Any] = {
         "op": word.lower(), "selection": selection.digest() if selection else None,
         "from": source.key if source else None, "sources": sources if source else None,
-        "dest": dest, "chown": chown, "chmod": chmod, "excludes": excludes,
+        "dest": dest, "chown": chown, "chmod": chmod.text if chmod else None,
+        "excludes": excludes,
         "inline": [[name, keys.digest(data)] for name, data in inline],
         "urls": [[d.url, d.digest] for d in downloads],
         "sde": executor.source_date_epoch}
@@ -155,6 +160,8 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         inputs["keep_git_dir"] = keep_git_dir
     if parents:
         inputs["parents"] = {"sources": sources, "dirs": _layout_key(layout)}
+    if (source and not chown) or chmod:
+        inputs["copy_rules"] = COPY_RULES
     owner = None
     if copy.link:
         inputs["link"] = True
@@ -173,7 +180,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         dest=dest, selection=selection, layout=layout, source=source, sources=tuple(sources),
         excludes=tuple(excludes), parents=parents, inline=tuple(inline),
         downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
-        owner=owner, chmod=int(chmod, 8) if chmod else None,
+        owner=owner, chmod=chmod,
         unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
         where=where, origin=_origin(copy, scope, run) if source else "")
     return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
@@ -272,11 +279,12 @@ def _from_error(exc: ContextError, work: CopyWork) -> BuildError:
     return BuildError(f"{work.where}: COPY --from ({work.origin}): {exc.message}")
 
 
-def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> str:
-    if not value or len(value) > 4 or any(ch not in "01234567" for ch in value):
+def _chmod(value: str, run: BuildRun, copy: ins.Copy | ins.Add) -> modes.Chmod:
+    try:
+        return modes.parse(value)
+    except ValueError as exc:  # the value a variable gave; the frontend checked the others
         raise located(PlanError, run.stages.filename, copy,
-                      f"invalid --chmod value {value!r}: expected an octal mode such as 0755")
-    return value
+                      f"invalid chmod {value!r}: {exc}") from None
 
 
 def destination(dest: str, workdir: str) -> str:
@@ -306,7 +314,7 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None
 def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
               work: CopyWork, merged: Path, tmp: Path) -> None:
     owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
-                           else Owner())
+                           else _default_owner(work))
     place = Placement(work.dest, owner, work.chmod)
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
@@ -338,6 +346,13 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
                              hint="leave the build context alone while a build reads it") from None
         finally:
             copier.close()
+
+
+def _default_owner(work: CopyWork) -> Owner | None:
+    """The owner without --chown: None (each entry keeps its own) for `COPY --from`, as in
+    Docker, BuildKit and Buildah; 0:0 for build context files, whose owners on the build
+    host mean nothing in the image (Docker resets them)."""
+    return None if work.source is not None else Owner()
 
 
 class _SourceChanged(Exception):

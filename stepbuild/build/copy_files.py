@@ -5,7 +5,18 @@ Destination rules (Dockerfile reference, COPY): a relative destination is relati
 destination must be a directory ending in "/"; a source directory is copied by its contents;
 a source file goes to `dest/<name>` when dest ends in "/" or is an existing directory, else to
 `dest` itself; missing parent directories are created. Files keep their mode (unless --chmod),
-mtime, symlinks, hard links (within one COPY) and xattrs; owners become 0:0 unless --chown.
+mtime, symlinks, hard links (within one COPY) and xattrs.
+
+Owners (BuildKit: fsutil copy's `copyFileInfo`, its `testCopyChownExistingDir`): --chown sets
+every entry's owner. Without it, build context files become 0:0 (Docker resets them) while a
+`COPY --from` keeps each entry's uid/gid as it is in the stage or image (`Placement.owner` is
+None); the directories the COPY makes on the way to its destination, and the destination
+directory itself, are made "as root": 0:0 unless --chown.
+
+--chmod (`modes.py`, BuildKit's `testCopyChmod`) sets the mode of every copied entry (not of
+symlinks) and of the directories made on the way: the octal mode's permission bits, or 0755
+for a symbolic mode. A directory that exists is left as it is when it is the destination or on
+the way to it; one met inside a copied tree takes the source's metadata.
 
 Every path inside the image root is resolved *inside* it (`rootpath`), so a symlink in the
 image (`/app -> /srv`) is followed within the root and never out to the host. The root is a
@@ -21,9 +32,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stepbuild.errors import BuildError
 from stepbuild.fs import rootpath
+
+if TYPE_CHECKING:
+    from stepbuild.fs.modes import Chmod
 
 # xattrs worth keeping on copied files: user data and file capabilities. trusted.* and
 # security.selinux belong to the host, not to the image.
@@ -43,11 +58,30 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Where things go: the destination as written (absolute), the owner and --chmod."""
+    """Where things go: the destination as written (absolute), the owner and --chmod.
+    `owner` None keeps each source entry's own uid/gid (`COPY --from` without --chown)."""
 
     dest: str
-    owner: Owner = Owner()
-    chmod: int | None = None
+    owner: Owner | None = Owner()
+    chmod: Chmod | None = None
+
+    @property
+    def made_owner(self) -> Owner:
+        """The owner of a directory made on the way to the destination: --chown, else root."""
+        return self.owner or Owner()
+
+    @property
+    def made_mode(self) -> int:
+        """The mode of a directory made on the way to the destination."""
+        return self.chmod.created_dir_mode if self.chmod else 0o755
+
+    def owner_of(self, source: os.stat_result) -> Owner:
+        """The owner a copied entry gets: --chown's, 0:0 for the build context, else its own."""
+        return self.owner or Owner(source.st_uid, source.st_gid)
+
+    def mode_of(self, mode: int, is_dir: bool) -> int:
+        """The permission bits a copied entry with source mode `mode` gets."""
+        return self.chmod.apply(mode, is_dir) if self.chmod else stat.S_IMODE(mode)
 
     @property
     def dest_is_dir(self) -> bool:
@@ -163,7 +197,7 @@ class Copier:
         self.place = place
         self._links: dict[tuple[int, int], str] = {}
         self._parents: dict[str, int] = {}
-        self._dirs: list[tuple[str, os.stat_result | None, int]] = []
+        self._dirs: list[tuple[str, os.stat_result | None, int, Owner]] = []
         self._direct: tuple[str, int] | None = None  # (dir, fd of it in the upper dir)
 
     def write_below_directly(self, path: str, upper_fd: int) -> None:
@@ -192,12 +226,15 @@ class Copier:
                  top: bool = False) -> None:
         """Create a directory (and parents); its metadata is set by `finish`.
 
-        A directory made here gets the owner, --chmod or the source's mode (0755 without a
-        source) and the source's mtime. An existing one is left as it is when it is the
-        destination of the COPY itself (`top`, or no `source`: `COPY etc/ /etc/` must not
-        chmod or chown /etc); an existing directory met inside a copied tree takes the
-        source's metadata, like any other copied entry (BuildKit: fsutil copy's
-        `overwriteTargetMetadata`).
+        A directory of a copied tree gets the owner (`Placement.owner_of`), mode
+        (`Placement.mode_of`) and mtime of its `source`. An existing one is left as it is
+        when it is the destination of the COPY itself (`top`, or no `source`: `COPY etc/
+        /etc/` must not chmod or chown /etc); an existing directory met inside a copied tree
+        takes the source's metadata, like any other copied entry (BuildKit: fsutil copy's
+        `overwriteTargetMetadata`). The destination made here is made like the directories
+        on the way to it (BuildKit's `MkdirAll`): owned by root or --chown and with the
+        --chmod directory mode, but without --chmod it keeps the source's mode and, always,
+        its mtime.
         """
         with _reporting(path):
             if not path.strip("/"):
@@ -215,9 +252,15 @@ class Copier:
                 os.close(parent)
             if not created and (top or source is None):
                 return
-            mode = self.place.chmod if self.place.chmod is not None else (
-                stat.S_IMODE(source.st_mode) if source else 0o755)
-            self._dirs.append((path, source, mode))
+            place = self.place
+            if source is None:
+                self._dirs.append((path, None, place.made_mode, place.made_owner))
+            elif top:
+                mode = place.made_mode if place.chmod else stat.S_IMODE(source.st_mode)
+                self._dirs.append((path, source, mode, place.made_owner))
+            else:
+                self._dirs.append((path, source, place.mode_of(source.st_mode, True),
+                                   place.owner_of(source)))
 
     def copy_file(self, source_fd: int, path: str, source: os.stat_result) -> None:
         """Copy an open regular file's bytes and metadata to `path`."""
@@ -253,9 +296,9 @@ class Copier:
                     view = memoryview(data)
                     while view:  # os.write may write less than asked
                         view = view[os.write(fd, view):]
-                    chmod = self.place.chmod if self.place.chmod is not None else mode
-                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
-                    os.fchmod(fd, chmod)
+                    owner = self.place.made_owner  # no source entry to keep an owner of
+                    os.fchown(fd, owner.uid, owner.gid)
+                    os.fchmod(fd, self.place.mode_of(mode, False))
                     os.utime(fd, ns=(mtime_ns, mtime_ns))
                 finally:
                     os.close(fd)
@@ -268,8 +311,8 @@ class Copier:
             try:
                 _remove_non_dir(parent, name, path)
                 os.symlink(target, name, dir_fd=parent)
-                os.chown(name, self.place.owner.uid, self.place.owner.gid, dir_fd=parent,
-                         follow_symlinks=False)
+                owner = self.place.owner_of(source)
+                os.chown(name, owner.uid, owner.gid, dir_fd=parent, follow_symlinks=False)
                 os.utime(name, ns=(source.st_mtime_ns, source.st_mtime_ns), dir_fd=parent,
                          follow_symlinks=False)
             finally:
@@ -277,11 +320,12 @@ class Copier:
 
     def finish(self) -> None:
         """Set directory owners, modes and mtimes, deepest first (children change mtimes)."""
-        for path, source, mode in sorted(self._dirs, key=lambda item: -item[0].count("/")):
+        for path, source, mode, owner in sorted(self._dirs,
+                                                key=lambda item: -item[0].count("/")):
             with _reporting(path):
                 fd = rootpath.open_in_root(*self._resolve(path), os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
+                    os.fchown(fd, owner.uid, owner.gid)
                     os.fchmod(fd, mode)
                     if source is not None:
                         os.utime(fd, ns=(source.st_mtime_ns, source.st_mtime_ns))
@@ -297,8 +341,9 @@ class Copier:
         head, _, name = path.rstrip("/").rpartition("/")
         cached = self._parents.get(head)
         if cached is None or not name:
-            owner = self.place.owner
-            fd, name = rootpath.resolve_parent(*self._resolve(path), create=True, mode=0o755,
+            owner = self.place.made_owner
+            fd, name = rootpath.resolve_parent(*self._resolve(path), create=True,
+                                               mode=self.place.made_mode,
                                                uid=owner.uid, gid=owner.gid)
             if head in self._parents:
                 return fd, name
@@ -329,10 +374,9 @@ class Copier:
             os.close(first_parent)
 
     def _set_metadata(self, source_fd: int, fd: int, source: os.stat_result) -> None:
-        mode = self.place.chmod if self.place.chmod is not None else stat.S_IMODE(
-            source.st_mode)
-        os.fchown(fd, self.place.owner.uid, self.place.owner.gid)
-        os.fchmod(fd, mode)  # after chown: chown clears setuid bits
+        owner = self.place.owner_of(source)
+        os.fchown(fd, owner.uid, owner.gid)
+        os.fchmod(fd, self.place.mode_of(source.st_mode, False))  # after chown: it clears setuid
         # After chown too: chown (and any write) removes security.capability (the kernel's
         # killpriv), so file capabilities copied before it would be silently lost.
         _copy_xattrs(source_fd, fd)

@@ -21,6 +21,7 @@ from stepbuild.frontend.flags import (
     parse_mount,
 )
 from stepbuild.frontend.syntax import Node, SyntaxTree, chomp_heredoc, heredoc_marker
+from stepbuild.fs import modes
 
 # Healthcheck durations below this are refused (Docker's container.MinimumDuration), 0 aside.
 MINIMUM_DURATION_NS = 1_000_000
@@ -301,9 +302,10 @@ def _git_commit_checksum(checksum: str, sources: tuple[str, ...]) -> bool:
 def _check_chmod(chmod: str | None) -> None:
     if chmod is None or "$" in chmod:
         return
-    if not chmod or any(ch not in "01234567" for ch in chmod) or len(chmod) > 4:
-        raise FlagError(f"invalid chmod {chmod!r}: expected an octal mode such as 0755",
-                        f"--chmod={chmod}")
+    try:
+        modes.parse(chmod)
+    except ValueError as exc:
+        raise FlagError(f"invalid chmod {chmod!r}: {exc}", f"--chmod={chmod}") from None
 
 
 def _healthcheck(node: Node, tree: SyntaxTree) -> ins.Healthcheck:

@@ -29,7 +29,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.integration.builds import Stepbuild, base_image, step_lines, write_context
+from tests.integration.builds import (
+    Stepbuild,
+    assert_clear_error,
+    base_image,
+    step_lines,
+    write_context,
+)
 from tests.local_http import LocalHTTPServer
 
 pytestmark = pytest.mark.root
@@ -283,6 +289,48 @@ def test_chmod_with_a_variable(sb: Stepbuild, tmp_path: Path) -> None:
     result = build(sb, ctx, check=False)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert sh(sb, "stat -c %a /a") == "640\n"
+
+
+def test_chmod_modes_follow_buildkits_test_copy_chmod(sb: Stepbuild, tmp_path: Path) -> None:
+    # BuildKit's testCopyChmod (frontend/dockerfile/dockerfile_copy_test.go): the directories a
+    # COPY --chmod makes on the way get its mode (/parent 0777, then /parent/sub 0770, /parent
+    # left alone). Issue 11 item 6. Symbolic modes apply to each source's own mode; the
+    # directories they make are 0755; an octal mode's set-id bit is not given to them.
+    ctx = write_context(tmp_path / "ctx", (
+        "FROM base\nCOPY --chmod=0644 foo /\nCOPY --chmod=777 bar /baz\n"
+        "COPY --chmod=0 foo /foobis\nCOPY --chmod=777 foo /parent/foo\n"
+        "COPY --chmod=770 foo /parent/sub/foo\nARG mode=755\nCOPY --chmod=${mode} foo /footer\n"
+        "COPY --chmod=u+x,g=u foo /sym/a/foo\nCOPY --chmod=a+X d /tree/new/\n"
+        "COPY --chmod=2750 d /sgid/d/\n"),
+        {"foo": "foo-contents", "bar": "bar-contents", "d/f": "f", "d/sub/g": "g"})
+    (ctx / "foo").chmod(0o600)
+    (ctx / "bar").chmod(0o700)
+    (ctx / "d" / "sub").chmod(0o700)
+    build(sb, ctx)
+    out = sh(sb, "stat -c '%n %04a' /foo /baz /foobis /parent /parent/sub /footer /sym /sym/a"
+                 " /sym/a/foo /tree /tree/new /tree/new/f /tree/new/sub /sgid /sgid/d"
+                 " /sgid/d/f /sgid/d/sub")
+    assert out.splitlines() == [
+        "/foo 0644", "/baz 0777", "/foobis 0000", "/parent 0777", "/parent/sub 0770",
+        "/footer 0755", "/sym 0755", "/sym/a 0755", "/sym/a/foo 0770", "/tree 0755",
+        "/tree/new 0755", "/tree/new/f 0644", "/tree/new/sub 0711", "/sgid 0750",
+        "/sgid/d 0750", "/sgid/d/f 2750", "/sgid/d/sub 2750"]
+    with last_layer(sb, index=-5) as tar:  # COPY --chmod=770 foo /parent/sub/foo
+        modes = {m.name.rstrip("/"): oct(m.mode) for m in tar.getmembers()}
+    assert (modes["parent/sub"], modes["parent/sub/foo"]) == ("0o770", "0o770")
+
+
+@pytest.mark.parametrize(("stepfile", "where", "value"), [
+    ("COPY --chmod=64a a /a\n", "Stepfile:2:6", "64a"),
+    ("COPY --chmod=10000 a /a\n", "Stepfile:2:6", "10000"),
+    ("COPY --chmod=u+z a /a\n", "Stepfile:2:6", "u+z"),
+    ("ARG M=8\nCOPY --chmod=$M a /a\n", "Stepfile:3:", "8"),  # checked once expanded
+])
+def test_invalid_chmod_is_a_located_error(sb: Stepbuild, tmp_path: Path, stepfile: str,
+                                          where: str, value: str) -> None:
+    ctx = write_context(tmp_path / "ctx", f"FROM base\n{stepfile}", {"a": "a"})
+    result = build(sb, ctx, check=False)
+    assert_clear_error(result, 2, where, f"invalid chmod '{value}': expected an octal")
 
 
 def test_chown_numeric(sb: Stepbuild, tmp_path: Path) -> None:

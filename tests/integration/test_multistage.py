@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,65 @@ def test_copy_from_an_image_and_by_index(sb: Stepbuild, tmp_path: Path) -> None:
     sb.build(context, "-t", "picked")
     manifest = json.loads(sb("inspect", "picked").stdout)["manifest"]
     assert len(manifest["layers"]) == 2
+
+
+# A stage whose /app holds entries of several owners (issue 11 item 2).
+OWNED_STAGE = (
+    "FROM base AS src\n"
+    "RUN mkdir -p /app/sub && echo f > /app/f && ln -s f /app/link && chown 124:125 /app"
+    " && chown {file_owner} /app/f && chown 126:127 /app/sub && chown -h 128:129 /app/link\n")
+
+
+def layer_owners(sb: Stepbuild, image: str, index: int) -> dict[str, str]:
+    """"uid:gid mode" of each entry of one layer of the image, from its blob in the store."""
+    digest = json.loads(sb("inspect", image).stdout)["manifest"]["layers"][index]["digest"]
+    blob = sb.root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    with tarfile.open(blob, "r:") as tar:
+        return {m.name.rstrip("/"): f"{m.uid}:{m.gid} {m.mode:o}" for m in tar.getmembers()}
+
+
+def test_copy_from_a_stage_keeps_the_owners(sb: Stepbuild, tmp_path: Path) -> None:
+    # Docker, BuildKit (testCopyChownExistingDir) and Buildah keep a --from source's owners;
+    # only --chown changes them. The destination directory a COPY makes is made as root.
+    # Build context files become 0:0 whoever owns them on the host.
+    context = write_context(tmp_path / "ctx", OWNED_STAGE.format(file_owner="123:123") + (
+        "FROM base\nCOPY --from=src /app /app\nCOPY --from=src /app/f /single\n"
+        "COPY --from=src --chown=7:8 /app /owned\nCOPY ctx.txt /ctx.txt\n"),
+        {"ctx.txt": "c"})
+    os.chown(context / "ctx.txt", 1234, 1235)
+    sb.build(context, "-t", "kept")
+    shown = sb.run("kept", "stat", "-c", "%n %u:%g", "/app", "/app/f", "/app/sub", "/app/link",
+                   "/single", "/owned", "/owned/f", "/owned/sub", "/owned/link", "/ctx.txt")
+    assert shown.splitlines() == [
+        "/app 0:0", "/app/f 123:123", "/app/sub 126:127", "/app/link 128:129",
+        "/single 123:123", "/owned 7:8", "/owned/f 7:8", "/owned/sub 7:8", "/owned/link 7:8",
+        "/ctx.txt 0:0"]
+    layer = layer_owners(sb, "kept", -4)  # COPY --from=src /app /app, as exported
+    assert {name: layer[name].split()[0] for name in ("app/f", "app/sub", "app/link")} == {
+        "app/f": "123:123", "app/sub": "126:127", "app/link": "128:129"}
+
+
+def test_copy_from_an_image_keeps_the_owners(sb: Stepbuild, tmp_path: Path) -> None:
+    stage = write_context(tmp_path / "stage", OWNED_STAGE.format(file_owner="123:123"))
+    sb.build(stage, "-t", "owned-image")
+    context = write_context(tmp_path / "ctx", "FROM scratch\nCOPY --from=owned-image /app/ /\n")
+    sb.build(context, "-t", "from-image")
+    assert layer_owners(sb, "from-image", -1) == {
+        "f": "123:123 644", "sub": "126:127 755", "link": "128:129 777"}
+
+
+def test_a_changed_owner_in_the_source_stage_is_not_a_stale_hit(sb: Stepbuild, tmp_path: Path
+                                                               ) -> None:
+    # The key of a COPY --from holds the source stage's state (its layers' diff_ids): a new
+    # owner there is a new layer, so the COPY runs again.
+    final = "FROM base\nCOPY --from=src /app/f /f\n"
+    context = write_context(tmp_path / "ctx", OWNED_STAGE.format(file_owner="123:123") + final)
+    sb.build(context, "-t", "owners")
+    (context / "Stepfile").write_text(OWNED_STAGE.format(file_owner="321:322") + final)
+    again = sb.build(context, "-t", "owners")
+    assert step_lines(again.stderr, "src") == ["DONE"]
+    assert step_lines(again.stderr, "1") == ["DONE"]
+    assert sb.run("owners", "stat", "-c", "%u:%g", "/f") == "321:322\n"
 
 
 @pytest.mark.parametrize(("stepfile", "message"), [

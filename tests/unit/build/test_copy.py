@@ -4,20 +4,28 @@ errors located at the instruction; `COPY --from` source errors said of the stage
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from stepbuild.build.copy import (
+    COPY_RULES,
     CopyWork,
     _copy_all,
     _from_error,
     chown_owner,
     numeric_owner,
+    prepare,
     select,
 )
 from stepbuild.build.copy_files import Owner
+from stepbuild.build.plan import Scope
+from stepbuild.build.state import ImageState
 from stepbuild.build.users import UserError
 from stepbuild.errors import BuildError, ContextError, SourceNotFound
+from stepbuild.frontend import instructions as ins
+from stepbuild.frontend.parse import parse
 from stepbuild.sources.context import BuildContext
 
 
@@ -112,3 +120,31 @@ def test_a_source_swapped_for_a_symlink_loop_after_hashing_is_named(
     assert caught.value.message == ("Stepfile:2:1: f changed while the build read it:"
                                     " Too many levels of symbolic links")
     assert list(merged.iterdir()) == []
+
+
+# --- the key of the steps issue 11 changed ------------------------------------------------------
+
+
+def prepared_inputs(text: str) -> dict[str, Any]:
+    """The key inputs of a COPY (after a stage `src`) that reads no build context."""
+    stepfile = parse("FROM scratch AS src\nFROM scratch\n" + text)
+    copy = stepfile.instructions[-1]
+    assert isinstance(copy, ins.Copy)
+    stages = SimpleNamespace(filename="Stepfile",
+                             find=lambda name: SimpleNamespace(index=0) if name == "src" else None)
+    run = SimpleNamespace(stages=stages, results={0: ImageState()})
+    executor = SimpleNamespace(context=None, source_date_epoch=None)
+    return dict(prepare(executor, copy, ImageState(), Scope(), run).inputs)
+
+
+@pytest.mark.parametrize(("text", "marked"), [
+    ("COPY --from=src /a /b\n", True),                 # owners now kept: was 0:0
+    ("COPY --from=src --chown=1:1 /a /b\n", False),    # as before
+    ("COPY --chmod=755 <<EOF /x/y\nx\nEOF\n", True),   # the dirs it makes: were 0755
+    ("COPY <<EOF /x/y\nx\nEOF\n", False),
+])
+def test_steps_made_differently_now_cannot_hit_old_records(text: str, marked: bool) -> None:
+    # A record made before issue 11 holds a layer with the old owners or modes: a step whose
+    # result changed has `copy_rules` in its key; other steps' keys stay as they were.
+    inputs = prepared_inputs(text)
+    assert (inputs.get("copy_rules") == COPY_RULES) is marked

@@ -148,6 +148,13 @@ def test_copy_flags() -> None:
         True, True, ("*.tmp", ".git"))
 
 
+@pytest.mark.parametrize("value", ["u+x", "go-w,a+X", "u=rwx,go=u-w", "00644"])
+def test_copy_chmod_takes_symbolic_modes_as_buildkit_does(value: str) -> None:
+    # BuildKit (Dockerfile frontend 1.14+) takes a chmod(1) symbolic --chmod; issue 11 item 6.
+    copy = one(f"COPY --chmod={value} a /b\n")
+    assert isinstance(copy, ins.Copy) and copy.chmod == value
+
+
 def test_copy_json_form_for_paths_with_spaces() -> None:
     copy = one('COPY ["my file", "dest dir/"]\n')
     assert isinstance(copy, ins.Copy)
