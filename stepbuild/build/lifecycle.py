@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.build.state import timestamp
+from stepbuild.errors import BuildError, ContextChanged
 from stepbuild.store.records import CacheRecord
 
 if TYPE_CHECKING:
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
     from stepbuild.build.step import PreparedStep
     from stepbuild.frontend import instructions as ins
     from stepbuild.progress import Progress
+
+
+# How many times a step is prepared again when a context file changes under it (an editor
+# saving, a `git checkout`), before the build gives up.
+CONTEXT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,26 @@ class StepLifecycle:
              eager: bool) -> tuple[ImageState, bool]:
         """The state after `instruction`, and whether a cache had its result. `stage` is
         the index of the step's stage; `eager`: a team cache hit's layer is fetched now
-        (the target stage's layers are all needed)."""
+        (the target stage's layers are all needed).
+
+        A context file that changes between being hashed for the key and being copied
+        (ContextChanged; nothing was committed) makes the step start again from prepare,
+        with a new key, up to CONTEXT_ATTEMPTS times; then the build fails, located."""
+        for attempt in range(1, CONTEXT_ATTEMPTS + 1):
+            try:
+                return self._step(build, instruction, state, scope, stage=stage, label=label,
+                                  eager=eager)
+            except ContextChanged as exc:
+                if attempt == CONTEXT_ATTEMPTS:
+                    where = f"{build.stages.filename}:{instruction.loc.line}:" \
+                            f"{instruction.loc.column}"
+                    raise BuildError(f"{where}: {exc.message}", hint=exc.hint) from None
+                self.progress.warn(f"{exc.message}; reading it again")
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add,
+              state: ImageState, scope: Scope, *, stage: int, label: str,
+              eager: bool) -> tuple[ImageState, bool]:
         step = self.executor.prepare(instruction, state, scope, build)
         record = self._look_up(step.key, state, eager)
         if record is not None:
