@@ -73,8 +73,9 @@ class StepLifecycle:
 
     def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add,
              state: ImageState, scope: Scope, *, stage: int, label: str,
-             eager: bool) -> tuple[ImageState, bool]:
-        """The state after `instruction`, and whether a cache had its result. `stage` is
+             eager: bool) -> tuple[ImageState, bool, str]:
+        """The state after `instruction`, whether a cache had its result, and the step's
+        key (the record a rebuild reads). `stage` is
         the index of the step's stage; `eager`: a team cache hit's layer is fetched now
         (the target stage's layers are all needed).
 
@@ -95,7 +96,7 @@ class StepLifecycle:
 
     def _step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add,
               state: ImageState, scope: Scope, *, stage: int, label: str,
-              eager: bool) -> tuple[ImageState, bool]:
+              eager: bool) -> tuple[ImageState, bool, str]:
         step = self.executor.prepare(instruction, state, scope, build)
         record = self._look_up(step.key, state, eager)
         if record is not None:
@@ -106,7 +107,7 @@ class StepLifecycle:
         if self.team is not None:
             self.team.note(step.key, stage, result.diff_id, result.recorded, step.created_by)
         hit = record is not None
-        return state.with_layer(result.diff_id, step.created_by, result.created), hit
+        return state.with_layer(result.diff_id, step.created_by, result.created), hit, step.key
 
     def _look_up(self, key: str, state: ImageState, eager: bool) -> CacheRecord | None:
         if self.no_cache:
@@ -141,8 +142,14 @@ class StepLifecycle:
                 diff_id = layer.diff_id
         finished = self.clock()
         # started/finished are for people and tests (did two stages overlap?), not keys.
-        self.store.cache_records.put(step.key, CacheRecord(
-            (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
-            started=started, finished=finished))
+        ours = CacheRecord((diff_id,) if diff_id else (), created, step.created_by,
+                           inputs=step.inputs, started=started, finished=finished)
+        # The first record of a key wins (`StepRecords.add`), so a fully cached rebuild of an
+        # earlier image gives the digest it gave. A build that raced another over this step
+        # takes the record in force, as a rebuild would; a --no-cache build keeps its own
+        # result for its own image, without replacing the record.
+        recorded = self.store.cache_records.add(step.key, ours)
         self.progress.done(label, finished - started)
-        return StepResult(diff_id, created, created)
+        if recorded is ours or self.no_cache:
+            return StepResult(diff_id, created, created)
+        return self._reuse(recorded)
