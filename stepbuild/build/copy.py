@@ -422,7 +422,7 @@ def _verified_copy(context: BuildContext, source: str, entry: ContextEntry,
     try:
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            copied = copy_hashing(fd, out)
+            copied = copy_hashing(fd, out, entry.size)
         finally:
             os.close(out)
     finally:

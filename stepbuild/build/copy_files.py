@@ -244,7 +244,7 @@ class Copier:
                              | os.O_CLOEXEC, 0o600, dir_fd=parent)
                 try:
                     if hashed:
-                        digest = copy_hashing(source_fd, fd)
+                        digest = copy_hashing(source_fd, fd, source.st_size)
                     else:
                         _copy_bytes(source_fd, fd, source.st_size)
                     self._set_metadata(source_fd, fd, source)
@@ -391,19 +391,28 @@ def _copy_bytes(source_fd: int, target_fd: int, size: int) -> None:
         offset += sent
 
 
-def copy_hashing(source_fd: int, target_fd: int) -> str:
-    """Copy from the current offset to the end of the file, hashing what is copied: one
-    read of the source, as sendfile's, so a copy checked against its key costs no more
-    reads than an unchecked one."""
+def copy_hashing(source_fd: int, target_fd: int, size: int) -> str:
+    """Copy from the current offset to the end of the file (`size`: its size as last seen;
+    it may have changed), hashing what is copied: one read of the source, as sendfile's,
+    so a copy checked against its key costs no more reads than an unchecked one."""
     digest = xxhash.xxh3_128()
-    buffer = bytearray(_COPY_CHUNK)
-    chunk = memoryview(buffer)
-    while count := os.readv(source_fd, [buffer]):
-        digest.update(chunk[:count])
-        view = chunk[:count]
+    # os.read, not a reused buffer: it allocates only what it reads, where a zeroed 1 MiB
+    # buffer per file costs more than a small file's copy. Asking one byte more than the
+    # size lets a short read tell the end of a small file without a read that returns b"".
+    want = min(size + 1, _COPY_CHUNK)
+    total = 0
+    while True:
+        chunk = os.read(source_fd, want)
+        digest.update(chunk)
+        total += len(chunk)
+        view = memoryview(chunk)
         while view:
             view = view[os.write(target_fd, view):]
-    return digest.hexdigest()
+        # A short read past the size seen is the end (some file systems, FUSE ones, may read
+        # short before it: then read on); an empty read always is.
+        if not chunk or (len(chunk) < want and total >= size):
+            return digest.hexdigest()
+        want = _COPY_CHUNK
 
 
 def _copy_by_reading(source_fd: int, target_fd: int) -> int:
