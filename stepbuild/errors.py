@@ -228,6 +228,18 @@ class SourceNotFound(ContextError):
         self.excluded = excluded
 
 
+class ContextChanged(ContextError):
+    """A file of the build context changed while it was read, or between being hashed for a
+    step's key and being copied: the step is prepared again (build/lifecycle.py), so a key
+    never names other bytes than its layer holds. `path` is the file, relative to the
+    context."""
+
+    def __init__(self, path: str, *, detail: str = "") -> None:
+        super().__init__(f"build context changed while it was read: {path}{detail}",
+                         hint="run the build again once the files have stopped changing")
+        self.path = path
+
+
 class InvalidReference(UsageError, ValueError):
     """An image reference (`registry/repository:tag@digest`) is malformed. Exit status 2.
 

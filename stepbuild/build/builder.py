@@ -87,6 +87,7 @@ class BuildResult:
     steps: int
     cached: int
     outside: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # of its RUN/COPY/ADD steps: the records a rebuild reads
 
 
 def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[str], None],
@@ -168,7 +169,8 @@ class Builder:
         finally:
             if run.team is not None:
                 run.team.close()
-        return BuildResult(descriptor.digest, state, run.steps, run.cached, tuple(outside))
+        return BuildResult(descriptor.digest, state, run.steps, run.cached, tuple(outside),
+                           tuple(run.keys))
 
     def _run_stages(self, run: _Run, needed: list[int],
                     graph: Mapping[int, frozenset[int]]) -> None:
@@ -236,6 +238,7 @@ class _Run:
         self.bases: dict[int, tuple[str, str]] = {}  # stage → its base image (name, digest)
         self.steps = 0
         self.cached = 0
+        self.keys: list[str] = []  # of the cached steps (RUN, COPY, ADD), in the order run
         self.failed = False
         self.cancel = threading.Event()
         self.team = team  # with --cache-from/--cache-to
@@ -369,10 +372,10 @@ class _Run:
 
     def cached_step(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
                     state: ImageState, scope: Scope, stage: Stage) -> ImageState:
-        state, hit = self.lifecycle.step(self, instruction, state, scope, stage=stage.index,
-                                         label=self.label(stage),
-                                         eager=stage.index == self.target)
-        if hit:
-            with self._lock:
-                self.cached += 1
+        state, hit, key = self.lifecycle.step(self, instruction, state, scope,
+                                              stage=stage.index, label=self.label(stage),
+                                              eager=stage.index == self.target)
+        with self._lock:
+            self.keys.append(key)
+            self.cached += hit
         return state

@@ -47,6 +47,7 @@ from stepbuild.build.copy_files import (
     Owner,
     Placement,
     check_destination,
+    copy_hashing,
     file_target,
     fresh_directory,
     open_root,
@@ -57,7 +58,7 @@ from stepbuild.build.plan import Scope, located
 from stepbuild.build.run import user_ids
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
-from stepbuild.errors import BuildError, ContextError, PlanError, SourceNotFound
+from stepbuild.errors import BuildError, ContextChanged, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs import modes, rootpath
 from stepbuild.layers.unpack import is_archive, unpack_archive
@@ -390,9 +391,18 @@ def _copy_group(context: BuildContext, copier: Copier, group: SourceGroup, place
         archive = context.root / group.resolved
         if unpack and entry.kind == "file" and _is_archive(archive, group.resolved):
             owner = place.owner if chowned else None
-            unpack_archive(archive, merged, place.dest.rstrip("/") or "/",
-                           uid=owner.uid if owner else None,
-                           gid=owner.gid if owner else None)
+            # Unpacked from a private copy checked against the key's hash: the context's
+            # file may be replaced at any moment (an editor's save).
+            snapshot = merged.parent / "archive"  # the step's tmp dir (overlay.mounted)
+            _verified_copy(context, group.resolved, entry, snapshot)
+            try:
+                if not is_archive(snapshot):  # it was one a moment ago
+                    raise ContextChanged(group.resolved)
+                unpack_archive(snapshot, merged, place.dest.rstrip("/") or "/",
+                               uid=owner.uid if owner else None,
+                               gid=owner.gid if owner else None, label=str(archive))
+            finally:
+                snapshot.unlink()
             return
         _copy_entry(context, copier, group.resolved, file_target(place, group.name, root_fd),
                     entry)
@@ -432,9 +442,34 @@ def _copy_entry(context: BuildContext, copier: Copier, source: str, target: str,
             raise _SourceChanged(f"{source} changed while the build read it: "
                                  f"{exc.strerror}") from exc
         try:
-            copier.copy_file(fd, target, os.fstat(fd))
+            info = os.fstat(fd)
+            if stat.S_IMODE(info.st_mode) != entry.mode:
+                raise ContextChanged(source)
+            copied = copier.copy_file(fd, target, info, hashed=True)
         finally:
             os.close(fd)
+        # The bytes copied must be the bytes the key was made of (issue 11, item 8): a file
+        # replaced since it was hashed is the lifecycle's to prepare again.
+        if copied != entry.content_hash:
+            raise ContextChanged(source)
+
+
+def _verified_copy(context: BuildContext, source: str, entry: ContextEntry,
+                   dest: Path) -> None:
+    """Copy the context file `source` to the new file `dest`, checking its bytes against
+    the hash `entry` has (ContextChanged if they differ)."""
+    fd = context.open_file(source)
+    try:
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            copied = copy_hashing(fd, out, entry.size)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+    if copied != entry.content_hash:
+        dest.unlink()
+        raise ContextChanged(source)
 
 
 def _copy_download(copier: Copier, download: fetch.Download, target: str) -> None:

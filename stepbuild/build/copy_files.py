@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import xxhash
+
 from stepbuild.errors import BuildError
 from stepbuild.fs import rootpath
 
@@ -195,7 +197,7 @@ class Copier:
     def __init__(self, root_fd: int, place: Placement) -> None:
         self.root_fd = root_fd
         self.place = place
-        self._links: dict[tuple[int, int], str] = {}
+        self._links: dict[tuple[int, int], tuple[str, str | None]] = {}  # -> (path, hash)
         self._parents: dict[str, int] = {}
         self._dirs: list[tuple[str, os.stat_result | None, int, Owner]] = []
         self._direct: tuple[str, int] | None = None  # (dir, fd of it in the upper dir)
@@ -262,27 +264,40 @@ class Copier:
                 self._dirs.append((path, source, place.mode_of(source.st_mode, True),
                                    place.owner_of(source)))
 
-    def copy_file(self, source_fd: int, path: str, source: os.stat_result) -> None:
-        """Copy an open regular file's bytes and metadata to `path`."""
+    def copy_file(self, source_fd: int, path: str, source: os.stat_result, *,
+                  hashed: bool = False) -> str | None:
+        """Copy an open regular file's bytes and metadata to `path`.
+
+        `hashed`: copy through memory and return the xxh3-128 hex of the bytes copied (to
+        the end of the file, however long it has become), so the caller can check they are
+        the bytes its cache key was made of; a hard link to a file copied before returns
+        that copy's hash. Otherwise the kernel copies (sendfile) and None is returned.
+        """
         with _reporting(path):
             key = (source.st_dev, source.st_ino)
             if source.st_nlink > 1 and key in self._links:
-                self._hard_link(self._links[key], path)
-                return
+                first, digest = self._links[key]
+                self._hard_link(first, path)
+                return digest
+            digest = None
             parent, name = self._parent(path)
             try:
                 _remove_non_dir(parent, name, path)
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600, dir_fd=parent)
                 try:
-                    _copy_bytes(source_fd, fd, source.st_size)
+                    if hashed:
+                        digest = copy_hashing(source_fd, fd, source.st_size)
+                    else:
+                        _copy_bytes(source_fd, fd, source.st_size)
                     self._set_metadata(source_fd, fd, source)
                 finally:
                     os.close(fd)
             finally:
                 os.close(parent)
             if source.st_nlink > 1:
-                self._links[key] = path
+                self._links[key] = (path, digest)
+            return digest
 
     def write_file(self, path: str, data: bytes, mode: int, mtime_ns: int) -> None:
         """Create a file with the given content (heredoc sources, downloaded URLs)."""
@@ -418,6 +433,30 @@ def _copy_bytes(source_fd: int, target_fd: int, size: int) -> None:
         if sent == 0:
             break
         offset += sent
+
+
+def copy_hashing(source_fd: int, target_fd: int, size: int) -> str:
+    """Copy from the current offset to the end of the file (`size`: its size as last seen;
+    it may have changed), hashing what is copied: one read of the source, as sendfile's,
+    so a copy checked against its key costs no more reads than an unchecked one."""
+    digest = xxhash.xxh3_128()
+    # os.read, not a reused buffer: it allocates only what it reads, where a zeroed 1 MiB
+    # buffer per file costs more than a small file's copy. Asking one byte more than the
+    # size lets a short read tell the end of a small file without a read that returns b"".
+    want = min(size + 1, _COPY_CHUNK)
+    total = 0
+    while True:
+        chunk = os.read(source_fd, want)
+        digest.update(chunk)
+        total += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target_fd, view):]
+        # A short read past the size seen is the end (some file systems, FUSE ones, may read
+        # short before it: then read on); an empty read always is.
+        if not chunk or (len(chunk) < want and total >= size):
+            return digest.hexdigest()
+        want = _COPY_CHUNK
 
 
 def _copy_by_reading(source_fd: int, target_fd: int) -> int:

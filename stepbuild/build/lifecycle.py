@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.build.state import timestamp
-from stepbuild.errors import BuildError
+from stepbuild.errors import BuildError, ContextChanged
 from stepbuild.store.records import CacheRecord
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from stepbuild.build.step import PreparedStep
     from stepbuild.frontend import instructions as ins
     from stepbuild.progress import Progress
+
+
+# How many times a step is prepared again when a context file changes under it (an editor
+# saving, a `git checkout`), before the build gives up.
+CONTEXT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +74,30 @@ class StepLifecycle:
 
     def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
              state: ImageState, scope: Scope, *, stage: int, label: str,
-             eager: bool) -> tuple[ImageState, bool]:
-        """The state after `instruction`, and whether a cache had its result. `stage` is
+             eager: bool) -> tuple[ImageState, bool, str]:
+        """The state after `instruction`, whether a cache had its result, and the step's
+        key (the record a rebuild reads). `stage` is
         the index of the step's stage; `eager`: a team cache hit's layer is fetched now
-        (the target stage's layers are all needed)."""
+        (the target stage's layers are all needed).
+
+        A context file that changes between being hashed for the key and being copied
+        (ContextChanged; nothing was committed) makes the step start again from prepare,
+        with a new key, up to CONTEXT_ATTEMPTS times; then the build fails, located."""
+        for attempt in range(1, CONTEXT_ATTEMPTS + 1):
+            try:
+                return self._step(build, instruction, state, scope, stage=stage, label=label,
+                                  eager=eager)
+            except ContextChanged as exc:
+                if attempt == CONTEXT_ATTEMPTS:
+                    where = f"{build.stages.filename}:{instruction.loc.line}:" \
+                            f"{instruction.loc.column}"
+                    raise BuildError(f"{where}: {exc.message}", hint=exc.hint) from None
+                self.progress.warn(f"{exc.message}; reading it again")
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
+              state: ImageState, scope: Scope, *, stage: int, label: str,
+              eager: bool) -> tuple[ImageState, bool, str]:
         step = self.executor.prepare(instruction, state, scope, build)
         record = self._look_up(step.key, state, eager)
         if record is not None:
@@ -83,7 +108,7 @@ class StepLifecycle:
         if self.team is not None:
             self.team.note(step.key, stage, result.diff_id, result.recorded, step.created_by)
         hit = record is not None
-        return state.with_layer(result.diff_id, step.created_by, result.created), hit
+        return state.with_layer(result.diff_id, step.created_by, result.created), hit, step.key
 
     def _look_up(self, key: str, state: ImageState, eager: bool) -> CacheRecord | None:
         if self.no_cache:
@@ -119,15 +144,21 @@ class StepLifecycle:
                     diff_id = layer.diff_id
             finished = self.clock()
             # started/finished are for people and tests (did two stages overlap?), not keys.
-            self.store.cache_records.put(step.key, CacheRecord(
-                (diff_id,) if diff_id else (), created, step.created_by, inputs=step.inputs,
-                started=started, finished=finished))
+            ours = CacheRecord((diff_id,) if diff_id else (), created, step.created_by,
+                               inputs=step.inputs, started=started, finished=finished)
+            # The first record of a key wins (`StepRecords.add`), so a fully cached rebuild of
+            # an earlier image gives the digest it gave. A build that raced another over this
+            # step takes the record in force, as a rebuild would; a --no-cache build keeps its
+            # own result for its own image, without replacing the record.
+            recorded = self.store.cache_records.add(step.key, ours)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise _out_of_space(build, step.instruction) from exc
         self.progress.done(label, finished - started)
-        return StepResult(diff_id, created, created)
+        if recorded is ours or self.no_cache:
+            return StepResult(diff_id, created, created)
+        return self._reuse(recorded)
 
 
 def _out_of_space(build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir

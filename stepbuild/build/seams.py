@@ -51,11 +51,15 @@ class ImageStore(Protocol):
 
 class StepRecords(Protocol):
     """The store's step cache records (`store.records.CacheRecords`): `put` refuses a record
-    naming a layer that is not committed; `get` is None for a missing or unusable record."""
+    naming a layer that is not committed; `add` too, and keeps a usable record already there
+    (the first record of a key wins), returning the one in force; `get` is None for a missing
+    or unusable record."""
 
     def get(self, key: str) -> CacheRecord | None: ...
 
     def put(self, key: str, record: CacheRecord) -> None: ...
+
+    def add(self, key: str, record: CacheRecord) -> CacheRecord: ...
 
 
 class BuildStore(ImageStore, Protocol):

@@ -133,7 +133,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     if witness is not None:
         fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
-                           warnings=warnings, outside=result.outside)
+                           warnings=warnings, outside=result.outside, keys=result.keys)
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
     print(result.manifest_digest)
     return 0

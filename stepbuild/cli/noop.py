@@ -20,8 +20,11 @@ The fingerprint covers, conservatively (a change anywhere is a miss, never a wro
   written: a second write within one timestamp tick would not change its stat (git's "racily
   clean" files).
 
-A record also holds the store's tags after the build and the result's blobs: any tag that
-changed since (a rebuilt base, an `rmi`) or a blob gone (`prune`) is a miss. It is written
+A record also holds the store's tags after the build, the result's blobs and a hash of each
+step cache record the build used: any tag that changed since (a rebuilt base, an `rmi`), a
+blob gone (`prune`) or a step record replaced or removed (a full build would then run that
+step, or take another layer) is a miss. The replay never prints a digest a full build would
+not give now. It is written
 only if, during the build, no tag changed except the result's own, no tag the build read
 (FROM app -t app) was moved by it, and no step read anything from outside (an ADD of a URL or
 git repository, FROM an archive: the build result's `outside`). Some builds are never
@@ -50,11 +53,11 @@ from stepbuild.store.layout import StoreLayout  # names only: store.py would cos
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 __all__ = ["Witness", "record", "replay", "take"]
 
-FORMAT = "stepbuild-build-fingerprint/1"
+FORMAT = "stepbuild-build-fingerprint/2"  # 2: the step records it used
 RACY_WINDOW_NS = 2_000_000_000  # as sources/context.py's stat cache
 MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
@@ -228,6 +231,8 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
                 and all((layout.blobs / d[7:]).is_file() for d in saved["blobs"])
                 and all((layout.layers / d[7:] / "diff").is_dir() for d in saved["layers"])):
             return False
+        if _step_records(layout, saved["records"]) != saved["records"]:
+            return False  # a full build would read other step records
         _print(saved, quiet=quiet, verbose=verbose)
     return True
 
@@ -251,7 +256,7 @@ def _load(witness: Witness) -> dict[str, Any] | None:
             or saved.get("fingerprint") != witness.value):
         return None
     ok = (isinstance(saved.get("tags"), dict) and isinstance(saved.get("blobs"), list)
-          and isinstance(saved.get("layers"), list)
+          and isinstance(saved.get("layers"), list) and isinstance(saved.get("records"), dict)
           and isinstance(saved.get("transcript"), list) and isinstance(saved.get("digest"), str)
           and isinstance(saved.get("warnings"), list) and isinstance(saved.get("names"), list))
     return saved if ok else None
@@ -280,12 +285,12 @@ def _print(saved: dict[str, Any], *, quiet: bool, verbose: bool) -> None:
 
 def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str],
            transcript: list[tuple[str, str]], warnings: list[str],
-           outside: Sequence[str] = ()) -> bool:
+           outside: Sequence[str] = (), keys: Sequence[str] = ()) -> bool:
     """Remember this build for `replay`, unless it cannot be trusted (see the module
     docstring); True if recorded. `outside`: what the build read from outside its context
     (a URL, a git repository, an archive): its result may differ next time although no local
     input changed, so it is not recorded. A failure to write is not an error: only speed is
-    lost."""
+    lost. `keys`: of the build's steps, whose cache records a replay checks are unchanged."""
     from stepbuild.fs.durable import write_file  # not at the top: replay never writes
 
     if witness.racy or outside:
@@ -300,10 +305,12 @@ def record(witness: Witness, *, digest: str, names: list[str], resolved: set[str
     if others_before != others_after or moved & resolved:
         return False
     contents = _contents_of(witness.layout, digest)
-    if contents is None:
-        return False
+    records = _step_records(witness.layout, keys)
+    if contents is None or None in records.values():
+        return False  # a record missing (a team cache hit left for later): not replayable
     saved = {"format": FORMAT, "fingerprint": witness.value, "digest": digest, "names": names,
-             "tags": after, "blobs": contents[0], "layers": contents[1], "warnings": warnings,
+             "tags": after, "blobs": contents[0], "layers": contents[1], "records": records,
+             "warnings": warnings,
              "transcript": [[label, CACHED_LINE if line.startswith("     DONE") else line]
                             for label, line in transcript]}
     with suppress(OSError):
@@ -342,6 +349,21 @@ def _tags(layout: StoreLayout) -> dict[str, str] | None:
                 if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _step_records(layout: StoreLayout, keys: Iterable[str]) -> dict[str, str | None]:
+    """key → xxh3 of its step cache record's bytes (None if it cannot be read). Records are
+    replaced by rename, never rewritten in place, so equal bytes are the same record."""
+    found: dict[str, str | None] = {}
+    for key in keys:
+        if not isinstance(key, str) or not key.isalnum():
+            found[key] = None  # not a key: never a path
+            continue
+        try:
+            found[key] = xxhash.xxh3_128_hexdigest((layout.cache / f"{key}.json").read_bytes())
+        except OSError:
+            found[key] = None
+    return found
 
 
 def _record_path(witness: Witness) -> Path:

@@ -154,7 +154,8 @@ def is_archive(path: Path) -> bool:
 
 
 def unpack_archive(
-    archive: Path, root: Path, dest: str, *, uid: int | None = None, gid: int | None = None
+    archive: Path, root: Path, dest: str, *, uid: int | None = None, gid: int | None = None,
+    label: str | None = None
 ) -> None:
     """Extract `archive` into directory `dest` inside `root`, as ADD does with a local archive.
 
@@ -175,12 +176,13 @@ def unpack_archive(
     non-directory entry for `dest` itself, device numbers out of range, a hard link to
     something the archive did not create, failed syscalls (mknod without CAP_MKNOD, ...);
     and LayerError("not a tar archive") / corrupt or truncated data. Entries before the
-    failing one stay written. Data is streamed: no member is ever held in memory.
+    failing one stay written. Data is streamed: no member is ever held in memory. `label`
+    names the archive in errors (default: its path).
     """
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         with _open_archive(archive) as stream:
-            Unpacker(root_fd, dest, uid, gid, str(archive)).run(TarReader(stream))
+            Unpacker(root_fd, dest, uid, gid, label or str(archive)).run(TarReader(stream))
     finally:
         os.close(root_fd)
 

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import xxhash
 
-from stepbuild.errors import ContextError, SourceNotFound
+from stepbuild.errors import ContextChanged, ContextError, SourceNotFound
 from stepbuild.fs.durable import write_file
 from stepbuild.sources.patterns import (
     MatchState,
@@ -646,10 +646,9 @@ def _escape(raw: str, why: str) -> ContextError:
              "as links")
 
 
-def _changed(shown: str, exc: OSError | None = None) -> ContextError:
+def _changed(shown: str, exc: OSError | None = None) -> ContextChanged:
     why = f" ({exc.strerror})" if exc is not None and exc.strerror else ""
-    return ContextError(f"build context changed while it was read: {shown}{why}",
-                        hint="run the build again once the files have stopped changing")
+    return ContextChanged(shown, detail=why)
 
 
 class _StatCache:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepbuild.errors import BlobNotFound, InvalidDocument, StepbuildError
+from stepbuild.fs.durable import fsync_dir
 from stepbuild.oci.digest import PREFIX, digest_hex, is_digest
 from stepbuild.oci.documents import JSON, Descriptor, canonical_json, load_json
 
@@ -165,15 +166,55 @@ class CacheRecords:
         """
         path = self.path(key)
         data = canonical_json(record.to_json())
+        with self.store.lock(exclusive=False):
+            self._check_content(key, record)
+            self.store.write_file(path, data)
+
+    def add(self, key: str, record: CacheRecord) -> CacheRecord:
+        """Write the record for `key` unless a usable one is there already, which is kept;
+        return the record now in force. The first record of a key wins.
+
+        A `--no-cache` build, or a build racing another over the same step, makes a result
+        of its own. Replacing the record with it would give a later fully cached rebuild of
+        an image built before another layer or history time: another digest than the one
+        that build printed (issue 11, item 10). A record `get` would not use (corrupt, or
+        naming content that is gone) is replaced. Checks as `put`; durable as `put`.
+        """
+        path = self.path(key)
+        data = canonical_json(record.to_json())
+        with self.store.lock(exclusive=False):
+            self._check_content(key, record)
+            kept = self.get(key)
+            if kept is not None:
+                return kept
+            tmp = self.store.tmp_file("record-")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)  # never replaces: a racing writer's record stays
+                except FileExistsError:
+                    kept = self.get(key)
+                    if kept is not None:
+                        return kept
+                    os.rename(tmp, path)  # the one there is unusable: ours replaces it
+            finally:
+                with suppress(FileNotFoundError):
+                    tmp.unlink()
+            fsync_dir(self.dir)
+        return record
+
+    def _check_content(self, key: str, record: CacheRecord) -> None:
+        """What a record names must be digests of content already in the store."""
         if not all(map(is_digest, (*record.diff_ids, *record.blobs))):
             raise InvalidDocument(f"cache record {key}", "it names something not a digest")
-        with self.store.lock(exclusive=False):
-            for diff_id in record.diff_ids:
-                if not self.store.has_layer(diff_id):
-                    raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
-            for digest in record.blobs:
-                self.store.blob_path(digest)
-            self.store.write_file(path, data)
+        for diff_id in record.diff_ids:
+            if not self.store.has_layer(diff_id):
+                raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
+        for digest in record.blobs:
+            self.store.blob_path(digest)
 
     def scan(self) -> Iterator[tuple[Path, CacheRecord | None]]:
         """Every file in cache/ with its record (None if it does not parse)."""

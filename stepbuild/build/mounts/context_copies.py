@@ -10,6 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import xxhash
+
+from stepbuild.errors import ContextChanged
+
 if TYPE_CHECKING:
     from stepbuild.sources.context import BuildContext, ContextEntry, Selection
 
@@ -72,10 +76,16 @@ def _copy_file(context: BuildContext, source: str, target: Path, entry: ContextE
         fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         try:
+            digest = xxhash.xxh3_128()
             while chunk := os.read(src, 1 << 20):
+                digest.update(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
+            # The bytes bound must be the bytes the step's key was made of (issue 11, item
+            # 8): a file replaced since it was hashed is the lifecycle's to prepare again.
+            if digest.hexdigest() != entry.content_hash:
+                raise ContextChanged(source)
             os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
         finally:

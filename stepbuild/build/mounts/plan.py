@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stepbuild.build.mounts.secrets import SecretSource
-from stepbuild.errors import StepbuildError
+from stepbuild.errors import ContextChanged, StepbuildError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.flags import SHARING_MODES, FlagError, parse_mount
 
@@ -174,6 +174,8 @@ def _plan_bind(m: ins.Mount, target: str, sources: Sources) -> PlannedMount:
     if state is None:
         try:
             selection = sources.context.select([source or "."])
+        except ContextChanged:
+            raise  # not the Stepfile's fault: the lifecycle reads the context again
         except StepbuildError as exc:
             raise sources.error(f"RUN --mount source={m.source or '/'}: {exc.message}") from None
     key = {"type": "bind", "target": target, "source": source, "readonly": m.readonly,

@@ -66,6 +66,13 @@ class FakeCacheRecords:
                 raise BlobNotFound(diff_id, hint="commit the layer before its cache record")
         self.store.cache[key] = record
 
+    def add(self, key: str, record: CacheRecord) -> CacheRecord:
+        kept = self.get(key)
+        if kept is not None:
+            return kept
+        self.put(key, record)
+        return record
+
 
 class FakeStore:
     """`seams.BuildStore` over dicts: blobs by digest, committed layers, cache records, tags.

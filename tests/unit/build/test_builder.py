@@ -118,6 +118,43 @@ def test_no_cache_runs_every_step_again() -> None:
     assert result.cached == 0
 
 
+def test_a_no_cache_rerun_keeps_the_records_so_a_cached_rebuild_makes_the_first_image(
+        ) -> None:
+    """Issue 11, item 10: the first record of a key wins; --no-cache keeps its own result."""
+    world = World()
+    first = world.build(STEPFILE)
+    records = dict(world.store.cache)
+    world.script.writes["RUN make"] = b"another binary, this time"
+    fresh = world.build(STEPFILE, no_cache=True)
+    assert fresh.state.diff_ids[0] == sha256(b"another binary, this time")
+    assert fresh.manifest_digest != first.manifest_digest
+    assert {k: world.store.cache[k] for k in records} == records
+    again = world.build(STEPFILE)
+    assert again.cached == 3 and again.manifest_digest == first.manifest_digest
+
+
+def test_a_step_that_raced_another_build_takes_the_record_in_force(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builds run one step at once: the first record wins, and the later build takes it,
+    as a cached rebuild of its image would."""
+    world = World()
+    first = world.build(STEPFILE)
+    records = dict(world.store.cache)
+    world.store.cache.clear()  # both builds looked the step up before either recorded it
+    world.script.writes["RUN make"] = b"another binary, this time"
+    perform = world.executor.perform
+
+    def racing(step: Any, *args: Any) -> None:
+        world.store.cache.update(records)  # the other build recorded first
+        perform(step, *args)
+
+    monkeypatch.setattr(world.executor, "perform", racing)
+    second = world.build(STEPFILE)
+    assert world.executor.ran[3:] == ["RUN make"]  # the later steps hit its records
+    assert second.manifest_digest == first.manifest_digest
+    assert world.store.cache == records
+
+
 def test_a_changed_step_misses_and_so_do_the_steps_after_it() -> None:
     world = World()
     world.build(STEPFILE)

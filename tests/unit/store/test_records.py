@@ -61,6 +61,28 @@ def test_cache_record_has_the_bytes_of_the_old_dict(old: Any, layer: bool,
     assert store.cache_records.path(KEY).read_bytes() == canonical_json(written)
 
 
+def test_add_keeps_the_first_usable_record_of_a_key(store: Store) -> None:
+    """Issue 11, item 10: a rerun (--no-cache, a racing build) never replaces the record an
+    earlier image was built from."""
+    first = CacheRecord((commit(store, b"one"),), CREATED, "RUN make")
+    second = CacheRecord((commit(store, b"two"),), "2026-02-03T04:05:06Z", "RUN make")
+    assert store.cache_records.add(KEY, first) is first
+    assert store.cache_records.add(KEY, second) == first
+    assert store.cache_records.get(KEY) == first
+    assert [p.name for p in store.layout.tmp.iterdir()] == []  # its temp file is gone
+
+
+def test_add_replaces_a_record_that_cannot_be_used(store: Store) -> None:
+    record = CacheRecord((commit(store, b"one"),), CREATED, "RUN make")
+    store.cache_records.path(KEY).write_bytes(b"{not json")
+    assert store.cache_records.add(KEY, record) is record
+    assert store.cache_records.get(KEY) == record
+    gone = CacheRecord((sha256_bytes(b"never committed"),), CREATED, "RUN make")
+    store.cache_records.path(KEY).write_bytes(canonical_json(gone.to_json()))
+    assert store.cache_records.add(KEY, record) is record
+    assert store.cache_records.get(KEY) == record
+
+
 def test_cache_record_of_an_existing_store_reads_back(store: Store) -> None:
     diff_id = commit(store, b"one")
     store.cache_records.path(KEY).write_bytes(canonical_json(built_dict(diff_id)))
