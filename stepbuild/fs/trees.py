@@ -14,10 +14,10 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["TreeTooDeep", "remove_tree", "walk_tree"]
+__all__ = ["UNLIMITED", "TreeTooDeep", "remove_subtree", "remove_tree", "walk_tree"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_UNLIMITED = 1 << 20  # remove_tree goes as deep as the tree does
+UNLIMITED = 1 << 20  # a walk_tree limit no tree reaches: as deep as the tree goes
 
 # on_file(dir_fd, name) and on_dir_done(parent_fd, name)
 Visit = Callable[[int, str], None]
@@ -87,12 +87,20 @@ def remove_tree(path: Path, *, best_effort: bool = False) -> None:
             with suppress(FileNotFoundError):
                 os.unlink(path)
             return
-        walk_tree(top, _UNLIMITED, on_file=_remover(os.unlink, best_effort),
+        walk_tree(top, UNLIMITED, on_file=_remover(os.unlink, best_effort),
                   on_dir_done=_remover(os.rmdir, best_effort))
         os.rmdir(path)
     except OSError:
         if not best_effort:
             raise
+
+
+def remove_subtree(parent_fd: int, name: str) -> None:
+    """Delete the directory `name` of the open dir `parent_fd` and all it holds, any depth,
+    never following a symlink. For trees only we write to (see the module docstring)."""
+    walk_tree(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), UNLIMITED,
+              on_file=_remover(os.unlink, False), on_dir_done=_remover(os.rmdir, False))
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def _remover(remove: Callable[..., None], best_effort: bool) -> Visit:
