@@ -14,7 +14,15 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["UNLIMITED", "TreeTooDeep", "remove_subtree", "remove_tree", "walk_tree"]
+__all__ = [
+    "UNLIMITED",
+    "TreeTooDeep",
+    "move_dir_fd",
+    "remove_subtree",
+    "remove_tree",
+    "sorted_subdirs",
+    "walk_tree",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 UNLIMITED = 1 << 20  # a walk_tree limit no tree reaches: as deep as the tree goes
@@ -55,6 +63,22 @@ def walk_tree(fd: int, limit: int, on_file: Visit | None = None,
                 on_dir_done(fd, name)
     finally:
         os.close(fd)
+
+
+def move_dir_fd(fd: int, name: str | bytes) -> int:
+    """The dir `name` of the open dir `fd` (`..`: its parent; never a symlink), opened; `fd`
+    is closed once it is (still the caller's if the open fails). For iterative walks that
+    keep one descriptor whatever the depth."""
+    moved = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    os.close(fd)
+    return moved
+
+
+def sorted_subdirs(fd: int) -> list[str]:
+    """The names of the real subdirectories (not symlinks) of dir `fd`, sorted, *last first*:
+    a walk pops them off the end in order."""
+    with os.scandir(fd) as entries:
+        return sorted((e.name for e in entries if e.is_dir(follow_symlinks=False)), reverse=True)
 
 
 def _scan(fd: int, on_file: Visit | None) -> list[str]:

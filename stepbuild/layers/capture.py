@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepbuild.errors import LayerError
-from stepbuild.fs.trees import UNLIMITED, walk_tree
+from stepbuild.fs.trees import UNLIMITED, move_dir_fd, walk_tree
 from stepbuild.layers.overlayfs import (
     Hit,
     LowerWalk,
@@ -202,13 +202,13 @@ class _Capture:
                 if not frame.todo:
                     stack.pop()
                     if stack:
-                        fd = _move(fd, b"..")
+                        fd = move_dir_fd(fd, b"..")
                         lowers.up(frame.below)
                     continue
                 name, st = frame.todo.pop()
                 dirs = self._child(fd, frame, name, st, lowers)
                 if dirs is not None:
-                    fd = _move(fd, name)
+                    fd = move_dir_fd(fd, name)
                     lowers.down(dirs, name)
                     stack.append(self._frame(fd, frame.rel + name + b"/", dirs, lowers))
         finally:
@@ -328,13 +328,6 @@ class _Capture:
                 raise LayerError(f"{os.fsdecode(name)} shrank while the layer was captured")
             self._out.write(self._buf[:n])
             left -= n
-
-
-def _move(fd: int, name: bytes) -> int:
-    """The dir `name` of dir `fd` (`..`: its parent), opened; `fd` is closed once it is."""
-    moved = os.open(name, _DIR_FLAGS, dir_fd=fd)
-    os.close(fd)
-    return moved
 
 
 def clamp_mtimes(root: Path, epoch: int) -> None:
