@@ -23,8 +23,8 @@ from tests.integration.builds import Stepbuild, base_image, write_context
 # step reaches the bottom through symlinks, each naming 1,000 more levels (a symlink holds
 # at most PATH_MAX bytes; the kernel follows 40): /.s10 is /deep/d/…/d, 10,000 levels down.
 THOUSAND = 'p=d; i=1; while [ $i -lt 1000 ]; do p=$p/d; i=$((i+1)); done'
-LINKS = ('mkdir -p /deep && prev=/deep; for k in 1 2 3 4 5 6 7 8 9 10; do {mkdir}ln -s $prev/$p /.s$k'
-         ' && prev=/.s$k; done')
+LINKS = ('mkdir -p /deep && prev=/deep; for k in 1 2 3 4 5 6 7 8 9 10; do'
+         ' {mkdir}ln -s $prev/$p /.s$k && prev=/.s$k; done')
 UNLINK = "for k in 1 2 3 4 5 6 7 8 9 10; do rm /.s$k; done"
 # (mkdir -p relative to the last link: from / every mkdir would walk all the levels above)
 MAKE = (f"FROM base\nRUN {THOUSAND} && {LINKS.format(mkdir='cd $prev && mkdir -p $p && ')}"
