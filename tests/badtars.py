@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from stepbuild.fs.rootpath import MAX_DEPTH
 from stepbuild.layers.tar import (
     BLKTYPE,
     BLOCK,
@@ -178,6 +179,15 @@ def _xattrs(rel: str, want: dict[str, bytes]) -> Check:
 # --- the corpus --------------------------------------------------------------------------------
 
 
+def _symlink_chain(links: int, levels: int) -> bytes:
+    """`s<k>` → `s<k-1>/d/d/…` (`levels` more dirs each; a symlink target is at most 4,095
+    bytes, so depth past rootpath's cap takes a chain); then a file under the last one."""
+    entries = [ent(SYMTYPE, "s0", "/".join(["d"] * levels))]
+    for k in range(1, links):
+        entries.append(ent(SYMTYPE, f"s{k}", f"s{k - 1}/" + "/".join(["d"] * levels)))
+    return tar(*entries, reg(f"s{links - 1}/f", b"x"))
+
+
 def corpus(sentinel: Path) -> list[Case]:
     """Every case; `sentinel` is the absolute path of the dir beside the target."""
     s = str(sentinel)
@@ -203,11 +213,11 @@ def corpus(sentinel: Path) -> list[Case]:
              refused="too long", entry="n" * 300),
         Case("path-longer-than-path-max", "A", tar(reg("/".join(["d" * 200] * 30) + "/f", b"x")),
              check=lambda t: None),  # fine fd by fd: only each component has a limit
-        Case("too-deep", "A", tar(reg("d/" * 600 + "f", b"x")),
+        # 10,000 levels are fine (issue 11); past rootpath's MAX_DEPTH (16,384) is refused.
+        Case("too-deep", "A", tar(reg("d/" * (MAX_DEPTH + 1) + "f", b"x")),
              refused="nested more than", entry="d/d/d/"),
-        Case("too-deep-through-symlinks", "A",
-             tar(ent(SYMTYPE, "s", "/".join(["d"] * 600)), reg("s/f", b"x")),
-             refused="nested more than", entry=None),
+        Case("too-deep-through-symlinks", "A", _symlink_chain(9, 2000),
+             refused="too many nested directories", entry="s8/f"),
         Case("duplicates-last-wins", "A",
              tar(reg("f", b"one"), reg("f", b"two"), ent(DIRTYPE, "d/"), reg("d/child", b"c"),
                  reg("d", b"now a file"), reg("s", b"file"), ent(SYMTYPE, "s", "f")),

@@ -11,7 +11,6 @@ upper dir into a layer tar. Committing it to the store is the lifecycle's busine
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep, Workspace
 from stepbuild.frontend import instructions as ins
+from stepbuild.fs.trees import remove_tree
 from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
 
@@ -76,7 +76,7 @@ class Executor:
     def close(self) -> None:
         """Remove the build's scratch files (downloads)."""
         if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+            remove_tree(self._scratch, best_effort=True)
             self._scratch = None
 
     def scratch_file(self, name: str) -> Path:
@@ -103,7 +103,7 @@ class Executor:
         try:
             yield Workspace(tmp, lowers)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
 
     def perform(self, step: PreparedStep, state: ImageState, space: Workspace,
                 build: BuildRun, label: str) -> None:

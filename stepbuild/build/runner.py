@@ -8,7 +8,6 @@ how users and tests look inside a result.
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from stepbuild.build.images import load_state
 from stepbuild.build.run import user_ids, with_home, write_etc_files
 from stepbuild.errors import StepbuildError
+from stepbuild.fs.trees import remove_tree
 from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
             result = sandbox.run(spec, on_output=_to_stdout)
         return int(result.exit_code)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
 
 
 def _to_stdout(data: bytes) -> None:

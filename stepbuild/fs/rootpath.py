@@ -47,10 +47,10 @@ __all__ = [
 
 # The kernel's own limit on symlinks followed during one lookup (MAXSYMLINKS, fs/namei.c).
 MAX_SYMLINKS = 40
-# Directories deeper than this are refused (ENAMETOOLONG). PATH_MAX (4096 bytes) already keeps
-# any path usable by ordinary tools under 2,048 components; the cap bounds the memory a hostile
-# 8 MiB tar entry name could make a walk use.
-MAX_DEPTH = 4096
+# Directories deeper than this are refused (ENAMETOOLONG). The walk is fd by fd, so PATH_MAX
+# (4096 bytes) does not limit it; trees 10,000 levels deep must work (issue 11), and the cap
+# bounds the memory a hostile 8 MiB tar entry name could make a walk use.
+MAX_DEPTH = 16384
 
 # O_RDONLY (0) | O_DIRECTORY | O_NOFOLLOW: opening a symlink fails with ENOTDIR instead of
 # following it, and we read the link ourselves. As root, read permission is never in the way.

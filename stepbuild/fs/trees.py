@@ -14,10 +14,18 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["TreeTooDeep", "remove_tree", "walk_tree"]
+__all__ = [
+    "UNLIMITED",
+    "TreeTooDeep",
+    "move_dir_fd",
+    "remove_subtree",
+    "remove_tree",
+    "sorted_subdirs",
+    "walk_tree",
+]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_UNLIMITED = 1 << 20  # remove_tree goes as deep as the tree does
+UNLIMITED = 1 << 20  # a walk_tree limit no tree reaches: as deep as the tree goes
 
 # on_file(dir_fd, name) and on_dir_done(parent_fd, name)
 Visit = Callable[[int, str], None]
@@ -57,6 +65,22 @@ def walk_tree(fd: int, limit: int, on_file: Visit | None = None,
         os.close(fd)
 
 
+def move_dir_fd(fd: int, name: str | bytes) -> int:
+    """The dir `name` of the open dir `fd` (`..`: its parent; never a symlink), opened; `fd`
+    is closed once it is (still the caller's if the open fails). For iterative walks that
+    keep one descriptor whatever the depth."""
+    moved = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    os.close(fd)
+    return moved
+
+
+def sorted_subdirs(fd: int) -> list[str]:
+    """The names of the real subdirectories (not symlinks) of dir `fd`, sorted, *last first*:
+    a walk pops them off the end in order."""
+    with os.scandir(fd) as entries:
+        return sorted((e.name for e in entries if e.is_dir(follow_symlinks=False)), reverse=True)
+
+
 def _scan(fd: int, on_file: Visit | None) -> list[str]:
     """The subdirectory names of `fd`; `on_file` called for everything else."""
     dirs = []
@@ -87,12 +111,20 @@ def remove_tree(path: Path, *, best_effort: bool = False) -> None:
             with suppress(FileNotFoundError):
                 os.unlink(path)
             return
-        walk_tree(top, _UNLIMITED, on_file=_remover(os.unlink, best_effort),
+        walk_tree(top, UNLIMITED, on_file=_remover(os.unlink, best_effort),
                   on_dir_done=_remover(os.rmdir, best_effort))
         os.rmdir(path)
     except OSError:
         if not best_effort:
             raise
+
+
+def remove_subtree(parent_fd: int, name: str) -> None:
+    """Delete the directory `name` of the open dir `parent_fd` and all it holds, any depth,
+    never following a symlink. For trees only we write to (see the module docstring)."""
+    walk_tree(os.open(name, _DIR_FLAGS, dir_fd=parent_fd), UNLIMITED,
+              on_file=_remover(os.unlink, False), on_dir_done=_remover(os.rmdir, False))
+    os.rmdir(name, dir_fd=parent_fd)
 
 
 def _remover(remove: Callable[..., None], best_effort: bool) -> Visit:

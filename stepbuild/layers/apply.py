@@ -36,10 +36,10 @@ which `flatten` does not follow); an opaque
 marker at the layer root (overlayfs ignores opacity on a lower layer's root dir — checked on
 this kernel — so the layer could not hide what is below it) or under a non-directory; a 0/0
 character device entry (overlay would read it as a whiteout); NUL in names; directories
-nested more than MAX_DEPTH (512) deep, by name or through symlinks (Python 3.11's
-shutil.rmtree, which other tools delete with, dies of RecursionError near 1,000 levels);
-anything `Unpacker` refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata
-headers, ...). An empty file is an empty layer.
+nested more than MAX_DEPTH (rootpath's, 16,384) deep, by name or through symlinks (every walk
+of a layer dir is iterative and fd-relative: 10,000 levels work); anything `Unpacker`
+refuses (ENAMETOOLONG, corrupt or truncated tars, oversized metadata headers, ...).
+An empty file is an empty layer.
 
 Directories the tar does not list but needs (a parent of an entry, of a whiteout, an opaque
 dir without its own entry) take the mode, owner, mtime and xattrs of the same directory in the
@@ -64,9 +64,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from stepbuild.errors import LayerError
+from stepbuild.fs.rootpath import MAX_DEPTH as ROOTPATH_MAX_DEPTH
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
-from stepbuild.fs.trees import TreeTooDeep, remove_tree, walk_tree
-from stepbuild.layers.overlayfs import is_whiteout, kept_xattrs, look_below, read_xattrs
+from stepbuild.fs.trees import TreeTooDeep, move_dir_fd, remove_tree, sorted_subdirs, walk_tree
+from stepbuild.layers.overlayfs import Hit, LowerWalk, is_whiteout, kept_xattrs, read_xattrs
 from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 
@@ -80,14 +81,9 @@ _WHITEOUT_PREFIX = ".wh."
 _OPAQUE_MARKER = ".wh..wh..opq"
 _META_PREFIX = ".wh..wh."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# Directory levels a layer may have. Python 3.11's shutil.rmtree recurses once per level and
-# fails with RecursionError near 1,000 (measured: a 1,500-deep tree); the store deletes with
-# fs.trees.remove_tree (any depth), other tools may not; rootpath allows 4,096. Real images
-# stay far below.
-MAX_DEPTH = 512
-# How deep `inherit_dirs` looks (one open fd and one stack frame per level). Deeper dirs the
-# tar does not list stay 0755 root: a cosmetic difference, in trees no real image has.
-_INHERIT_DEPTH = 256
+# Directory levels a layer may have: what rootpath resolves. Every walk of ours is iterative
+# and fd-relative (fs.trees), so depth costs neither stack frames nor descriptors.
+MAX_DEPTH = ROOTPATH_MAX_DEPTH
 
 
 def apply_layer(
@@ -114,8 +110,6 @@ def apply_layer(
                     applier.run(TarReader(stream))
             else:
                 applier.run(TarReader(tar))
-        except RecursionError:  # shutil.rmtree of a deep dir a later entry replaced
-            raise LayerError(f"{label}: directory tree too deep to handle") from None
         except LayerError as exc:  # the reader's format errors do not know the layer
             if exc.message.startswith(f"{label}: "):
                 raise
@@ -174,17 +168,17 @@ class _Applier(Unpacker):
         if "\0" in name:
             raise self._fail(name, "NUL byte in the name")
         rel = clean_name(name)
-        parts = rel.split("/") if rel else []
-        if len(parts) > MAX_DEPTH:
+        # String methods, not a loop over the parts: a deep tree's names are long and many.
+        if rel.count("/") >= MAX_DEPTH:
             raise self._fail(name, f"nested more than {MAX_DEPTH} directories deep")
-        if parts and parts[0].startswith(_META_PREFIX) and parts[-1] != _OPAQUE_MARKER:
+        head, _, last = rel.rpartition("/")
+        if rel.startswith(_META_PREFIX) and last != _OPAQUE_MARKER:
             return  # AUFS metadata (.wh..wh.plnk/…, .wh..wh.aufs): not content
-        if any(part.startswith(_WHITEOUT_PREFIX) for part in parts[:-1]):
+        if f"/{head}".find(f"/{_WHITEOUT_PREFIX}") >= 0:
             raise self._fail(name, "a directory named .wh.* (the prefix marks whiteouts; "
                                    "no file of an OCI layer can have such a name)")
-        last = parts[-1] if parts else ""
         if last == _OPAQUE_MARKER:
-            self._opaque(rel.rpartition("/")[0], name)
+            self._opaque(head, name)
         elif last.startswith(_WHITEOUT_PREFIX):
             self._whiteout(rel, last[len(_WHITEOUT_PREFIX):], name)
         elif h.type == CHRTYPE and h.devmajor == 0 and h.devminor == 0:
@@ -263,26 +257,46 @@ class _Applier(Unpacker):
 
     def inherit_dirs(self, lowers: list[bytes]) -> None:
         """Give each directory the tar did not list the attributes of the directory it
-        covers in `lowers` (top first), found as overlay's lookup would find it."""
-        if lowers:
-            self._inherit(self._root, lowers, 0)
+        covers in `lowers` (top first), found as overlay's lookup would find it.
 
-    def _inherit(self, dir_fd: int, below: list[bytes], depth: int) -> None:
-        with os.scandir(dir_fd) as entries:
-            subdirs = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        for name in sorted(subdirs):
-            hit, lower_dirs = look_below(below, os.fsencode(name))
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-            try:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) not in self._explicit and hit is not None \
-                        and stat.S_ISDIR(hit[1].st_mode):
-                    _copy_dir_attributes(fd, hit[0], hit[1])
-                opaque = _has_opaque(fd)
-                if lower_dirs and not opaque and depth < _INHERIT_DEPTH:
-                    self._inherit(fd, lower_dirs, depth + 1)
-            finally:
-                os.close(fd)
+        Any depth: one fd on the layer dir, down by name and up by `..` (the layer dir is
+        ours alone), and one per lower dir (`LowerWalk`)."""
+        if not lowers:
+            return
+        walk = LowerWalk(lowers)
+        fd = os.dup(self._root)
+        try:
+            stack = [(sorted_subdirs(fd), walk.all())]  # (names left, last first; lowers below)
+            while stack:
+                todo, below = stack[-1]
+                if not todo:
+                    stack.pop()
+                    if stack:
+                        fd = move_dir_fd(fd, "..")
+                        walk.up(below)
+                    continue
+                name = todo.pop()
+                hit, lower_dirs = walk.look(below, os.fsencode(name))
+                if self._inherit(fd, name, hit) and lower_dirs:
+                    fd = move_dir_fd(fd, name)
+                    walk.down(lower_dirs, os.fsencode(name))
+                    stack.append((sorted_subdirs(fd), lower_dirs))
+        finally:
+            os.close(fd)
+            walk.close()
+
+    def _inherit(self, dir_fd: int, name: str, hit: Hit | None) -> bool:
+        """Copy the lower dir's attributes to dir `name` unless the tar listed it; whether
+        the lookup goes on below it (it is not opaque)."""
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) not in self._explicit and hit is not None \
+                    and stat.S_ISDIR(hit[1].st_mode):
+                _copy_dir_attributes(fd, hit[0], hit[1])
+            return not _has_opaque(fd)
+        finally:
+            os.close(fd)
 
 
 def _set_opaque(parent: int, base: str) -> None:

@@ -27,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stepbuild.errors import LayerError
+from stepbuild.fs.trees import UNLIMITED, move_dir_fd, walk_tree
 from stepbuild.layers.overlayfs import (
     Hit,
+    LowerWalk,
+    fd_path,
     is_whiteout,
     kept_xattrs,
-    look_below,
     overlay_opaque,
     read_xattrs,
 )
@@ -59,6 +61,7 @@ _CHUNK = 1 << 20
 _NS = 1_000_000_000
 _WHITEOUT_PREFIX = b".wh."
 _OPAQUE_MARKER = b".wh..wh..opq"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +159,23 @@ def _copied_up(st: os.stat_result, xattrs: dict[str, bytes], hit: Hit | None) ->
     )
 
 
+@dataclass(slots=True)
+class _Frame:
+    """A directory of the upper dir being emitted."""
+
+    rel: bytes  # its name in the layer with a trailing "/", b"" for the top
+    todo: list[tuple[bytes, os.stat_result]]  # entries still to emit, last one first
+    below: list[int]  # the lowers (LowerWalk indexes) that hold this dir as a dir
+
+
 class _Capture:
-    """One walk of an upper dir, writing tar entries to `out` as it goes."""
+    """One walk of an upper dir, writing tar entries to `out` as it goes.
+
+    Iterative, with one open fd on the upper dir that goes down by name and back up by `..`
+    (the upper dir is ours alone) and one per lower dir (`LowerWalk`): any depth costs
+    neither stack frames nor descriptors, and every call is relative to an open dir, so no
+    path grows past PATH_MAX.
+    """
 
     def __init__(self, out: _HashedOutput, lowers: list[bytes], epoch: int | None) -> None:
         self._out = out
@@ -165,15 +183,37 @@ class _Capture:
         self._epoch = epoch
         self._links: dict[tuple[int, int], bytes] = {}  # (st_dev, st_ino) → first name
         self._buf = memoryview(bytearray(_CHUNK))
+        self._upper = b""
         self.entries = 0
 
     def run(self, upper: bytes) -> None:
-        below = list(self._lowers)
-        if overlay_opaque(upper, read_xattrs(upper), is_dir=True):
-            if below:
-                self._marker(_OPAQUE_MARKER)
-            below = []
-        self._dir(upper, b"", below)
+        self._upper = upper
+        lowers = LowerWalk(self._lowers)
+        fd = os.open(upper, _DIR_FLAGS)
+        try:
+            below = lowers.all()
+            if overlay_opaque(upper, read_xattrs(upper), is_dir=True):
+                if below:
+                    self._marker(_OPAQUE_MARKER)
+                below = []
+            stack = [self._frame(fd, b"", below, lowers)]
+            while stack:
+                frame = stack[-1]
+                if not frame.todo:
+                    stack.pop()
+                    if stack:
+                        fd = move_dir_fd(fd, b"..")
+                        lowers.up(frame.below)
+                    continue
+                name, st = frame.todo.pop()
+                dirs = self._child(fd, frame, name, st, lowers)
+                if dirs is not None:
+                    fd = move_dir_fd(fd, name)
+                    lowers.down(dirs, name)
+                    stack.append(self._frame(fd, frame.rel + name + b"/", dirs, lowers))
+        finally:
+            os.close(fd)
+            lowers.close()
 
     def _put(self, header: Header) -> None:
         self._out.write(encode_header(header))
@@ -190,44 +230,47 @@ class _Capture:
             seconds = min(seconds, self._epoch)
         return seconds * _NS
 
-    def _dir(self, path: bytes, rel: bytes, below: list[bytes]) -> None:
-        """Emit the contents of upper dir `path` (layer name prefix `rel`)."""
-        entries = [(name, os.lstat(path + b"/" + name)) for name in sorted(os.listdir(path))]
+    def _frame(self, fd: int, rel: bytes, below: list[int], lowers: LowerWalk) -> _Frame:
+        """Upper dir `fd` (layer name prefix `rel`): its whiteouts emitted, the rest to do."""
+        names = sorted(os.fsencode(name) for name in os.listdir(fd))  # an fd lists str names
+        entries = [(name, os.lstat(name, dir_fd=fd)) for name in names]
+        todo = []
         for name, st in entries:
+            if not is_whiteout(st):
+                todo.append((name, st))
             # A whiteout with nothing below hides nothing (e.g. left inside an opaque dir).
-            if is_whiteout(st) and look_below(below, name)[0] is not None:
+            elif lowers.look(below, name)[0] is not None:
                 self._marker(rel + _WHITEOUT_PREFIX + name)
-        for name, st in entries:
-            if is_whiteout(st):
-                continue
-            if name.startswith(_WHITEOUT_PREFIX):
-                raise LayerError(
-                    f"{os.fsdecode(rel + name)}: a file named .wh.* cannot be stored in an "
-                    "OCI layer (the name means a whiteout)"
-                )
-            self._child(path + b"/" + name, rel, name, st, below)
+        todo.reverse()
+        return _Frame(rel, todo, below)
 
-    def _child(
-        self, path: bytes, rel: bytes, name: bytes, st: os.stat_result, below: list[bytes]
-    ) -> None:
+    def _child(self, fd: int, frame: _Frame, name: bytes, st: os.stat_result,
+               lowers: LowerWalk) -> list[int] | None:
+        """Emit entry `name` of upper dir `fd`; for a dir to walk into, the lowers below it."""
+        rel = frame.rel
+        if name.startswith(_WHITEOUT_PREFIX):
+            raise LayerError(
+                f"{os.fsdecode(rel + name)}: a file named .wh.* cannot be stored in an "
+                "OCI layer (the name means a whiteout)"
+            )
         if stat.S_ISSOCK(st.st_mode):
-            return  # tar cannot carry sockets; GNU tar and moby skip them too
-        xattrs = read_xattrs(path)
+            return None  # tar cannot carry sockets; GNU tar and moby skip them too
+        xattrs = read_xattrs(fd_path(fd, name))
         is_dir = stat.S_ISDIR(st.st_mode)
-        opaque = overlay_opaque(path, xattrs, is_dir)
+        opaque = overlay_opaque(self._upper + b"/" + rel + name, xattrs, is_dir)
         if not is_dir:
-            self._nondir(path, rel + name, st, xattrs)
-            return
-        hit, lower_dirs = look_below(below, name)
+            self._nondir(fd, name, rel + name, st, xattrs)
+            return None
+        hit, lower_dirs = lowers.look(frame.below, name)
         name_in_layer = rel + name + b"/"
         if opaque:
             self._put(self._header(name_in_layer, DIRTYPE, st, xattrs))
             if hit is not None and stat.S_ISDIR(hit[1].st_mode):
                 self._marker(name_in_layer + _OPAQUE_MARKER)
-            lower_dirs = []
-        elif not _copied_up(st, xattrs, hit):
+            return []
+        if not _copied_up(st, xattrs, hit):
             self._put(self._header(name_in_layer, DIRTYPE, st, xattrs))
-        self._dir(path, name_in_layer, lower_dirs)
+        return lower_dirs
 
     def _header(
         self, name: bytes, kind: bytes, st: os.stat_result, xattrs: dict[str, bytes], **kw: object
@@ -243,14 +286,14 @@ class _Capture:
             **kw,  # type: ignore[arg-type]
         )
 
-    def _nondir(
-        self, path: bytes, name: bytes, st: os.stat_result, xattrs: dict[str, bytes]
-    ) -> None:
+    def _nondir(self, dir_fd: int, base: bytes, name: bytes, st: os.stat_result,
+                xattrs: dict[str, bytes]) -> None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._regular(path, name, st, xattrs)
+            self._regular(dir_fd, base, name, st, xattrs)
         elif stat.S_ISLNK(mode):
-            self._put(self._header(name, SYMTYPE, st, xattrs, linkname=os.readlink(path)))
+            target = os.readlink(base, dir_fd=dir_fd)
+            self._put(self._header(name, SYMTYPE, st, xattrs, linkname=target))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             kind = CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE
             major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
@@ -258,16 +301,15 @@ class _Capture:
         elif stat.S_ISFIFO(mode):
             self._put(self._header(name, FIFOTYPE, st, xattrs))
 
-    def _regular(
-        self, path: bytes, name: bytes, st: os.stat_result, xattrs: dict[str, bytes]
-    ) -> None:
+    def _regular(self, dir_fd: int, base: bytes, name: bytes, st: os.stat_result,
+                 xattrs: dict[str, bytes]) -> None:
         if st.st_nlink > 1:
             first = self._links.setdefault((st.st_dev, st.st_ino), name)
             if first != name:
                 # The inode's data and xattrs travel with its first name only.
                 self._put(self._header(name, LNKTYPE, st, {}, linkname=first))
                 return
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             now = os.fstat(fd)
             if (now.st_ino, now.st_size) != (st.st_ino, st.st_size):
@@ -293,15 +335,17 @@ def clamp_mtimes(root: Path, epoch: int) -> None:
 
     `capture` clamps the times it writes into the tar; the upper dir becomes the layer dir
     that later steps see, so it is clamped the same way, or a step would see other times than
-    a builder that imported the layer from a shared cache. Children before their directory.
+    a builder that imported the layer from a shared cache. Children before their directory;
+    any depth (`walk_tree`: the upper dir is ours alone).
     """
-    for directory, dirs, files in os.walk(root, topdown=False):
-        for name in (*files, *dirs):
-            _clamp(os.path.join(directory, name), epoch)
-    _clamp(str(root), epoch)
 
+    def clamp(dir_fd: int, name: str) -> None:
+        info = os.lstat(name, dir_fd=dir_fd)
+        if info.st_mtime > epoch:
+            os.utime(name, (min(info.st_atime, epoch), epoch), dir_fd=dir_fd,
+                     follow_symlinks=False)
 
-def _clamp(path: str, epoch: int) -> None:
-    info = os.lstat(path)
+    walk_tree(os.open(root, _DIR_FLAGS), UNLIMITED, on_file=clamp, on_dir_done=clamp)
+    info = os.lstat(root)
     if info.st_mtime > epoch:
-        os.utime(path, (min(info.st_atime, epoch), epoch), follow_symlinks=False)
+        os.utime(root, (min(info.st_atime, epoch), epoch), follow_symlinks=False)

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
 from stepbuild.errors import DigestMismatch, LayerError
 from stepbuild.fs.rootpath import makedirs_in_root
+from stepbuild.fs.trees import move_dir_fd, sorted_subdirs
 from stepbuild.layers.tar import DIRTYPE, Header, TarReader
 from stepbuild.layers.unpack import (  # the ADD unpacker: the same safe entry writer and name rule
     Unpacker,
@@ -135,7 +135,8 @@ class _Entries:
             if _is_whiteout(header.name):
                 continue
             name = os.fsdecode(header.name)
-            if any(p.startswith(_WHITEOUT) for p in name.rstrip("/").split("/")[:-1]):
+            head = name.rstrip("/").rpartition("/")[0]
+            if f"/{head}".find(f"/{_WHITEOUT}") >= 0:  # no loop over a deep name's parts
                 # inside a "whiteout": a tree could not hold it (the name means a whiteout)
                 raise LayerError(f"{self._label}: entry {name!r}: a path through a whiteout")
             if header.type == DIRTYPE:
@@ -220,12 +221,27 @@ def _forget(dir_times: dict[str, int], path: str, *, itself: bool) -> None:
 
 
 def _fix_dir_times(root_fd: int, dir_times: dict[str, int]) -> None:
-    """Every directory's mtime (and atime): from the last entry naming it, else 0."""
-    for top, dirs, _files, fd in os.fwalk(".", dir_fd=root_fd, follow_symlinks=False):
-        for name in dirs:
-            if not stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-                continue  # a symlink to a directory: its own mtime came from its entry
-            rel = clean_name(f"{top}/{name}")
-            mtime = dir_times.get(rel, 0)
+    """Every directory's mtime (and atime): from the last entry naming it, else 0.
+
+    Any depth: one fd, down by name and up by `..` (the tree is ours alone); `rel` is the
+    name the layers give the dir the fd is on. A symlink to a directory keeps the mtime its
+    own entry gave it.
+    """
+    fd, rel = os.dup(root_fd), ""
+    try:
+        stack = [sorted_subdirs(fd)]
+        while stack:
+            if not stack[-1]:
+                stack.pop()
+                if stack:
+                    fd, rel = move_dir_fd(fd, ".."), rel.rpartition("/")[0]
+                continue
+            name = stack[-1].pop()
+            child = f"{rel}/{name}" if rel else name
+            mtime = dir_times.get(child, 0)
             os.utime(name, ns=(mtime, mtime), dir_fd=fd, follow_symlinks=False)
+            fd, rel = move_dir_fd(fd, name), child
+            stack.append(sorted_subdirs(fd))
+    finally:
+        os.close(fd)
     os.utime(root_fd, ns=(0, 0))

@@ -20,6 +20,8 @@ from stepbuild.errors import LayerError
 
 __all__ = [
     "Hit",
+    "LowerWalk",
+    "fd_path",
     "is_overlay_xattr",
     "is_whiteout",
     "kept_xattrs",
@@ -101,6 +103,13 @@ def _lower_opaque(path: bytes) -> bool:
 
 
 Hit = tuple[bytes, os.stat_result]
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def fd_path(dir_fd: int, name: bytes) -> bytes:
+    """A short path naming `name` in the open dir `dir_fd`, for the xattr calls that have no
+    `*at` form: deep trees have paths longer than PATH_MAX, their fd-relative names do not."""
+    return b"/proc/self/fd/%d/%s" % (dir_fd, name)
 
 
 def look_below(below: list[bytes], name: bytes) -> tuple[Hit | None, list[bytes]]:
@@ -129,3 +138,50 @@ def look_below(below: list[bytes], name: bytes) -> tuple[Hit | None, list[bytes]
         if _lower_opaque(path):
             break
     return hit, dirs
+
+
+class LowerWalk:
+    """The lower dirs (top first) following a walk of an upper dir, one open fd each.
+
+    `below` lists are indexes into the lowers. `look(below, name)` is `look_below` there;
+    `down(dirs, name)` moves the lowers `dirs` (what `look` returned) into their dir `name`
+    and `up(dirs)` moves them back by `..`: a tree's depth costs no descriptors, and no path
+    grows past PATH_MAX. `..` is right because lower dirs are store dirs nothing changes.
+    """
+
+    def __init__(self, lowers: list[bytes]) -> None:
+        self._fds: list[int] = []
+        try:
+            for lower in lowers:
+                self._fds.append(os.open(lower, _DIR_FLAGS))
+        except BaseException:
+            self.close()
+            raise
+
+    def all(self) -> list[int]:
+        return list(range(len(self._fds)))
+
+    def look(self, below: list[int], name: bytes) -> tuple[Hit | None, list[int]]:
+        """`look_below` of `name` in the lowers `below`; the Hit's path is valid until
+        the next `down` or `up`."""
+        paths = {b"/proc/self/fd/%d" % self._fds[i]: i for i in below}
+        hit, dirs = look_below(list(paths), name)
+        return hit, [paths[d[: -len(name) - 1]] for d in dirs]
+
+    def down(self, dirs: list[int], name: bytes) -> None:
+        for i in dirs:
+            self._move(i, name)
+
+    def up(self, dirs: list[int]) -> None:
+        for i in dirs:
+            self._move(i, b"..")
+
+    def _move(self, i: int, name: bytes) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=self._fds[i])
+        os.close(self._fds[i])
+        self._fds[i] = fd
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from stepbuild.errors import LayerError
-from stepbuild.fs.rootpath import makedirs_in_root, open_in_root, resolve_parent
+from stepbuild.fs.rootpath import MAX_DEPTH, makedirs_in_root, open_in_root, resolve_parent
+from stepbuild.fs.trees import remove_subtree
 from stepbuild.layers.overlayfs import is_overlay_xattr, is_whiteout
 from stepbuild.layers.tar import (
     BLKTYPE,
@@ -66,6 +67,7 @@ _MAGICS = (
 # Linux dev_t as the kernel stores it: 12-bit major, 20-bit minor (include/linux/kdev_t.h)
 _MAX_MAJOR = (1 << 12) - 1
 _MAX_MINOR = (1 << 20) - 1
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _Decompressor(Protocol):
@@ -189,6 +191,10 @@ def unpack_archive(
 
 def clean_name(name: str) -> str:
     """An entry name made relative and lexically clean; `..` never climbs above the start."""
+    trimmed = name.strip("/")
+    probe = f"/{trimmed}/"
+    if "//" not in probe and "/./" not in probe and "/../" not in probe:
+        return trimmed  # clean already: no loop over a deep tree's thousands of parts
     parts: list[str] = []
     for part in name.split("/"):
         if part == "..":
@@ -243,6 +249,7 @@ class Unpacker:
         self._as_layer = as_layer
         self._made: set[tuple[int, int]] = set()  # (st_dev, st_ino) of non-dirs we created
         self._dirs: dict[str, Header] = {}  # directory entries, attributes still to set
+        self._near: _DirCursor | None = None  # the last parent dir resolved (run() owns it)
 
     def run(self, reader: TarReader) -> None:
         try:
@@ -251,13 +258,50 @@ class Unpacker:
             )
         except OSError as exc:
             raise LayerError(f"destination {self._dest or '/'}: {exc.strerror}") from exc
-        for header in reader:
-            name = os.fsdecode(header.name)
-            try:
-                self._entry(reader, header, name)
-            except OSError as exc:
-                raise LayerError(f"{self._label}: entry {name!r}: {exc.strerror or exc}") from exc
-        self._finish_dirs()
+        self._near = _DirCursor(self._root)
+        try:
+            for header in reader:
+                name = os.fsdecode(header.name)
+                try:
+                    self._entry(reader, header, name)
+                except OSError as exc:
+                    raise LayerError(
+                        f"{self._label}: entry {name!r}: {exc.strerror or exc}") from exc
+            self._finish_dirs()
+        finally:
+            self._near.close()
+            self._near = None
+
+    def _parent(self, path: str, on_nondir: NonDirRule | None) -> tuple[int, str]:
+        """`resolve_parent(path, create=True, on_nondir=...)` inside the root: (a new fd,
+        final name).
+
+        An archive lists a deep tree one level at a time, and resolving every entry from the
+        root would cost depth² calls; so the walk starts from the last parent resolved when
+        `path` lies below it through plain directories. That is the same directory as long
+        as nothing was removed or replaced since (`_removed`): making new entries cannot
+        change where existing names lead.
+        """
+        if path.count("/") > MAX_DEPTH:  # as resolve_parent would refuse it
+            raise OSError(errno.ENAMETOOLONG, "too many nested directories", path)
+        head, _, base = path.rpartition("/")
+        near = self._near
+        if near is not None and near.below(head):
+            fd = near.go(head, (0o755, self._uid or 0, self._gid or 0))
+            if fd is not None:
+                return os.dup(fd), base
+        parent, base = resolve_parent(
+            self._root, path, create=True, uid=self._uid or 0, gid=self._gid or 0,
+            on_nondir=on_nondir,
+        )
+        if near is not None:
+            near.place(head, os.dup(parent))
+        return parent, base
+
+    def _remove(self, parent: int, base: str) -> None:
+        """`remove_entry`, forgetting the remembered parent if anything went."""
+        if remove_entry(parent, base) and self._near is not None:
+            self._near.forget()
 
     def _fail(self, name: str, problem: str) -> LayerError:
         return LayerError(f"{self._label}: entry {name!r}: {problem}")
@@ -298,18 +342,15 @@ class Unpacker:
             if h.type == DIRTYPE:
                 return  # "./": the extraction directory itself, which exists already
             raise self._fail(name, "resolves to the extraction directory itself")
-        parent, base = resolve_parent(
-            self._root, self._join(rel), create=True, uid=self._uid or 0, gid=self._gid or 0,
-            on_nondir=self._path_rule(name),
-        )
+        parent, base = self._parent(self._join(rel), self._path_rule(name))
         try:
             if h.type == DIRTYPE:
                 self._directory(parent, base)
-                self._dirs[rel] = h
+                self._dirs[rel] = replace(h, name=b"")  # the name is the key: kept once
             elif h.type == LNKTYPE:
                 self._hardlink(parent, base, h, name)
             else:
-                remove_entry(parent, base)
+                self._remove(parent, base)
                 if h.type == REGTYPE:
                     self._regular(reader, parent, base, h)
                 else:
@@ -323,7 +364,7 @@ class Unpacker:
                 return  # merged; attributes are set in _finish_dirs
         except FileNotFoundError:
             pass
-        remove_entry(parent, base)
+        self._remove(parent, base)
         os.mkdir(base, 0o700, dir_fd=parent)
 
     def _set_attributes(self, fd: int, h: Header) -> None:
@@ -391,29 +432,130 @@ class Unpacker:
                     return  # already that file
             except FileNotFoundError:
                 pass
-            remove_entry(parent, base)
+            self._remove(parent, base)
             os.link(tbase, base, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(tparent)
 
     def _finish_dirs(self) -> None:
-        """Directory attributes, deepest first, once nothing more is written into them."""
-        for rel in sorted(self._dirs, key=lambda r: r.count("/"), reverse=True):
+        """Directory attributes, children before their parents, once nothing more is
+        written into them. Reverse name order puts every dir after those below it and keeps
+        neighbours close, so the cursor walks the tree about once, whatever its depth."""
+        assert self._near is not None
+        self._near.place("", os.dup(self._root))  # entries may have moved or removed it
+        for rel in sorted(self._dirs, reverse=True):
             h = self._dirs[rel]
+            path = self._join(rel)
             try:
-                fd = open_in_root(
-                    self._root, self._join(rel), os.O_RDONLY | os.O_DIRECTORY, follow_last=False
-                )
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # replaced by a later entry, which won
+                fd = self._near.go(path, None)
+                if fd is not None:
+                    self._set_attributes(fd, h)
+                    continue
+                try:  # a symlink on the way, or gone: resolve it from the root
+                    fd = open_in_root(self._root, path, os.O_RDONLY | os.O_DIRECTORY,
+                                      follow_last=False)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # replaced by a later entry, which won
+                try:
+                    self._set_attributes(fd, h)
+                finally:
+                    os.close(fd)
             except OSError as exc:
                 raise LayerError(f"{self._label}: entry {rel!r}: {exc.strerror}") from exc
+
+
+class _DirCursor:
+    """One open directory inside a root, moved between paths by name and by `..`.
+
+    Paths are clean and relative to the root ("" is the root). Moving down opens plain
+    directories only (O_NOFOLLOW): a symlink or a missing dir stops it, and the caller
+    resolves that path with `rootpath` instead. `..` from a dir entered by name is its
+    parent, as nothing but this unpack writes into the root meanwhile.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self._fd = os.dup(root_fd)
+        self._path: str | None = ""  # None: the fd is not known to be at any path
+
+    def below(self, path: str) -> bool:
+        """Whether `path` is the cursor's dir or under it."""
+        here = self._path
+        return here is not None and (not here or path == here or path.startswith(here + "/"))
+
+    def place(self, path: str, fd: int) -> None:
+        """Take `fd` (consumed), the directory `path` resolves to now."""
+        os.close(self._fd)
+        self._fd, self._path = fd, path
+
+    def forget(self) -> None:
+        """Something was removed: where a path leads may have changed."""
+        self._path = None
+
+    def go(self, path: str, create: tuple[int, int, int] | None) -> int | None:
+        """The cursor's fd moved to `path` (still the cursor's), or None where the way is not
+        plain directories. Missing dirs are made with `create` (mode, uid, gid) when given."""
+        if self._path is None:
+            return None
+        common = _common_dir(self._path, path)
+        for _ in range(_depth(self._path) - _depth(common)):
+            self._step("..")
+        self._path = common
+        for name in path[len(common):].lstrip("/").split("/") if path != common else ():
             try:
-                self._set_attributes(fd, h)
-            except OSError as exc:
-                raise LayerError(f"{self._label}: entry {rel!r}: {exc.strerror}") from exc
-            finally:
-                os.close(fd)
+                self._step(name)
+            except FileNotFoundError:
+                if create is None or not _make_dir(self._fd, name, *create):
+                    return None
+                self._step(name)
+            except (NotADirectoryError, OSError):
+                return None
+            self._path = f"{self._path}/{name}" if self._path else name
+        return self._fd
+
+    def _step(self, name: str) -> None:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        os.close(self._fd)
+        self._fd = fd
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _depth(path: str) -> int:
+    return path.count("/") + 1 if path else 0
+
+
+def _common_dir(a: str, b: str) -> str:
+    """The deepest directory both paths are in or at (binary search: paths may be long)."""
+    for outer, inner in ((a, b), (b, a)):  # the usual case: one is the other's ancestor
+        if not outer or inner == outer or inner.startswith(outer + "/"):
+            return outer
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    if (low == len(a) or a[low] == "/") and (low == len(b) or b[low] == "/"):
+        return a[:low]
+    return a[: max(a.rfind("/", 0, low), 0)]
+
+
+def _make_dir(parent: int, name: str, mode: int, uid: int, gid: int) -> bool:
+    """mkdir as `rootpath` makes missing dirs (0700 until owned, then `mode`); False if
+    something else is there."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        return False
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _chmod_node(parent: int, base: str, mode: int) -> None:
@@ -429,14 +571,15 @@ def _chmod_node(parent: int, base: str, mode: int) -> None:
         os.chmod(base, mode, dir_fd=parent)
 
 
-def remove_entry(parent: int, base: str) -> None:
-    """Remove whatever is at `base` in `parent` (a directory recursively, fd-relative)."""
+def remove_entry(parent: int, base: str) -> bool:
+    """Remove whatever is at `base` in `parent` (a directory recursively, any depth,
+    fd-relative, never following links); whether there was anything."""
     try:
         st = os.lstat(base, dir_fd=parent)
     except FileNotFoundError:
-        return
+        return False
     if stat.S_ISDIR(st.st_mode):
-        # shutil.rmtree with dir_fd (3.11+) walks with openat/unlinkat and never follows links
-        shutil.rmtree(base, dir_fd=parent)
+        remove_subtree(parent, base)
     else:
         os.unlink(base, dir_fd=parent)
+    return True

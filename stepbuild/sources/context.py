@@ -301,7 +301,7 @@ def _open_dir(root_fd: int, rel: str) -> int:
 
 @dataclass(slots=True)
 class _Frame:
-    """One open directory of a walk."""
+    """One directory of a walk: open while it is the innermost (`fd` is -1 while parked)."""
 
     fd: int
     entries: Iterator[os.DirEntry[str]]
@@ -310,6 +310,7 @@ class _Frame:
     ignore: MatchState
     exclude: MatchState
     depth: int = 0
+    ident: tuple[int, int] = (0, 0)  # (st_ino, st_dev) of the dir, to check `..` against
 
 
 class _Selector:
@@ -467,10 +468,12 @@ class _Selector:
         try:
             with os.scandir(fd) as it:  # scandir dups the fd; names sorted like Go's ReadDir
                 entries = sorted(it, key=lambda de: de.name)
+            st = os.fstat(fd)
         except BaseException:
             os.close(fd)
             raise
-        return _Frame(fd, iter(entries), ctx_path, src_path, ignore, exclude, depth)
+        return _Frame(fd, iter(entries), ctx_path, src_path, ignore, exclude, depth,
+                      (st.st_ino, st.st_dev))
 
     def walk(self, resolved: str, ign_state: MatchState) -> tuple[ContextEntry, ...]:
         """Every path under the directory `resolved`, minus ignored and excluded ones.
@@ -485,13 +488,34 @@ class _Selector:
                 top = stack[-1]
                 de = next(top.entries, None)
                 if de is None:
-                    os.close(stack.pop().fd)
+                    self._leave(stack)
                 else:
                     self._visit(top, de, stack, found)
         finally:
             for frame in stack:
-                os.close(frame.fd)
+                if frame.fd >= 0:
+                    os.close(frame.fd)
         return _drop_empty_conditional(found)
+
+    @staticmethod
+    def _leave(stack: list[_Frame]) -> None:
+        """Pop the finished frame and take its parent's fd back by `..`.
+
+        Only the innermost dir of a walk is open (a 10,000-level context must not take
+        10,000 descriptors); `..` is checked to be the dir the walk came from, as someone
+        may rename dirs of a context meanwhile (rootpath's `up` does the same)."""
+        done = stack.pop()
+        try:
+            if stack:
+                parent = stack[-1]
+                fd = os.open("..", _DIR_FLAGS, dir_fd=done.fd)
+                st = os.fstat(fd)
+                if (st.st_ino, st.st_dev) != parent.ident:
+                    os.close(fd)
+                    raise _changed(parent.ctx_path)
+                parent.fd = fd
+        finally:
+            os.close(done.fd)
 
     def _visit(self, top: _Frame, de: os.DirEntry[str], stack: list[_Frame],
                found: list[tuple[ContextEntry, bool]]) -> None:
@@ -523,7 +547,10 @@ class _Selector:
             if (opened.st_ino, opened.st_dev) != (info.st_ino, info.st_dev):
                 os.close(fd)
                 raise _changed(ctx_path)
-            stack.append(self._frame(fd, ctx_path, src_path, ign_state, exc_state))
+            child = self._frame(fd, ctx_path, src_path, ign_state, exc_state)
+            os.close(top.fd)  # parked: `_leave` opens it again by `..`
+            top.fd = -1
+            stack.append(child)
 
     def _filter(self, top: _Frame, ctx_path: str, src_path: str,
                 info: os.stat_result) -> tuple[MatchState, MatchState, bool] | None:

@@ -96,7 +96,6 @@ def _create_instance(base: Path, instance: Path, p: PlannedMount,
                      seed: Callable[[Path], None] | None) -> None:
     """Make a new cache instance beside its final name, then rename it into place; a
     concurrent creator (sharing=shared) that wins the rename makes ours redundant."""
-    import shutil
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="new-", dir=base))
@@ -112,7 +111,7 @@ def _create_instance(base: Path, instance: Path, p: PlannedMount,
                 raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp, best_effort=True)
 
 
 def _write_meta(base: Path, p: PlannedMount) -> None:

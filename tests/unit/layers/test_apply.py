@@ -16,6 +16,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stepbuild.errors import LayerError
-from stepbuild.fs.trees import remove_tree
+from stepbuild.fs.trees import UNLIMITED, remove_tree, walk_tree
 from stepbuild.layers.apply import apply_layer, commit_applied
 from stepbuild.layers.capture import capture
 from stepbuild.layers.tar import DIRTYPE, FIFOTYPE, LNKTYPE, SYMTYPE
@@ -39,6 +40,7 @@ from tests.badtars import (
     tar,
     write_corpus,
 )
+from tests.deeptrees import fast_tmp_dir
 from tests.hostwatch import etc_state, leaked_under, open_descriptors
 
 pytestmark = pytest.mark.root  # whiteout devices, trusted.* xattrs, chown
@@ -86,20 +88,21 @@ class Beside:
     def check_untouched(self) -> None:
         assert (tree(self.sentinel), etc_state(), sorted(os.listdir(self.base))) == self._before
         assert not (leaked := leaked_under(self.base, self._fds)), f"descriptors leaked: {leaked}"
-        for dirpath, dirnames, filenames in os.walk(self.target):
-            for name in dirnames + filenames:
-                assert self.target in (Path(dirpath) / name).parents
+        # The target can be walked whatever its depth without leaving it (os.walk recursed:
+        # a 16,384-level case ended in RecursionError); walk_tree never follows a symlink.
+        walk_tree(os.open(self.target, os.O_RDONLY | os.O_DIRECTORY), UNLIMITED)
 
     def done(self) -> None:
         remove_tree(self.target)  # some cases leave trees too deep for shutil.rmtree
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    base = tmp_path_factory.mktemp("apply")
-    (base / "sentinel").mkdir()
-    (base / "sentinel" / "file").write_text("host")
-    return base, write_corpus(base / "corpus", base / "sentinel")
+def corpus_dir(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Path]]]:
+    with fast_tmp_dir(tmp_path_factory.mktemp("apply")) as base:  # too-deep cases: 16,384 dirs
+        (base / "sentinel").mkdir()
+        (base / "sentinel" / "file").write_text("host")
+        yield base, write_corpus(base / "corpus", base / "sentinel")
 
 
 @pytest.mark.parametrize("name", case_names())
