@@ -109,7 +109,8 @@ def test_same_image_as_buildah(directory: Path, builders: Builders,
         expected[key] = deviation["buildkit"]
         if deviation["buildkit"] == ABSENT:
             del expected[key]
-    assert differences(facts(ours), expected) == [], case.name
+    diff = differences(facts(ours), expected)
+    assert not diff, f"{case.name}: stepbuild's image differs:\n" + "\n".join(diff)
 
 
 def build_both(case: Case, builders: Builders, tmp_path: Path) -> tuple[Image, Image]:
