@@ -9,21 +9,22 @@ Nothing touches the host's stores, and nothing is fetched from a network.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.builds import PROJECT, Stepbuild, base_image
+from tests.local_http import LocalHTTPServer
 
-
-@pytest.fixture(scope="session", autouse=True)
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("the compat suite builds with real mounts and Buildah: run it as root")
+CASES = Path(__file__).parent / "cases"
 
 
 @dataclass
@@ -69,3 +70,15 @@ def builders(tmp_path_factory: pytest.TempPathFactory) -> Builders:
     buildah = Buildah(work / "buildah")
     buildah("pull", "-q", f"oci-archive:{archive}")  # named localhost/base:latest by the archive
     return Builders(sb, buildah)
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a request line per ADD would only clutter pytest's output
+
+
+@pytest.fixture(scope="session")
+def cases_url() -> Iterator[str]:
+    """cases/ over HTTP on 127.0.0.1, for ADD of URLs: `{http}` in a case's build_args."""
+    with LocalHTTPServer(functools.partial(QuietFiles, directory=str(CASES))) as server:
+        yield server.url

@@ -112,12 +112,12 @@ class Flattener:
 
     def apply(self, layer: bytes) -> None:
         with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as archive:
-            members = [(self._path(m.name), m, archive) for m in archive.getmembers()]
+            members = [(self._path(m.name), m) for m in archive.getmembers()]
             # Whiteouts speak of the layers below only, so they go first, whatever their order
             # in the tar relative to the layer's own entries.
-            for path, member, _ in members:
+            for path, _ in members:
                 self._whiteout(path)
-            for path, member, _ in members:
+            for path, member in members:
                 if not _is_whiteout(path):
                     self._add(path, member, archive)
 

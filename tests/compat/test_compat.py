@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 
-from tests.compat.conftest import Builders
+from tests.compat.conftest import CASES, Builders
 from tests.compat.images import Image, read_dir_transport, read_oci_layout
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-CASES = Path(__file__).parent / "cases"
 ABSENT = "absent"
 
 CONFIG_KEYS = ("Env", "WorkingDir", "User", "Volumes", "ExposedPorts", "Labels", "Cmd",
@@ -77,10 +76,10 @@ class Case:
             assert set(deviation) == {"key", "buildah", "buildkit", "reason"}, deviation
         return case
 
-    def flags(self) -> list[str]:
+    def flags(self, cases_url: str) -> list[str]:
         flags = []
         for key, value in self.build_args.items():
-            flags += ["--build-arg", f"{key}={value}"]
+            flags += ["--build-arg", f"{key}={value.replace('{http}', cases_url)}"]
         for secret_id, source in self.secrets.items():
             flags += ["--secret", f"id={secret_id},src={self.directory / source}"]
         if self.target:
@@ -93,10 +92,10 @@ def case_dirs() -> list[Path]:
 
 
 @pytest.mark.parametrize("directory", case_dirs(), ids=lambda p: p.name)
-def test_same_image_as_buildah(directory: Path, builders: Builders,
+def test_same_image_as_buildah(directory: Path, builders: Builders, cases_url: str,
                                tmp_path: Path) -> None:
     case = Case.load(directory)
-    ours, theirs = build_both(case, builders, tmp_path)
+    ours, theirs = build_both(case, builders, case.flags(cases_url), tmp_path)
     expected = facts(theirs)
     for key in [k for k, v in BUILDAH_STUBS.items() if expected.get(k) == v]:
         if not any(p.startswith(key + "/") for p in expected):
@@ -113,20 +112,21 @@ def test_same_image_as_buildah(directory: Path, builders: Builders,
     assert not diff, f"{case.name}: stepbuild's image differs:\n" + "\n".join(diff)
 
 
-def build_both(case: Case, builders: Builders, tmp_path: Path) -> tuple[Image, Image]:
+def build_both(case: Case, builders: Builders, flags: list[str], tmp_path: Path
+               ) -> tuple[Image, Image]:
     """Both builds at once (two cores, two builders), then both images read back."""
     ours_out, theirs_out = tmp_path / "stepbuild-oci", tmp_path / "buildah-dir"
     tag = f"compat-{case.name}"
     ours = subprocess.Popen(
         [sys.executable, "-m", "stepbuild", "build", "-q", "-f", str(case.directory / "Dockerfile"),
-         "-t", tag, "-o", f"type=oci-layout,dest={ours_out}", *case.flags(),
+         "-t", tag, "-o", f"type=oci-layout,dest={ours_out}", *flags,
          str(case.directory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=builders.stepbuild_environ())
     try:
         builders.buildah("bud", "--format", "docker", "--pull-never", "--isolation", "chroot",
                          "--layers=false", "-q", "-f",
                          str(case.directory / case.buildah_dockerfile), "-t", tag,
-                         *case.flags(), str(case.directory))
+                         *flags, str(case.directory))
         builders.buildah("push", "-q", tag, f"dir:{theirs_out}")
         builders.buildah("rmi", tag)
     finally:
