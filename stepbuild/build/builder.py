@@ -298,7 +298,10 @@ class _Run:
             self.from_stage[stage.index] = earlier.index
             if earlier.index in self.bases:
                 self.bases[stage.index] = self.bases[earlier.index]
-            return self.results[earlier.index], ()
+            # A stage's ONBUILD triggers fire in the stages built FROM it, as an image's do
+            # (BuildKit's resolveStages); the child does not inherit them.
+            return onbuild_triggers(self.results[earlier.index], self.stages.filename,
+                                    stage.base)
         imported = None
         if is_archive_name(name):  # imported into the store on first use
             self.read_outside(f"FROM {name}")  # the archive is not part of the context
