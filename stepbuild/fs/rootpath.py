@@ -166,8 +166,9 @@ def _split_last(path: str) -> tuple[str, str | None]:
     return head, last
 
 
-def _make_dir(parent: int, name: str, mode: int, uid: int, gid: int) -> int | None:
-    """mkdir + open; None if something appeared there first (the caller looks again)."""
+def make_dir(parent: int, name: str, mode: int, uid: int, gid: int) -> int | None:
+    """mkdir + open (an fd the caller closes); None if something appeared there first (the
+    caller looks again)."""
     try:
         # Made 0700 first and opened up by fchmod after fchown: no moment with wrong
         # permissions, no umask involved, and chown cannot clear a setgid bit we asked for.
@@ -206,7 +207,7 @@ def _enter(walk: _Walker, path: str, create: tuple[int, int, int] | None,
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=walk.fd)
         except FileNotFoundError:
-            made = None if create is None else _make_dir(walk.fd, name, *create)
+            made = None if create is None else make_dir(walk.fd, name, *create)
             if made is None:
                 if create is None:
                     raise FileNotFoundError(
@@ -236,7 +237,7 @@ def _replace(walk: _Walker, name: str, create: tuple[int, int, int] | None) -> i
     if create is None:
         raise FileNotFoundError(errno.ENOENT, f"no such directory {name!r} in", walk.path)
     os.unlink(name, dir_fd=walk.fd)
-    made = _make_dir(walk.fd, name, *create)
+    made = make_dir(walk.fd, name, *create)
     if made is None:  # only another writer in the same root could get here first
         raise FileExistsError(errno.EEXIST, f"{name!r} reappeared while replacing it in",
                               walk.path)

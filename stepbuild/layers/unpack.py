@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from stepbuild.errors import LayerError
-from stepbuild.fs.rootpath import MAX_DEPTH, makedirs_in_root, open_in_root, resolve_parent
+from stepbuild.fs.rootpath import (
+    MAX_DEPTH,
+    make_dir,
+    makedirs_in_root,
+    open_in_root,
+    resolve_parent,
+)
 from stepbuild.fs.trees import remove_subtree
 from stepbuild.layers.overlayfs import is_overlay_xattr, is_whiteout
 from stepbuild.layers.tar import (
@@ -543,18 +549,11 @@ def _common_dir(a: str, b: str) -> str:
 
 
 def _make_dir(parent: int, name: str, mode: int, uid: int, gid: int) -> bool:
-    """mkdir as `rootpath` makes missing dirs (0700 until owned, then `mode`); False if
-    something else is there."""
-    try:
-        os.mkdir(name, 0o700, dir_fd=parent)
-    except FileExistsError:
+    """mkdir as `rootpath` makes missing dirs; False if something else is there."""
+    fd = make_dir(parent, name, mode, uid, gid)
+    if fd is None:
         return False
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-    try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
+    os.close(fd)
     return True
 
 
