@@ -171,7 +171,9 @@ def test_remote_blob_records_pass_check_and_go_with_their_layers(
     (records / f"{'0' * 64}.json").write_text("{")
     result = sb("check", check=False)
     assert result.returncode == 1
-    assert result.stdout == f"remote-blobs/{'0' * 64}.json: not a valid remote-blob record\n"
+    problems, hint = result.stdout.splitlines()
+    assert problems == f"remote-blobs/{'0' * 64}.json: not a valid remote-blob record"
+    assert hint.startswith("`stepbuild check --repair`")
 
     sb("rmi", "child")
     sb("rmi", tls_base)
