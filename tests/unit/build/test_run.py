@@ -17,6 +17,7 @@ from stepbuild.build.state import ImageState
 from stepbuild.build.users import UserError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.parse import parse
+from stepbuild.sandbox.limits import Limits
 
 
 def run_of(text: str) -> ins.Run:
@@ -63,6 +64,7 @@ class FakeExecutor:
     secrets = {"tok": SecretSource("env", "NOT_READ_AT_PREPARE")}
     ssh: dict[str, str] = {}
     source_date_epoch = None
+    limits = Limits()
 
 
 def prepared_key(text: str, build: object | None = None) -> tuple[str, dict[str, Any]]:
