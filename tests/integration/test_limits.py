@@ -26,13 +26,13 @@ UNLIMITED = Limits()
 
 def _layout() -> cgroups.Layout:
     layout = cgroups.host_layout()
-    if layout is None or layout.version != 1:
-        pytest.fail("these tests expect this machine's cgroup v1 hierarchies")
+    if layout is None:
+        pytest.fail("no cgroup hierarchy is mounted: limits cannot be tested here")
     return layout
 
 
 def _step_cgroups(layout: cgroups.Layout) -> set[str]:
-    """Every step cgroup under the builder's own, in every v1 controller we use."""
+    """Every step cgroup under the builder's own (in each v1 controller, or the v2 tree)."""
     found = set()
     for hierarchy in layout.hierarchies.values():
         base = hierarchy.directory(hierarchy.own_path)
@@ -68,9 +68,12 @@ def test_step_runs_in_its_own_cgroup_removed_afterwards(step: Step) -> None:
     before = _step_cgroups(layout)
     result, out = step.sh("cat /proc/self/cgroup")
     assert result.exit_code == 0
-    memory = next(line for line in out.splitlines() if ":memory:" in line)
-    pids = next(line for line in out.splitlines() if ":pids:" in line)
-    assert f"/{cgroups.PREFIX}@" in memory and f"/{cgroups.PREFIX}@" in pids
+    if layout.version == 1:
+        memory = next(line for line in out.splitlines() if ":memory:" in line)
+        pids = next(line for line in out.splitlines() if ":pids:" in line)
+        assert f"/{cgroups.PREFIX}@" in memory and f"/{cgroups.PREFIX}@" in pids
+    else:
+        assert f"0::/{cgroups.PREFIX}@" in out or f"/{cgroups.PREFIX}@" in out
     assert _step_cgroups(layout) == before
 
 
