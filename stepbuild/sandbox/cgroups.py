@@ -93,7 +93,10 @@ class StepCgroup:
     def remove(self) -> None:
         """Kill whatever is left in the cgroup and remove its directories."""
         for path in self.dirs.values():
-            destroy(path)
+            try:
+                destroy(path)
+            except OSError as e:  # still busy after a second: the next build reaps it
+                raise SandboxError(f"remove the step's cgroup {path}", e.errno or 0) from None
 
 
 def detect(mountinfo: str, own_cgroups: str) -> Layout | None:
@@ -174,6 +177,10 @@ def _base(hierarchy: Hierarchy, limits: Limits) -> str:
     if not limits.cgroup_parent:
         return hierarchy.directory(hierarchy.own_path)
     base = hierarchy.directory("/" + limits.cgroup_parent.strip("/"))
+    if os.path.commonpath([base, hierarchy.mount_point]) != hierarchy.mount_point:
+        # a cgroup namespace or container shows only part of the tree
+        raise SandboxError(f"--cgroup-parent {limits.cgroup_parent}: outside the part of the"
+                           f" cgroup tree mounted at {hierarchy.mount_point}", 0)
     os.makedirs(base, exist_ok=True)
     return base
 

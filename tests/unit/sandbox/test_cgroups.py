@@ -148,3 +148,9 @@ def test_without_cgroups_limits_fail_and_unlimited_steps_run(
     assert cgroups.create(Limits()) is None
     with pytest.raises(SandboxError, match="no cgroup hierarchy"):
         cgroups.create(Limits(memory=64 * MIB))
+
+
+def test_cgroup_parent_outside_the_mounted_part_is_refused(v2: Layout) -> None:
+    namespaced = Layout(2, {"": Hierarchy("/sys/fs/cgroup", "/docker/abc", "/docker/abc")})
+    with pytest.raises(SandboxError, match="outside the part of the cgroup tree"):
+        cgroups.create(Limits(cgroup_parent="/elsewhere"), namespaced)
