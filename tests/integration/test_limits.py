@@ -200,3 +200,15 @@ def test_killed_builder_leaves_a_cgroup_the_next_build_reaps(sb: Stepbuild,
     assert left  # the kill -9 left the step's cgroups (empty: the step died with it)
     sb.build(_context(tmp_path / "next", "FROM base\nRUN true\n"), "--no-cache")
     assert not any(os.path.exists(path) for path in left)
+
+
+def test_limit_the_kernel_refuses_is_one_clear_error_and_leaves_no_cgroup(
+        sb: Stepbuild, tmp_path: Path) -> None:
+    layout = _layout()
+    before = _step_cgroups(layout)
+    context = _context(tmp_path, "FROM base\nRUN true\n")
+    result = sb.build(context, "--no-cache", "--cpuset-cpus", "4095", check=False)
+    assert result.returncode == 1
+    assert "stepbuild: error: sandbox: cannot apply the resource limits" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _step_cgroups(layout) == before
