@@ -197,7 +197,11 @@ def test_killed_builder_leaves_a_cgroup_the_next_build_reaps(sb: Stepbuild,
         builder.send_signal(signal.SIGKILL)
         builder.wait()
     left = _step_cgroups(layout) - before
-    assert left  # the kill -9 left the step's cgroups (empty: the step died with it)
+    assert left  # the kill -9 left the step's cgroups ...
+    deadline = time.monotonic() + 10  # ... and nothing of the step in them (PDEATHSIG)
+    while any(Path(path, "cgroup.procs").read_text() for path in left):
+        assert time.monotonic() < deadline, "a process of the step outlived the builder"
+        time.sleep(0.05)
     sb.build(_context(tmp_path / "next", "FROM base\nRUN true\n"), "--no-cache")
     assert not any(os.path.exists(path) for path in left)
 
