@@ -115,6 +115,17 @@ class StepFailed(BuildError):
         return "\n".join(lines)
 
 
+class StepOutOfMemory(StepFailed):
+    """A RUN step was killed by the kernel's OOM killer at its --memory limit (`limit`, in
+    words: "64 MiB"), whatever exit status that left."""
+
+    def __init__(self, position: SourcePosition, command: str, exit_code: int,
+                 output_tail: tuple[str, ...], limit: str) -> None:
+        super().__init__(position, command, exit_code, output_tail)
+        self.message = f"{position.file}:{position.line}: RUN killed: out of memory (limit {limit})"
+        self.limit = limit
+
+
 class StoreError(StepbuildError):
     """The store (blobs, layer dirs, tags, cache records) cannot do what was asked (exit 1)."""
 

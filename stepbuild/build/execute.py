@@ -27,6 +27,7 @@ from stepbuild.frontend import instructions as ins
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
+from stepbuild.sandbox.limits import Limits
 
 if TYPE_CHECKING:
     import threading
@@ -59,7 +60,7 @@ class Executor:
                  progress: Progress, build_args: dict[str, str] | None = None,
                  network: str = "host", source_date_epoch: int | None = None,
                  secrets: dict[str, SecretSource] | None = None,
-                 ssh: dict[str, str] | None = None) -> None:
+                 ssh: dict[str, str] | None = None, limits: Limits | None = None) -> None:
         self.store = store
         self.context = context
         self.sandbox = sandbox
@@ -69,6 +70,7 @@ class Executor:
         self.source_date_epoch = source_date_epoch
         self.secrets = secrets or {}  # id -> mounts.secrets.SecretSource (--secret)
         self.ssh = ssh or {}  # id -> agent socket path (--ssh)
+        self.limits = limits or Limits()  # every RUN's resource limits (--memory, ...)
         self._scratch: Path | None = None
         # what RUN --mount=type=bind binds of the context: copied once per selection
         self.context_copies = ContextCopies(context, self.scratch_file)

@@ -27,7 +27,14 @@ from stepbuild.build import keys, users
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
-from stepbuild.errors import BuildError, PlanError, SourcePosition, StepbuildError, StepFailed
+from stepbuild.errors import (
+    BuildError,
+    PlanError,
+    SourcePosition,
+    StepbuildError,
+    StepFailed,
+    StepOutOfMemory,
+)
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
@@ -76,6 +83,8 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
                               "user": state.user, "cwd": state.workdir, "network": network}
     if executor.source_date_epoch is not None:
         inputs["sde"] = executor.source_date_epoch  # it clamps the layer's mtimes
+    if executor.limits.add_hosts:  # what the step resolves may depend on them (as BuildKit)
+        inputs["add_hosts"] = [list(host) for host in executor.limits.add_hosts]
     script = heredoc_script(run.command)
     if script is not None:
         inputs["script"] = list(script)  # the body: argv names only the file
@@ -140,7 +149,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
         user = f"USER {state.user}: " if state.user else ""
         raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
     etc = tmp / "etc"
-    write_etc_files(etc, HOSTNAME)
+    write_etc_files(etc, HOSTNAME, executor.limits.add_hosts)
     stubs = _make_stubs(merged)
     env = work.env
     progress = executor.progress
@@ -167,7 +176,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
                 cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                 hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
-                mounts=tuple(mounts),
+                mounts=tuple(mounts), limits=executor.limits,
             )
         except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
             raise BuildError(f"{where}: cannot run this step: {exc}") from None
@@ -176,11 +185,16 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     progress.flush_output(label)
     for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind
         progress.note(label, notice)
-    if result.exit_code != 0:
+    if result.exit_code != 0 or result.oom_killed:
         loc = step.instruction.loc
         text = step.instruction.text.split("\n", 1)[0]
-        raise StepFailed(SourcePosition(filename, loc.line, loc.column, text),
-                         step.created_by, result.exit_code, result.output_tail)
+        position = SourcePosition(filename, loc.line, loc.column, text)
+        if result.oom_killed:
+            from stepbuild.sandbox.limits import human_size
+
+            raise StepOutOfMemory(position, step.created_by, result.exit_code,
+                                  result.output_tail, human_size(executor.limits.memory or 0))
+        raise StepFailed(position, step.created_by, result.exit_code, result.output_tail)
     return stubs
 
 
@@ -268,14 +282,16 @@ def _read_image_file(root: Path, path: str) -> str:
                               " most 1 MiB") from None
 
 
-def write_etc_files(etc: Path, hostname: str) -> None:
+def write_etc_files(etc: Path, hostname: str,
+                    add_hosts: tuple[tuple[str, str], ...] = ()) -> None:
     """The per-step /etc/hosts, /etc/resolv.conf and /etc/hostname (bind-mounted, never
-    part of a layer)."""
+    part of a layer). `add_hosts` (--add-host) are (name, address) lines added to hosts."""
     etc.mkdir()
     (etc / "hostname").write_text(hostname + "\n")
+    extra = "".join(f"{address}\t{name}\n" for name, address in add_hosts)
     (etc / "hosts").write_text(
         f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"127.0.1.1\t{hostname}\n")
+        f"127.0.1.1\t{hostname}\n{extra}")
     try:
         resolv = Path("/etc/resolv.conf").read_text()
     except OSError:

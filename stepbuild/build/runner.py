@@ -19,13 +19,19 @@ from stepbuild.fs.trees import remove_tree
 from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
+    from stepbuild.sandbox.limits import Limits
     from stepbuild.store.store import Store
 
 
-def run_image(store: Store, name: str, command: list[str], network: str = "host") -> int:
-    """Run `command` (or the image's CMD) in image `name`; return its exit status."""
+def run_image(store: Store, name: str, command: list[str], network: str = "host",
+              limits: Limits | None = None) -> int:
+    """Run `command` (or the image's CMD) in image `name`, with `limits`; return its exit
+    status. A command the OOM killer ended is an error that says so."""
     from stepbuild import sandbox
+    from stepbuild.sandbox.limits import Limits, human_size
     from stepbuild.sandbox.spec import SandboxSpec
+
+    limits = limits or Limits()
 
     state = load_state(store, name)
     if state is None:
@@ -40,12 +46,16 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
     try:
         with overlay.mounted(tmp, lowers) as merged:
             ids = user_ids(merged, state.user)
-            etc = _etc_dir(tmp)
+            etc = _etc_dir(tmp, limits.add_hosts)
             spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
                                env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-                               hostname="stepbuild", network=network, etc_dir=str(etc))
+                               hostname="stepbuild", network=network, etc_dir=str(etc),
+                               limits=limits)
             result = sandbox.run(spec, on_output=_to_stdout)
+        if result.oom_killed:
+            raise StepbuildError(f"{name}: killed: out of memory (limit"
+                                 f" {human_size(limits.memory or 0)})")
         return int(result.exit_code)
     finally:
         remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
@@ -56,7 +66,7 @@ def _to_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _etc_dir(tmp: Path) -> Path:
+def _etc_dir(tmp: Path, add_hosts: tuple[tuple[str, str], ...]) -> Path:
     etc = tmp / "etc"
-    write_etc_files(etc, "stepbuild")
+    write_etc_files(etc, "stepbuild", add_hosts)
     return etc

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from stepbuild.cli import limit_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from stepbuild.frontend.instructions import Stepfile
     from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
+    from stepbuild.sandbox.limits import Limits
     from stepbuild.sources.context import BuildContext
     from stepbuild.store.stale import StaleWork
     from stepbuild.store.store import Store
@@ -109,7 +111,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     enter_build_namespace()
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
-                         *_mount_options(options))
+                         *_mount_options(options), limits=limit_flags.limits(options))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
@@ -260,12 +262,12 @@ def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildCon
 def _executor(store: Store, context: BuildContext, progress: Progress,
               build_args: dict[str, str], network: str, epoch: int | None,
               secrets: dict[str, SecretSource] | None = None,
-              ssh: dict[str, str] | None = None) -> Executor:
+              ssh: dict[str, str] | None = None, limits: Limits | None = None) -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
     return Executor(store, context, sandbox, progress, build_args, network, epoch,
-                    secrets=secrets, ssh=ssh)
+                    secrets=secrets, ssh=ssh, limits=limits)
 
 
 def _mount_options(options: argparse.Namespace
@@ -612,4 +614,5 @@ def run(options: argparse.Namespace) -> int:
     store = open_store(options)
     enter_build_namespace()
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
-        return int(run_image(store, options.image, options.command, options.network))
+        return int(run_image(store, options.image, options.command, options.network,
+                             limit_flags.limits(options)))

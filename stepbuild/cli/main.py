@@ -98,6 +98,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
     from stepbuild.cli import commands as impl
+    from stepbuild.cli import limit_flags
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
     build.add_argument("-f", "--file", help="the Stepfile ('-' for stdin)")
@@ -134,6 +135,7 @@ def _add_store_commands(commands: Subcommands) -> None:
                        metavar="type=local,src=DIR|type=registry,ref=REF",
                        help="import the build cache on a miss, sources in order (repeatable)")
     _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
+    limit_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".", help="the build context directory")
@@ -174,6 +176,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     run.add_argument("--rm", action="store_true",
                      help="accepted for docker compatibility: containers are always removed")
     run.add_argument("--network", choices=("host", "none"), default="host")
+    limit_flags.add_arguments(run)
     run.add_argument("image")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)

@@ -36,6 +36,8 @@ from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
 if TYPE_CHECKING:
     import threading
 
+    from stepbuild.sandbox.cgroups import StepCgroup
+
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
 # Import child.py rather than run it as a script, so its compiled form is cached (~2 ms a step)
@@ -50,11 +52,13 @@ CANCEL_POLL_MS = 100  # how long a cancelled step may run on before it is killed
 class RunResult:
     """The command's exit status (128+N if killed by signal N), the last lines of its
     combined stdout and stderr, and setup notices worth showing in verbose output (a skipped
-    /etc bind, the chroot fallback)."""
+    /etc bind, the chroot fallback). `oom_killed`: the kernel's OOM killer killed a process of
+    the step (its cgroup hit `spec.limits.memory`)."""
 
     exit_code: int
     output_tail: tuple[str, ...]
     notices: tuple[str, ...] = ()
+    oom_killed: bool = False
 
 
 def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
@@ -68,8 +72,24 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     command that runs and fails is an exit code, not an exception. The child is killed with
     SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), if `on_output` raises, or once
     `cancel` is set (then `Cancelled` is raised): a failing build stops the steps still running.
+
+    The step runs in a cgroup of its own with `spec.limits` applied (`cgroups.py`), removed
+    on return.
     """
+    from stepbuild.sandbox import cgroups
+
     payload = marshal.dumps(child_payload(spec))
+    cgroup = cgroups.create(spec.limits)
+    try:
+        return _run_in(cgroup, payload, on_output, cancel)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def _run_in(cgroup: StepCgroup | None, payload: bytes,
+            on_output: Callable[[bytes], None] | None,
+            cancel: threading.Event | None) -> RunResult:
     plan_r, plan_w = _pipe()
     status_r, status_w = _pipe()
     out_r, out_w = _pipe()
@@ -83,6 +103,9 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
         for fd in (plan_r, status_w, out_w):
             os.close(fd)
     try:
+        if cgroup is not None:
+            # before the plan: the child waits for it, so it execs nothing outside the cgroup
+            _join(cgroup, pid, plan_w)
         _send(plan_w, payload)
         status = _read_all(status_r)
         tail = _pump(out_r, on_output, cancel)
@@ -94,7 +117,8 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     finally:
         for fd in (status_r, out_r):
             os.close(fd)
-    return _result(128 - code if code < 0 else code, status, tail)
+    oom = cgroup is not None and cgroup.oom_killed()
+    return _result(128 - code if code < 0 else code, status, tail, oom)
 
 
 def _pipe() -> tuple[int, int]:
@@ -119,6 +143,14 @@ def _spawn(plan_r: int, status_w: int, out_w: int) -> int:
         (os.POSIX_SPAWN_DUP2, status_w, 4),
     ]
     return os.posix_spawn(sys.executable, argv, {}, file_actions=actions)
+
+
+def _join(cgroup: StepCgroup, pid: int, plan_w: int) -> None:
+    try:
+        cgroup.add(pid)
+    except BaseException:
+        os.close(plan_w)  # _send would have
+        raise
 
 
 def _send(fd: int, data: bytes) -> None:
@@ -162,8 +194,9 @@ def _pump(fd: int, on_output: Callable[[bytes], None] | None,
     return bytes(tail)
 
 
-def _result(code: int, status: bytes, tail: bytes) -> RunResult:
-    """Read the status records (see child.py); raise SandboxError on a setup failure."""
+def _result(code: int, status: bytes, tail: bytes, oom: bool = False) -> RunResult:
+    """Read the status records (see child.py); raise SandboxError on a setup failure (one
+    the OOM killer caused is reported as the OOM kill it is)."""
     notices, error, ready = [], None, False
     for line in status.decode(errors="replace").splitlines():
         kind, _, rest = line.partition("\t")
@@ -177,7 +210,7 @@ def _result(code: int, status: bytes, tail: bytes) -> RunResult:
     lines = tuple(tail.decode(errors="replace").splitlines()[-TAIL_LINES:])
     if error is not None:
         raise SandboxError(*error)
-    if not ready:
+    if not ready and not oom:
         last = f": {lines[-1]}" if lines else ""
         raise SandboxError(f"sandbox child died during setup (exit status {code}){last}", 0)
-    return RunResult(code, lines, tuple(notices))
+    return RunResult(code, lines, tuple(notices), oom)

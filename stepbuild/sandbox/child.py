@@ -10,7 +10,8 @@ read to EOF), 4 = the status pipe. It does only what the plan says:
 2. fork, so the grandchild is PID 1 of the new PID namespace; this process only waits for it
    and exits with its status (128+N when killed by signal N);
 3. in the grandchild: bind the rootfs onto itself nodev, perform every Mount, pivot_root into
-   the rootfs and detach the old root, set the hostname, drop to the bounding set and ids,
+   the rootfs and detach the old root, set the hostname, set the ulimits (--ulimit; as root,
+   so a hard limit may be raised), drop to the bounding set and ids,
    create and enter cwd, mark every fd above 2 close-on-exec, and execve the command — the
    interpreter is replaced; nothing of the host stays reachable.
 
@@ -112,11 +113,14 @@ def container(plan: Plan, lifeline: int) -> NoReturn:
         except BlockingIOError:
             pass
         os.umask(0o022)
+        if plan["rlimits"]:  # imported now, while the host's stdlib is in reach
+            import resource  # noqa: F401
         linux.sethostname(plan["hostname"])
         if plan["network"] == "none":
             linux.bring_up_loopback()
         caps = enter_root(plan)
         make_workdir(plan["cwd"])
+        set_ulimits(plan["rlimits"])
         become_user(plan, caps)
         enter_workdir(plan["cwd"])
     except SetupFailed as e:
@@ -274,6 +278,21 @@ class _opened:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def set_ulimits(rlimits: list[list[Any]]) -> None:
+    """setrlimit for each [name, resource, soft, hard] (-1: unlimited), while still root."""
+    if not rlimits:
+        return
+    import resource  # imported before the pivot (see container): found in sys.modules
+
+    for name, number, soft, hard in rlimits:
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except OSError as e:
+            raise SetupFailed(f"set ulimit {name}={soft}:{hard}", e.errno or 0) from None
+        except ValueError:  # e.g. nofile above fs.nr_open
+            raise SetupFailed(f"set ulimit {name}={soft}:{hard}", errno.EINVAL) from None
 
 
 def become_user(plan: Plan, caps: int) -> None:

@@ -28,6 +28,8 @@ import json
 import posixpath
 from dataclasses import dataclass
 
+from stepbuild.sandbox.limits import DEFAULT_SHM_SIZE, RLIMITS, Limits
+
 # Docker's default capability set (moby oci/caps/defaults.go) and their numbers
 # (linux/capability.h). Its mask, 0x00000000a80425fb, is what `CapBnd` shows in a container.
 CAPABILITIES = {
@@ -136,6 +138,8 @@ class SandboxSpec:
     `lo`, up). `etc_dir` holds hosts, resolv.conf and hostname, bound over the image's files
     so they never land in a layer; an image without one of those files does not get it.
     `mounts` are the step's extra mounts (RUN --mount), applied after the standard ones.
+    `limits` are its resource limits (`limits.py`): the cgroup ones are `sandbox.run`'s
+    business, the ulimits the child's, the /dev/shm size is in its mounts.
     """
 
     rootfs: str
@@ -149,6 +153,7 @@ class SandboxSpec:
     network: str = "host"
     etc_dir: str = ""
     mounts: tuple[Mount, ...] = ()
+    limits: Limits = Limits()
 
     def __post_init__(self) -> None:
         if not self.rootfs.startswith("/"):
@@ -175,17 +180,19 @@ class SandboxSpec:
     def from_json(cls, text: str) -> SandboxSpec:
         data = json.loads(text)
         data["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
+        data["limits"] = Limits.from_json_data(data.get("limits", {}))
         for key in ("argv", "env", "groups"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
 
-def standard_mounts() -> tuple[Mount, ...]:
+def standard_mounts(shm_size: int = DEFAULT_SHM_SIZE) -> tuple[Mount, ...]:
     """/proc, a minimal /dev, read-only /sys, then Docker's masked and read-only paths.
 
     /dev is a small tmpfs holding bind mounts of the host's harmless device nodes, devpts and
     a few symlinks; unlike Docker's it is nodev (the binds are their own mounts and keep
     working), because there is no device cgroup here to stop a mknod'ed disk being opened.
+    /dev/shm holds `shm_size` bytes at most (--shm-size; docker's default, 64 MiB).
     """
     mounts = [
         Mount("proc", "", "/proc", options="nosuid,noexec,optional"),
@@ -194,7 +201,8 @@ def standard_mounts() -> tuple[Mount, ...]:
           for n in DEV_NODES),
         Mount("devpts", "", "/dev/pts", options="dev,nosuid,noexec,create=dir,newinstance,"
                                                 "ptmxmode=0666,mode=0620,gid=5"),
-        Mount("tmpfs", "", "/dev/shm", options="nosuid,noexec,create=dir,mode=1777,size=65536k"),
+        Mount("tmpfs", "", "/dev/shm", options="nosuid,noexec,create=dir,mode=1777,"
+                                                f"size={shm_size}"),
         Mount("mqueue", "", "/dev/mqueue", options="nosuid,noexec,create=dir"),
         *(Mount("symlink", text, link) for link, text in DEV_LINKS),
         Mount("sysfs", "/sys", "/sys", readonly=True, options="nosuid,noexec,optional"),
@@ -214,7 +222,7 @@ def etc_mounts(etc_dir: str) -> tuple[Mount, ...]:
 
 def all_mounts(spec: SandboxSpec) -> tuple[Mount, ...]:
     """Every mount of a step, in the order child.py performs them."""
-    return standard_mounts() + etc_mounts(spec.etc_dir) + spec.mounts
+    return standard_mounts(spec.limits.shm_size) + etc_mounts(spec.etc_dir) + spec.mounts
 
 
 def capability_mask(names: tuple[str, ...] = DOCKER_DEFAULT_CAPS) -> int:
@@ -233,4 +241,5 @@ def child_payload(spec: SandboxSpec) -> dict[str, object]:
     return {"rootfs": spec.rootfs, "argv": list(spec.argv), "env": list(spec.env),
             "cwd": spec.cwd, "uid": spec.uid, "gid": spec.gid, "groups": list(spec.groups),
             "hostname": spec.hostname, "network": spec.network,
-            "capabilities": capability_mask(), "mounts": mounts}
+            "capabilities": capability_mask(), "mounts": mounts,
+            "rlimits": [[u.name, RLIMITS[u.name], u.soft, u.hard] for u in spec.limits.ulimits]}

@@ -17,6 +17,7 @@ from stepbuild.build.state import ImageState
 from stepbuild.build.users import UserError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.parse import parse
+from stepbuild.sandbox.limits import Limits
 
 
 def run_of(text: str) -> ins.Run:
@@ -63,6 +64,7 @@ class FakeExecutor:
     secrets = {"tok": SecretSource("env", "NOT_READ_AT_PREPARE")}
     ssh: dict[str, str] = {}
     source_date_epoch = None
+    limits = Limits()
 
 
 def prepared_key(text: str, build: object | None = None) -> tuple[str, dict[str, Any]]:
@@ -114,3 +116,24 @@ def test_user_ids_refuse_a_passwd_that_is_not_a_file(tmp_path: Path) -> None:
 
 def test_user_ids_without_passwd_take_numbers(tmp_path: Path) -> None:
     assert run_step.user_ids(tmp_path, "7:8").uid == 7
+
+
+# --- --add-host ----------------------------------------------------------------------------------
+
+
+def test_add_host_lines_follow_the_standard_hosts(tmp_path: Path) -> None:
+    run_step.write_etc_files(tmp_path / "etc", "box", (("db", "192.0.2.1"), ("v6", "::1")))
+    lines = (tmp_path / "etc" / "hosts").read_text().splitlines()
+    assert lines[0] == "127.0.0.1\tlocalhost"
+    assert lines[-2:] == ["192.0.2.1\tdb", "::1\tv6"]
+
+
+def test_add_host_is_in_the_key_only_when_given() -> None:
+    class WithHosts(FakeExecutor):
+        limits = Limits(add_hosts=(("db", "192.0.2.1"),))
+
+    plain = run_step.prepare(FakeExecutor(), run_of("RUN true"), ImageState(), Scope(), None)
+    hosts = run_step.prepare(WithHosts(), run_of("RUN true"), ImageState(), Scope(), None)
+    assert "add_hosts" not in plain.inputs
+    assert hosts.inputs["add_hosts"] == [["db", "192.0.2.1"]]
+    assert hosts.key != plain.key
