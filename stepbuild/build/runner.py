@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
 
-def run_image(store: Store, name: str, command: list[str], network: str = "host") -> int:
+def run_image(store: Store, name: str, command: list[str], network: str = "host",
+              seccomp: str = "default") -> int:
     """Run `command` (or the image's CMD) in image `name`; return its exit status."""
     from stepbuild import sandbox
     from stepbuild.sandbox.spec import SandboxSpec
@@ -44,7 +45,8 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
             spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
                                env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-                               hostname="stepbuild", network=network, etc_dir=str(etc))
+                               hostname="stepbuild", network=network, etc_dir=str(etc),
+                               seccomp=seccomp)
             result = sandbox.run(spec, on_output=_to_stdout)
         return int(result.exit_code)
     finally:

@@ -136,6 +136,8 @@ class SandboxSpec:
     `lo`, up). `etc_dir` holds hosts, resolv.conf and hostname, bound over the image's files
     so they never land in a layer; an image without one of those files does not get it.
     `mounts` are the step's extra mounts (RUN --mount), applied after the standard ones.
+    `seccomp` is the filter's setting, see `seccomp.py`: "default" (the system profile, with
+    the hardening overlay), "unconfined", or the absolute path of a profile.
     """
 
     rootfs: str
@@ -149,6 +151,7 @@ class SandboxSpec:
     network: str = "host"
     etc_dir: str = ""
     mounts: tuple[Mount, ...] = ()
+    seccomp: str = "default"
 
     def __post_init__(self) -> None:
         if not self.rootfs.startswith("/"):
@@ -163,6 +166,8 @@ class SandboxSpec:
             raise ValueError("argv, env and cwd cannot hold NUL characters")
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {NETWORKS}: {self.network!r}")
+        if self.seccomp not in ("default", "unconfined") and not self.seccomp.startswith("/"):
+            raise ValueError(f"seccomp must be default, unconfined or a path: {self.seccomp!r}")
         if not 0 < len(self.hostname.encode()) <= 64:
             raise ValueError(f"hostname must be 1-64 bytes: {self.hostname!r}")
         if not all(0 <= i < 2**32 - 1 for i in (self.uid, self.gid, *self.groups)):
