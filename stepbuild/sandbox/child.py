@@ -11,8 +11,9 @@ read to EOF), 4 = the status pipe. It does only what the plan says:
    and exits with its status (128+N when killed by signal N);
 3. in the grandchild: bind the rootfs onto itself nodev, perform every Mount, pivot_root into
    the rootfs and detach the old root, set the hostname, create cwd, load the seccomp filter
-   (plan["seccomp"], BPF bytes, or None), drop to the bounding set and ids, enter cwd, mark every fd above 2 close-on-exec, and execve the command — the
-   interpreter is replaced; nothing of the host stays reachable.
+   (plan["seccomp"], BPF bytes, or None), drop to the bounding set and ids, enter cwd, mark
+   every fd above 2 close-on-exec, and execve the command — the interpreter is replaced;
+   nothing of the host stays reachable.
 
 Status records, one line each: `N<TAB>text` a notice, `E<TAB>errno<TAB>op` setup failed,
 `R` about to execve. The status pipe is close-on-exec, so EOF after `R` without `E` means the
