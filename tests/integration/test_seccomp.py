@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.sandbox import RunResult, SandboxSpec, host, run
+from stepbuild.sandbox import Mount, RunResult, SandboxSpec, host, run
 from stepbuild.sandbox import seccomp as seccomp_setting
 from tests.integration.builds import Stepbuild, assert_clear_error, store_with_base, write_context
 
@@ -62,8 +62,9 @@ def box(tmp_path: Path, busybox_rootfs: Path, probe: Path) -> Iterator[Box]:
 
 
 def test_a_step_runs_in_seccomp_filter_mode(box: Box) -> None:
-    _, out = box.run("grep ^Seccomp: /proc/self/status")
-    assert out.split() == ["Seccomp:", "2"]
+    _, out = box.run("grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")
+    # no_new_privs stays off, as in docker build: setuid programs keep working
+    assert out.split() == ["NoNewPrivs:", "0", "Seccomp:", "2"]
 
 
 def test_unconfined_runs_without_a_filter(box: Box) -> None:
@@ -120,6 +121,20 @@ def test_ordinary_shell_work_and_a_user_switch_are_unaffected(box: Box) -> None:
     result, out = box.run(script, uid=1000, gid=1000)
     assert result.exit_code == 0, out
     assert out.split() == ["f", "g", "t.tar.gz", "1000"]
+
+
+def test_a_compiler_is_unaffected(tmp_path: Path, probe: Path) -> None:
+    """gcc (fork, exec, mmap, temp files, its linker) under the filter, with the host's own
+    root as the image: the busybox one has no compiler."""
+    with host.mounted(tmp_path, [Path("/")]) as merged:
+        box = Box(merged, tmp_path / "no-etc")
+        result, out = box.run("cd /tmp && gcc -static -O1 -o probe probe.c && ./probe fork &&"
+                              " grep ^Seccomp: /proc/self/status",
+                              env=("PATH=/usr/bin:/bin",),
+                              mounts=(Mount("bind", str(PROBE_SOURCE), "/tmp/probe.c",
+                                            options="create=file"),))
+    assert result.exit_code == 0, out
+    assert out.split()[-4:] == ["fork", "0", "Seccomp:", "2"]
 
 
 def test_a_profile_of_ones_own_is_used_as_it_is(box: Box, tmp_path: Path) -> None:
