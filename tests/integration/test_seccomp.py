@@ -189,3 +189,21 @@ def test_without_the_system_profile_steps_are_refused(box: Box, tmp_path: Path,
     assert not (box.merged / "ran").exists()
     result, _ = box.run("touch /ran", seccomp="unconfined")
     assert result.exit_code == 0 and (box.merged / "ran").exists()
+
+
+def test_cli_refuses_run_steps_without_a_profile_in_one_line(
+        sb: Stepbuild, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from stepbuild.cli.main import main
+
+    monkeypatch.setattr(seccomp_setting, "DEFAULT_PROFILE", str(tmp_path / "seccomp.json"))
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN touch /ran\n")
+    assert main(["--root", str(sb.root), "build", "--no-cache", "-t", "refused",
+                 str(context)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1, err
+    assert "seccomp.json" in errors[0] and "--security-opt seccomp=unconfined" in errors[0]
+    assert main(["--root", str(sb.root), "build", "--no-cache", "-t", "refused",
+                 "--security-opt", "seccomp=unconfined", str(context)]) == 0
