@@ -60,7 +60,8 @@ class Executor:
                  progress: Progress, build_args: dict[str, str] | None = None,
                  network: str = "host", source_date_epoch: int | None = None,
                  secrets: dict[str, SecretSource] | None = None,
-                 ssh: dict[str, str] | None = None, limits: Limits | None = None) -> None:
+                 ssh: dict[str, str] | None = None, limits: Limits | None = None,
+                 seccomp: str = "default") -> None:
         self.store = store
         self.context = context
         self.sandbox = sandbox
@@ -71,6 +72,7 @@ class Executor:
         self.secrets = secrets or {}  # id -> mounts.secrets.SecretSource (--secret)
         self.ssh = ssh or {}  # id -> agent socket path (--ssh)
         self.limits = limits or Limits()  # every RUN's resource limits (--memory, ...)
+        self.seccomp = seccomp  # --security-opt seccomp=: "default", "unconfined" or a path
         self._scratch: Path | None = None
         # what RUN --mount=type=bind binds of the context: copied once per selection
         self.context_copies = ContextCopies(context, self.scratch_file)

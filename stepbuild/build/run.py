@@ -176,7 +176,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
                 cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                 hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
-                mounts=tuple(mounts), limits=executor.limits,
+                mounts=tuple(mounts), limits=executor.limits, seccomp=executor.seccomp,
             )
         except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
             raise BuildError(f"{where}: cannot run this step: {exc}") from None

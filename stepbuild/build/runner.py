@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def run_image(store: Store, name: str, command: list[str], network: str = "host",
-              limits: Limits | None = None) -> int:
+              limits: Limits | None = None, seccomp: str = "default") -> int:
     """Run `command` (or the image's CMD) in image `name`, with `limits`; return its exit
     status. A command the OOM killer ended is an error that says so."""
     from stepbuild import sandbox
@@ -51,7 +51,7 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
                                env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                                hostname="stepbuild", network=network, etc_dir=str(etc),
-                               limits=limits)
+                               limits=limits, seccomp=seccomp)
             result = sandbox.run(spec, on_output=_to_stdout)
         if result.oom_killed:
             raise StepbuildError(f"{name}: killed: out of memory (limit"

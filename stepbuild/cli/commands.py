@@ -111,7 +111,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     enter_build_namespace()
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
-                         *_mount_options(options), limits=limit_flags.limits(options))
+                         *_mount_options(options), limits=limit_flags.limits(options),
+                         seccomp=_seccomp(options))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
@@ -262,12 +263,20 @@ def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildCon
 def _executor(store: Store, context: BuildContext, progress: Progress,
               build_args: dict[str, str], network: str, epoch: int | None,
               secrets: dict[str, SecretSource] | None = None,
-              ssh: dict[str, str] | None = None, limits: Limits | None = None) -> Executor:
+              ssh: dict[str, str] | None = None, limits: Limits | None = None,
+              seccomp: str = "default") -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
     return Executor(store, context, sandbox, progress, build_args, network, epoch,
-                    secrets=secrets, ssh=ssh, limits=limits)
+                    secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp)
+
+
+def _seccomp(options: argparse.Namespace) -> str:
+    """--security-opt: the seccomp setting of every RUN (see sandbox/seccomp.py)."""
+    from stepbuild.sandbox.seccomp import parse_security_opts
+
+    return parse_security_opts(getattr(options, "security_opt", None) or [])
 
 
 def _mount_options(options: argparse.Namespace
@@ -615,4 +624,4 @@ def run(options: argparse.Namespace) -> int:
     enter_build_namespace()
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,
-                             limit_flags.limits(options)))
+                             limit_flags.limits(options), seccomp=_seccomp(options)))

@@ -110,6 +110,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     build.add_argument("--no-cache", action="store_true", help="run every step again")
     build.add_argument("--network", choices=("host", "none"), default="host",
                        help="network of RUN steps (default: host, as docker build)")
+    _add_security_opt(build)
     build.add_argument("--target", help="build up to this stage")
     build.add_argument("--reproducible", action="store_true",
                        help="build twice (the second time without cache) and fail unless the"
@@ -177,6 +178,7 @@ def _add_store_commands(commands: Subcommands) -> None:
                      help="accepted for docker compatibility: containers are always removed")
     run.add_argument("--network", choices=("host", "none"), default="host")
     limit_flags.add_arguments(run)
+    _add_security_opt(run)
     run.add_argument("image")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
@@ -230,6 +232,13 @@ def _add_registry_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fail a registry transfer that makes no progress (under 1 KiB/s)"
                              " for this long; retried as other network errors (default:"
                              " $STEPBUILD_STALL_TIMEOUT, else 60)")
+
+
+def _add_security_opt(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--security-opt", action="append", default=[],
+                        metavar="seccomp=unconfined|PROFILE",
+                        help="seccomp filter of RUN steps (default: the system's containers"
+                             " seccomp.json, hardened, as docker's default profile)")
 
 
 def _seconds(text: str) -> float:

@@ -68,7 +68,8 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
 
     Output (stdout and stderr, one pipe) goes to `on_output` chunk by chunk as it arrives;
     stdin is /dev/null. Raises SandboxError(op, errno) when the sandbox could not be set up or
-    the command could not be executed (a missing program: op "exec NAME", errno ENOENT); a
+    the command could not be executed (a missing program: op "exec NAME", errno ENOENT), and
+    SeccompUnavailable when `spec.seccomp` asks for a filter that cannot be made; a
     command that runs and fails is an exit code, not an exception. The child is killed with
     SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), if `on_output` raises, or once
     `cancel` is set (then `Cancelled` is raised): a failing build stops the steps still running.
@@ -77,8 +78,11 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     on return.
     """
     from stepbuild.sandbox import cgroups
+    from stepbuild.sandbox.seccomp import program
 
-    payload = marshal.dumps(child_payload(spec))
+    plan = child_payload(spec)
+    plan["seccomp"] = program(spec.seccomp)  # compiled once per profile; may refuse the step
+    payload = marshal.dumps(plan)
     cgroup = cgroups.create(spec.limits)
     try:
         return _run_in(cgroup, payload, on_output, cancel)

@@ -11,9 +11,10 @@ read to EOF), 4 = the status pipe. It does only what the plan says:
    and exits with its status (128+N when killed by signal N);
 3. in the grandchild: bind the rootfs onto itself nodev, perform every Mount, pivot_root into
    the rootfs and detach the old root, set the hostname, set the ulimits (--ulimit; as root,
-   so a hard limit may be raised), drop to the bounding set and ids,
-   create and enter cwd, mark every fd above 2 close-on-exec, and execve the command — the
-   interpreter is replaced; nothing of the host stays reachable.
+   so a hard limit may be raised), create cwd, load the seccomp filter (plan["seccomp"],
+   BPF bytes, or None), drop to the bounding set and ids, enter cwd, mark every fd above 2
+   close-on-exec, and execve the command — the interpreter is replaced; nothing of the host
+   stays reachable.
 
 Status records, one line each: `N<TAB>text` a notice, `E<TAB>errno<TAB>op` setup failed,
 `R` about to execve. The status pipe is close-on-exec, so EOF after `R` without `E` means the
@@ -121,6 +122,7 @@ def container(plan: Plan, lifeline: int) -> NoReturn:
         caps = enter_root(plan)
         make_workdir(plan["cwd"])
         set_ulimits(plan["rlimits"])
+        confine(plan.get("seccomp"))
         become_user(plan, caps)
         enter_workdir(plan["cwd"])
     except SetupFailed as e:
@@ -293,6 +295,17 @@ def set_ulimits(rlimits: list[list[Any]]) -> None:
             raise SetupFailed(f"set ulimit {name}={soft}:{hard}", e.errno or 0) from None
         except ValueError:  # e.g. nofile above fs.nr_open
             raise SetupFailed(f"set ulimit {name}={soft}:{hard}", errno.EINVAL) from None
+
+
+def confine(program: bytes | None) -> None:
+    """Load the step's seccomp filter (None: unconfined). As late as it can be while we still
+    hold CAP_SYS_ADMIN (no no_new_privs, as in docker build; runc orders it the same way): what
+    runs after it — dropping ids and capabilities, chdir, execve — the profile allows."""
+    if program:
+        try:
+            linux.load_seccomp_filter(program)
+        except OSError as e:
+            raise SetupFailed("load the seccomp filter", e.errno or 0) from None
 
 
 def become_user(plan: Plan, caps: int) -> None:

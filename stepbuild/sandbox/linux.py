@@ -34,8 +34,9 @@ ATTRS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}
 # (the unified table since Linux 5.1); the two older ones differ.
 _NR = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
        "close_range": 436, "openat2": 437, "mount_setattr": 442}
-_NR.update({"x86_64": {"pivot_root": 155, "capset": 126, "rt_sigaction": 13},
-            "aarch64": {"pivot_root": 41, "capset": 91, "rt_sigaction": 134}}[os.uname().machine])
+_NR.update({"x86_64": {"pivot_root": 155, "capset": 126, "rt_sigaction": 13, "seccomp": 317},
+            "aarch64": {"pivot_root": 41, "capset": 91, "rt_sigaction": 134, "seccomp": 277},
+            }[os.uname().machine])
 
 _AT_FDCWD, _AT_EMPTY_PATH, _AT_RECURSIVE = -100, 0x1000, 0x8000
 _MS_REC, _MS_PRIVATE, _MNT_DETACH = 0x4000, 1 << 18, 2
@@ -249,6 +250,17 @@ def set_capabilities(effective_permitted: int) -> None:
     low, high = effective_permitted & 0xFFFFFFFF, effective_permitted >> 32
     data = ctypes.create_string_buffer(struct.pack("6I", low, low, 0, high, high, 0))
     _syscall("capset", ctypes.addressof(header), ctypes.addressof(data))
+
+
+def load_seccomp_filter(program: bytes) -> None:
+    """seccomp(SECCOMP_SET_MODE_FILTER) with `program`, struct sock_filter records (8 bytes
+    each) as libseccomp exports them. Without no_new_privs (docker build does not set it:
+    setuid programs keep working) this needs CAP_SYS_ADMIN, so call it before dropping it.
+    Inherited by every descendant, for good."""
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = ctypes.create_string_buffer(  # struct sock_fprog: u16 len, padding, pointer
+        struct.pack("HxxxxxxP", len(program) // 8, ctypes.addressof(code)))
+    _syscall("seccomp", 1, 0, fprog)  # SECCOMP_SET_MODE_FILTER, no flags
 
 
 def cloexec_from(first: int) -> None:

@@ -140,6 +140,8 @@ class SandboxSpec:
     `mounts` are the step's extra mounts (RUN --mount), applied after the standard ones.
     `limits` are its resource limits (`limits.py`): the cgroup ones are `sandbox.run`'s
     business, the ulimits the child's, the /dev/shm size is in its mounts.
+    `seccomp` is the filter's setting, see `seccomp.py`: "default" (the system profile, with
+    the hardening overlay), "unconfined", or the absolute path of a profile.
     """
 
     rootfs: str
@@ -154,6 +156,7 @@ class SandboxSpec:
     etc_dir: str = ""
     mounts: tuple[Mount, ...] = ()
     limits: Limits = Limits()
+    seccomp: str = "default"
 
     def __post_init__(self) -> None:
         if not self.rootfs.startswith("/"):
@@ -168,6 +171,8 @@ class SandboxSpec:
             raise ValueError("argv, env and cwd cannot hold NUL characters")
         if self.network not in NETWORKS:
             raise ValueError(f"network must be one of {NETWORKS}: {self.network!r}")
+        if self.seccomp not in ("default", "unconfined") and not self.seccomp.startswith("/"):
+            raise ValueError(f"seccomp must be default, unconfined or a path: {self.seccomp!r}")
         if not 0 < len(self.hostname.encode()) <= 64:
             raise ValueError(f"hostname must be 1-64 bytes: {self.hostname!r}")
         if not all(0 <= i < 2**32 - 1 for i in (self.uid, self.gid, *self.groups)):
