@@ -70,8 +70,7 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     (stages, their results, the file name), for `--mount from=` and located errors."""
     argv = run_argv(run.command, state.shell)
     env = scope.run_env(executor.build_args)
-    network = (run.network if run.network is not None and run.network != "default"
-               else executor.network)
+    network = step_network(executor, run, build)
     inputs: dict[str, Any] = {"op": "run", "argv": argv, "env": keys.without_proxies(env),
                               "user": state.user, "cwd": state.workdir, "network": network}
     if executor.source_date_epoch is not None:
@@ -90,6 +89,21 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     reads = tuple(p.state for p in planned if p.state is not None)
     work = RunWork(tuple(argv), env, network, script, planned)
     return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
+
+
+def step_network(executor: Executor, run: ins.Run, build: BuildRun) -> str:
+    """The sandbox network of a RUN: its --network, else the build's; "default" is the
+    build's private network. `RUN --network=host` needs the network.host entitlement
+    (`--allow network.host`), as in BuildKit: a Stepfile from a stranger must not reach the
+    host's loopback services just by asking."""
+    if run.network == "host" and "network.host" not in executor.allow:
+        filename = getattr(getattr(build, "stages", None), "filename", "Stepfile")
+        text = run.text.split("\n", 1)[0]
+        raise PlanError("RUN --network=host needs the network.host entitlement",
+                        SourcePosition(filename, run.loc.line, run.loc.column, text),
+                        hint="pass --allow network.host to stepbuild build to let it")
+    mode = run.network if run.network not in (None, "default") else executor.network
+    return "private" if mode == "default" else mode
 
 
 def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources:
@@ -140,7 +154,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
         user = f"USER {state.user}: " if state.user else ""
         raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
     etc = tmp / "etc"
-    write_etc_files(etc, HOSTNAME)
+    write_etc_files(etc, HOSTNAME, private_network=work.network == "private")
     stubs = _make_stubs(merged)
     env = work.env
     progress = executor.progress
@@ -162,12 +176,13 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
             mounts += done.mounts
             env = with_env(env, done.env)
+        netns = executor.private_network.namespace() if work.network == "private" else ""
         try:
             spec = SandboxSpec(
                 rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
                 cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                 hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
-                mounts=tuple(mounts),
+                mounts=tuple(mounts), netns=netns,
             )
         except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
             raise BuildError(f"{where}: cannot run this step: {exc}") from None
@@ -268,9 +283,10 @@ def _read_image_file(root: Path, path: str) -> str:
                               " most 1 MiB") from None
 
 
-def write_etc_files(etc: Path, hostname: str) -> None:
+def write_etc_files(etc: Path, hostname: str, *, private_network: bool) -> None:
     """The per-step /etc/hosts, /etc/resolv.conf and /etc/hostname (bind-mounted, never
-    part of a layer)."""
+    part of a layer). On the private network, resolv.conf names the stack's DNS forwarder;
+    otherwise it is the host's."""
     etc.mkdir()
     (etc / "hostname").write_text(hostname + "\n")
     (etc / "hosts").write_text(
@@ -280,6 +296,10 @@ def write_etc_files(etc: Path, hostname: str) -> None:
         resolv = Path("/etc/resolv.conf").read_text()
     except OSError:
         resolv = ""
+    if private_network:
+        from stepbuild.sandbox.network import resolv_conf
+
+        resolv = resolv_conf(resolv)
     (etc / "resolv.conf").write_text(resolv)
 
 

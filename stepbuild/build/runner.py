@@ -22,9 +22,11 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
 
-def run_image(store: Store, name: str, command: list[str], network: str = "host") -> int:
-    """Run `command` (or the image's CMD) in image `name`; return its exit status."""
+def run_image(store: Store, name: str, command: list[str], network: str = "default") -> int:
+    """Run `command` (or the image's CMD) in image `name`; return its exit status. `network`
+    is "default" (a private network of its own, as a RUN step's), "none" or "host"."""
     from stepbuild import sandbox
+    from stepbuild.sandbox.network import PrivateNetwork
     from stepbuild.sandbox.spec import SandboxSpec
 
     state = load_state(store, name)
@@ -36,18 +38,23 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
     if not argv:
         raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
     lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
+    mode = "private" if network == "default" else network
     tmp = store.tmp_dir("run-")
+    private_network = PrivateNetwork(lambda: store.tmp_dir("net-"))
     try:
         with overlay.mounted(tmp, lowers) as merged:
             ids = user_ids(merged, state.user)
-            etc = _etc_dir(tmp)
+            etc = _etc_dir(tmp, private_network=mode == "private")
+            netns = private_network.namespace() if mode == "private" else ""
             spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
                                env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-                               hostname="stepbuild", network=network, etc_dir=str(etc))
+                               hostname="stepbuild", network=mode, etc_dir=str(etc),
+                               netns=netns)
             result = sandbox.run(spec, on_output=_to_stdout)
         return int(result.exit_code)
     finally:
+        private_network.close()
         remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
 
 
@@ -56,7 +63,7 @@ def _to_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _etc_dir(tmp: Path) -> Path:
+def _etc_dir(tmp: Path, *, private_network: bool) -> Path:
     etc = tmp / "etc"
-    write_etc_files(etc, "stepbuild")
+    write_etc_files(etc, "stepbuild", private_network=private_network)
     return etc

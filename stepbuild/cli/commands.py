@@ -109,7 +109,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     enter_build_namespace()
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
-                         *_mount_options(options))
+                         *_mount_options(options), allow=frozenset(options.allow))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
@@ -260,12 +260,13 @@ def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildCon
 def _executor(store: Store, context: BuildContext, progress: Progress,
               build_args: dict[str, str], network: str, epoch: int | None,
               secrets: dict[str, SecretSource] | None = None,
-              ssh: dict[str, str] | None = None) -> Executor:
+              ssh: dict[str, str] | None = None,
+              allow: frozenset[str] = frozenset()) -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
     return Executor(store, context, sandbox, progress, build_args, network, epoch,
-                    secrets=secrets, ssh=ssh)
+                    secrets=secrets, ssh=ssh, allow=allow)
 
 
 def _mount_options(options: argparse.Namespace
