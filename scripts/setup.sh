@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
 # debootstrap: the Debian bookworm rootfs of the java demo (tests/integration/test_java_demo.py).
-# iproute2 (ip): a TEST-NET address on lo for the off-loopback registry test.
+# iproute2 (ip): a TEST-NET address on lo for the off-loopback registry and network tests.
+# slirp4netns: the private network of RUN steps (stepbuild/sandbox/network.py).
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
-              buildah debootstrap iproute2)
+              buildah debootstrap iproute2 slirp4netns)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
