@@ -5,15 +5,24 @@ host's loopback and abstract unix sockets no; the host's own only when asked for
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.builds import Stepbuild, assert_clear_error, base_image, write_context
+from tests.integration.builds import (
+    PROJECT,
+    Stepbuild,
+    assert_clear_error,
+    base_image,
+    write_context,
+)
 
 # TEST-NET-1 (RFC 5737), never routed: safe to add to lo for the module's duration. Not the
 # address test_build_registry_flags uses, so that the two modules never remove each other's.
@@ -127,7 +136,51 @@ def test_every_step_shares_one_stack_and_none_outlives_the_build(sb: Stepbuild,
         "RUN cat /sys/class/net/tap0/address > /two\n"))
     sb.build(context, "-t", "shared")
     assert sb.run("shared", "cat", "/one") == sb.run("shared", "cat", "/two")
-    stacks = subprocess.run(["pgrep", "-f", f"slirp4netns.*{sb.root}"], capture_output=True,
-                            text=True)
-    assert stacks.stdout == ""
+    assert _stacks_of(sb) == []
     assert not [p for p in (sb.root / "tmp").iterdir() if p.name.startswith("net-")]
+
+
+def _stacks_of(sb: Stepbuild) -> list[int]:
+    """The pids of the slirp4netns processes serving builds of this store."""
+    found = subprocess.run(["pgrep", "-f", f"slirp4netns .*{sb.root}/"], capture_output=True,
+                           text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def _build_in_a_step(sb: Stepbuild, tmp_path: Path) -> subprocess.Popen[str]:
+    """A build whose RUN (on the private network) says it started, then waits for ever."""
+    context = write_context(tmp_path / "slow", "FROM base\nRUN echo step-is-running"
+                            " && sleep 1000\n")
+    env = {**os.environ, "STEPBUILD_ROOT": str(sb.root), "PYTHONPATH": str(PROJECT)}
+    build = subprocess.Popen([sys.executable, "-m", "stepbuild", "build", "--no-cache",
+                              str(context)], env=env, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert build.stderr is not None
+    for line in build.stderr:
+        if "step-is-running" in line and "echo" not in line:
+            return build
+    build.wait()
+    pytest.fail(f"the build ended before its step ran: {build.returncode}")
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` exits within 30 s (it is not our child: poll /proc)."""
+    for _ in range(300):
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_stack_dies_with_a_killed_build(sb: Stepbuild, tmp_path: Path, how: int) -> None:
+    build = _build_in_a_step(sb, tmp_path)
+    [stack] = _stacks_of(sb)
+    build.send_signal(how)
+    build.communicate()
+    assert _gone(stack)  # SIGKILL: its --exit-fd lost its writer; SIGTERM: we stopped it
+    if how == signal.SIGTERM:
+        assert not list((sb.root / "tmp").iterdir())
+    else:  # the namespace file's dir is the dead builder's work: the next build reaps it
+        sb.build(write_context(tmp_path / "next", "FROM base\nRUN true\n"), "--no-cache")
+        assert not list((sb.root / "tmp").iterdir())
