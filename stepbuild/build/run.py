@@ -27,7 +27,14 @@ from stepbuild.build import keys, users
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
-from stepbuild.errors import BuildError, PlanError, SourcePosition, StepbuildError, StepFailed
+from stepbuild.errors import (
+    BuildError,
+    PlanError,
+    SandboxError,
+    SourcePosition,
+    StepbuildError,
+    StepFailed,
+)
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
@@ -176,7 +183,10 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
                 raise BuildError(f"{filename}:{line}: {exc.message}", hint=exc.hint) from None
             mounts += done.mounts
             env = with_env(env, done.env)
-        netns = executor.private_network.namespace() if work.network == "private" else ""
+        try:
+            netns = executor.private_network.namespace() if work.network == "private" else ""
+        except SandboxError as exc:  # no slirp4netns: say which step needed it
+            raise BuildError(f"{where}: {exc.message}", hint=exc.hint) from None
         try:
             spec = SandboxSpec(
                 rootfs=str(merged), argv=work.argv, env=with_home(env, ids),

@@ -184,3 +184,14 @@ def test_the_stack_dies_with_a_killed_build(sb: Stepbuild, tmp_path: Path, how: 
     else:  # the namespace file's dir is the dead builder's work: the next build reaps it
         sb.build(write_context(tmp_path / "next", "FROM base\nRUN true\n"), "--no-cache")
         assert not list((sb.root / "tmp").iterdir())
+
+
+def test_without_slirp4netns_a_step_fails_clearly_and_leaves_nothing(sb: Stepbuild,
+                                                                     tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN true\n")
+    failed = sb("build", "--no-cache", str(context), check=False, env={"PATH": str(tmp_path)})
+    assert_clear_error(failed, 1, "Stepfile:2:1: sandbox: start slirp4netns",
+                       "apt-get install slirp4netns",
+                       "--network none")
+    assert not list((sb.root / "tmp").iterdir())
+    assert sb("check").stdout == "store is consistent\n"
