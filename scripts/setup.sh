@@ -12,13 +12,14 @@ cd "$(dirname "$0")/.."
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
 # debootstrap: the Debian bookworm rootfs of the java demo (tests/integration/test_java_demo.py).
-# iproute2 (ip): a TEST-NET address on lo for the off-loopback registry test.
+# iproute2 (ip): a TEST-NET address on lo for the off-loopback registry and network tests.
+# slirp4netns: the private network of RUN steps (stepbuild/sandbox/network.py).
 # golang-github-containers-common (/usr/share/containers/seccomp.json), libseccomp2: the
 # seccomp filter of every RUN (podman brings both; named so they stay if podman goes).
 # gcc, libc6-dev: the static syscall probe of tests/integration/test_seccomp.py.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
-              libc6-dev)
+              libc6-dev slirp4netns)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -64,7 +64,7 @@ class BuildOptions:
     tags: tuple[str, ...] = ()
     build_args: Mapping[str, str] = field(default_factory=dict)
     no_cache: bool = False
-    network: str = "host"
+    network: str = "default"  # of RUN steps: default (private), none or host
     source_date_epoch: int | None = None
     target: str | None = None
     pull: str = "missing"  # FROM a registry reference: missing, always or never

@@ -28,6 +28,7 @@ from stepbuild.fs.trees import remove_tree
 from stepbuild.layers import capture as layer
 from stepbuild.sandbox import host as overlay
 from stepbuild.sandbox.limits import Limits
+from stepbuild.sandbox.network import PrivateNetwork
 
 if TYPE_CHECKING:
     import threading
@@ -58,16 +59,20 @@ class Executor:
 
     def __init__(self, store: Store, context: BuildContext, sandbox: Sandbox,
                  progress: Progress, build_args: dict[str, str] | None = None,
-                 network: str = "host", source_date_epoch: int | None = None,
+                 network: str = "default", source_date_epoch: int | None = None,
                  secrets: dict[str, SecretSource] | None = None,
                  ssh: dict[str, str] | None = None, limits: Limits | None = None,
-                 seccomp: str = "default") -> None:
+                 seccomp: str = "default", allow: frozenset[str] = frozenset()) -> None:
         self.store = store
         self.context = context
         self.sandbox = sandbox
         self.progress = progress
         self.build_args = build_args or {}
-        self.network = network
+        self.network = network  # of RUN steps: default (private), none or host
+        # BuildKit's entitlements granted (--allow): "network.host" lets RUN --network=host
+        # run; asking for the host's network on the command line grants it too.
+        self.allow = allow | ({"network.host"} if network == "host" else set())
+        self.private_network = PrivateNetwork(lambda: store.tmp_dir("net-"))
         self.source_date_epoch = source_date_epoch
         self.secrets = secrets or {}  # id -> mounts.secrets.SecretSource (--secret)
         self.ssh = ssh or {}  # id -> agent socket path (--ssh)
@@ -78,7 +83,8 @@ class Executor:
         self.context_copies = ContextCopies(context, self.scratch_file)
 
     def close(self) -> None:
-        """Remove the build's scratch files (downloads)."""
+        """Stop the build's private network; remove its scratch files (downloads)."""
+        self.private_network.close()
         if self._scratch is not None:
             remove_tree(self._scratch, best_effort=True)
             self._scratch = None

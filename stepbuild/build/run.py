@@ -30,6 +30,7 @@ from stepbuild.build.step import PreparedStep
 from stepbuild.errors import (
     BuildError,
     PlanError,
+    SandboxError,
     SourcePosition,
     StepbuildError,
     StepFailed,
@@ -77,8 +78,7 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     (stages, their results, the file name), for `--mount from=` and located errors."""
     argv = run_argv(run.command, state.shell)
     env = scope.run_env(executor.build_args)
-    network = (run.network if run.network is not None and run.network != "default"
-               else executor.network)
+    network = step_network(executor, run, build)
     inputs: dict[str, Any] = {"op": "run", "argv": argv, "env": keys.without_proxies(env),
                               "user": state.user, "cwd": state.workdir, "network": network}
     if executor.source_date_epoch is not None:
@@ -99,6 +99,21 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     reads = tuple(p.state for p in planned if p.state is not None)
     work = RunWork(tuple(argv), env, network, script, planned)
     return PreparedStep(run, key, inputs, "RUN " + " ".join(argv), work, reads)
+
+
+def step_network(executor: Executor, run: ins.Run, build: BuildRun) -> str:
+    """The sandbox network of a RUN: its --network, else the build's; "default" is the
+    build's private network. `RUN --network=host` needs the network.host entitlement
+    (`--allow network.host`), as in BuildKit: a Stepfile from a stranger must not reach the
+    host's loopback services just by asking."""
+    if run.network == "host" and "network.host" not in executor.allow:
+        filename = getattr(getattr(build, "stages", None), "filename", "Stepfile")
+        text = run.text.split("\n", 1)[0]
+        raise PlanError("RUN --network=host needs the network.host entitlement",
+                        SourcePosition(filename, run.loc.line, run.loc.column, text),
+                        hint="pass --allow network.host to stepbuild build to let it")
+    mode = run.network if run.network not in (None, "default") else executor.network
+    return "private" if mode == "default" else mode
 
 
 def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources:
@@ -149,7 +164,8 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
         user = f"USER {state.user}: " if state.user else ""
         raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
     etc = tmp / "etc"
-    write_etc_files(etc, HOSTNAME, executor.limits.add_hosts)
+    write_etc_files(etc, HOSTNAME, executor.limits.add_hosts,
+                    private_network=work.network == "private")
     stubs = _make_stubs(merged)
     env = work.env
     progress = executor.progress
@@ -172,11 +188,16 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
             mounts += done.mounts
             env = with_env(env, done.env)
         try:
+            netns = executor.private_network.namespace() if work.network == "private" else ""
+        except SandboxError as exc:  # no slirp4netns: say which step needed it
+            raise BuildError(f"{where}: {exc.message}", hint=exc.hint) from None
+        try:
             spec = SandboxSpec(
                 rootfs=str(merged), argv=work.argv, env=with_home(env, ids),
                 cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                 hostname=HOSTNAME, network=work.network, etc_dir=str(etc),
                 mounts=tuple(mounts), limits=executor.limits, seccomp=executor.seccomp,
+                netns=netns,
             )
         except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
             raise BuildError(f"{where}: cannot run this step: {exc}") from None
@@ -283,9 +304,12 @@ def _read_image_file(root: Path, path: str) -> str:
 
 
 def write_etc_files(etc: Path, hostname: str,
-                    add_hosts: tuple[tuple[str, str], ...] = ()) -> None:
+                    add_hosts: tuple[tuple[str, str], ...] = (), *,
+                    private_network: bool) -> None:
     """The per-step /etc/hosts, /etc/resolv.conf and /etc/hostname (bind-mounted, never
-    part of a layer). `add_hosts` (--add-host) are (name, address) lines added to hosts."""
+    part of a layer). `add_hosts` (--add-host) are (name, address) lines added to hosts. On
+    the private network, resolv.conf names the stack's DNS forwarder; otherwise it is the
+    host's."""
     etc.mkdir()
     (etc / "hostname").write_text(hostname + "\n")
     extra = "".join(f"{address}\t{name}\n" for name, address in add_hosts)
@@ -296,6 +320,10 @@ def write_etc_files(etc: Path, hostname: str,
         resolv = Path("/etc/resolv.conf").read_text()
     except OSError:
         resolv = ""
+    if private_network:
+        from stepbuild.sandbox.network import resolv_conf
+
+        resolv = resolv_conf(resolv)
     (etc / "resolv.conf").write_text(resolv)
 
 

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
 
-def run_image(store: Store, name: str, command: list[str], network: str = "host",
+def run_image(store: Store, name: str, command: list[str], network: str = "default",
               limits: Limits | None = None, seccomp: str = "default") -> int:
     """Run `command` (or the image's CMD) in image `name`, with `limits`; return its exit
-    status. A command the OOM killer ended is an error that says so."""
+    status. A command the OOM killer ended is an error that says so. `network` is "default"
+    (a private network of its own, as a RUN step's), "none" or "host"."""
     from stepbuild import sandbox
     from stepbuild.sandbox.limits import Limits, human_size
+    from stepbuild.sandbox.network import PrivateNetwork
     from stepbuild.sandbox.spec import SandboxSpec
 
     limits = limits or Limits()
@@ -42,22 +44,26 @@ def run_image(store: Store, name: str, command: list[str], network: str = "host"
     if not argv:
         raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
     lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
+    mode = "private" if network == "default" else network
     tmp = store.tmp_dir("run-")
+    private_network = PrivateNetwork(lambda: store.tmp_dir("net-"))
     try:
         with overlay.mounted(tmp, lowers) as merged:
             ids = user_ids(merged, state.user)
-            etc = _etc_dir(tmp, limits.add_hosts)
+            etc = _etc_dir(tmp, limits.add_hosts, private_network=mode == "private")
+            netns = private_network.namespace() if mode == "private" else ""
             spec = SandboxSpec(rootfs=str(merged), argv=tuple(argv),
                                env=with_home(state.env, ids),
                                cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
-                               hostname="stepbuild", network=network, etc_dir=str(etc),
-                               limits=limits, seccomp=seccomp)
+                               hostname="stepbuild", network=mode, etc_dir=str(etc),
+                               limits=limits, seccomp=seccomp, netns=netns)
             result = sandbox.run(spec, on_output=_to_stdout)
         if result.oom_killed:
             raise StepbuildError(f"{name}: killed: out of memory (limit"
                                  f" {human_size(limits.memory or 0)})")
         return int(result.exit_code)
     finally:
+        private_network.close()
         remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
 
 
@@ -66,7 +72,8 @@ def _to_stdout(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _etc_dir(tmp: Path, add_hosts: tuple[tuple[str, str], ...]) -> Path:
+def _etc_dir(tmp: Path, add_hosts: tuple[tuple[str, str], ...], *,
+             private_network: bool) -> Path:
     etc = tmp / "etc"
-    write_etc_files(etc, "stepbuild", add_hosts)
+    write_etc_files(etc, "stepbuild", add_hosts, private_network=private_network)
     return etc

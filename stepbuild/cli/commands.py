@@ -112,7 +112,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
                          *_mount_options(options), limits=limit_flags.limits(options),
-                         seccomp=_seccomp(options))
+                         seccomp=_seccomp(options), allow=frozenset(options.allow))
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
@@ -264,12 +264,13 @@ def _executor(store: Store, context: BuildContext, progress: Progress,
               build_args: dict[str, str], network: str, epoch: int | None,
               secrets: dict[str, SecretSource] | None = None,
               ssh: dict[str, str] | None = None, limits: Limits | None = None,
-              seccomp: str = "default") -> Executor:
+              seccomp: str = "default", allow: frozenset[str] = frozenset()) -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
     return Executor(store, context, sandbox, progress, build_args, network, epoch,
-                    secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp)
+                    secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp,
+                    allow=allow)
 
 
 def _seccomp(options: argparse.Namespace) -> str:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
+NETWORKS = ("default", "none", "host")
+NETWORK_HELP = ("default: a private network with outbound access through slirp4netns, no"
+                " host loopback; none: loopback only; host: the host's own")
 
 
 class Terminated(BaseException):
@@ -108,8 +111,12 @@ def _add_store_commands(commands: Subcommands) -> None:
     build.add_argument("--build-arg-file", action="append", default=[], metavar="FILE",
                        help="KEY=VALUE lines of build ARGs (--build-arg wins)")
     build.add_argument("--no-cache", action="store_true", help="run every step again")
-    build.add_argument("--network", choices=("host", "none"), default="host",
-                       help="network of RUN steps (default: host, as docker build)")
+    build.add_argument("--network", choices=NETWORKS, default="default",
+                       help="the network of RUN steps (" + NETWORK_HELP + ")")
+    build.add_argument("--allow", action="append", default=[], choices=("network.host",),
+                       help="grant an entitlement, as BuildKit: network.host lets RUN"
+                            " --network=host use the host's network (--network host grants"
+                            " it too)")
     _add_security_opt(build)
     build.add_argument("--target", help="build up to this stage")
     build.add_argument("--reproducible", action="store_true",
@@ -176,7 +183,8 @@ def _add_store_commands(commands: Subcommands) -> None:
     run = commands.add_parser("run", help="run a command in a throwaway container of an image")
     run.add_argument("--rm", action="store_true",
                      help="accepted for docker compatibility: containers are always removed")
-    run.add_argument("--network", choices=("host", "none"), default="host")
+    run.add_argument("--network", choices=NETWORKS, default="default",
+                     help="the container's network (" + NETWORK_HELP + ")")
     limit_flags.add_arguments(run)
     _add_security_opt(run)
     run.add_argument("image")

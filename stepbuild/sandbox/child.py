@@ -5,8 +5,9 @@
 0 = /dev/null, 1 and 2 = the output pipe, 3 = the plan (`spec.child_payload`, marshalled;
 read to EOF), 4 = the status pipe. It does only what the plan says:
 
-1. unshare mount, PID, UTS, IPC (and network, for network="none") namespaces; make the mount
-   tree private so nothing propagates back to the builder;
+1. join the build's network namespace (network="private"); unshare mount, PID, UTS, IPC (and
+   network, for network="none") namespaces; make the mount tree private so nothing
+   propagates back to the builder;
 2. fork, so the grandchild is PID 1 of the new PID namespace; this process only waits for it
    and exits with its status (128+N when killed by signal N);
 3. in the grandchild: bind the rootfs onto itself nodev, perform every Mount, pivot_root into
@@ -67,6 +68,8 @@ def main(builder_pid: int) -> NoReturn:
         os._exit(1)
     with open(PLAN_FD, "rb") as f:
         plan = marshal.load(f)
+    if plan["network"] == "private":
+        join_network(plan["netns"])
     try:
         net = linux.CLONE_NEWNET if plan["network"] == "none" else 0
         linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWUTS
@@ -86,6 +89,18 @@ def main(builder_pid: int) -> NoReturn:
     status = os.waitpid(pid, 0)[1]
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
+
+
+def join_network(path: str) -> None:
+    """Enter the network namespace bound at `path` (the build's private network)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.setns(fd, linux.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        fail(f"join the network namespace {path}", e.errno or 0)
 
 
 def make_private(rootfs: str) -> None:

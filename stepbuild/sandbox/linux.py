@@ -2,8 +2,8 @@
 
 Owns: mount namespaces, the new mount API (fsopen/fsconfig/fsmount/move_mount/open_tree/
 mount_setattr; mount_setattr(2), kernel Documentation/filesystems/mount_api.rst), openat2,
-pivot_root, capabilities, a few prctl calls. Each function does one call or one fixed sequence
-and raises OSError(errno, what) on failure. No policy here: what to mount and which
+pivot_root, setns, capabilities, a few prctl calls. Each function does one call or one fixed
+sequence and raises OSError(errno, what) on failure. No policy here: what to mount and which
 capabilities to keep is data from `spec.py`; the order is `child.py`'s.
 
 Also imported, as a top-level module, by `child.py` in a fresh `python -I -S` on every RUN
@@ -221,6 +221,30 @@ def bring_up_loopback() -> None:
         _check(_libc.ioctl(sock, ctypes.c_ulong(0x8914), ifreq), "SIOCSIFFLAGS lo")  # UP|LO|RUN
     finally:
         os.close(sock)
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): move the calling thread into the namespace `fd` refers to (os.setns is 3.12+)."""
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def bind_new_network_namespace(path: str) -> None:
+    """Make a network namespace and keep it alive by binding it onto the file `path`, as
+    `ip netns add` does; the calling thread is back in its own namespace on return.
+
+    Only the calling thread changes namespace meanwhile (unshare(2) of CLONE_NEWNET is
+    per-thread), so the builder's other threads are never affected. The bind lives in the
+    builder's private mount namespace: it vanishes with the builder, even after kill -9.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare(CLONE_NEWNET)
+        try:
+            bind_mount("/proc/thread-self/ns/net", path)
+        finally:
+            setns(own, CLONE_NEWNET)
+    finally:
+        os.close(own)
 
 
 def set_pdeathsig(signal: int) -> None:

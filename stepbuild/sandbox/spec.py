@@ -57,7 +57,7 @@ ETC_FILES = ("hosts", "resolv.conf", "hostname")
 # kind -> what child.py does. Any other kind would be a filesystem type: only these are allowed.
 FILESYSTEMS = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue"})
 KINDS = FILESYSTEMS | {"bind", "symlink", "mask", "readonly"}
-NETWORKS = ("host", "none")
+NETWORKS = ("host", "none", "private")
 
 _ATTR_WORDS = frozenset({"ro", "nosuid", "noexec", "nodev"})
 _PLAN_WORDS = frozenset({"dev", "rbind", "optional"})
@@ -134,9 +134,11 @@ class SandboxSpec:
 
     `rootfs` is the host path of the step's merged overlay, already mounted by the builder in
     its private mount namespace. `cwd` is created (as root, like Docker's WORKDIR) if missing.
-    `network` is "host" (share the host's network namespace) or "none" (a new one with only
-    `lo`, up). `etc_dir` holds hosts, resolv.conf and hostname, bound over the image's files
-    so they never land in a layer; an image without one of those files does not get it.
+    `network` is "host" (share the host's network namespace), "none" (a new one with only
+    `lo`, up) or "private": join the network namespace bound at the host path `netns` (the
+    build's, see `network.py`). `etc_dir` holds hosts, resolv.conf and hostname, bound over
+    the image's files so they never land in a layer; an image without one of those files
+    does not get it.
     `mounts` are the step's extra mounts (RUN --mount), applied after the standard ones.
     `limits` are its resource limits (`limits.py`): the cgroup ones are `sandbox.run`'s
     business, the ulimits the child's, the /dev/shm size is in its mounts.
@@ -157,6 +159,7 @@ class SandboxSpec:
     mounts: tuple[Mount, ...] = ()
     limits: Limits = Limits()
     seccomp: str = "default"
+    netns: str = ""
 
     def __post_init__(self) -> None:
         if not self.rootfs.startswith("/"):
@@ -173,6 +176,8 @@ class SandboxSpec:
             raise ValueError(f"network must be one of {NETWORKS}: {self.network!r}")
         if self.seccomp not in ("default", "unconfined") and not self.seccomp.startswith("/"):
             raise ValueError(f"seccomp must be default, unconfined or a path: {self.seccomp!r}")
+        if (self.network == "private") != self.netns.startswith("/"):
+            raise ValueError("netns (an absolute path) goes with network \"private\" only")
         if not 0 < len(self.hostname.encode()) <= 64:
             raise ValueError(f"hostname must be 1-64 bytes: {self.hostname!r}")
         if not all(0 <= i < 2**32 - 1 for i in (self.uid, self.gid, *self.groups)):
@@ -245,6 +250,6 @@ def child_payload(spec: SandboxSpec) -> dict[str, object]:
                        "recursive": o.recursive, "optional": o.optional, "create": o.create})
     return {"rootfs": spec.rootfs, "argv": list(spec.argv), "env": list(spec.env),
             "cwd": spec.cwd, "uid": spec.uid, "gid": spec.gid, "groups": list(spec.groups),
-            "hostname": spec.hostname, "network": spec.network,
+            "hostname": spec.hostname, "network": spec.network, "netns": spec.netns,
             "capabilities": capability_mask(), "mounts": mounts,
             "rlimits": [[u.name, RLIMITS[u.name], u.soft, u.hard] for u in spec.limits.ulimits]}

@@ -15,6 +15,7 @@ from stepbuild.build.mounts.secrets import SecretSource
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
 from stepbuild.build.users import UserError
+from stepbuild.errors import PlanError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.parse import parse
 from stepbuild.sandbox.limits import Limits
@@ -59,6 +60,7 @@ def test_several_heredocs_go_to_the_shell() -> None:
 class FakeExecutor:
     build_args: dict[str, str] = {}
     network = "host"
+    allow = frozenset({"network.host"})
     context = None  # no context bind here
     store = None
     secrets = {"tok": SecretSource("env", "NOT_READ_AT_PREPARE")}
@@ -122,7 +124,8 @@ def test_user_ids_without_passwd_take_numbers(tmp_path: Path) -> None:
 
 
 def test_add_host_lines_follow_the_standard_hosts(tmp_path: Path) -> None:
-    run_step.write_etc_files(tmp_path / "etc", "box", (("db", "192.0.2.1"), ("v6", "::1")))
+    run_step.write_etc_files(tmp_path / "etc", "box", (("db", "192.0.2.1"), ("v6", "::1")),
+                             private_network=False)
     lines = (tmp_path / "etc" / "hosts").read_text().splitlines()
     assert lines[0] == "127.0.0.1\tlocalhost"
     assert lines[-2:] == ["192.0.2.1\tdb", "::1\tv6"]
@@ -137,3 +140,49 @@ def test_add_host_is_in_the_key_only_when_given() -> None:
     assert "add_hosts" not in plain.inputs
     assert hosts.inputs["add_hosts"] == [["db", "192.0.2.1"]]
     assert hosts.key != plain.key
+
+
+# --- the network -------------------------------------------------------------------------------
+
+
+def network_of(text: str, network: str = "default", allow: frozenset[str] = frozenset()
+               ) -> str:
+    executor = SimpleNamespace(network=network, allow=allow)
+    build = SimpleNamespace(stages=SimpleNamespace(filename="ctx/Stepfile"))
+    return run_step.step_network(executor, run_of(text), build)  # type: ignore[arg-type]
+
+
+def test_default_network_is_the_private_one() -> None:
+    assert network_of("RUN make\n") == "private"
+    assert network_of("RUN --network=default make\n") == "private"
+    assert network_of("RUN --network=none make\n") == "none"
+    assert network_of("RUN make\n", network="none") == "none"
+    assert network_of("RUN make\n", network="host") == "host"
+
+
+def test_run_network_host_needs_the_entitlement() -> None:
+    with pytest.raises(PlanError) as refused:
+        network_of("RUN --network=host make\n")
+    rendered = refused.value.render()
+    assert rendered.startswith("ctx/Stepfile:2:1: RUN --network=host needs the network.host"
+                               " entitlement\n  RUN --network=host make\n")
+    assert "--allow network.host" in rendered
+    allowed = frozenset({"network.host"})
+    assert network_of("RUN --network=host make\n", allow=allowed) == "host"
+
+
+def test_network_is_in_the_step_key() -> None:
+    step = run_step.prepare(FakeExecutor(), run_of("RUN make\n"), ImageState(), Scope(), None)
+    other = run_step.prepare(FakeExecutor(), run_of("RUN --network=none make\n"), ImageState(),
+                             Scope(), None)
+    assert step.inputs["network"] == "host" and other.inputs["network"] == "none"
+    assert step.key != other.key
+
+
+def test_private_network_resolv_conf_names_the_stacks_resolver(tmp_path: Path) -> None:
+    run_step.write_etc_files(tmp_path / "private", "box", private_network=True)
+    resolv = (tmp_path / "private" / "resolv.conf").read_text()
+    assert resolv.splitlines()[0] == "nameserver 10.0.2.3"
+    assert resolv.count("nameserver") == 1
+    run_step.write_etc_files(tmp_path / "host", "box", private_network=False)
+    assert (tmp_path / "host" / "resolv.conf").read_text() == Path("/etc/resolv.conf").read_text()

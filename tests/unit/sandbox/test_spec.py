@@ -40,7 +40,8 @@ def test_json_round_trip_keeps_every_field() -> None:
 
 @pytest.mark.parametrize("change", [
     {"rootfs": "relative"}, {"argv": ()}, {"cwd": "src"}, {"env": ("NOEQUALS",)},
-    {"network": "bridge"}, {"hostname": ""}, {"hostname": "x" * 65}, {"uid": -1},
+    {"network": "bridge"}, {"network": "private"}, {"network": "private", "netns": "rel"},
+    {"netns": "/run/netns/build"}, {"hostname": ""}, {"hostname": "x" * 65}, {"uid": -1},
     {"groups": (2**32,)}, {"argv": ("a\0b",)}, {"env": ("K=\0",)},
 ])
 def test_invalid_spec_is_refused(change: dict[str, object]) -> None:
@@ -144,3 +145,11 @@ def test_child_payload_is_plain_marshallable_data() -> None:
     assert mounts[0] == {"kind": "proc", "source": "", "target": "/proc",
                          "attrs": ["nodev", "noexec", "nosuid"], "params": [],
                          "recursive": False, "optional": True, "create": ""}
+
+
+def test_private_network_names_the_namespace_to_join() -> None:
+    spec = SandboxSpec(rootfs="/m", argv=("true",), env=(), cwd="/", network="private",
+                       netns="/store/tmp/net-@x/netns")
+    payload = child_payload(spec)
+    assert (payload["network"], payload["netns"]) == ("private", "/store/tmp/net-@x/netns")
+    assert SandboxSpec.from_json(spec.to_json()) == spec
