@@ -30,6 +30,7 @@ from stepbuild.build.plan import (
     Scope,
     Stage,
     Stages,
+    check_entitlements,
     check_platforms,
     declare_arg,
     expand_at,
@@ -151,6 +152,7 @@ class Builder:
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         needed = needed_stages(target.index, graph)
         check_platforms(stages, needed, globals_, stepfile.escape)
+        check_entitlements(stages, needed, self.executor.allow)
         team = None
         if options.cache_from or options.cache_to:
             team = self.team_cache(self.store, options, self.progress.warn, misses)

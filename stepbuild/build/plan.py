@@ -158,6 +158,21 @@ def check_platforms(stages: Stages, needed: Iterable[int], globals_: Mapping[str
                                "(or $BUILDPLATFORM)")
 
 
+def check_entitlements(stages: Stages, needed: Iterable[int], allow: frozenset[str]) -> None:
+    """Refuse (PlanError at the RUN) a `RUN --network=host` in a needed stage when the build
+    lacks the network.host entitlement, before any step runs, as BuildKit checks a build's
+    entitlements when it starts: a refusal after ten minutes of earlier steps helps nobody.
+    (A RUN from an ONBUILD trigger is checked when it is prepared: `run.step_network`.)"""
+    if "network.host" in allow:
+        return
+    for index in needed:
+        for instruction in stages.stages[index].instructions:
+            if isinstance(instruction, ins.Run) and instruction.network == "host":
+                raise located(PlanError, stages.filename, instruction,
+                              "RUN --network=host needs the network.host entitlement",
+                              hint="pass --allow network.host to stepbuild build to let it")
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """The variables an instruction sees: the stage's declared ARGs plus the image's ENV.

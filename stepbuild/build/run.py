@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stepbuild.build import keys, users
-from stepbuild.build.plan import Scope
+from stepbuild.build.plan import Scope, located
 from stepbuild.build.state import ImageState
 from stepbuild.build.step import PreparedStep
 from stepbuild.errors import (
@@ -106,12 +106,10 @@ def step_network(executor: Executor, run: ins.Run, build: BuildRun) -> str:
     build's private network. `RUN --network=host` needs the network.host entitlement
     (`--allow network.host`), as in BuildKit: a Stepfile from a stranger must not reach the
     host's loopback services just by asking."""
-    if run.network == "host" and "network.host" not in executor.allow:
-        filename = getattr(getattr(build, "stages", None), "filename", "Stepfile")
-        text = run.text.split("\n", 1)[0]
-        raise PlanError("RUN --network=host needs the network.host entitlement",
-                        SourcePosition(filename, run.loc.line, run.loc.column, text),
-                        hint="pass --allow network.host to stepbuild build to let it")
+    if run.network == "host" and "network.host" not in executor.allow:  # from ONBUILD
+        raise located(PlanError, build.stages.filename, run,
+                      "RUN --network=host needs the network.host entitlement",
+                      hint="pass --allow network.host to stepbuild build to let it")
     mode = run.network if run.network not in (None, "default") else executor.network
     return "private" if mode == "default" else mode
 

@@ -115,8 +115,11 @@ class StepExecutor(Protocol):
     `prepare` raises PlanError/BuildError for a step that cannot be prepared (a bad flag, a
     missing source); `perform` raises `StepFailed` when a RUN's command fails, located at the
     step, with its exit status and last lines of output. Neither writes to the store's
-    layers or cache records.
+    layers or cache records. `allow` holds the build's entitlements (`network.host`), which
+    the builder checks against the Stepfile before any step runs.
     """
+
+    allow: frozenset[str]
 
     def prepare(self, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
                 state: ImageState, scope: Scope, build: BuildRun) -> PreparedStep: ...

@@ -159,6 +159,7 @@ class FakeExecutor:
     def __init__(self, disk: Disk, script: Script) -> None:
         self.disk = disk
         self.script = script
+        self.allow: frozenset[str] = frozenset()
         self.ran: list[str] = []
         self.workspaces: list[Path] = []
         self._numbers = itertools.count()  # stage threads take numbers at the same time

@@ -406,6 +406,31 @@ def test_from_platform_of_another_machine_is_refused_before_any_step(
     assert world.store.layers == set()
 
 
+def test_run_network_host_without_the_entitlement_is_refused_before_any_step() -> None:
+    world = World()
+    stepfile = ("FROM scratch AS first\nRUN make\nFROM scratch\nCOPY --from=first /a /a\n"
+                "RUN --network=host fetch\n")
+    with pytest.raises(PlanError) as refused:
+        world.build(stepfile)
+    assert refused.value.render().startswith(
+        "Stepfile:5:1: RUN --network=host needs the network.host entitlement")
+    assert refused.value.hint == "pass --allow network.host to stepbuild build to let it"
+    assert world.executor.ran == []  # nothing ran: not `RUN make` of the first stage either
+
+
+def test_run_network_host_in_a_stage_not_needed_is_not_refused() -> None:
+    world = World()
+    world.build("FROM scratch AS tools\nRUN --network=host fetch\nFROM scratch\nRUN make\n")
+    assert world.executor.ran == ["RUN make"]
+
+
+def test_run_network_host_with_the_entitlement_runs() -> None:
+    world = World()
+    world.executor.allow = frozenset({"network.host"})
+    world.build("FROM scratch\nRUN --network=host fetch\n")
+    assert world.executor.ran == ["RUN --network=host fetch"]
+
+
 def test_a_platform_that_is_no_platform_is_refused(amd64_host: None) -> None:
     with pytest.raises(PlanError, match="--platform=linux/amd64/v1/x: not a platform"):
         World().build("FROM --platform=linux/amd64/v1/x scratch\n")
