@@ -126,6 +126,13 @@ class StepOutOfMemory(StepFailed):
         self.limit = limit
 
 
+class ContainerOutOfMemory(StepbuildError):
+    """`stepbuild run`'s command was killed by the OOM killer at its --memory limit: exit
+    status 137 (128 + SIGKILL), as `docker run` gives, so scripts that test for it still work."""
+
+    exit_code = 137
+
+
 class StoreError(StepbuildError):
     """The store (blobs, layer dirs, tags, cache records) cannot do what was asked (exit 1)."""
 

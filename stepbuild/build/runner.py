@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from stepbuild.build.images import load_state
 from stepbuild.build.run import user_ids, with_home, write_etc_files
-from stepbuild.errors import StepbuildError
+from stepbuild.errors import ContainerOutOfMemory, StepbuildError
 from stepbuild.fs.trees import remove_tree
 from stepbuild.sandbox import host as overlay
 
@@ -59,8 +59,8 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
                                limits=limits, seccomp=seccomp, netns=netns)
             result = sandbox.run(spec, on_output=_to_stdout)
         if result.oom_killed:
-            raise StepbuildError(f"{name}: killed: out of memory (limit"
-                                 f" {human_size(limits.memory or 0)})")
+            raise ContainerOutOfMemory(f"{name}: killed: out of memory (limit"
+                                       f" {human_size(limits.memory or 0)})")
         return int(result.exit_code)
     finally:
         private_network.close()
