@@ -91,6 +91,28 @@ def test_default_network_reaches_other_host_addresses_not_loopback(
     assert sb.run("private", "cat", "/out") == "no loopback\nother\n"
 
 
+def test_default_network_is_ipv4_only_and_the_hosts_ipv6_loopback_is_not_reached(
+        sb: Stepbuild, tmp_path: Path) -> None:
+    """As docker's default bridge: no global IPv6 address, only the namespace's own ::1 and
+    tap0's link-local one, so neither the host's [::1] services nor IPv6 destinations are
+    reachable."""
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    threading.Thread(target=_serve, args=(listener, b"v6 loopback\n"), daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        probe = (f"(nc -w 2 ::1 {port} </dev/null 2>/dev/null || echo no v6 loopback); "
+                 "awk '{print $6, $4}' /proc/net/if_inet6 | sort")
+        context = write_context(tmp_path / "ctx", f"FROM base\nRUN ({probe}) > /out\n")
+        sb.build(context, "-t", "v6")
+        # scope 10 is host (::1), 20 link-local (fe80::, tap0's own): no global address
+        assert sb.run("v6", "cat", "/out") == "no v6 loopback\nlo 10\ntap0 20\n"
+        # the probe can succeed: on the host's network it reaches the server
+        reached = sb("run", "--network", "host", "v6", "sh", "-c", probe.split(";")[0]).stdout
+        assert reached == "v6 loopback\n"
+    finally:
+        listener.close()
+
+
 def test_host_network_is_an_explicit_choice(sb: Stepbuild, servers: dict[str, str],
                                             tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", f"FROM base\nRUN ({_probe_script(servers)}) > /out\n")
