@@ -1,6 +1,8 @@
 """Resource limits for real, on this machine's cgroup v1 (issue 12): each step's cgroup, its
 limits, the OOM report, ulimits, /dev/shm, --add-host, and the reaping of a killed builder's
-cgroup. The cgroup v2 side is tested against a faked cgroupfs in tests/unit/sandbox."""
+cgroup. cgroup v2: its control files against a faked cgroupfs in tests/unit/sandbox, and the
+step cgroup's life (made, joined, cgroup.kill, removed, reaped; a limit the tree has no
+controller for refused) on the real unified tree at the end of this module."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from stepbuild.errors import SandboxError
+from stepbuild.fs.owner import owner_tag
 from stepbuild.sandbox import RunResult, SandboxSpec, cgroups, host, run
 from stepbuild.sandbox.limits import MIB, Limits, Ulimit
 
@@ -216,3 +220,80 @@ def test_limit_the_kernel_refuses_is_one_clear_error_and_leaves_no_cgroup(
     assert "stepbuild: error: sandbox: cannot apply the resource limits" in result.stderr
     assert "Traceback" not in result.stderr
     assert _step_cgroups(layout) == before
+
+
+# cgroup v2 for real. This machine keeps memory, pids and cpu on v1, but its unified tree
+# (cgroup2 at /sys/fs/cgroup/unified) is real: the step's cgroup is made, joined, killed with
+# cgroup.kill and removed there, and a limit whose controller the tree lacks is refused. On a
+# v2 host with the controllers (most CI hosts), the same tests apply the limits for real.
+
+
+def _v2_layout() -> cgroups.Layout:
+    """The host's cgroup2 tree as the only hierarchy, as a pure v2 host has it."""
+    with open("/proc/self/mountinfo") as mountinfo, open("/proc/self/cgroup") as own:
+        v2_only = "\n".join(line for line in mountinfo.read().splitlines()
+                            if " - cgroup " not in line)
+        layout = cgroups.detect(v2_only, own.read())
+    if layout is None:
+        pytest.fail("no cgroup2 tree is mounted: cgroup v2 cannot be tested here")
+    return layout
+
+
+@pytest.fixture
+def v2(monkeypatch: pytest.MonkeyPatch) -> cgroups.Hierarchy:
+    layout = _v2_layout()
+    monkeypatch.setattr(cgroups, "host_layout", lambda: layout)
+    return layout.hierarchies[""]
+
+
+def _v2_controllers(hierarchy: cgroups.Hierarchy) -> set[str]:
+    base = hierarchy.directory(hierarchy.own_path)
+    return set(Path(base, "cgroup.controllers").read_text().split())
+
+
+def test_v2_step_runs_in_its_own_cgroup_removed_afterwards(step: Step,
+                                                           v2: cgroups.Hierarchy) -> None:
+    layout = _v2_layout()
+    before = _step_cgroups(layout)
+    result, out = step.sh("cat /proc/self/cgroup")
+    assert result.exit_code == 0
+    unified = next(line for line in out.splitlines() if line.startswith("0::"))
+    assert f"/{cgroups.PREFIX}@" in unified, out
+    assert _step_cgroups(layout) == before
+
+
+def test_v2_pids_limit_applies_or_is_refused_naming_the_controller(
+        step: Step, v2: cgroups.Hierarchy) -> None:
+    script = ("timeout 20 sh -c 'i=0; while [ $i -lt 50 ]; do sleep 5 & i=$((i+1));"
+              " echo $i; done'; echo status $?")
+    if "pids" in _v2_controllers(v2):
+        result, out = step.sh(script, Limits(pids=10))
+        assert len([line for line in out.splitlines() if line.isdigit()]) < 10, out
+        assert "can't fork" in out
+    else:  # this machine: pids is bound to v1, so the v2 tree cannot limit it
+        with pytest.raises(SandboxError) as refused:
+            step.sh(script, Limits(pids=10))
+        assert "cannot apply the pids limits: the cgroup v2 controllers are not available" \
+            in refused.value.message
+    assert _step_cgroups(_v2_layout()) == set()
+
+
+def test_v2_dead_builders_cgroup_is_killed_with_cgroup_kill_and_removed(
+        step: Step, v2: cgroups.Hierarchy) -> None:
+    """A cgroup left by a builder that died, with a process still in it, is reaped by the
+    next step: cgroup.kill ends the process, then the directory goes."""
+    base = v2.directory(v2.own_path)
+    machine, pid, start = owner_tag()[1:].rsplit(".", 2)  # our pid, another start: dead
+    leftover = Path(base, f"{cgroups.PREFIX}@{machine}.{pid}.{int(start) + 1}-deadbeef")
+    leftover.mkdir()
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        (leftover / "cgroup.procs").write_text(str(sleeper.pid))
+        result, _ = step.sh("true")
+        assert result.exit_code == 0
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL
+        assert not leftover.exists()
+    finally:
+        sleeper.kill()
+        if leftover.exists():
+            cgroups.destroy(str(leftover))
