@@ -1,6 +1,7 @@
 """Run one step's command in a sandbox — the only privileged part of stepbuild.
 
-`spec.py` describes a sandbox as data, `child.py` performs it in a fresh interpreter, and
+`spec.py` describes a sandbox as data, `child.py` performs it in a child forked by the fork
+server (`forkserver.py`, started by `spawn.py` once per builder), and
 `linux.py` holds the syscalls (the only ctypes in the project; nothing outside `sandbox/`
 imports it). `host.py` holds the mounts the builder process makes itself. This module is the
 builder's side of a step: it starts the child, hands it the plan, streams the output and
@@ -20,17 +21,17 @@ Everything the child mounts lives in its own mount namespace and is gone when th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import marshal
 import os
 import select
-import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
+from stepbuild.sandbox.spawn import start_child
 from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
 
 if TYPE_CHECKING:
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
-# Import child.py rather than run it as a script, so its compiled form is cached (~2 ms a step)
-_BOOT = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-         "import child; child.main(int(sys.argv[1]))")
 TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
 CANCEL_POLL_MS = 100  # how long a cancelled step may run on before it is killed
@@ -71,7 +69,7 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     the command could not be executed (a missing program: op "exec NAME", errno ENOENT), and
     SeccompUnavailable when `spec.seccomp` asks for a filter that cannot be made; a
     command that runs and fails is an exit code, not an exception. The child is killed with
-    SIGKILL if the calling thread exits (PR_SET_PDEATHSIG), if `on_output` raises, or once
+    SIGKILL if the builder exits (its fork server then kills it), if `on_output` raises, or once
     `cancel` is set (then `Cancelled` is raised): a failing build stops the steps still running.
 
     The step runs in a cgroup of its own with `spec.limits` applied (`cgroups.py`), removed
@@ -98,7 +96,7 @@ def _run_in(cgroup: StepCgroup | None, payload: bytes,
     status_r, status_w = _pipe()
     out_r, out_w = _pipe()
     try:
-        pid = _spawn(plan_r, status_w, out_w)
+        child = start_child(plan_r, status_w, out_w)
     except BaseException:
         for fd in (plan_w, status_r, out_r):
             os.close(fd)
@@ -109,14 +107,15 @@ def _run_in(cgroup: StepCgroup | None, payload: bytes,
     try:
         if cgroup is not None:
             # before the plan: the child waits for it, so it execs nothing outside the cgroup
-            _join(cgroup, pid, plan_w)
+            _join(cgroup, child.pid, plan_w)
         _send(plan_w, payload)
         status = _read_all(status_r)
         tail = _pump(out_r, on_output, cancel)
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        code = os.waitstatus_to_exitcode(child.wait())
     except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        child.kill()
+        with contextlib.suppress(SandboxError):  # the error on its way out says more
+            child.wait()
         raise
     finally:
         for fd in (status_r, out_r):
@@ -132,21 +131,6 @@ def _pipe() -> tuple[int, int]:
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5))
         os.close(fd)
     return ends[0], ends[1]
-
-
-def _spawn(plan_r: int, status_w: int, out_w: int) -> int:
-    # posix_spawn (vfork + exec) is the cheapest way to start the interpreter; the fd layout
-    # is child.py's contract. -I -S: no site, no PYTHON* variables, no cwd on sys.path. An
-    # empty environment: nothing of the builder's reaches the step.
-    argv = [sys.executable, "-I", "-S", "-c", _BOOT, str(os.getpid())]
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, out_w, 1),
-        (os.POSIX_SPAWN_DUP2, out_w, 2),
-        (os.POSIX_SPAWN_DUP2, plan_r, 3),
-        (os.POSIX_SPAWN_DUP2, status_w, 4),
-    ]
-    return os.posix_spawn(sys.executable, argv, {}, file_actions=actions)
 
 
 def _join(cgroup: StepCgroup, pid: int, plan_w: int) -> None:

@@ -4,14 +4,15 @@ A step's cgroup is named `stepbuild-step@<owner>-<random>` (the owner tag of `fs
 and nested under the builder's own cgroup, or under `--cgroup-parent`. `sandbox.run` creates
 it, writes the child's pid into it before sending the plan (the child waits for the plan, so
 nothing of the step runs outside it), asks `oom_killed` after the step and removes it. A
-builder killed with SIGKILL leaves an empty cgroup behind (its step died with it: the sandbox
-child has PDEATHSIG); the next step created under the same parent reaps it.
+builder killed with SIGKILL leaves an empty cgroup behind (its step died with it: the fork
+server kills its children when the builder is gone, and they have PDEATHSIG); the next step
+created under the same parent reaps it.
 
 Both layouts:
 
 - cgroup v1, one hierarchy per controller (this project's CI machine: memory, pids, cpu,
-  cpuset mounted apart): one directory per controller used. Memory and pids always (to see an
-  OOM kill and to find every task to kill), cpu and cpuset when limited. memory.limit_in_bytes
+  cpuset mounted apart): one directory per controller used. Memory always (to see an OOM kill
+  and to find every task to kill), the others when limited. memory.limit_in_bytes
   goes before memory.memsw.limit_in_bytes (the kernel refuses memsw below memory); an OOM kill
   counts in memory.oom_control's `oom_kill`, not in memory.failcnt.
 - cgroup v2, one tree: one directory; the controllers are enabled in the parent's
@@ -172,8 +173,9 @@ def _hint(err: int | None) -> str | None:
     return None
 
 
-def _base(hierarchy: Hierarchy, limits: Limits) -> str:
-    """The directory the step's cgroup goes in: --cgroup-parent (made if missing) or ours."""
+def _base(hierarchy: Hierarchy, limits: Limits, *, make: bool = True) -> str:
+    """The directory the step's cgroup goes in: --cgroup-parent (made if missing, when
+    `make`) or ours."""
     if not limits.cgroup_parent:
         return hierarchy.directory(hierarchy.own_path)
     base = hierarchy.directory("/" + limits.cgroup_parent.strip("/"))
@@ -181,7 +183,8 @@ def _base(hierarchy: Hierarchy, limits: Limits) -> str:
         # a cgroup namespace or container shows only part of the tree
         raise SandboxError(f"--cgroup-parent {limits.cgroup_parent}: outside the part of the"
                            f" cgroup tree mounted at {hierarchy.mount_point}", 0)
-    os.makedirs(base, exist_ok=True)
+    if make:
+        os.makedirs(base, exist_ok=True)
     return base
 
 
@@ -193,15 +196,20 @@ def _create_v1(step: StepCgroup, layout: Layout, limits: Limits, name: str) -> N
     if missing := [c for c, wanted in limited.items() if wanted and c not in layout.hierarchies]:
         raise SandboxError(f"cannot apply the {', '.join(missing)} limits: no such cgroup v1"
                            " controller is mounted", 0)
+    # One always, limited or not: memory (to see an OOM kill), else pids; its tasks are every
+    # task of the step, for `destroy` to kill. Only one, because each v1 hierarchy joined
+    # costs a task migration, ~2.5 ms on every step here (cgroup_threadgroup_rwsem's RCU wait).
+    always = "memory" if "memory" in layout.hierarchies else "pids"
     for controller, hierarchy in layout.hierarchies.items():
-        # memory and pids always: to see an OOM kill and to find every task to kill
-        if limited[controller] or controller in ("memory", "pids"):
-            base = _base(hierarchy, limits)
-            reap(base)
-            path = os.path.join(base, name)
-            os.mkdir(path)
-            step.dirs[controller] = path
-            _configure_v1(controller, path, base, limits)
+        if not (limited[controller] or controller == always):
+            reap(_base(hierarchy, limits, make=False))  # a dead builder's limited step's
+            continue
+        base = _base(hierarchy, limits)
+        reap(base)
+        path = os.path.join(base, name)
+        os.mkdir(path)
+        step.dirs[controller] = path
+        _configure_v1(controller, path, base, limits)
 
 
 def _configure_v1(controller: str, path: str, base: str, limits: Limits) -> None:

@@ -1,7 +1,7 @@
 """The sandbox child: performs one step's plan, then becomes the step's command.
 
-`sandbox.run` imports this file as the top-level module `child` in `python -I -S` and calls
-`main(BUILDER_PID)`, with these fds:
+The fork server (`forkserver.py`, a `python -I -S` that imported this file as the top-level
+module `child`) forks a copy of itself per step, which calls `main(SERVER_PID)` with these fds:
 0 = /dev/null, 1 and 2 = the output pipe, 3 = the plan (`spec.child_payload`, marshalled;
 read to EOF), 4 = the status pipe. It does only what the plan says:
 
@@ -21,9 +21,9 @@ Status records, one line each: `N<TAB>text` a notice, `E<TAB>errno<TAB>op` setup
 `R` about to execve. The status pipe is close-on-exec, so EOF after `R` without `E` means the
 command is running, and its exit status is the command's, never a setup failure's.
 
-Startup is paid on every RUN step, so this imports only os, sys, marshal and linux (not
-spec: dataclasses costs ~11 ms; marshal instead of json saves ~5 ms — the data comes from the
-same interpreter binary over a private pipe).
+The fork server's startup is paid by every build that runs a step, so this imports only os,
+sys, marshal and linux (not spec: dataclasses costs ~11 ms; marshal instead of json saves
+~5 ms — the data comes from the same interpreter binary over a private pipe).
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def report(*fields: str) -> None:
     os.write(STATUS_FD, line.encode(errors="replace"))
 
 
-def main(builder_pid: int) -> NoReturn:
+def main(server_pid: int) -> NoReturn:
     linux.set_pdeathsig(SIGKILL)
-    if os.getppid() != builder_pid:  # the builder died before the line above took effect
+    if os.getppid() != server_pid:  # the server died before the line above took effect
         os._exit(1)
     with open(PLAN_FD, "rb") as f:
         plan = marshal.load(f)

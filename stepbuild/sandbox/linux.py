@@ -6,8 +6,8 @@ pivot_root, setns, capabilities, a few prctl calls. Each function does one call 
 sequence and raises OSError(errno, what) on failure. No policy here: what to mount and which
 capabilities to keep is data from `spec.py`; the order is `child.py`'s.
 
-Also imported, as a top-level module, by `child.py` in a fresh `python -I -S` on every RUN
-step — so it imports only os, ctypes and struct.
+Also imported, as a top-level module, by `child.py` and `forkserver.py` in the fork server's
+`python -I -S` — so it imports only os, ctypes and struct.
 """
 
 from __future__ import annotations
