@@ -8,15 +8,18 @@ cd "$(dirname "$0")/.."
 # busybox-static: the samples' base; skopeo, umoci: interop checks of the OCI store;
 # git: ADD of git URLs (and the git server of its tests); docker-registry, apache2-utils
 # (htpasswd), openssl: the real OCI registry the registry tests start on 127.0.0.1.
-# podman, runc: the interop test that loads and runs our archives (crun refuses this host's
+# podman, runc: the interop test that loads and runs our archives, and the unprivileged
+# containers stepbuild is tested in (tests/integration/containers.py; crun refuses this host's
 # hybrid cgroup layout, so runc).
 # buildah: makes an image our import test uses as a FROM base.
 # debootstrap: the Debian bookworm rootfs of the java demo (tests/integration/test_java_demo.py).
 # iproute2 (ip): a TEST-NET address on lo for the off-loopback registry and network tests.
 # slirp4netns: the private network of RUN steps (stepbuild/sandbox/network.py).
 # golang-github-containers-common (/usr/share/containers/seccomp.json), libseccomp2: the
-# seccomp filter of every RUN (podman brings both; named so they stay if podman goes).
-# gcc, libc6-dev: the static syscall probe of tests/integration/test_seccomp.py.
+# seccomp filter of every RUN, and the profile the test containers run under and derive their
+# no-user-namespace one from (podman brings both; named so they stay if podman goes).
+# gcc, libc6-dev: the static syscall probe of tests/integration/test_seccomp.py and
+# test_container_env.py.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
               libc6-dev slirp4netns)

@@ -18,13 +18,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+# --cap-add SYS_ADMIN alone is not offered: RUN steps also need CAP_NET_ADMIN (the step's lo).
+NO_SYS_ADMIN_HINT = ("run stepbuild as root with CAP_SYS_ADMIN: on the host, or in a container "
+                     "run with --privileged")
+
 
 def enter_private_mount_namespace() -> None:
     """Move this process into a mount namespace of its own, shared with nothing: every mount
-    it makes afterwards vanishes with it. Call once, before any thread starts."""
+    it makes afterwards vanishes with it. Call once, before any thread starts.
+
+    Where the kernel refuses (EPERM: root without CAP_SYS_ADMIN, as in an unprivileged
+    container's default pod), a SandboxError says what is missing, before anything is done.
+    """
+    from stepbuild.errors import SandboxError
     from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
 
-    linux.enter_private_mount_namespace()
+    try:
+        linux.enter_private_mount_namespace()
+    except PermissionError as e:
+        raise SandboxError("cannot make the builder's mount namespace (unshare needs "
+                           "CAP_SYS_ADMIN)", e.errno or 0, hint=NO_SYS_ADMIN_HINT) from None
 
 
 def distinct(lowers: Sequence[Path]) -> list[str]:

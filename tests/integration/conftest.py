@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.containers import Container, Podman, write_no_userns_profile
+
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+PROBE_SOURCE = Path(__file__).with_name("syscall_probe.c")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,3 +60,52 @@ def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "etc" / "hosts").write_text("")
     (root / "etc" / "resolv.conf").write_text("")
     return root
+
+
+@pytest.fixture(scope="session")
+def syscall_probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """syscall_probe.c built static, so it runs in the busybox image and in any container."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the syscall probe: run scripts/setup.sh")
+    binary = tmp_path_factory.mktemp("probe") / "syscall_probe"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(PROBE_SOURCE)], check=True)
+    return binary
+
+
+# --- unprivileged containers (tests/integration/containers.py) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    """podman with state of its own, for the whole session; every container of it is removed
+    at the end, and a mount it left behind fails the session."""
+    try:
+        made = Podman.create(tmp_path_factory.mktemp("containers"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield made
+    made.cleanup()
+
+
+@pytest.fixture(scope="session")
+def container_default(podman: Podman) -> Container:
+    """Root in a default `podman run`: default capabilities (no CAP_SYS_ADMIN), podman's
+    seccomp profile, which allows user namespaces."""
+    return Container(podman, "default")
+
+
+@pytest.fixture(scope="session")
+def container_no_userns(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Container:
+    """As `container_default`, under podman's seccomp profile with user namespaces denied."""
+    profile = tmp_path_factory.mktemp("seccomp") / "no-userns.json"
+    return Container(podman, "no-userns", write_no_userns_profile(profile))
+
+
+@pytest.fixture
+def container_store(tmp_path: Path) -> Path:
+    """An empty host dir for a container's store (bound at /store). 0755: a store refuses a
+    root others may write to (docs/security.md rule 12)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o755)
+    return store

@@ -23,16 +23,6 @@ pytestmark = [pytest.mark.root, pytest.mark.usefixtures("private_mount_ns")]
 PROBE_SOURCE = Path(__file__).with_name("syscall_probe.c")
 
 
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """syscall_probe.c built static, so it runs in the busybox image."""
-    if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the syscall probe: run scripts/setup.sh")
-    binary = tmp_path_factory.mktemp("probe") / "syscall_probe"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(binary), str(PROBE_SOURCE)], check=True)
-    return binary
-
-
 class Box:
     """A busybox step with the probe at /probe."""
 
@@ -54,10 +44,10 @@ class Box:
 
 
 @pytest.fixture
-def box(tmp_path: Path, busybox_rootfs: Path, probe: Path) -> Iterator[Box]:
+def box(tmp_path: Path, busybox_rootfs: Path, syscall_probe: Path) -> Iterator[Box]:
     (tmp_path / "etc").mkdir()
     with host.mounted(tmp_path, [busybox_rootfs]) as merged:
-        shutil.copy(probe, merged / "probe")
+        shutil.copy(syscall_probe, merged / "probe")
         yield Box(merged, tmp_path / "etc")
 
 
@@ -73,12 +63,12 @@ def test_unconfined_runs_without_a_filter(box: Box) -> None:
 
 
 @pytest.fixture
-def host_key(probe: Path) -> Iterator[str]:
+def host_key(syscall_probe: Path) -> Iterator[str]:
     """A secret in the host root's user keyring, as a CI runner's credentials may be."""
-    key = subprocess.run([str(probe), "host_key"], capture_output=True, text=True,
+    key = subprocess.run([str(syscall_probe), "host_key"], capture_output=True, text=True,
                          check=True).stdout.strip()
     yield key
-    subprocess.run([str(probe), "keyctl_invalidate", key], check=True, capture_output=True)
+    subprocess.run([str(syscall_probe), "keyctl_invalidate", key], check=True, capture_output=True)
 
 
 def test_host_keyring_secret_cannot_be_read(box: Box, host_key: str) -> None:
@@ -123,7 +113,7 @@ def test_ordinary_shell_work_and_a_user_switch_are_unaffected(box: Box) -> None:
     assert out.split() == ["f", "g", "t.tar.gz", "1000"]
 
 
-def test_a_compiler_is_unaffected(tmp_path: Path, probe: Path) -> None:
+def test_a_compiler_is_unaffected(tmp_path: Path, syscall_probe: Path) -> None:
     """gcc (fork, exec, mmap, temp files, its linker) under the filter, with the host's own
     root as the image: the busybox one has no compiler."""
     with host.mounted(tmp_path, [Path("/")]) as merged:
