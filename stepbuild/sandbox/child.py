@@ -143,10 +143,20 @@ def container(plan: Plan, lifeline: int) -> NoReturn:
     except SetupFailed as e:
         fail(e.op, e.errno)
     except OSError as e:
-        fail(f"sandbox setup: {e.strerror}", e.errno or 0)
+        fail(failed_op("sandbox setup", e), e.errno or 0)
     except BaseException as e:  # a bug here: report it rather than print into the output
         fail(f"sandbox setup: {type(e).__name__}: {e}", 0)
     execute(plan["argv"], plan["env"])
+
+
+def failed_op(prefix: str, e: OSError) -> str:
+    """`prefix` and what failed, without the errno's text: `fail`'s reader (SandboxError) adds
+    that, and linux.py's errors already end with it ("SIOCSIFFLAGS lo: Operation not
+    permitted"), os's are nothing else."""
+    text, reason = e.strerror or "", os.strerror(e.errno) if e.errno else ""
+    if reason and (text == reason or text.endswith(": " + reason)):
+        text = text[:-len(reason)].rstrip(": ")
+    return f"{prefix}: {text}" if text else prefix
 
 
 def fail(op: str, err: int) -> NoReturn:
@@ -372,7 +382,7 @@ def execute(argv: list[str], env: list[str]) -> NoReturn:
         report("R")
         fail(f"exec {argv[0]}", search_and_exec(argv, environ))
     except OSError as e:
-        fail(f"exec {argv[0]}: {e.strerror}", e.errno or 0)
+        fail(failed_op(f"exec {argv[0]}", e), e.errno or 0)
     except BaseException as e:
         fail(f"exec {argv[0]}: {type(e).__name__}: {e}", 0)
 
