@@ -372,3 +372,19 @@ def test_prune_removes_what_only_the_namespace_may_remove(built: str, ranged: Us
     assert "removed" in ranged("prune").stdout
     assert not any(p.exists() for p in owned)
     assert "store is consistent" in ranged("check").stdout
+
+
+def test_the_user_without_ranges_gets_one_line_for_an_image_with_other_owners(
+        rangeless: User, shared_dir: Path, root_digests: dict[str, str]) -> None:
+    """root's `app` holds files of 1000:1000 and 7:7: loading it cannot give them owners, and
+    leaves no half-applied layer behind."""
+    archive = shared_dir / "root-app.tar"
+    Stepbuild(shared_dir / "root-store")("export", "app", "-o", f"type=docker,dest={archive}")
+    archive.chmod(0o644)
+    env = {"XDG_DATA_HOME": str(rangeless.home / "loading")}
+    result = rangeless("load", "-i", str(archive), env=env, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and "/etc/subuid" in errors[0], result.stderr
+    assert "only 0:0 is mapped" in errors[0]
+    assert "store is consistent" in rangeless("check", env=env).stdout
