@@ -20,9 +20,11 @@ cd "$(dirname "$0")/.."
 # no-user-namespace one from (podman brings both; named so they stay if podman goes).
 # gcc, libc6-dev: the static syscall probe of tests/integration/test_seccomp.py and
 # test_container_env.py.
+# uidmap (newuidmap, newgidmap): rootless stepbuild maps a user's /etc/subuid ranges with them;
+# python3-venv: tests/integration/test_rootless.py makes a venv its test users can run.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
-              libc6-dev slirp4netns)
+              libc6-dev slirp4netns uidmap python3-venv)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -229,6 +229,12 @@ class SandboxError(BuildError):
         self.errno = errno
 
 
+class RootlessError(StepbuildError):
+    """Rootless stepbuild could not make or map its user namespace (user namespaces off,
+    newuidmap missing, ranges in /etc/subuid it refuses), or the kernel cannot mount its
+    overlay there."""
+
+
 class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the

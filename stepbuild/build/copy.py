@@ -61,6 +61,7 @@ from stepbuild.build.step import PreparedStep
 from stepbuild.errors import BuildError, ContextChanged, ContextError, PlanError, SourceNotFound
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs import modes, rootpath
+from stepbuild.fs.userns import owner_mapped, unmapped_message
 from stepbuild.layers.unpack import is_archive, unpack_archive
 from stepbuild.sandbox import host as overlay
 from stepbuild.sources import git
@@ -316,6 +317,9 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
               work: CopyWork, merged: Path, tmp: Path) -> None:
     owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
                            else _default_owner(work))
+    if owner is not None and not owner_mapped(owner.uid, owner.gid):  # rootless: not mapped
+        raise BuildError(f"{work.where}: --chown={work.chown}: "
+                         f"{unmapped_message(f'{owner.uid}:{owner.gid}')}")
     place = Placement(work.dest, owner, work.chmod)
     groups = selection.groups if selection else ()
     with open_root(merged) as root_fd:
@@ -365,12 +369,12 @@ def chown_owner(root: Path, chown: str, where: str) -> Owner:
     """--chown: names resolved in the image `root`; errors located at `where` ("FILE:LINE:COL")."""
     try:
         owner = numeric_owner(chown)
-        if owner is not None:
-            return owner
-        ids = user_ids(root, chown)
+        if owner is None:
+            ids = user_ids(root, chown)
+            owner = Owner(ids.uid, ids.gid)
     except users.UserError as exc:  # a name the image lacks, an id out of range, no passwd
         raise BuildError(f"{where}: --chown={chown}: {exc.message}", hint=exc.hint) from None
-    return Owner(ids.uid, ids.gid)
+    return owner
 
 
 def numeric_owner(chown: str) -> Owner | None:

@@ -38,6 +38,7 @@ import xxhash
 
 from stepbuild.errors import BuildError
 from stepbuild.fs import rootpath
+from stepbuild.fs.userns import in_user_namespace, unmapped_message
 
 if TYPE_CHECKING:
     from stepbuild.fs.modes import Chmod
@@ -111,6 +112,9 @@ def _reporting(path: str) -> Iterator[None]:
         yield
     except (OSError, ValueError) as exc:
         why = str(exc)
+        if isinstance(exc, OSError) and exc.errno == errno.EINVAL and in_user_namespace():
+            # a source entry's owner (COPY --from) that this rootless namespace cannot map
+            raise CopyError(f"cannot copy to {path}: {unmapped_message('its owner')}") from None
         if isinstance(exc, OSError) and exc.strerror:
             why = exc.strerror
             if exc.strerror.endswith(" in"):  # rootpath's "'x' is not a directory in" <path>

@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
-NOT_ROOT_HINT = "stepbuild needs root for mounts and namespaces; run it with sudo"
-
-
 def store_root(option: str | None) -> Path:
-    """--root, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir."""
+    """--root, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir.
+
+    A rootless command asks as the user, before it enters its user namespace (where its
+    euid is 0), and keeps the answer in `options.root` (cli/rootless.py)."""
     if option:
         return Path(option)
     if os.environ.get("STEPBUILD_ROOT"):
@@ -59,18 +59,12 @@ def open_store(options: argparse.Namespace,
     return Store(store_root(options.root), on_resolve=on_resolve)
 
 
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        raise UsageError("this command must run as root", hint=NOT_ROOT_HINT)
-
-
 # --- build -------------------------------------------------------------------------------------
 
 
 def build(options: argparse.Namespace) -> int:
     from stepbuild.cli import noop as fingerprint
 
-    _require_root()
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -331,7 +325,6 @@ def load(options: argparse.Namespace) -> int:
     one line per image, as `docker load` prints them."""
     from stepbuild.archive.load import load as load_archive
 
-    _require_root()  # unpacking makes whiteout devices and sets trusted.* xattrs
     stream: BinaryIO
     if options.input:
         try:
@@ -440,7 +433,6 @@ def pull(options: argparse.Namespace) -> int:
     """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
     from stepbuild.distribution.pull import pull as pull_image
 
-    _require_root()  # applying layers makes whiteout devices and sets trusted.* xattrs
     result = pull_image(open_store(options), options.image, connection=_connection(options),
                         display=_display(options))
     print(result.digest)
@@ -620,7 +612,6 @@ def _report_dead_work(root: Path, leftovers: list[StaleWork]) -> None:
 def run(options: argparse.Namespace) -> int:
     from stepbuild.build.runner import run_image
 
-    _require_root()
     store = open_store(options)
     enter_build_namespace()
     with store.lock(exclusive=False):  # prune waits while a container uses the layers

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(options: argparse.Namespace) -> int:
     """Run the command; print its error, if any, and return the exit status."""
     try:
+        if getattr(options, "userns", False):
+            from stepbuild.cli.rootless import reenter
+
+            reenter(options)  # a normal user: go on as root of a user namespace
         return int(options.run(options))
     except StepbuildError as exc:
         if options.debug:
@@ -95,6 +99,11 @@ def _argument_parser() -> argparse.ArgumentParser:
     parse.add_argument("context", nargs="?", default=".", help="the context directory")
     parse.set_defaults(run=_parse_command)
     _add_store_commands(commands)
+    from stepbuild.cli.rootless import OUTSIDE
+
+    for name, sub in commands.choices.items():
+        if name not in OUTSIDE:
+            sub.set_defaults(userns=True)  # rootless: run in a user namespace (cli/rootless.py)
     return parser
 
 

@@ -10,7 +10,8 @@ from elsewhere (`stepbuild load`, FROM oci-archive:…) is unpacked into the for
   whiteout; a whiteout only hides what is *below* the layer), a non-directory already hides
   the lower one and the whiteout adds nothing; a directory becomes opaque (its lower content is
   deleted, its own content stays).
-- `<dir>/.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on `<dir>` (made if missing).
+- `<dir>/.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on `<dir>` (made if missing;
+  `user.overlay.opaque` when rootless, as the overlay is then mounted with `userxattr`).
 - Any other `.wh..wh.*` name at the top (AUFS metadata such as `.wh..wh.plnk`) is skipped, as
   moby's ApplyLayer does.
 
@@ -67,16 +68,21 @@ from stepbuild.errors import LayerError
 from stepbuild.fs.rootpath import MAX_DEPTH as ROOTPATH_MAX_DEPTH
 from stepbuild.fs.rootpath import makedirs_in_root, resolve_parent
 from stepbuild.fs.trees import TreeTooDeep, move_dir_fd, remove_tree, sorted_subdirs, walk_tree
-from stepbuild.layers.overlayfs import Hit, LowerWalk, is_whiteout, kept_xattrs, read_xattrs
+from stepbuild.layers.overlayfs import (
+    Hit,
+    LowerWalk,
+    is_whiteout,
+    kept_xattrs,
+    opaque_xattr,
+    read_xattrs,
+)
 from stepbuild.layers.tar import CHRTYPE, DIRTYPE, Header, Readable, TarReader
 from stepbuild.layers.unpack import Unpacker, clean_name  # ADD's unpacking machinery; see its docs
 
 if TYPE_CHECKING:
     from stepbuild.fs.rootpath import NonDirRule
 
-__all__ = ["MAX_DEPTH", "OPAQUE_XATTR", "apply_layer", "commit_applied"]
-
-OPAQUE_XATTR = "trusted.overlay.opaque"
+__all__ = ["MAX_DEPTH", "apply_layer", "commit_applied"]
 _WHITEOUT_PREFIX = ".wh."
 _OPAQUE_MARKER = ".wh..wh..opq"
 _META_PREFIX = ".wh..wh."
@@ -213,7 +219,7 @@ class _Applier(Unpacker):
             st, root = os.fstat(fd), os.fstat(self._root)
             if (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
                 raise self._fail(name, "opaque marker resolves to the layer root")
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            os.setxattr(fd, opaque_xattr(), b"y")
         finally:
             os.close(fd)
 
@@ -302,14 +308,14 @@ class _Applier(Unpacker):
 def _set_opaque(parent: int, base: str) -> None:
     fd = os.open(base, _DIR_FLAGS, dir_fd=parent)
     try:
-        os.setxattr(fd, OPAQUE_XATTR, b"y")
+        os.setxattr(fd, opaque_xattr(), b"y")
     finally:
         os.close(fd)
 
 
 def _has_opaque(fd: int) -> bool:
     try:
-        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
+        return os.getxattr(fd, opaque_xattr()) == b"y"
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP):
             return False

@@ -17,6 +17,7 @@ import os
 import stat
 
 from stepbuild.errors import LayerError
+from stepbuild.fs.userns import in_user_namespace
 
 __all__ = [
     "Hit",
@@ -26,6 +27,7 @@ __all__ = [
     "is_whiteout",
     "kept_xattrs",
     "look_below",
+    "opaque_xattr",
     "overlay_opaque",
     "read_xattrs",
 ]
@@ -36,6 +38,13 @@ _OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 # files without data) or that overlay never writes into an upper dir (whiteouts of the
 # nested-overlay "xwhiteout" kind): refuse it (BuildKit's checkRedirect; docs/security.md rule 10).
 _REFUSED_OVERLAY_KEYS = frozenset({"redirect", "metacopy", "whiteout", "whiteouts"})
+
+
+def opaque_xattr() -> str:
+    """The xattr that makes a layer dir's directory opaque where this process mounts overlays:
+    `user.overlay.opaque` when rootless (mounted with `userxattr`, see fs/userns.py; only root
+    of the host's namespace may set `trusted.*`), else `trusted.overlay.opaque`."""
+    return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"
 
 
 def is_whiteout(st: os.stat_result) -> bool:

@@ -36,6 +36,7 @@ from stepbuild.fs.rootpath import (
     resolve_parent,
 )
 from stepbuild.fs.trees import remove_subtree
+from stepbuild.fs.userns import owner_mapped, unmapped_message
 from stepbuild.layers.overlayfs import is_overlay_xattr, is_whiteout
 from stepbuild.layers.tar import (
     BLKTYPE,
@@ -271,8 +272,11 @@ class Unpacker:
                 try:
                     self._entry(reader, header, name)
                 except OSError as exc:
-                    raise LayerError(
-                        f"{self._label}: entry {name!r}: {exc.strerror or exc}") from exc
+                    owner = self._owner(header)
+                    why = (unmapped_message("{}:{}".format(*owner))  # rootless: an id not mapped
+                           if exc.errno == errno.EINVAL and not owner_mapped(*owner)
+                           else exc.strerror or exc)
+                    raise LayerError(f"{self._label}: entry {name!r}: {why}") from exc
             self._finish_dirs()
         finally:
             self._near.close()

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
+from stepbuild.fs.userns import owner_mapped
 from stepbuild.sandbox.spawn import start_child
-from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
+from stepbuild.sandbox.spec import TTY_GID, Mount, SandboxSpec, child_payload
 
 if TYPE_CHECKING:
     import threading
@@ -78,7 +79,7 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     from stepbuild.sandbox import cgroups
     from stepbuild.sandbox.seccomp import program
 
-    plan = child_payload(spec)
+    plan = child_payload(spec, tty_gid=owner_mapped(0, TTY_GID))
     plan["seccomp"] = program(spec.seccomp)  # compiled once per profile; may refuse the step
     payload = marshal.dumps(plan)
     cgroup = cgroups.create(spec.limits)

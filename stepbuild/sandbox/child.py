@@ -341,12 +341,23 @@ def become_user(plan: Plan, caps: int) -> None:
     """
     try:
         linux.limit_bounding_set(caps)
-        os.setgroups(plan["groups"])
+        set_groups(plan["groups"], plan["gid"])
         os.setgid(plan["gid"])
         os.setuid(plan["uid"])
         linux.set_capabilities(caps if plan["uid"] == 0 else 0)
     except OSError as e:
         raise SetupFailed(f"drop privileges to {plan['uid']}:{plan['gid']}", e.errno or 0) from None
+
+
+def set_groups(groups: list[int], gid: int) -> None:
+    """setgroups(2). Where it is denied (rootless with a one-id map: the kernel requires that
+    before an unprivileged gid map is written) the groups we have are kept if they grant
+    nothing beyond `groups` and the step's own `gid` (with one id mapped, that is gid 0)."""
+    try:
+        os.setgroups(groups)
+    except PermissionError:
+        if not set(os.getgroups()) <= {*groups, gid}:
+            raise
 
 
 def make_workdir(cwd: str) -> None:

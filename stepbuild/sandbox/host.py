@@ -13,10 +13,14 @@ the builder even if it is killed. The overlay layout under a step's temporary di
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from stepbuild.errors import RootlessError
+from stepbuild.fs.userns import in_user_namespace
 
 # --cap-add SYS_ADMIN alone is not offered: RUN steps also need CAP_NET_ADMIN (the step's lo).
 NO_SYS_ADMIN_HINT = ("run stepbuild as root with CAP_SYS_ADMIN: on the host, or in a container "
@@ -63,7 +67,7 @@ def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
         empty = tmp / "empty"
         empty.mkdir()
         lowers = [empty]
-    linux.mount_overlay(str(merged), distinct(lowers), str(upper), str(work))
+    _mount_overlay(str(merged), distinct(lowers), str(upper), str(work))
     try:
         yield merged
     finally:
@@ -79,11 +83,31 @@ def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     if not lowers:
         yield target  # an image with no layers: an empty dir is its whole content
         return
-    linux.mount_overlay(str(target), distinct(lowers), None, None, readonly=True)
+    _mount_overlay(str(target), distinct(lowers), None, None, readonly=True)
     try:
         yield target
     finally:
         linux.umount(str(target))
+
+
+def _mount_overlay(target: str, lowers: list[str], upper: str | None, work: str | None, *,
+                   readonly: bool = False) -> None:
+    """linux.mount_overlay, with `userxattr` when rootless (fs/userns.py); a rootless mount
+    the kernel refuses is a RootlessError saying why, other failures the OSError."""
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    rootless = in_user_namespace()
+    try:
+        linux.mount_overlay(target, lowers, upper, work, readonly=readonly, userxattr=rootless)
+    except OSError as exc:
+        if rootless and exc.errno in (errno.EINVAL, errno.EPERM, errno.ENODEV):
+            # Linux < 5.11 has no userxattr; fuse-overlayfs would be the way there.
+            raise RootlessError(f"rootless: the kernel refused an overlay mount in the user"
+                                f" namespace ({exc.strerror})",
+                                hint="rootless needs Linux >= 5.11 (overlay's userxattr);"
+                                     " the fuse-overlayfs fallback is not implemented yet,"
+                                     " so build as root on this kernel") from None
+        raise
 
 
 @contextmanager

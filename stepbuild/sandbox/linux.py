@@ -25,7 +25,7 @@ _libc.syscall.restype = ctypes.c_long
 
 # unshare(2) flags
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x20000000, 0x40000000, 0x10000000
 
 # mount attributes, for fsmount(2) and mount_setattr(2); names as in mount(8)
 ATTRS = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}
@@ -154,7 +154,7 @@ def bind_mount(source: str, target: str, *, readonly: bool = False,
 
 
 def mount_overlay(target: str, lowers: Sequence[str], upper: str | None, work: str | None, *,
-                  readonly: bool = False) -> None:
+                  readonly: bool = False, userxattr: bool = False) -> None:
     """Mount an overlay of `lowers` (top first) with `upper`/`work` on `target`, nodev.
 
     Each lower is its own `lowerdir+` parameter (Linux >= 6.8), so the one-page limit of the
@@ -162,6 +162,9 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None, work: s
     off so the upper dir is a complete, self-contained diff (overlayfs.rst;
     docs/security.md rule 10). upper=None gives a read-only overlay of the lowers; a single
     lower is then simply bound read-only, as overlayfs refuses one lower without an upper dir.
+    `userxattr` (in a user namespace: rootless): overlay keeps its state in `user.overlay.*`
+    xattrs, as `trusted.*` needs root in the host's namespace; redirect_dir is then
+    "nofollow" (overlay refuses "off", which means "follow", with userxattr).
     Raises OSError(errno, "mount overlay <target>: <kernel message>").
     """
     if upper is None and len(lowers) == 1:
@@ -171,7 +174,11 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None, work: s
     params += [("lowerdir+", lower) for lower in lowers]
     if upper is not None:
         params += [("upperdir", upper), ("workdir", work or "")]
-    params += [("redirect_dir", "off"), ("metacopy", "off"), ("index", "off")]
+    if userxattr:
+        params += [("userxattr", None), ("redirect_dir", "nofollow")]
+    else:
+        params += [("redirect_dir", "off")]
+    params += [("metacopy", "off"), ("index", "off")]
     attrs = ATTRS["nodev"] | (ATTRS["ro"] if readonly or upper is None else 0)
     try:
         fd = new_fs("overlay", params, attrs)
@@ -229,22 +236,17 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def bind_new_network_namespace(path: str) -> None:
-    """Make a network namespace and keep it alive by binding it onto the file `path`, as
-    `ip netns add` does; the calling thread is back in its own namespace on return.
+    """Move the calling thread into a new network namespace and keep the namespace alive by
+    binding it onto the file `path`, as `ip netns add` does.
 
-    Only the calling thread changes namespace meanwhile (unshare(2) of CLONE_NEWNET is
-    per-thread), so the builder's other threads are never affected. The bind lives in the
-    builder's private mount namespace: it vanishes with the builder, even after kill -9.
+    Only the calling thread changes namespace (unshare(2) of CLONE_NEWNET is per-thread), and
+    it stays there: call this in a thread of its own that ends afterwards (network.py does).
+    Going back with setns(2) is not an option for a rootless builder: it has no capability
+    over the host's network namespace. The bind lives in the builder's private mount
+    namespace: it vanishes with the builder, even after kill -9.
     """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        unshare(CLONE_NEWNET)
-        try:
-            bind_mount("/proc/thread-self/ns/net", path)
-        finally:
-            setns(own, CLONE_NEWNET)
-    finally:
-        os.close(own)
+    unshare(CLONE_NEWNET)
+    bind_mount("/proc/thread-self/ns/net", path)
 
 
 def set_pdeathsig(signal: int) -> None:

@@ -28,6 +28,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import SandboxError
+from stepbuild.fs.userns import in_user_namespace
 
 if TYPE_CHECKING:
     import subprocess
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["DNS_SERVER", "PrivateNetwork", "resolv_conf"]
 
 SLIRP4NETNS = "slirp4netns"
+TUN = "/dev/net/tun"  # slirp4netns makes its tap device through it
 DNS_SERVER = "10.0.2.3"  # slirp4netns's built-in DNS forwarder
 # 65520 as podman uses: fewer, larger packets make big downloads (apt-get) several times faster.
 MTU = 65520
@@ -72,16 +74,20 @@ class PrivateNetwork:
             self._stop()
 
     def _start(self) -> None:
-        from stepbuild.sandbox import linux  # noqa: TID251 -- network.py is sandbox/'s own
-
+        _check_tun()
         self._dir = self._make_dir()
         path = self._dir / "netns"
         path.touch(mode=0o600)
-        try:
-            linux.bind_new_network_namespace(str(path))
-        except OSError as exc:
+        failed: list[OSError] = []
+        # A thread of its own, left in the new namespace as it ends (linux.py says why).
+        maker = threading.Thread(target=_make_namespace, args=(str(path), failed),
+                                 name="stepbuild-netns")
+        maker.start()
+        maker.join()
+        if failed:
             self._stop()
-            raise SandboxError("create the build's network namespace", exc.errno or 0) from None
+            raise SandboxError("create the build's network namespace",
+                               failed[0].errno or 0) from None
         try:
             self._stack = self._spawn(path)
         except BaseException:
@@ -119,7 +125,8 @@ class PrivateNetwork:
             os.close(ready_r)
         if ready != b"1":
             stack.wait()
-            said = log.read_text(errors="replace").strip().splitlines()
+            said = [line for line in log.read_text(errors="replace").strip().splitlines()
+                    if not line.startswith("WARNING:")]  # "seccomp is experimental": noise
             reason = f": {said[-1]}" if said else f" (exit status {stack.returncode})"
             raise SandboxError(f"start slirp4netns{reason}", 0, hint=INSTALL_HINT)
         return stack
@@ -139,6 +146,29 @@ class PrivateNetwork:
                 linux.umount(str(self._dir / "netns"))
             remove_tree(self._dir, best_effort=True)
             self._dir = None
+
+
+def _check_tun() -> None:
+    """Rootless, slirp4netns opens /dev/net/tun as the user: say so when it may not, rather
+    than let it fail with a bare "Permission denied" (udev makes the device 0666; some
+    hosts leave it 0600, and in a user namespace root's rights over it do not apply)."""
+    if in_user_namespace() and not os.access(TUN, os.R_OK | os.W_OK):
+        try:
+            mode = f"mode {os.stat(TUN).st_mode & 0o7777:04o}"
+        except OSError as exc:
+            mode = exc.strerror or "missing"
+        raise SandboxError(f"the private network of rootless RUN steps needs {TUN} readable"
+                           f" and writable by your user ({mode} here; udev makes it 0666)", 0,
+                           hint=f"choose --network none or --network host, or chmod 0666 {TUN}")
+
+
+def _make_namespace(path: str, failed: list[OSError]) -> None:
+    from stepbuild.sandbox import linux  # noqa: TID251 -- network.py is sandbox/'s own
+
+    try:
+        linux.bind_new_network_namespace(path)
+    except OSError as exc:
+        failed.append(exc)
 
 
 def resolv_conf(host_resolv_conf: str) -> str:

@@ -53,6 +53,7 @@ DEV_LINKS = (("/dev/ptmx", "pts/ptmx"), ("/dev/fd", "/proc/self/fd"),
              ("/dev/stdin", "/proc/self/fd/0"), ("/dev/stdout", "/proc/self/fd/1"),
              ("/dev/stderr", "/proc/self/fd/2"))
 ETC_FILES = ("hosts", "resolv.conf", "hostname")
+TTY_GID = 5  # the group of /dev/pts terminals, as in Docker
 
 # kind -> what child.py does. Any other kind would be a filesystem type: only these are allowed.
 FILESYSTEMS = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue"})
@@ -196,21 +197,24 @@ class SandboxSpec:
         return cls(**data)
 
 
-def standard_mounts(shm_size: int = DEFAULT_SHM_SIZE) -> tuple[Mount, ...]:
+def standard_mounts(shm_size: int = DEFAULT_SHM_SIZE, tty_gid: bool = True
+                    ) -> tuple[Mount, ...]:
     """/proc, a minimal /dev, read-only /sys, then Docker's masked and read-only paths.
 
     /dev is a small tmpfs holding bind mounts of the host's harmless device nodes, devpts and
     a few symlinks; unlike Docker's it is nodev (the binds are their own mounts and keep
     working), because there is no device cgroup here to stop a mknod'ed disk being opened.
     /dev/shm holds `shm_size` bytes at most (--shm-size; docker's default, 64 MiB).
+    Terminals in /dev/pts belong to the tty group (gid 5) as in Docker, unless `tty_gid` is
+    False: rootless without subordinate ids maps no gid 5, and devpts refuses an unmapped gid.
     """
+    devpts = "dev,nosuid,noexec,create=dir,newinstance,ptmxmode=0666,mode=0620"
     mounts = [
         Mount("proc", "", "/proc", options="nosuid,noexec,optional"),
         Mount("tmpfs", "", "/dev", options="nosuid,optional,mode=755,size=65536k"),
         *(Mount("bind", f"/dev/{n}", f"/dev/{n}", options="dev,create=file,optional")
           for n in DEV_NODES),
-        Mount("devpts", "", "/dev/pts", options="dev,nosuid,noexec,create=dir,newinstance,"
-                                                "ptmxmode=0666,mode=0620,gid=5"),
+        Mount("devpts", "", "/dev/pts", options=devpts + (f",gid={TTY_GID}" if tty_gid else "")),
         Mount("tmpfs", "", "/dev/shm", options="nosuid,noexec,create=dir,mode=1777,"
                                                 f"size={shm_size}"),
         Mount("mqueue", "", "/dev/mqueue", options="nosuid,noexec,create=dir"),
@@ -230,20 +234,23 @@ def etc_mounts(etc_dir: str) -> tuple[Mount, ...]:
                  for name in ETC_FILES)
 
 
-def all_mounts(spec: SandboxSpec) -> tuple[Mount, ...]:
-    """Every mount of a step, in the order child.py performs them."""
-    return standard_mounts(spec.limits.shm_size) + etc_mounts(spec.etc_dir) + spec.mounts
+def all_mounts(spec: SandboxSpec, tty_gid: bool = True) -> tuple[Mount, ...]:
+    """Every mount of a step, in the order child.py performs them (`tty_gid`: see
+    `standard_mounts`)."""
+    return (standard_mounts(spec.limits.shm_size, tty_gid) + etc_mounts(spec.etc_dir)
+            + spec.mounts)
 
 
 def capability_mask(names: tuple[str, ...] = DOCKER_DEFAULT_CAPS) -> int:
     return sum(1 << CAPABILITIES[name] for name in set(names))
 
 
-def child_payload(spec: SandboxSpec) -> dict[str, object]:
+def child_payload(spec: SandboxSpec, tty_gid: bool = True) -> dict[str, object]:
     """What child.py receives: the spec with its mounts expanded and parsed, as plain data
-    (dicts, lists, str, int, bool, None) so the child needs neither this module nor json."""
+    (dicts, lists, str, int, bool, None) so the child needs neither this module nor json.
+    `tty_gid`: whether gid TTY_GID exists where the step runs (see `standard_mounts`)."""
     mounts = []
-    for m in all_mounts(spec):
+    for m in all_mounts(spec, tty_gid):
         o = m.parsed()
         mounts.append({"kind": m.kind, "source": m.source, "target": m.target,
                        "attrs": list(o.attrs), "params": [list(p) for p in o.params],

@@ -153,3 +153,12 @@ def test_private_network_names_the_namespace_to_join() -> None:
     payload = child_payload(spec)
     assert (payload["network"], payload["netns"]) == ("private", "/store/tmp/net-@x/netns")
     assert SandboxSpec.from_json(spec.to_json()) == spec
+
+
+def test_devpts_leaves_out_the_tty_group_where_gid_5_is_not_mapped() -> None:
+    """Rootless without subordinate ids: devpts refuses gid=5, an id the namespace lacks."""
+    assert "gid=5" in _by_target(standard_mounts())["/dev/pts"].options
+    assert "gid=" not in _by_target(standard_mounts(tty_gid=False))["/dev/pts"].options
+    payload = child_payload(SPEC, tty_gid=False)
+    devpts = [m for m in payload["mounts"] if m["target"] == "/dev/pts"]  # type: ignore[union-attr]
+    assert devpts and ["gid", "5"] not in devpts[0]["params"]
