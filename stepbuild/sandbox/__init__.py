@@ -16,6 +16,8 @@ Lifecycle, as the builder uses it::
 
 Everything the child mounts lives in its own mount namespace and is gone when the command
 (PID 1 of its PID namespace) exits; nothing is left to clean up, even after kill -9.
+With `spec.isolation == "chroot"` the child is `chroot_child.py` instead: same contract, no
+namespace (see `isolation.py`).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
-# Import child.py rather than run it as a script, so its compiled form is cached (~2 ms a step)
+# Import child.py (or chroot_child.py, for spec.isolation "chroot") rather than run it as a
+# script, so its compiled form is cached (~2 ms a step)
 _BOOT = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-         "import child; child.main(int(sys.argv[1]))")
+         "import {0}; {0}.main(int(sys.argv[1]))")
+_CHILDREN = {"namespaces": "child", "chroot": "chroot_child"}
 TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
 CANCEL_POLL_MS = 100  # how long a cancelled step may run on before it is killed
@@ -85,20 +89,20 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     payload = marshal.dumps(plan)
     cgroup = cgroups.create(spec.limits)
     try:
-        return _run_in(cgroup, payload, on_output, cancel)
+        return _run_in(cgroup, _CHILDREN[spec.isolation], payload, on_output, cancel)
     finally:
         if cgroup is not None:
             cgroup.remove()
 
 
-def _run_in(cgroup: StepCgroup | None, payload: bytes,
+def _run_in(cgroup: StepCgroup | None, module: str, payload: bytes,
             on_output: Callable[[bytes], None] | None,
             cancel: threading.Event | None) -> RunResult:
     plan_r, plan_w = _pipe()
     status_r, status_w = _pipe()
     out_r, out_w = _pipe()
     try:
-        pid = _spawn(plan_r, status_w, out_w)
+        pid = _spawn(module, plan_r, status_w, out_w)
     except BaseException:
         for fd in (plan_w, status_r, out_r):
             os.close(fd)
@@ -134,11 +138,11 @@ def _pipe() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def _spawn(plan_r: int, status_w: int, out_w: int) -> int:
+def _spawn(module: str, plan_r: int, status_w: int, out_w: int) -> int:
     # posix_spawn (vfork + exec) is the cheapest way to start the interpreter; the fd layout
     # is child.py's contract. -I -S: no site, no PYTHON* variables, no cwd on sys.path. An
     # empty environment: nothing of the builder's reaches the step.
-    argv = [sys.executable, "-I", "-S", "-c", _BOOT, str(os.getpid())]
+    argv = [sys.executable, "-I", "-S", "-c", _BOOT.replace('{0}', module), str(os.getpid())]
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out_w, 1),
