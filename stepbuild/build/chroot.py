@@ -6,9 +6,8 @@ the cache:
 
     root = copy_parent(space, hollow=...)      # tmp/root: the parent's layers, merged
     ... put RUN's /etc files and stubs in place (run.furnish_chroot) ...
-    before = snapshot(root, masked)
-    ... RUN chrooted in root, or COPY/ADD/WORKDIR writing into root ...
-    record_changes(space, root, before, masked) # tmp/upper, as overlay would have left it
+    with recording(space, root, masked):       # snapshots before and after; then tmp/upper,
+        ... RUN chrooted in root, or COPY/ADD/WORKDIR writing into root ...  # as overlay's
 
 after which capture and commit are those of every step: `tmp/upper` is an overlay upper dir
 (whiteouts, opaque dirs) and becomes the layer dir, so the same change makes the same layer
@@ -19,17 +18,20 @@ for where nothing better can run, not a fast path.
 
 from __future__ import annotations
 
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from stepbuild.layers.merged import copy_merged
-from stepbuild.layers.treediff import diff, snapshot
+from stepbuild.layers.treediff import Pins, diff, snapshot
 from stepbuild.layers.upperdir import opaque_supported, write_upper
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from stepbuild.build.step import Workspace
-    from stepbuild.layers.treediff import Entry
 
 # Where the namespaced sandbox mounts /proc, a tmpfs /dev and /sys: a step never sees the
 # image's content there, nor leaves its own in the layer. Copied empty, left out of the diff.
@@ -45,18 +47,27 @@ def copy_parent(space: Workspace, *, hollow: frozenset[bytes] = frozenset()) -> 
     return root
 
 
-def take_snapshot(root: Path, masked: frozenset[bytes]) -> dict[bytes, Entry]:
-    """The tree before the step (see `treediff.snapshot`)."""
-    return snapshot(root, masked)
-
-
-def record_changes(space: Workspace, root: Path, before: dict[bytes, Entry],
-                   masked: frozenset[bytes]) -> None:
-    """Write `space.upper` from what changed in `root` since `before` was taken. A replaced
-    directory becomes opaque where this process may write overlay's `trusted.*` xattr, else
-    it is recorded entry by entry (`treediff.diff`)."""
-    after = snapshot(root, masked)
+@contextmanager
+def recording(space: Workspace, root: Path, masked: frozenset[bytes]) -> Iterator[None]:
+    """Snapshot `root` (but `masked`), let the step change it, then write `space.upper` from
+    what changed. The snapshot's directories are held open meanwhile, so that one removed
+    and made again gets another inode number (`treediff.Pins`). Nothing is written when
+    the step fails. A replaced directory becomes opaque where this process may write
+    overlay's `trusted.*` xattr, else it is recorded entry by entry (`treediff.diff`)."""
+    with Pins(_room()) as pins:
+        before = snapshot(root, masked, pins)
+        yield
+        after = snapshot(root, masked)
     probe = space.tmp / "opaque-probe"
     probe.mkdir()
     changes = diff(before, after, opaque=opaque_supported(probe))
     write_upper(changes, root, after, space.upper)
+
+
+def _room() -> int:
+    """How many directories a snapshot may hold open: a quarter of the descriptors left, so
+    that stages running side by side and the step's own pipes always have some."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(0, (soft - len(os.listdir("/proc/self/fd"))) // 4)

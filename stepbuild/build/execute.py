@@ -154,15 +154,14 @@ class Executor:
         masked: frozenset[bytes] = frozenset()
         if isinstance(work, run_step.RunWork):
             masked = run_step.furnish_chroot(self, work, root, space.tmp)
-        before = chroot.take_snapshot(root, masked)
-        if isinstance(work, run_step.RunWork):
-            run_step.perform_chrooted(self, step, work, state, root, filename, label,
-                                      cancel=build.cancel)
-        elif isinstance(work, workdir_step.WorkdirWork):
-            workdir_step.perform(work, root)
-        else:
-            copy_step.perform(self, work, root, space.tmp, None)
-        chroot.record_changes(space, root, before, masked)
+        with chroot.recording(space, root, masked):
+            if isinstance(work, run_step.RunWork):
+                run_step.perform_chrooted(self, step, work, state, root, filename, label,
+                                          cancel=build.cancel)
+            elif isinstance(work, workdir_step.WorkdirWork):
+                workdir_step.perform(work, root)
+            else:
+                copy_step.perform(self, work, root, space.tmp, None)
 
     def _tell_chroot_limits(self, work: run_step.RunWork) -> None:
         """Once per build, before the first chrooted RUN: what its steps do not get."""

@@ -57,7 +57,7 @@ import xxhash
 from stepbuild.fs.trees import move_dir_fd
 from stepbuild.layers.overlayfs import fd_path, kept_xattrs, read_xattrs
 
-__all__ = ["Action", "Change", "Entry", "Tree", "diff", "snapshot"]
+__all__ = ["Action", "Change", "Entry", "Pins", "Tree", "diff", "snapshot"]
 
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -186,9 +186,11 @@ def needed_dirs(changes: Iterable[Change]) -> list[bytes]:
 # --- snapshot (reads a real tree) ---------------------------------------------------------------
 
 
-def snapshot(root: Path, masked: frozenset[bytes] = frozenset()) -> dict[bytes, Entry]:
+def snapshot(root: Path, masked: frozenset[bytes] = frozenset(),
+             pins: Pins | None = None) -> dict[bytes, Entry]:
     """Every entry under `root` (and `root` itself as `ROOT`), except the paths in `masked`
-    and all below them. Any depth, one descriptor, nothing followed."""
+    and all below them. Any depth, one descriptor, nothing followed. `pins` keeps its
+    directories open, as far as it has room (see `Pins`)."""
     tree: dict[bytes, Entry] = {}
     fd = os.open(root, _DIR_FLAGS)
     try:
@@ -199,6 +201,8 @@ def snapshot(root: Path, masked: frozenset[bytes] = frozenset()) -> dict[bytes, 
             if todo:
                 name = todo.pop()
                 fd = move_dir_fd(fd, name)
+                if pins is not None:
+                    pins.keep(fd)
                 child = rel + b"/" + name if rel else name
                 stack.append((child, _scan(fd, child, masked, tree)))
                 continue
@@ -208,6 +212,37 @@ def snapshot(root: Path, masked: frozenset[bytes] = frozenset()) -> dict[bytes, 
     finally:
         os.close(fd)
     return tree
+
+
+class Pins:
+    """Open descriptors on the directories of a snapshot, held while the step runs.
+
+    An inode number is only worth comparing if it cannot be reused: `rm -rf d && mkdir d`
+    on ext4 often gives the new `d` the old one's number at once. An inode someone holds
+    open is not freed, so its number stays taken, and a directory made again gets another
+    one. At most `room` directories are held (descriptors are a limited resource; a
+    container's limit is usually 1M, a login shell's 1,024): beyond that a reused number
+    makes a replaced directory look like the same one, and the diff records its new
+    content entry by entry (the same tree, other layer bytes than overlay's opaque dir)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self._fds: list[int] = []
+
+    def keep(self, fd: int) -> None:
+        if len(self._fds) < self.room:
+            self._fds.append(os.dup(fd))
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __enter__(self) -> Pins:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _scan(fd: int, rel: bytes, masked: frozenset[bytes], tree: dict[bytes, Entry]
