@@ -25,6 +25,7 @@ from stepbuild.layers.treediff import (
     needed_dirs,
     snapshot,
 )
+from tests.deeptrees import LEVELS, fast_tmp_dir, nest
 
 # =============================================================================================
 # made-up entries
@@ -240,17 +241,9 @@ def test_snapshot_then_diff_of_real_edits(tmp_path: Path) -> None:
         ("edit", "put"), ("gone", "whiteout"), ("swap", "opaque"), ("swap/new", "put")]
 
 
-def test_snapshot_of_a_tree_deeper_than_path_max(tmp_path: Path) -> None:
-    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(3_000):  # 6,000 bytes of path: past PATH_MAX (4,096)
-            os.mkdir("d", dir_fd=fd)
-            fd, old = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
-            os.close(old)
-        with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "w") as out:
-            out.write("deep")
-    finally:
-        os.close(fd)
-    tree_ = snapshot(tmp_path)
-    deep = b"/".join([b"d"] * 3_000) + b"/leaf"
-    assert tree_[deep].size == 4 and len(tree_) == 3_002
+def test_snapshot_of_a_tree_of_10000_levels(tmp_path: Path) -> None:
+    with fast_tmp_dir(tmp_path) as top:
+        nest(top)  # 20,000 bytes of path: far past PATH_MAX (4,096)
+        tree_ = snapshot(top)
+    deep = b"/".join([b"d"] * LEVELS) + b"/f"
+    assert tree_[deep].size == len(b"bottom\n") and len(tree_) == LEVELS + 2
