@@ -314,7 +314,7 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path,
 
 
 def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
-              work: CopyWork, merged: Path, tmp: Path, upper_dir: Path | None) -> None:
+              work: CopyWork, merged: Path, tmp: Path, upper_dir: Path | None = None) -> None:
     owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
                            else _default_owner(work))
     place = Placement(work.dest, owner, work.chmod)

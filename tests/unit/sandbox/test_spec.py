@@ -8,6 +8,7 @@ import marshal
 import pytest
 
 from stepbuild.sandbox.spec import (
+    CAPABILITIES,
     DEV_NODES,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -153,3 +154,26 @@ def test_private_network_names_the_namespace_to_join() -> None:
     payload = child_payload(spec)
     assert (payload["network"], payload["netns"]) == ("private", "/store/tmp/net-@x/netns")
     assert SandboxSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_chroot_spec_has_no_mounts_and_drops_chroot_and_mknod() -> None:
+    spec = SandboxSpec(rootfs="/r", argv=("true",), env=(), cwd="/", isolation="chroot")
+    payload = child_payload(spec)
+    assert payload["mounts"] == [] and payload["isolation"] == "chroot"
+    caps = payload["capabilities"]
+    assert isinstance(caps, int)
+    assert caps == capability_mask() & ~(1 << CAPABILITIES["SYS_CHROOT"]) & ~(
+        1 << CAPABILITIES["MKNOD"])
+    assert child_payload(SandboxSpec(rootfs="/r", argv=("true",), env=(), cwd="/")
+                         )["isolation"] == "namespaces"
+
+
+@pytest.mark.parametrize("change", [
+    {"mounts": (Mount("tmpfs", "", "/t"),)}, {"etc_dir": "/etc-dir"}, {"network": "none"},
+    {"network": "private", "netns": "/run/netns/x"}, {"isolation": "rootless"},
+])
+def test_what_a_chroot_sandbox_cannot_do_is_refused(change: dict[str, object]) -> None:
+    fields: dict[str, object] = {"rootfs": "/r", "argv": ("true",), "env": (), "cwd": "/",
+                                 "isolation": "chroot", **change}
+    with pytest.raises(ValueError):
+        SandboxSpec(**fields)  # type: ignore[arg-type]
