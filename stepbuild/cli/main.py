@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
 NETWORKS = ("default", "none", "host")
+ISOLATIONS = ("auto", "namespaces", "chroot")  # sandbox/isolation.py's CHOICES, not imported here
 NETWORK_HELP = ("default: a private network with outbound access through slirp4netns, no"
                 " host loopback; none: loopback only; host: the host's own")
 
@@ -254,9 +255,7 @@ def _add_security_opt(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_isolation(parser: argparse.ArgumentParser) -> None:
-    from stepbuild.sandbox.isolation import CHOICES  # a small module: no syscall at import
-
-    parser.add_argument("--isolation", choices=CHOICES, default="auto",
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="auto",
                         help="how RUN steps are isolated: namespaces (mount, PID, network"
                              " namespaces, overlay; needs CAP_SYS_ADMIN), chroot (a chroot into"
                              " a copy of the root, for where no namespace can be made; much"

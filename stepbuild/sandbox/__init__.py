@@ -33,12 +33,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
-from stepbuild.sandbox.spec import Mount, SandboxSpec, child_payload
 
 if TYPE_CHECKING:
     import threading
 
     from stepbuild.sandbox.cgroups import StepCgroup
+    from stepbuild.sandbox.spec import Mount, SandboxSpec
+
+
+def __getattr__(name: str) -> object:
+    """`Mount` and `SandboxSpec` are spec.py's, imported once asked for: a module of this
+    package (isolation.py, on a no-op rebuild's path) must not cost spec.py's imports."""
+    if name in ("Mount", "SandboxSpec"):
+        from stepbuild.sandbox import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
@@ -83,6 +93,7 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     """
     from stepbuild.sandbox import cgroups
     from stepbuild.sandbox.seccomp import program
+    from stepbuild.sandbox.spec import child_payload
 
     plan = child_payload(spec)
     plan["seccomp"] = program(spec.seccomp)  # compiled once per profile; may refuse the step

@@ -108,24 +108,41 @@ def _options(requested: str) -> str:
 
 
 def probe(requested: str = AUTO) -> Environment:
-    """This process's environment. The unshare probe (a fork, ~1 ms) runs only when its
-    answer matters: namespaces may be chosen and the capability is there."""
-    effective = effective_capabilities()
-    if requested not in (AUTO, NAMESPACES) or not effective & (1 << CAP_SYS_ADMIN):
+    """This process's environment. The unshare probe (a fork and ctypes, ~6 ms: a no-op
+    rebuild pays it) runs only when its answer matters: namespaces may be chosen, the
+    capability is there, and a seccomp filter is in force (without one, and with
+    CAP_SYS_ADMIN, unshare(CLONE_NEWNS) cannot be refused)."""
+    status = _status()
+    effective = _field(status, "CapEff", 16)
+    if (requested not in (AUTO, NAMESPACES) or not effective & (1 << CAP_SYS_ADMIN)
+            or _field(status, "Seccomp", 10) == 0):
         return Environment(effective)
     return Environment(effective, _unshare_errno())
 
 
 def effective_capabilities(status: str = _STATUS) -> int:
     """CapEff of this process (proc(5)); 0 where /proc cannot tell."""
+    return _field(_status(status), "CapEff", 16)
+
+
+def _status(path: str = _STATUS) -> str:
     try:
-        with open(status, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _field(status: str, name: str, base: int) -> int:
+    """A number of /proc/self/status; 0 where it is missing (and, for Seccomp, -1: unknown,
+    so that the unshare probe runs)."""
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            try:
+                return int(line.split()[1], base)
+            except (ValueError, IndexError):
+                break
+    return -1 if name == "Seccomp" else 0
 
 
 def _unshare_errno() -> int | None:
