@@ -235,6 +235,11 @@ class RootlessError(StepbuildError):
     overlay there."""
 
 
+class IsolationUnavailable(StepbuildError):
+    """The isolation asked for (or, with `--isolation=auto`, every one) cannot be had in this
+    environment; the message names what is missing, the hint the options."""
+
+
 class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the

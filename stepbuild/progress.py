@@ -42,6 +42,17 @@ class Progress:
         if self.verbose:
             self._write(label, f"     {message}")
 
+    def isolation(self, line: str, reasons: tuple[str, ...]) -> None:
+        """The build's first line (replayed by a no-op rebuild), and with -v why no stronger
+        isolation was taken."""
+        self._write("", line, transcribe=True)
+        for reason in reasons:
+            self.note("", reason)
+
+    def notice(self, message: str) -> None:
+        """Something about the whole build worth knowing (not with -q)."""
+        self._write("", message)
+
     def warn(self, message: str) -> None:
         self._write("", f"warning: {message}", always=True)
 

@@ -63,7 +63,6 @@ from stepbuild.frontend import instructions as ins
 from stepbuild.fs import modes, rootpath
 from stepbuild.fs.userns import owner_mapped, unmapped_message
 from stepbuild.layers.unpack import is_archive, unpack_archive
-from stepbuild.sandbox import host as overlay
 from stepbuild.sources import git
 from stepbuild.sources import url as fetch
 from stepbuild.sources.context import BuildContext, ContextEntry, Selection, SourceGroup
@@ -240,7 +239,7 @@ def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildR
         return owner  # nothing to look up
     run.need_layers(state)
     lowers = [executor.store.layer_dir(d) for d in reversed(state.diff_ids)]
-    with overlay.mounted_readonly(executor.scratch_file("chown"), lowers) as root:
+    with executor.readonly_root(executor.scratch_file("chown"), lowers) as root:
         return chown_owner(root, chown, where)
 
 
@@ -297,24 +296,26 @@ def destination(dest: str, workdir: str) -> str:
     return cleaned.rstrip("/") + "/" if is_dir else cleaned
 
 
-def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path) -> None:
-    """Copy the step's sources into the mounted image root `merged` (empty for --link)."""
+def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path,
+            upper: Path | None) -> None:
+    """Copy the step's sources into the image root `merged` (empty for --link): the mounted
+    overlay whose upper dir is `upper`, or (chroot isolation, `upper` None) a plain copy."""
     source = work.source
     if source is None:
-        _copy_all(executor.context, work.selection, work.layout, work, merged, tmp)
+        _copy_all(executor.context, work.selection, work.layout, work, merged, tmp, upper)
         return
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
-    with overlay.mounted_readonly(tmp / "from", lowers) as root:
+    with executor.readonly_root(tmp / "from", lowers) as root:
         context = BuildContext(root)
         try:
             selection, layout = select(context, work.sources, work.excludes, work.parents)
         except ContextError as exc:  # its hint speaks of the build context: not this one
             raise _from_error(exc, work) from None
-        _copy_all(context, selection, layout, work, merged, tmp)
+        _copy_all(context, selection, layout, work, merged, tmp, upper)
 
 
 def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequence[_Kept] | None,
-              work: CopyWork, merged: Path, tmp: Path) -> None:
+              work: CopyWork, merged: Path, tmp: Path, upper_dir: Path | None = None) -> None:
     owner = work.owner or (chown_owner(merged, work.chown, work.where) if work.chown
                            else _default_owner(work))
     if owner is not None and not owner_mapped(owner.uid, owner.gid):  # rootless: not mapped
@@ -331,7 +332,7 @@ def _copy_all(context: BuildContext, selection: Selection | None, layout: Sequen
         # COPY writes: the entries of one walk never pass through each other's symlinks, while
         # a second source could (and must then resolve through the image, not the upper dir).
         alone = len(groups) == 1 and not (work.inline or work.downloads or work.git)
-        upper = tmp / "upper" if alone else None
+        upper = upper_dir if alone else None
         try:
             for index, group in enumerate(groups):
                 if layout is None:

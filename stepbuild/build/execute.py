@@ -11,11 +11,12 @@ upper dir into a layer tar. Committing it to the store is the lifecycle's busine
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from stepbuild.build import chroot
 from stepbuild.build import copy as copy_step
 from stepbuild.build import run as run_step
 from stepbuild.build import workdir as workdir_step
@@ -26,6 +27,7 @@ from stepbuild.build.step import PreparedStep, Workspace
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers import capture as layer
+from stepbuild.layers.merged import copy_merged
 from stepbuild.sandbox import host as overlay
 from stepbuild.sandbox.limits import Limits
 from stepbuild.sandbox.network import PrivateNetwork
@@ -62,7 +64,8 @@ class Executor:
                  network: str = "default", source_date_epoch: int | None = None,
                  secrets: dict[str, SecretSource] | None = None,
                  ssh: dict[str, str] | None = None, limits: Limits | None = None,
-                 seccomp: str = "default", allow: frozenset[str] = frozenset()) -> None:
+                 seccomp: str = "default", allow: frozenset[str] = frozenset(),
+                 isolation: str = "namespaces") -> None:
         self.store = store
         self.context = context
         self.sandbox = sandbox
@@ -78,6 +81,10 @@ class Executor:
         self.ssh = ssh or {}  # id -> agent socket path (--ssh)
         self.limits = limits or Limits()  # every RUN's resource limits (--memory, ...)
         self.seccomp = seccomp  # --security-opt seccomp=: "default", "unconfined" or a path
+        # sandbox/isolation.py: "namespaces" (overlay mounts, the namespaced sandbox) or
+        # "chroot" (plain copies, a chrooted step, the layer from a tree diff: chroot.py)
+        self.isolation = isolation
+        self._told_chroot = False  # chroot mode's limits are said once per build
         self._scratch: Path | None = None
         # what RUN --mount=type=bind binds of the context: copied once per selection
         self.context_copies = ContextCopies(context, self.scratch_file)
@@ -118,7 +125,10 @@ class Executor:
     def perform(self, step: PreparedStep, state: ImageState, space: Workspace,
                 build: BuildRun, label: str) -> None:
         """Run the RUN, copy the files or make the WORKDIR, in an overlay mounted for the
-        step."""
+        step (or, with chroot isolation, in a copy of the parent's tree)."""
+        if self.isolation == "chroot":
+            self._perform_in_copy(step, state, space, build, label)
+            return
         stubs: list[str] = []
         with overlay.mounted(space.tmp, space.lowers) as merged:
             if isinstance(step.work, run_step.RunWork):
@@ -128,8 +138,56 @@ class Executor:
             elif isinstance(step.work, workdir_step.WorkdirWork):
                 workdir_step.perform(step.work, merged)
             else:
-                copy_step.perform(self, step.work, merged, space.tmp)
+                copy_step.perform(self, step.work, merged, space.tmp, space.upper)
         run_step.remove_stubs(space.upper, stubs)
+
+    def _perform_in_copy(self, step: PreparedStep, state: ImageState, space: Workspace,
+                         build: BuildRun, label: str) -> None:
+        """`perform` for --isolation=chroot: the step works on `space.tmp/root`, a copy of
+        the parent's tree, and `space.upper` is made from what changed (build/chroot.py)."""
+        work, filename = step.work, build.stages.filename
+        if isinstance(work, run_step.RunWork):
+            run_step.chroot_refusal(step, work, filename)  # before copying anything
+            self._tell_chroot_limits(work)
+        root = chroot.copy_parent(space, hollow=chroot.HOLLOW if isinstance(
+            work, run_step.RunWork) else frozenset())
+        masked: frozenset[bytes] = frozenset()
+        if isinstance(work, run_step.RunWork):
+            masked = run_step.furnish_chroot(self, work, root, space.tmp)
+        with chroot.recording(space, root, masked):
+            if isinstance(work, run_step.RunWork):
+                run_step.perform_chrooted(self, step, work, state, root, filename, label,
+                                          cancel=build.cancel)
+            elif isinstance(work, workdir_step.WorkdirWork):
+                workdir_step.perform(work, root)
+            else:
+                copy_step.perform(self, work, root, space.tmp, None)
+
+    def _tell_chroot_limits(self, work: run_step.RunWork) -> None:
+        """Once per build, before the first chrooted RUN: what its steps do not get."""
+        if self._told_chroot:
+            return
+        self._told_chroot = True
+        network = " and the host's network" if work.network != "host" else ""
+        self.progress.notice(
+            "chroot isolation: RUN steps get no /proc, no /sys, an empty /dev (no device"
+            f" nodes){network}; no PID, mount or network namespace holds them (see"
+            " docs/security.md)")
+
+    @contextmanager
+    def readonly_root(self, target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
+        """An image's tree at `target`, to read from (COPY --from): an overlay mounted
+        read-only, or with chroot isolation a copy (removed on exit)."""
+        if self.isolation != "chroot":
+            with overlay.mounted_readonly(target, lowers) as root:
+                yield root
+            return
+        target.mkdir(mode=0o700)
+        try:
+            copy_merged(lowers, target)
+            yield target
+        finally:
+            remove_tree(target, best_effort=True)
 
     def capture(self, space: Workspace) -> LayerBlob | None:
         """The upper dir as a layer tar in the workspace; None when the step changed

@@ -18,7 +18,8 @@ command line are handed to the shell, which does their redirection and expansion
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
+import stat
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from stepbuild.build.mounts.cache import CacheMountObserver
     from stepbuild.build.mounts.plan import PlannedMount, Sources
     from stepbuild.build.seams import BuildRun
-    from stepbuild.sandbox.spec import Mount
+    from stepbuild.sandbox.spec import Mount, SandboxSpec
 
 # Paths the sandbox mounts over; created as empty stubs when the image lacks them and removed
 # from the layer afterwards, so that they never land in an image (BuildKit does the same).
@@ -156,11 +157,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
 
     loc = step.instruction.loc
     where = f"{filename}:{loc.line}:{loc.column}"
-    try:
-        ids = user_ids(merged, state.user)
-    except users.UserError as exc:  # USER names no one in the image, or an id out of range
-        user = f"USER {state.user}: " if state.user else ""
-        raise BuildError(f"{where}: {user}{exc.message}", hint=exc.hint) from None
+    ids = _step_ids(merged, state, step, filename)
     etc = tmp / "etc"
     write_etc_files(etc, HOSTNAME, executor.limits.add_hosts,
                     private_network=work.network == "private")
@@ -199,8 +196,17 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
             )
         except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
             raise BuildError(f"{where}: cannot run this step: {exc}") from None
-        result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data),
-                                      cancel=cancel)
+        _run_and_report(executor, step, spec, filename, label, cancel)
+    return stubs
+
+
+def _run_and_report(executor: Executor, step: PreparedStep, spec: SandboxSpec, filename: str,
+                    label: str, cancel: threading.Event | None) -> None:
+    """Run `spec` in the sandbox, its output to the progress; StepFailed (or
+    StepOutOfMemory) located at the step when the command fails."""
+    progress = executor.progress
+    result = executor.sandbox.run(spec, on_output=lambda data: progress.output(label, data),
+                                  cancel=cancel)
     progress.flush_output(label)
     for notice in result.notices:  # e.g. the chroot fallback, a skipped /etc bind
         progress.note(label, notice)
@@ -214,7 +220,112 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
             raise StepOutOfMemory(position, step.created_by, result.exit_code,
                                   result.output_tail, human_size(executor.limits.memory or 0))
         raise StepFailed(position, step.created_by, result.exit_code, result.output_tail)
-    return stubs
+
+
+# --- --isolation=chroot -------------------------------------------------------------------------
+
+
+def chroot_refusal(step: PreparedStep, work: RunWork, filename: str) -> None:
+    """Refuse, located, what a chrooted RUN cannot have: `--mount`s (each is a mount) and
+    `--network=none` (a network namespace). Checked before the step's root is copied."""
+    why = ("RUN --mount needs a mount, which --isolation=chroot cannot make" if work.mounts
+           else "--network=none needs a network namespace, which --isolation=chroot cannot"
+                " make" if work.network == "none" else None)
+    if why is not None:
+        loc = step.instruction.loc
+        raise BuildError(f"{filename}:{loc.line}:{loc.column}: {why}",
+                         hint="build where namespaces are allowed (CAP_SYS_ADMIN), or leave"
+                              " it out of the Stepfile")
+
+
+def furnish_chroot(executor: Executor, work: RunWork, root: Path, tmp: Path
+                   ) -> frozenset[bytes]:
+    """Put into the chrooted step's root what the namespaced sandbox would mount: the
+    mount-point stubs, our /etc/hosts, resolv.conf and hostname (over the image's own regular
+    files, or as new files), a `#!` heredoc's script in /dev/pipes. Returns the paths left out
+    of the layer (all of /proc, /dev, /sys; the /etc files placed), as mounts would be."""
+    from stepbuild.build.chroot import HOLLOW
+
+    _make_stubs(root)
+    etc = tmp / "etc"
+    write_etc_files(etc, HOSTNAME, executor.limits.add_hosts,
+                    private_network=False)  # the host's network: its resolver
+    placed = {f"etc/{name}".encode() for name in ("hosts", "resolv.conf", "hostname")
+              if _overwrite_in_root(root, f"etc/{name}", (etc / name).read_bytes(), 0o644)}
+    if work.script is not None:  # below /dev, which is never part of the layer
+        name, body = work.script
+        _overwrite_in_root(root, f"{PIPES.lstrip('/')}/{name}", body.encode(), 0o755,
+                           create=True)
+    return HOLLOW | frozenset(placed)
+
+
+def _overwrite_in_root(root: Path, path: str, data: bytes, mode: int, *,
+                       create: bool = False) -> bool:
+    """Write `data` to the existing regular file `path` under `root` (`create`: made, with
+    its missing directories, when absent). False, writing nothing, where it is missing, a
+    symlink or other non-directory is on the way, or the file has other names (writing it
+    would change them too): the step then sees the image's own, as a namespaced step whose
+    image lacks /etc does."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    *dirs, name = path.split("/")
+    fd = os.open(root, flags)
+    try:
+        for part in dirs:
+            if create:
+                with suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+            try:
+                fd, old = os.open(part, flags, dir_fd=fd), fd
+            except OSError:  # missing, a symlink (ELOOP), a file (ENOTDIR)
+                return False
+            os.close(old)
+        try:
+            out = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                          | (os.O_CREAT if create else 0), mode, dir_fd=fd)
+        except OSError:  # a symlink (ELOOP), a directory, ...
+            return False
+        try:
+            st = os.fstat(out)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                return False
+            os.ftruncate(out, 0)
+            os.write(out, data)
+            os.fchmod(out, mode)
+        finally:
+            os.close(out)
+        return True
+    finally:
+        os.close(fd)
+
+
+def perform_chrooted(executor: Executor, step: PreparedStep, work: RunWork,
+                     state: ImageState, root: Path, filename: str, label: str,
+                     cancel: threading.Event | None = None) -> None:
+    """Run the step chrooted into `root`, its plain copy (`furnish_chroot` done): no mounts,
+    the host's network. Fails as `perform` does."""
+    from stepbuild.sandbox.spec import SandboxSpec
+
+    ids = _step_ids(root, state, step, filename)
+    loc = step.instruction.loc
+    try:
+        spec = SandboxSpec(rootfs=str(root), argv=work.argv, env=with_home(work.env, ids),
+                           cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+                           hostname=HOSTNAME, network="host", limits=executor.limits,
+                           seccomp=executor.seccomp, isolation="chroot")
+    except ValueError as exc:  # what no kernel takes, e.g. a NUL in an ENV of the base
+        raise BuildError(f"{filename}:{loc.line}:{loc.column}: cannot run this step: {exc}"
+                         ) from None
+    _run_and_report(executor, step, spec, filename, label, cancel)
+
+
+def _step_ids(root: Path, state: ImageState, step: PreparedStep, filename: str) -> users.Ids:
+    loc = step.instruction.loc
+    try:
+        return user_ids(root, state.user)
+    except users.UserError as exc:  # USER names no one in the image, or an id out of range
+        user = f"USER {state.user}: " if state.user else ""
+        raise BuildError(f"{filename}:{loc.line}:{loc.column}: {user}{exc.message}",
+                         hint=exc.hint) from None
 
 
 def _script_mount(tmp: Path, name: str, body: str) -> Mount:

@@ -3,7 +3,8 @@
 The image's layers are mounted as an overlay with a fresh upper dir that is deleted afterwards,
 and the command runs as RUN steps do (same namespaces, same confinement), with the image's
 ENTRYPOINT, CMD, Env, User and WorkingDir. Its output goes to our stdout as it comes. This is
-how users and tests look inside a result.
+how users and tests look inside a result. With chroot isolation the command runs chrooted into
+a copy of the image instead, which sees the image's own /etc files and the host's network.
 """
 
 from __future__ import annotations
@@ -14,20 +15,24 @@ from typing import TYPE_CHECKING
 
 from stepbuild.build.images import load_state
 from stepbuild.build.run import user_ids, with_home, write_etc_files
-from stepbuild.errors import ContainerOutOfMemory, StepbuildError
+from stepbuild.errors import ContainerOutOfMemory, StepbuildError, UsageError
 from stepbuild.fs.trees import remove_tree
 from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
+    from stepbuild.build.state import ImageState
     from stepbuild.sandbox.limits import Limits
     from stepbuild.store.store import Store
 
 
 def run_image(store: Store, name: str, command: list[str], network: str = "default",
-              limits: Limits | None = None, seccomp: str = "default") -> int:
+              limits: Limits | None = None, seccomp: str = "default",
+              isolation: str = "namespaces") -> int:
     """Run `command` (or the image's CMD) in image `name`, with `limits`; return its exit
     status. A command the OOM killer ended is an error that says so. `network` is "default"
-    (a private network of its own, as a RUN step's), "none" or "host"."""
+    (a private network of its own, as a RUN step's), "none" or "host". With `isolation`
+    "chroot" the container is a chroot into a copy of the image (no namespace, the host's
+    network: "none" is refused)."""
     from stepbuild import sandbox
     from stepbuild.sandbox.limits import Limits, human_size
     from stepbuild.sandbox.network import PrivateNetwork
@@ -44,6 +49,8 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
     if not argv:
         raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
     lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
+    if isolation == "chroot":
+        return _run_chrooted(store, lowers, state, argv, network, limits, seccomp)
     mode = "private" if network == "default" else network
     tmp = store.tmp_dir("run-")
     private_network = PrivateNetwork(lambda: store.tmp_dir("net-"))
@@ -65,6 +72,36 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
     finally:
         private_network.close()
         remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
+
+
+def _run_chrooted(store: Store, lowers: list[Path], state: ImageState, argv: list[str],
+                  network: str, limits: Limits, seccomp: str) -> int:
+    """`run_image` with chroot isolation: in a copy of the image, removed afterwards."""
+    from stepbuild import sandbox
+    from stepbuild.layers.merged import copy_merged
+    from stepbuild.sandbox.limits import human_size
+    from stepbuild.sandbox.spec import SandboxSpec
+
+    if network == "none":
+        raise UsageError("--network none needs a network namespace, which --isolation=chroot"
+                         " cannot make", hint="leave --network out: the host's is used")
+    tmp = store.tmp_dir("run-")
+    try:
+        root = tmp / "root"
+        root.mkdir(mode=0o700)
+        copy_merged(lowers, root, frozenset({b"proc", b"dev", b"sys"}))
+        ids = user_ids(root, state.user)
+        spec = SandboxSpec(rootfs=str(root), argv=tuple(argv), env=with_home(state.env, ids),
+                           cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
+                           network="host", limits=limits, seccomp=seccomp,
+                           isolation="chroot")
+        result = sandbox.run(spec, on_output=_to_stdout)
+        if result.oom_killed:
+            raise ContainerOutOfMemory(f"killed: out of memory (limit"
+                                       f" {human_size(limits.memory or 0)})")
+        return int(result.exit_code)
+    finally:
+        remove_tree(tmp, best_effort=True)
 
 
 def _to_stdout(data: bytes) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from stepbuild.frontend.instructions import Stepfile
     from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
+    from stepbuild.sandbox.isolation import Isolation
     from stepbuild.sandbox.limits import Limits
     from stepbuild.sources.context import BuildContext
     from stepbuild.store.stale import StaleWork
@@ -69,16 +70,31 @@ def build(options: argparse.Namespace) -> int:
     context_dir = Path(options.context)
     if not context_dir.is_dir():
         raise UsageError(f"the build context {context_dir} is not a directory")
+    isolation = _isolation(options)
+    # The mode chosen is part of the fingerprint, so that a replay never names another one.
+    options.isolation_chosen = isolation.mode
     # Nothing changed since the last build? Then say so before importing the builder.
     witness = fingerprint.take(options, pull_policy, store_root(options.root))
     if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
                                                   verbose=options.verbose):
         return 0
-    return _full_build(options, pull_policy, context_dir, witness)
+    return _full_build(options, pull_policy, context_dir, witness, isolation)
+
+
+def _isolation(options: argparse.Namespace) -> Isolation:
+    """--isolation resolved here (sandbox/isolation.py); IsolationUnavailable otherwise."""
+    from stepbuild.sandbox.isolation import resolve
+
+    return resolve(getattr(options, "isolation", "auto"))
+
+
+def _tell_isolation(progress: Progress, isolation: Isolation) -> None:
+    """The build's first line names the mode; -v says why no stronger one was taken."""
+    progress.isolation(isolation.describe(), isolation.passed_over)
 
 
 def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
-                witness: Witness | None) -> int:
+                witness: Witness | None, isolation: Isolation) -> int:
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.cli import noop as fingerprint
     from stepbuild.frontend.cache import parse_cached
@@ -96,17 +112,19 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     build_args.update(parse_build_args(options.build_arg))
     epoch = source_date_epoch(build_args)
     progress = _progress(options)
+    _tell_isolation(progress, isolation)
     if options.reproducible and epoch is None:
         epoch = 0  # timestamps must not differ between the two builds
         progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
     warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
     for warning in warnings:
         progress.warn(warning)
-    enter_build_namespace()
+    enter_build_namespace(isolation.mode)
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
                          *_mount_options(options), limits=limit_flags.limits(options),
-                         seccomp=_seccomp(options), allow=frozenset(options.allow))
+                         seccomp=_seccomp(options), allow=frozenset(options.allow),
+                         isolation=isolation.mode)
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
@@ -222,12 +240,15 @@ def source_date_epoch(build_args: dict[str, str]) -> int | None:
     return int(text)
 
 
-def enter_build_namespace() -> None:
+def enter_build_namespace(isolation: str = "namespaces") -> None:
     """Move this process into a private mount namespace: every mount it makes vanishes with it.
+    Chroot isolation mounts nothing (and cannot unshare): nothing to do then.
 
     Called before any thread starts (unshare of the mount namespace applies to the calling
     thread only).
     """
+    if isolation == "chroot":
+        return
     from stepbuild.sandbox import host
 
     host.enter_private_mount_namespace()
@@ -258,13 +279,14 @@ def _executor(store: Store, context: BuildContext, progress: Progress,
               build_args: dict[str, str], network: str, epoch: int | None,
               secrets: dict[str, SecretSource] | None = None,
               ssh: dict[str, str] | None = None, limits: Limits | None = None,
-              seccomp: str = "default", allow: frozenset[str] = frozenset()) -> Executor:
+              seccomp: str = "default", allow: frozenset[str] = frozenset(),
+              isolation: str = "namespaces") -> Executor:
     from stepbuild import sandbox
     from stepbuild.build.execute import Executor
 
     return Executor(store, context, sandbox, progress, build_args, network, epoch,
                     secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp,
-                    allow=allow)
+                    allow=allow, isolation=isolation)
 
 
 def _seccomp(options: argparse.Namespace) -> str:
@@ -612,8 +634,12 @@ def _report_dead_work(root: Path, leftovers: list[StaleWork]) -> None:
 def run(options: argparse.Namespace) -> int:
     from stepbuild.build.runner import run_image
 
+    isolation = _isolation(options)
+    if options.verbose:
+        _tell_isolation(_progress(options), isolation)
     store = open_store(options)
-    enter_build_namespace()
+    enter_build_namespace(isolation.mode)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,
-                             limit_flags.limits(options), seccomp=_seccomp(options)))
+                             limit_flags.limits(options), seccomp=_seccomp(options),
+                             isolation=isolation.mode))

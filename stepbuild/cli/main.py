@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
 NETWORKS = ("default", "none", "host")
+ISOLATIONS = ("auto", "namespaces", "chroot")  # sandbox/isolation.py's CHOICES, not imported here
 NETWORK_HELP = ("default: a private network with outbound access through slirp4netns, no"
                 " host loopback; none: loopback only; host: the host's own")
 
@@ -127,6 +128,7 @@ def _add_store_commands(commands: Subcommands) -> None:
                             " --network=host use the host's network (--network host grants"
                             " it too)")
     _add_security_opt(build)
+    _add_isolation(build)
     build.add_argument("--target", help="build up to this stage")
     build.add_argument("--reproducible", action="store_true",
                        help="build twice (the second time without cache) and fail unless the"
@@ -196,6 +198,9 @@ def _add_store_commands(commands: Subcommands) -> None:
                      help="the container's network (" + NETWORK_HELP + ")")
     limit_flags.add_arguments(run)
     _add_security_opt(run)
+    _add_isolation(run)
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="say which isolation the container gets, and why")
     run.add_argument("image")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
@@ -256,6 +261,15 @@ def _add_security_opt(parser: argparse.ArgumentParser) -> None:
                         metavar="seccomp=unconfined|PROFILE",
                         help="seccomp filter of RUN steps (default: the system's containers"
                              " seccomp.json, hardened, as docker's default profile)")
+
+
+def _add_isolation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="auto",
+                        help="how RUN steps are isolated: namespaces (mount, PID, network"
+                             " namespaces, overlay; needs CAP_SYS_ADMIN), chroot (a chroot into"
+                             " a copy of the root, for where no namespace can be made; much"
+                             " weaker), or auto (default: the strongest this environment"
+                             " allows)")
 
 
 def _seconds(text: str) -> float:

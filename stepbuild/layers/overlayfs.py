@@ -170,6 +170,11 @@ class LowerWalk:
     def all(self) -> list[int]:
         return list(range(len(self._fds)))
 
+    def paths(self, below: list[int]) -> list[bytes]:
+        """Paths naming the current dir of each of the lowers `below` (valid until the next
+        `down` or `up`)."""
+        return [b"/proc/self/fd/%d" % self._fds[i] for i in below]
+
     def look(self, below: list[int], name: bytes) -> tuple[Hit | None, list[int]]:
         """`look_below` of `name` in the lowers `below`; the Hit's path is valid until
         the next `down` or `up`."""

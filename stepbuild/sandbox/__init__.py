@@ -17,6 +17,8 @@ Lifecycle, as the builder uses it::
 
 Everything the child mounts lives in its own mount namespace and is gone when the command
 (PID 1 of its PID namespace) exits; nothing is left to clean up, even after kill -9.
+With `spec.isolation == "chroot"` the child is `chroot_child.py` instead: same contract, no
+namespace (see `isolation.py`).
 """
 
 from __future__ import annotations
@@ -31,17 +33,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
-from stepbuild.fs.userns import owner_mapped
 from stepbuild.sandbox.spawn import start_child
-from stepbuild.sandbox.spec import TTY_GID, Mount, SandboxSpec, child_payload
 
 if TYPE_CHECKING:
     import threading
 
     from stepbuild.sandbox.cgroups import StepCgroup
+    from stepbuild.sandbox.spec import Mount, SandboxSpec
+
+
+def __getattr__(name: str) -> object:
+    """`Mount` and `SandboxSpec` are spec.py's, imported once asked for: a module of this
+    package (isolation.py, on a no-op rebuild's path) must not cost spec.py's imports."""
+    if name in ("Mount", "SandboxSpec"):
+        from stepbuild.sandbox import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Mount", "RunResult", "SandboxSpec", "run"]
 
+_CHILDREN = {"namespaces": "child", "chroot": "chroot_child"}  # the fork server runs either
 TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
 CANCEL_POLL_MS = 100  # how long a cancelled step may run on before it is killed
@@ -76,28 +88,30 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     The step runs in a cgroup of its own with `spec.limits` applied (`cgroups.py`), removed
     on return.
     """
+    from stepbuild.fs.userns import owner_mapped
     from stepbuild.sandbox import cgroups
     from stepbuild.sandbox.seccomp import program
+    from stepbuild.sandbox.spec import TTY_GID, child_payload
 
     plan = child_payload(spec, tty_gid=owner_mapped(0, TTY_GID))
     plan["seccomp"] = program(spec.seccomp)  # compiled once per profile; may refuse the step
     payload = marshal.dumps(plan)
     cgroup = cgroups.create(spec.limits)
     try:
-        return _run_in(cgroup, payload, on_output, cancel)
+        return _run_in(cgroup, _CHILDREN[spec.isolation], payload, on_output, cancel)
     finally:
         if cgroup is not None:
             cgroup.remove()
 
 
-def _run_in(cgroup: StepCgroup | None, payload: bytes,
+def _run_in(cgroup: StepCgroup | None, module: str, payload: bytes,
             on_output: Callable[[bytes], None] | None,
             cancel: threading.Event | None) -> RunResult:
     plan_r, plan_w = _pipe()
     status_r, status_w = _pipe()
     out_r, out_w = _pipe()
     try:
-        child = start_child(plan_r, status_w, out_w)
+        child = start_child(module, plan_r, status_w, out_w)
     except BaseException:
         for fd in (plan_w, status_r, out_r):
             os.close(fd)

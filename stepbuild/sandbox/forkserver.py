@@ -9,7 +9,8 @@ millisecond.
 
 Protocol, over the SOCK_SEQPACKET socket on fd 3 (one message per request):
 
-- request: data b"run", fds [plan, status, output, reply, mount namespace] — the first three
+- request: data b"run MODULE" (`child`, or `chroot_child` for --isolation=chroot), fds
+  [plan, status, output, reply, mount namespace] — the first three
   become the child's fds 3, 4 and 1/2 (child.py's contract); `reply` is a SOCK_SEQPACKET
   socket of the request's own; the child joins the mount namespace first (the builder's
   thread may be in another one than the server was started in).
@@ -29,13 +30,17 @@ import os
 import select
 import socket
 import sys
+from collections.abc import Callable
 
 if __package__:
-    from . import child, linux  # noqa: TID251 -- the server is linux.py's other user
+    from . import child, chroot_child, linux  # noqa: TID251 -- the server is linux.py's other user
 else:  # top-level, as spawn.py starts it: skip importing the stepbuild packages
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import child  # type: ignore[import-not-found, no-redef]
+    import chroot_child  # type: ignore[import-not-found, no-redef]
     import linux  # type: ignore[import-not-found, no-redef]
+
+CHILDREN = {b"child": child.main, b"chroot_child": chroot_child.main}  # by isolation
 
 CONTROL_FD = 3
 _FDS_PER_REQUEST = 5
@@ -72,7 +77,8 @@ def _accept(control: socket.socket, own_mnt: int, running: Running,
         fds.frombytes(cmsg_data[:len(cmsg_data) - len(cmsg_data) % fds.itemsize])
     if not data:
         return False
-    if data != b"run" or len(fds) != _FDS_PER_REQUEST:
+    verb, _, module = data.partition(b" ")
+    if verb != b"run" or module not in CHILDREN or len(fds) != _FDS_PER_REQUEST:
         for fd in fds:
             os.close(fd)
         return True
@@ -86,7 +92,7 @@ def _accept(control: socket.socket, own_mnt: int, running: Running,
         reply.close()
         pid = -1
     if pid == 0:
-        _become_child(server, plan, status, output, mnt, own_mnt)
+        _become_child(CHILDREN[module], server, (plan, status, output), mnt, own_mnt)
     for fd in (plan, status, output, mnt):
         os.close(fd)
     if pid > 0:
@@ -98,26 +104,27 @@ def _accept(control: socket.socket, own_mnt: int, running: Running,
     return True
 
 
-def _become_child(server: int, plan: int, status: int, output: int, mnt: int,
-                  own_mnt: int) -> None:
+def _become_child(main: Callable[[int], None], server: int, fds: tuple[int, int, int],
+                  mnt: int, own_mnt: int) -> None:
     """In the forked child: the fd layout child.py expects, nothing else of the server's
-    (other steps' sockets and pidfds), the requester's mount namespace; then child.main."""
+    (other steps' sockets and pidfds), the requester's mount namespace; then `main`."""
+    status = fds[1]
     try:
         if os.fstat(mnt).st_ino != own_mnt:
             linux.setns(mnt, linux.CLONE_NEWNS)
-        moved = [os.dup2(fd, _HIGH_FD + i, inheritable=True)
-                 for i, fd in enumerate((plan, status, output))]
+        plan, status, output = (os.dup2(fd, _HIGH_FD + i, inheritable=True)
+                                for i, fd in enumerate(fds))
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
-        os.dup2(moved[2], 1)
-        os.dup2(moved[2], 2)
-        os.dup2(moved[0], child.PLAN_FD)
-        os.dup2(moved[1], child.STATUS_FD)
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.dup2(plan, child.PLAN_FD)
+        os.dup2(status, child.STATUS_FD)
         os.closerange(child.STATUS_FD + 1, os.sysconf("SC_OPEN_MAX"))
     except OSError as e:
         os.write(status, b"E\t%d\tstart the sandbox child\n" % (e.errno or 0))
         os._exit(127)
-    child.main(server)
+    main(server)
 
 
 def _report_exit(pid: int, pidfd: int, reply: socket.socket) -> None:

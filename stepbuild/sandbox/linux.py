@@ -46,6 +46,7 @@ _OPEN_TREE_CLONE, _MOVE_F_EMPTY, _MOVE_T_EMPTY = 1, 0x4, 0x40
 _RESOLVE_NO_MAGICLINKS, _RESOLVE_IN_ROOT = 0x02, 0x10
 _PR_SET_PDEATHSIG, _PR_CAPBSET_READ, _PR_CAPBSET_DROP = 1, 23, 24
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+_PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 36, 38
 
 
 def _check(ret: int, what: str) -> int:
@@ -254,11 +255,25 @@ def set_pdeathsig(signal: int) -> None:
     _check(_libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal), 0, 0, 0), "PR_SET_PDEATHSIG")
 
 
+def set_child_subreaper() -> None:
+    """Become the reaper of this process's orphaned descendants (prctl(2)), so that what a
+    step leaves running can be found (our children) and killed, without a PID namespace."""
+    _check(_libc.prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), 0, 0, 0),
+           "PR_SET_CHILD_SUBREAPER")
+
+
+def set_no_new_privs() -> None:
+    """no_new_privs (prctl(2)): execve never grants privileges again (setuid bits and file
+    capabilities are ignored). Lets a process without CAP_SYS_ADMIN load a seccomp filter."""
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+
+
 def limit_bounding_set(keep: int) -> None:
     """Drop every capability not in the bit mask `keep` from the bounding set, for good."""
     cap = 0
-    while _libc.prctl(_PR_CAPBSET_READ, ctypes.c_ulong(cap), 0, 0, 0) >= 0:  # EINVAL past last
-        if not keep & (1 << cap):
+    while (held := _libc.prctl(_PR_CAPBSET_READ, ctypes.c_ulong(cap), 0, 0, 0)) >= 0:
+        # (EINVAL past the last one.) One already out of the set needs no CAP_SETPCAP.
+        if held and not keep & (1 << cap):
             _check(_libc.prctl(_PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0), "CAPBSET_DROP")
         cap += 1
     _check(_libc.prctl(_PR_CAP_AMBIENT, ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0),

@@ -1,6 +1,6 @@
 """The builder's side of the fork server (`forkserver.py`): start it once, ask it for children.
 
-    child = start_child(plan_r, status_w, out_w)  # forked by the server, waiting for its plan
+    child = start_child("child", plan_r, status_w, out_w)  # forked, waiting for its plan
     ...                                            # join its cgroup, send the plan, read output
     wait_status = child.wait()                     # raw, as os.waitpid gives; child.kill() too
 
@@ -71,9 +71,10 @@ _server: _Server | None = None
 _lock = threading.Lock()
 
 
-def start_child(plan_r: int, status_w: int, out_w: int) -> Child:
-    """A new sandbox child with child.py's fd layout, in the calling thread's mount
-    namespace. Raises SandboxError if the server cannot be started or cannot fork."""
+def start_child(module: str, plan_r: int, status_w: int, out_w: int) -> Child:
+    """A new sandbox child running `module` (`child`, or `chroot_child` for chroot isolation)
+    with child.py's fd layout, in the calling thread's mount namespace. Raises SandboxError if
+    the server cannot be started or cannot fork."""
     mnt = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for attempt in range(2):
@@ -81,7 +82,8 @@ def start_child(plan_r: int, status_w: int, out_w: int) -> Child:
             reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 fds = array.array("i", [plan_r, status_w, out_w, theirs.fileno(), mnt])
-                server.control.sendmsg([b"run"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                server.control.sendmsg([b"run " + module.encode()],
+                                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             except (BrokenPipeError, ConnectionResetError):
                 reply.close()
                 continue  # the server died (killed by someone): start another, once

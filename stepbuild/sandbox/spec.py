@@ -59,6 +59,11 @@ TTY_GID = 5  # the group of /dev/pts terminals, as in Docker
 FILESYSTEMS = frozenset({"proc", "sysfs", "tmpfs", "devpts", "mqueue"})
 KINDS = FILESYSTEMS | {"bind", "symlink", "mask", "readonly"}
 NETWORKS = ("host", "none", "private")
+ISOLATIONS = ("namespaces", "chroot")
+# What a chrooted step must not keep: CAP_SYS_CHROOT would let root chroot out again (a
+# chroot is no barrier to it, chroot(2)); CAP_MKNOD would let it make and open a disk's
+# device node, with no nodev mount to stop that here.
+CHROOT_DROPPED = ("SYS_CHROOT", "MKNOD")
 
 _ATTR_WORDS = frozenset({"ro", "nosuid", "noexec", "nodev"})
 _PLAN_WORDS = frozenset({"dev", "rbind", "optional"})
@@ -145,6 +150,9 @@ class SandboxSpec:
     business, the ulimits the child's, the /dev/shm size is in its mounts.
     `seccomp` is the filter's setting, see `seccomp.py`: "default" (the system profile, with
     the hardening overlay), "unconfined", or the absolute path of a profile.
+    `isolation` is "namespaces" (`child.py`) or "chroot" (`chroot_child.py`: `rootfs` is a
+    plain directory, no namespace is made and nothing is mounted, so no `mounts`, no
+    `etc_dir` and only the host's network; see `isolation.py`).
     """
 
     rootfs: str
@@ -161,6 +169,7 @@ class SandboxSpec:
     limits: Limits = Limits()
     seccomp: str = "default"
     netns: str = ""
+    isolation: str = "namespaces"
 
     def __post_init__(self) -> None:
         if not self.rootfs.startswith("/"):
@@ -183,6 +192,14 @@ class SandboxSpec:
             raise ValueError(f"hostname must be 1-64 bytes: {self.hostname!r}")
         if not all(0 <= i < 2**32 - 1 for i in (self.uid, self.gid, *self.groups)):
             raise ValueError("uid, gid and groups must be 32-bit ids")
+        self._check_isolation()
+
+    def _check_isolation(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {ISOLATIONS}: {self.isolation!r}")
+        if self.isolation == "chroot" and (self.mounts or self.etc_dir
+                                            or self.network != "host"):
+            raise ValueError("a chroot sandbox mounts nothing and has the host's network only")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -245,12 +262,18 @@ def capability_mask(names: tuple[str, ...] = DOCKER_DEFAULT_CAPS) -> int:
     return sum(1 << CAPABILITIES[name] for name in set(names))
 
 
+def _step_capabilities(isolation: str) -> tuple[str, ...]:
+    if isolation == "chroot":
+        return tuple(c for c in DOCKER_DEFAULT_CAPS if c not in CHROOT_DROPPED)
+    return DOCKER_DEFAULT_CAPS
+
+
 def child_payload(spec: SandboxSpec, tty_gid: bool = True) -> dict[str, object]:
     """What child.py receives: the spec with its mounts expanded and parsed, as plain data
     (dicts, lists, str, int, bool, None) so the child needs neither this module nor json.
     `tty_gid`: whether gid TTY_GID exists where the step runs (see `standard_mounts`)."""
     mounts = []
-    for m in all_mounts(spec, tty_gid):
+    for m in (all_mounts(spec, tty_gid) if spec.isolation == "namespaces" else ()):
         o = m.parsed()
         mounts.append({"kind": m.kind, "source": m.source, "target": m.target,
                        "attrs": list(o.attrs), "params": [list(p) for p in o.params],
@@ -258,5 +281,6 @@ def child_payload(spec: SandboxSpec, tty_gid: bool = True) -> dict[str, object]:
     return {"rootfs": spec.rootfs, "argv": list(spec.argv), "env": list(spec.env),
             "cwd": spec.cwd, "uid": spec.uid, "gid": spec.gid, "groups": list(spec.groups),
             "hostname": spec.hostname, "network": spec.network, "netns": spec.netns,
-            "capabilities": capability_mask(), "mounts": mounts,
+            "capabilities": capability_mask(_step_capabilities(spec.isolation)),
+            "mounts": mounts, "isolation": spec.isolation,
             "rlimits": [[u.name, RLIMITS[u.name], u.soft, u.hard] for u in spec.limits.ulimits]}

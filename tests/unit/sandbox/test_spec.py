@@ -8,6 +8,7 @@ import marshal
 import pytest
 
 from stepbuild.sandbox.spec import (
+    CAPABILITIES,
     DEV_NODES,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -162,3 +163,26 @@ def test_devpts_leaves_out_the_tty_group_where_gid_5_is_not_mapped() -> None:
     payload = child_payload(SPEC, tty_gid=False)
     devpts = [m for m in payload["mounts"] if m["target"] == "/dev/pts"]  # type: ignore[union-attr]
     assert devpts and ["gid", "5"] not in devpts[0]["params"]
+
+
+def test_a_chroot_spec_has_no_mounts_and_drops_chroot_and_mknod() -> None:
+    spec = SandboxSpec(rootfs="/r", argv=("true",), env=(), cwd="/", isolation="chroot")
+    payload = child_payload(spec)
+    assert payload["mounts"] == [] and payload["isolation"] == "chroot"
+    caps = payload["capabilities"]
+    assert isinstance(caps, int)
+    assert caps == capability_mask() & ~(1 << CAPABILITIES["SYS_CHROOT"]) & ~(
+        1 << CAPABILITIES["MKNOD"])
+    assert child_payload(SandboxSpec(rootfs="/r", argv=("true",), env=(), cwd="/")
+                         )["isolation"] == "namespaces"
+
+
+@pytest.mark.parametrize("change", [
+    {"mounts": (Mount("tmpfs", "", "/t"),)}, {"etc_dir": "/etc-dir"}, {"network": "none"},
+    {"network": "private", "netns": "/run/netns/x"}, {"isolation": "rootless"},
+])
+def test_what_a_chroot_sandbox_cannot_do_is_refused(change: dict[str, object]) -> None:
+    fields: dict[str, object] = {"rootfs": "/r", "argv": ("true",), "env": (), "cwd": "/",
+                                 "isolation": "chroot", **change}
+    with pytest.raises(ValueError):
+        SandboxSpec(**fields)  # type: ignore[arg-type]
