@@ -47,6 +47,30 @@ def copy_parent(space: Workspace, *, hollow: frozenset[bytes] = frozenset()) -> 
     return root
 
 
+def make_dev_null(root: Path) -> None:
+    """An empty regular file at /dev/null of the step's copy, where /dev is a directory: no
+    device node can be made here, and this keeps the commonest use working — `> /dev/null`
+    writes go to a file no layer holds (/dev is hollow), reads see EOF, and sh can open it as
+    a `&` job's stdin (without it, sh prints an error into the step's output)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(root, flags)
+    try:
+        dev = os.open("dev", flags, dir_fd=top)
+    except OSError:  # no /dev, or a symlink: the step does without
+        return
+    finally:
+        os.close(top)
+    try:
+        null = os.open("null", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o666, dir_fd=dev)
+        os.fchmod(null, 0o666)
+        os.close(null)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(dev)
+
+
 @contextmanager
 def recording(space: Workspace, root: Path, masked: frozenset[bytes]) -> Iterator[None]:
     """Snapshot `root` (but `masked`), let the step change it, then write `space.upper` from

@@ -170,8 +170,8 @@ class Executor:
         self._told_chroot = True
         network = " and the host's network" if work.network != "host" else ""
         self.progress.notice(
-            "chroot isolation: RUN steps get no /proc, no /sys, an empty /dev (no device"
-            f" nodes){network}; no PID, mount or network namespace holds them (see"
+            "chroot isolation: RUN steps get no /proc, no /sys, no device nodes (/dev/null is a"
+            f" plain file){network}; no PID, mount or network namespace holds them (see"
             " docs/security.md)")
 
     @contextmanager

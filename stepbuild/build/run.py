@@ -244,7 +244,7 @@ def furnish_chroot(executor: Executor, work: RunWork, root: Path, tmp: Path
     mount-point stubs, our /etc/hosts, resolv.conf and hostname (over the image's own regular
     files, or as new files), a `#!` heredoc's script in /dev/pipes. Returns the paths left out
     of the layer (all of /proc, /dev, /sys; the /etc files placed), as mounts would be."""
-    from stepbuild.build.chroot import HOLLOW
+    from stepbuild.build.chroot import HOLLOW, make_dev_null
 
     _make_stubs(root)
     etc = tmp / "etc"
@@ -252,6 +252,7 @@ def furnish_chroot(executor: Executor, work: RunWork, root: Path, tmp: Path
                     private_network=False)  # the host's network: its resolver
     placed = {f"etc/{name}".encode() for name in ("hosts", "resolv.conf", "hostname")
               if _overwrite_in_root(root, f"etc/{name}", (etc / name).read_bytes(), 0o644)}
+    make_dev_null(root)
     if work.script is not None:  # below /dev, which is never part of the layer
         name, body = work.script
         _overwrite_in_root(root, f"{PIPES.lstrip('/')}/{name}", body.encode(), 0o755,

@@ -78,6 +78,7 @@ def _run_chrooted(store: Store, lowers: list[Path], state: ImageState, argv: lis
                   network: str, limits: Limits, seccomp: str) -> int:
     """`run_image` with chroot isolation: in a copy of the image, removed afterwards."""
     from stepbuild import sandbox
+    from stepbuild.build.chroot import HOLLOW, make_dev_null
     from stepbuild.layers.merged import copy_merged
     from stepbuild.sandbox.limits import human_size
     from stepbuild.sandbox.spec import SandboxSpec
@@ -89,7 +90,8 @@ def _run_chrooted(store: Store, lowers: list[Path], state: ImageState, argv: lis
     try:
         root = tmp / "root"
         root.mkdir(mode=0o700)
-        copy_merged(lowers, root, frozenset({b"proc", b"dev", b"sys"}))
+        copy_merged(lowers, root, HOLLOW)
+        make_dev_null(root)
         ids = user_ids(root, state.user)
         spec = SandboxSpec(rootfs=str(root), argv=tuple(argv), env=with_home(state.env, ids),
                            cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,

@@ -150,16 +150,18 @@ def test_the_chroot_notice_comes_once_per_build(work: Path, chroot_store: Stepbu
 
 
 def test_what_a_chrooted_step_sees(work: Path, chroot_store: Stepbuild) -> None:
-    """No /proc, an empty /dev, our /etc/hostname; none of it reaches the layer."""
+    """No /proc, a /dev holding only a regular /dev/null, our /etc/hostname; none of it
+    reaches the layer."""
     context = write_context(work / "sees", """\
 FROM base
-RUN test ! -e /proc/self && echo "no proc" && ls -A /dev | wc -l && cat /etc/hostname \\
-    && echo junk > /dev/null && echo more > /etc/hosts
+RUN test ! -e /proc/self && echo "no proc" && ls -A /dev && test -f /dev/null \\
+    && cat /etc/hostname && wc -c < /dev/null && (sleep 0 &) && echo junk > /dev/null \\
+    && echo more > /etc/hosts
 """)
     result = chroot_store.build(context, CHROOT, "--no-cache", "-t", "sees")
-    assert "| no proc" in result.stderr and "| 0" in result.stderr
-    assert "| stepbuild" in result.stderr
-    assert chroot_store("run", CHROOT, "sees", "ls", "-A", "/dev").stdout == ""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("|")]
+    assert lines == ["| no proc", "| null", "| stepbuild", "| 0"], result.stderr
+    assert chroot_store("run", CHROOT, "sees", "ls", "-A", "/dev").stdout == "null\n"
     assert "more" not in chroot_store("run", CHROOT, "sees", "cat", "/etc/hosts").stdout
 
 
