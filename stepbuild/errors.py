@@ -235,6 +235,12 @@ class RootlessError(StepbuildError):
     overlay there."""
 
 
+class IsolationUnavailable(StepbuildError):
+    """No isolation mode RUN steps could get is possible in this environment (no
+    CAP_SYS_ADMIN and user namespaces refused): `sandbox/isolation.py` says what each mode
+    is missing."""
+
+
 class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the

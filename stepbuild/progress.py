@@ -42,6 +42,13 @@ class Progress:
         if self.verbose:
             self._write(label, f"     {message}")
 
+    def isolation(self, line: str, reasons: tuple[str, ...]) -> None:
+        """The build's first line, naming the isolation of its RUN steps (replayed by a no-op
+        rebuild); with -v, why no stronger one was taken."""
+        self._write("", line, transcribe=True)
+        for reason in reasons:
+            self.note("", reason)
+
     def warn(self, message: str) -> None:
         self._write("", f"warning: {message}", always=True)
 

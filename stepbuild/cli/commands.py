@@ -96,13 +96,14 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     build_args.update(parse_build_args(options.build_arg))
     epoch = source_date_epoch(build_args)
     progress = _progress(options)
+    _tell_isolation(options, progress)
     if options.reproducible and epoch is None:
         epoch = 0  # timestamps must not differ between the two builds
         progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
     warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
     for warning in warnings:
         progress.warn(warning)
-    enter_build_namespace()
+    enter_build_namespace(store.layout.tmp)
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
                          *_mount_options(options), limits=limit_flags.limits(options),
@@ -213,6 +214,15 @@ def read_build_arg_files(paths: list[str]) -> dict[str, str]:
     return args
 
 
+def _tell_isolation(options: argparse.Namespace, progress: Progress) -> None:
+    """The build's first line names the isolation its RUN steps get (chosen before the
+    command ran, cli/rootless.py); -v says why no stronger one was taken."""
+    from stepbuild.sandbox.isolation import NAMESPACES, Isolation
+
+    chosen = getattr(options, "isolation_chosen", None) or Isolation(NAMESPACES)
+    progress.isolation(chosen.describe(), chosen.passed_over)
+
+
 def source_date_epoch(build_args: dict[str, str]) -> int | None:
     text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
     if not text:
@@ -222,14 +232,17 @@ def source_date_epoch(build_args: dict[str, str]) -> int | None:
     return int(text)
 
 
-def enter_build_namespace() -> None:
+def enter_build_namespace(upper_dirs: Path) -> None:
     """Move this process into a private mount namespace: every mount it makes vanishes with it.
+    First, refuse `upper_dirs` (the store's tmp/, where overlay upper dirs are made) on a
+    filesystem overlay cannot use for them, before any step starts.
 
     Called before any thread starts (unshare of the mount namespace applies to the calling
     thread only).
     """
     from stepbuild.sandbox import host
 
+    host.require_upper_dir_filesystem(upper_dirs)
     host.enter_private_mount_namespace()
 
 
@@ -613,7 +626,7 @@ def run(options: argparse.Namespace) -> int:
     from stepbuild.build.runner import run_image
 
     store = open_store(options)
-    enter_build_namespace()
+    enter_build_namespace(store.layout.tmp)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,
                              limit_flags.limits(options), seccomp=_seccomp(options)))

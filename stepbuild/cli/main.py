@@ -65,7 +65,7 @@ def _run(options: argparse.Namespace) -> int:
         if getattr(options, "userns", False):
             from stepbuild.cli.rootless import reenter
 
-            reenter(options)  # a normal user: go on as root of a user namespace
+            reenter(options)  # no CAP_SYS_ADMIN: go on as root of a user namespace
         return int(options.run(options))
     except StepbuildError as exc:
         if options.debug:
@@ -103,7 +103,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
     for name, sub in commands.choices.items():
         if name not in OUTSIDE:
-            sub.set_defaults(userns=True)  # rootless: run in a user namespace (cli/rootless.py)
+            sub.set_defaults(userns=name)  # maybe in a user namespace (cli/rootless.py)
     return parser
 
 

@@ -4,7 +4,8 @@ Root inside a default `podman run --runtime runc`: uid 0 without CAP_SYS_ADMIN, 
 and no mount namespace; podman's seccomp profile, under which a user namespace is allowed
 (`container_default`), or that profile with user namespaces denied (`container_no_userns`).
 This checkout and its Python work inside, and the store is a volume, not the container's
-overlay root. Also what stepbuild does in them today: a clear error, not a traceback.
+overlay root. Also what stepbuild does in them: builds in (a), through a user namespace of
+its own; stops with a clear error, not a traceback, in (b).
 """
 
 from __future__ import annotations
@@ -192,23 +193,45 @@ def test_containers_are_removed_after_a_run_and_a_timeout(container_default: Con
     assert our_containers(podman) == []
 
 
-# --- stepbuild in them today -------------------------------------------------------------------
+# --- stepbuild in them -----------------------------------------------------------------------
 
 
-def test_stepbuild_today_stops_with_a_clear_error(container: Container, container_store: Path,
-                                                  tmp_path: Path) -> None:
-    """FROM scratch + COPY, which needs no RUN, stops at the builder's mount namespace: one
-    line naming CAP_SYS_ADMIN and a hint with the way out, exit status 1, no traceback; the
-    store is left consistent. This is today's behaviour: when the rootless and chroot modes
-    of issue 13 land, this build succeeds here and this test changes with them."""
+def test_stepbuild_builds_in_the_default_container(container_default: Container,
+                                                   container_store: Path, tmp_path: Path) -> None:
+    """FROM scratch + COPY, which stopped at the builder's mount namespace before issue 13:
+    root continues in a user namespace of its own and builds (the whole sample, its digest
+    and what it cannot do there: tests/integration/test_in_container.py)."""
     context = write_context(tmp_path / "context", "FROM scratch\nCOPY f /f\n", {"f": "hi\n"})
-    result = container.stepbuild("build", "-t", "app", "/context", store=container_store,
-                                 volumes=[Volume(context, "/context")])
-    assert_clear_error(result, 1, "CAP_SYS_ADMIN", "--privileged")
+    result = container_default.stepbuild("build", "-t", "app", "/context",
+                                         store=container_store,
+                                         volumes=[Volume(context, "/context")])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == ("isolation: userns (root without CAP_SYS_ADMIN,"
+                                             " every id mapped to itself)")
+    assert Stepbuild(container_store)("check").returncode == 0  # on the host: consistent
+    assert any((container_store / "layers").iterdir())
+
+
+def test_stepbuild_without_user_namespaces_stops_with_a_clear_error(
+        container_no_userns: Container, container_store: Path, tmp_path: Path) -> None:
+    """With user namespaces denied too, no isolation stepbuild has is possible (until chroot
+    mode lands): one line naming what each mode is missing, a hint with the options, exit
+    status 1, no traceback; the store is left consistent and empty."""
+    context = write_context(tmp_path / "context", "FROM scratch\nCOPY f /f\n", {"f": "hi\n"})
+    result = container_no_userns.stepbuild("build", "-t", "app", "/context",
+                                           store=container_store,
+                                           volumes=[Volume(context, "/context")])
+    assert_clear_error(result, 1, "CAP_SYS_ADMIN", "user namespaces", "--privileged")
     error, hint = result.stderr.splitlines()
-    assert error == ("stepbuild: error: sandbox: cannot make the builder's mount namespace "
-                     "(unshare needs CAP_SYS_ADMIN): Operation not permitted")
+    assert error == ("stepbuild: error: no isolation for RUN steps is possible here: namespaces:"
+                     " no CAP_SYS_ADMIN (an unprivileged container?), so no mount namespace of"
+                     " the builder's own; userns: user namespaces are refused"
+                     " (unshare(CLONE_NEWUSER): EPERM; a seccomp profile, or sysctl"
+                     " user.max_user_namespaces)")
     assert hint.startswith("hint: ")
     assert result.stdout == ""
     assert Stepbuild(container_store)("check").returncode == 0  # on the host: consistent
     assert not any((container_store / "layers").iterdir())
+    # What needs no isolation still works there, as root.
+    images = container_no_userns.stepbuild("images", store=container_store)
+    assert images.returncode == 0 and images.stdout.split() == ["NAME", "DIGEST", "SIZE"]
