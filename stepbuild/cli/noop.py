@@ -62,6 +62,7 @@ RACY_WINDOW_NS = 2_000_000_000  # as sources/context.py's stat cache
 MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs each)
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 # Options that change what is printed, not what is built.
+ISOLATION_LINE = "isolation: "  # how progress.isolation's line starts
 _PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
 # Environment entries that differ between shells without meaning anything to a build.
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
@@ -264,10 +265,16 @@ def _load(witness: Witness) -> dict[str, Any] | None:
 
 def _print(saved: dict[str, Any], *, quiet: bool, verbose: bool) -> None:
     err = sys.stderr
+    transcript = saved["transcript"]
+    # A full build's first line names its isolation, before any warning (commands.py).
+    lead = 1 if transcript and transcript[0][1].startswith(ISOLATION_LINE) else 0
+    if not quiet:
+        for _label, line in transcript[:lead]:
+            err.write(line + "\n")
     for warning in saved["warnings"]:
         err.write(f"warning: {warning}\n")
     if not quiet:
-        for label, line in saved["transcript"]:
+        for label, line in transcript[lead:]:
             err.write((f"[{label}] " if label else "") + line + "\n")
         if verbose:
             err.write("nothing changed since the last build (whole-build fingerprint)\n")
