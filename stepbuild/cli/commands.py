@@ -82,10 +82,12 @@ def build(options: argparse.Namespace) -> int:
 
 
 def _isolation(options: argparse.Namespace) -> Isolation:
-    """--isolation resolved here (sandbox/isolation.py); IsolationUnavailable otherwise."""
+    """The isolation cli/rootless.py chose before the command ran (IsolationUnavailable was
+    raised there), else --isolation resolved now (a caller that skipped it)."""
     from stepbuild.sandbox.isolation import resolve
 
-    return resolve(getattr(options, "isolation", "auto"))
+    chosen = getattr(options, "isolation_chosen", None)
+    return chosen if chosen is not None else resolve(getattr(options, "isolation", "auto"))
 
 
 def _tell_isolation(progress: Progress, isolation: Isolation) -> None:
@@ -119,7 +121,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
     for warning in warnings:
         progress.warn(warning)
-    enter_build_namespace(isolation.mode)
+    enter_build_namespace(isolation.mode, store.layout.tmp)
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
                          *_mount_options(options), limits=limit_flags.limits(options),
@@ -240,9 +242,11 @@ def source_date_epoch(build_args: dict[str, str]) -> int | None:
     return int(text)
 
 
-def enter_build_namespace(isolation: str = "namespaces") -> None:
+def enter_build_namespace(isolation: str, upper_dirs: Path) -> None:
     """Move this process into a private mount namespace: every mount it makes vanishes with it.
-    Chroot isolation mounts nothing (and cannot unshare): nothing to do then.
+    First, refuse `upper_dirs` (the store's tmp/, where overlay upper dirs are made) on a
+    filesystem overlay cannot use for them, before any step starts. Chroot isolation mounts
+    nothing (and cannot unshare): nothing to do then.
 
     Called before any thread starts (unshare of the mount namespace applies to the calling
     thread only).
@@ -251,6 +255,7 @@ def enter_build_namespace(isolation: str = "namespaces") -> None:
         return
     from stepbuild.sandbox import host
 
+    host.require_upper_dir_filesystem(upper_dirs)
     host.enter_private_mount_namespace()
 
 
@@ -638,7 +643,7 @@ def run(options: argparse.Namespace) -> int:
     if options.verbose:
         _tell_isolation(_progress(options), isolation)
     store = open_store(options)
-    enter_build_namespace(isolation.mode)
+    enter_build_namespace(isolation.mode, store.layout.tmp)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,
                              limit_flags.limits(options), seccomp=_seccomp(options),

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
 NETWORKS = ("default", "none", "host")
-ISOLATIONS = ("auto", "namespaces", "chroot")  # sandbox/isolation.py's CHOICES, not imported here
+ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
 NETWORK_HELP = ("default: a private network with outbound access through slirp4netns, no"
                 " host loopback; none: loopback only; host: the host's own")
 
@@ -66,7 +66,7 @@ def _run(options: argparse.Namespace) -> int:
         if getattr(options, "userns", False):
             from stepbuild.cli.rootless import reenter
 
-            reenter(options)  # a normal user: go on as root of a user namespace
+            reenter(options)  # no CAP_SYS_ADMIN: go on as root of a user namespace
         return int(options.run(options))
     except StepbuildError as exc:
         if options.debug:
@@ -104,7 +104,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
     for name, sub in commands.choices.items():
         if name not in OUTSIDE:
-            sub.set_defaults(userns=True)  # rootless: run in a user namespace (cli/rootless.py)
+            sub.set_defaults(userns=name)  # maybe in a user namespace (cli/rootless.py)
     return parser
 
 
@@ -266,10 +266,11 @@ def _add_security_opt(parser: argparse.ArgumentParser) -> None:
 def _add_isolation(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isolation", choices=ISOLATIONS, default="auto",
                         help="how RUN steps are isolated: namespaces (mount, PID, network"
-                             " namespaces, overlay; needs CAP_SYS_ADMIN), chroot (a chroot into"
-                             " a copy of the root, for where no namespace can be made; much"
-                             " weaker), or auto (default: the strongest this environment"
-                             " allows)")
+                             " namespaces, overlay; needs CAP_SYS_ADMIN), userns (the same"
+                             " inside a user namespace: rootless, or root without"
+                             " CAP_SYS_ADMIN), chroot (a chroot into a copy of the root, for"
+                             " where no namespace can be made; much weaker), or auto (default:"
+                             " the strongest this environment allows)")
 
 
 def _seconds(text: str) -> float:

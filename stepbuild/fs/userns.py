@@ -6,19 +6,23 @@ can: overlayfs, whose `trusted.overlay.*` xattrs need root in the host's namespa
 rootless overlay is mounted with `userxattr` and its layer dirs carry `user.overlay.*`), and a
 chown to an id the namespace does not map, which the kernel refuses with EINVAL.
 
-Reading /proc/self/uid_map answers both; nothing here changes anything (no syscalls beyond
-reading two small files), so every package may ask.
+Reading /proc answers both; nothing here changes anything (no syscalls beyond reading two
+small files and a stat), so every package may ask.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 __all__ = ["IdRange", "in_user_namespace", "mapped_count", "owner_mapped", "parse_id_map",
            "unmapped_message"]
 
 # What the host's (the initial) user namespace shows: every id mapped to itself.
 _IDENTITY = ((0, 0, 2**32 - 1),)
+# The inode number of the initial user namespace's /proc/PID/ns/user, fixed by the kernel
+# (PROC_USER_INIT_INO in include/linux/proc_ns.h, since Linux 3.8).
+_INITIAL_USER_NS_INO = 0xEFFFFFFD
 SUBID_FILES = "/etc/subuid and /etc/subgid"
 
 IdRange = tuple[int, int, int]  # (first id inside, first id outside, count), as uid_map(5)
@@ -49,12 +53,28 @@ def _own_map(kind: str) -> tuple[IdRange, ...]:
 
 
 def in_user_namespace() -> bool:
-    """Whether this process runs in a user namespace other than the host's (rootless).
+    """Whether this process runs in a user namespace other than the host's (rootless, or root
+    of an unprivileged container in one of its own).
+
+    The namespace's inode says so; the map alone cannot: container root maps every id to
+    itself (`sandbox/idmap.identity_maps`), which reads exactly as the host's map. Without
+    /proc/self/ns (an old kernel, no /proc) the map is what there is to go by.
 
     Cached: a process does not change its user namespace after `sandbox.userns.enter`,
     which runs before anything asks (and a fork()ed child inherits the answer with the
     namespace)."""
-    return _own_map("uid") != _IDENTITY
+    inode = _user_ns_inode()
+    if inode is None:
+        return _own_map("uid") != _IDENTITY
+    return inode != _INITIAL_USER_NS_INO
+
+
+@functools.cache
+def _user_ns_inode() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return None
 
 
 def mapped_count(ranges: tuple[IdRange, ...]) -> int:

@@ -131,7 +131,7 @@ def container(plan: Plan, lifeline: int) -> NoReturn:
         os.umask(0o022)
         if plan["rlimits"]:  # imported now, while the host's stdlib is in reach
             import resource  # noqa: F401
-        linux.sethostname(plan["hostname"])
+        set_hostname(plan["hostname"])
         if plan["network"] == "none":
             linux.bring_up_loopback()
         caps = enter_root(plan)
@@ -147,6 +147,17 @@ def container(plan: Plan, lifeline: int) -> NoReturn:
     except BaseException as e:  # a bug here: report it rather than print into the output
         fail(f"sandbox setup: {type(e).__name__}: {e}", 0)
     execute(plan["argv"], plan["env"])
+
+
+def set_hostname(name: str) -> None:
+    """sethostname(2) in the step's own UTS namespace. podman's seccomp profile refuses it
+    (EPERM) to a container without CAP_SYS_ADMIN, even in a user namespace of its own: the
+    step then keeps the container's hostname, and a notice says so."""
+    try:
+        linux.sethostname(name)
+    except PermissionError:
+        report("N", "sethostname refused (a seccomp profile?): the step keeps the hostname"
+                    f" {os.uname().nodename!r}, not {name!r}")
 
 
 def failed_op(prefix: str, e: OSError) -> str:
@@ -280,11 +291,14 @@ def source_mount(m: Plan, target_fd: int) -> int | None:
     params = [("source", kind)] + [tuple(p) for p in m["params"]]
     try:
         return linux.new_fs(kind, params, attrs)
-    except OSError as e:  # a fresh sysfs may be refused (EPERM): bind the host's instead
-        if not (kind == "sysfs" and m["source"] and e.errno == errno.EPERM):
+    except OSError as e:  # a fresh sysfs or proc may be refused (EPERM): bind the host's
+        if not (kind in ("sysfs", "proc") and m["source"] and e.errno == errno.EPERM):
             raise
-        report("N", f"fresh sysfs refused; binding the host's {m['source']} read-only")
-        return bind(m["source"], attrs | linux.ATTRS["ro"], recursive=True)
+        # proc stays writable, as a fresh one is (its sys/, sysrq-trigger... are made
+        # read-only by the readonly mounts that follow); sysfs is read-only anyway.
+        readonly = " read-only" if kind == "sysfs" else ""
+        report("N", f"fresh {kind} refused; binding the host's {m['source']}{readonly}")
+        return bind(m["source"], attrs | (linux.ATTRS["ro"] if readonly else 0), recursive=True)
 
 
 def bind(source: str, attrs: int, recursive: bool) -> int:

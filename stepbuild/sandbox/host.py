@@ -19,9 +19,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from stepbuild.errors import RootlessError
+from stepbuild.errors import RootlessError, StoreError
 from stepbuild.fs.userns import in_user_namespace
 
+OVERLAYFS_MAGIC = 0x794C7630  # statfs(2)'s f_type of an overlay (include/uapi/linux/magic.h)
+STORE_ON_VOLUME_HINT = ("put the store on a volume or a tmpfs: run the container with -v"
+                        " stepbuild-store:/var/lib/stepbuild (a named volume; an emptyDir in a"
+                        " Kubernetes pod), or point --root or STEPBUILD_ROOT at one")
 # --cap-add SYS_ADMIN alone is not offered: RUN steps also need CAP_NET_ADMIN (the step's lo).
 NO_SYS_ADMIN_HINT = ("run stepbuild as root with CAP_SYS_ADMIN: on the host, or in a container "
                      "run with --privileged")
@@ -42,6 +46,23 @@ def enter_private_mount_namespace() -> None:
     except PermissionError as e:
         raise SandboxError("cannot make the builder's mount namespace (unshare needs "
                            "CAP_SYS_ADMIN)", e.errno or 0, hint=NO_SYS_ADMIN_HINT) from None
+
+
+def require_upper_dir_filesystem(path: Path) -> None:
+    """Refuse a store whose upper dirs would land on overlayfs — a container's own root, as an
+    image's root is an overlay — in one line naming the fix, before any step runs: overlay
+    refuses an upper dir there ("filesystem ... not supported as upperdir"), so every step
+    would fail."""
+    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    try:
+        kind = linux.filesystem_type(str(path))
+    except OSError:
+        return  # not there yet or unreadable: the store reports that itself
+    if kind == OVERLAYFS_MAGIC:
+        store = path.parent if path.name == "tmp" else path
+        raise StoreError(f"the store {store} is on overlayfs (a container's own root?), where"
+                         f" overlay cannot keep the changes of a step", hint=STORE_ON_VOLUME_HINT)
 
 
 def distinct(lowers: Sequence[Path]) -> list[str]:

@@ -5,16 +5,23 @@ Container id 0 is the user's own id; 1..N are the user's subordinate ids from /e
 ranges gets a one-id map, 0 → the user's id: every file is then owned by 0:0 and a chown to
 any other id fails (`fs/userns.unmapped_message` says why).
 
+Root without CAP_SYS_ADMIN (an unprivileged container's root) needs no subordinate ids: it
+holds CAP_SETUID and CAP_SETGID over its own user namespace, so it may write any map of the
+ids that namespace has (user_namespaces(7), "Defining user and group ID mappings", rule 4b).
+`identity_maps` maps each of them to itself, as Buildah does in such a pod: files keep the
+owners they have outside, and every id an image may use is there.
+
 `userns.py` applies a map: with `newuidmap`/`newgidmap` (setuid helpers from Debian's uidmap
-package, which check the ranges against the same files) for a full map, or by writing
-/proc/PID/uid_map itself for a one-id map, which needs no privilege (user_namespaces(7)).
+package, which check the ranges against the same files) for a user's full map, by writing
+/proc/PID/uid_map itself for a one-id map, which needs no privilege, or for root's identity
+map, which needs only the capabilities container root keeps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["IdMaps", "build_maps", "parse_subids"]
+__all__ = ["IdMaps", "build_maps", "identity_maps", "parse_subids"]
 
 MAX_ID = 2**32 - 2  # 2**32 - 1 is the "no id" value, never mapped
 
@@ -23,13 +30,16 @@ MAX_ID = 2**32 - 2  # 2**32 - 1 is the "no id" value, never mapped
 class IdMaps:
     """The uid and gid maps of one user namespace: (inside, outside, count) triples.
 
-    `full` is True when the subordinate ranges are used (applied with newuidmap/newgidmap),
-    False for the one-id fallback (written directly, with setgroups denied first, as the
-    kernel requires of an unprivileged gid map)."""
+    `full` is True when more than the caller's own id is mapped (a user's subordinate
+    ranges, root's identity map), False for the one-id fallback (written directly, with
+    setgroups denied first, as the kernel requires of an unprivileged gid map). `privileged`:
+    the caller may write a full map itself (root with CAP_SETUID and CAP_SETGID); otherwise
+    newuidmap/newgidmap write it."""
 
     uids: tuple[tuple[int, int, int], ...]
     gids: tuple[tuple[int, int, int], ...]
     full: bool
+    privileged: bool = False
 
     def helper_args(self, pid: int) -> tuple[list[str], list[str]]:
         """newuidmap's and newgidmap's arguments (after the program name) for process `pid`."""
@@ -73,6 +83,17 @@ def build_maps(uid: int, gid: int, subuids: list[tuple[int, int]],
     if not subuids or not subgids:
         return IdMaps(((0, uid, 1),), ((0, gid, 1),), full=False)
     return IdMaps(_stack(uid, subuids), _stack(gid, subgids), full=True)
+
+
+def identity_maps(uids: tuple[tuple[int, int, int], ...],
+                  gids: tuple[tuple[int, int, int], ...]) -> IdMaps:
+    """Root's map: every id of the caller's own maps (/proc/self/uid_map, gid_map, as
+    (inside, outside, count)) mapped to itself — all of 0..2**32-2 on a host or in a
+    container without a user namespace, 0..65535 in one that maps only those."""
+    def same(ranges: tuple[tuple[int, int, int], ...]) -> tuple[tuple[int, int, int], ...]:
+        return tuple((inside, inside, count) for inside, _, count in sorted(ranges))
+
+    return IdMaps(same(uids), same(gids), full=True, privileged=True)
 
 
 def _stack(own: int, ranges: list[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:

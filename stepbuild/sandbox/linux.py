@@ -191,6 +191,14 @@ def mount_overlay(target: str, lowers: Sequence[str], upper: str | None, work: s
         raise OSError(e.errno, f"mount overlay {target}: {e.strerror}") from None
 
 
+def filesystem_type(path: str) -> int:
+    """statfs(2)'s f_type of the filesystem holding `path` (a magic number; the first
+    word of struct statfs on every architecture we run on)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on x86_64 and arm64
+    _check(_libc.statfs(os.fsencode(path), buf), f"statfs {path}")
+    return int(struct.unpack_from("l", buf.raw)[0])
+
+
 def umount(target: str) -> None:
     """umount2(target, MNT_DETACH): detach now, free when no longer busy (umount(2))."""
     _check(_libc.umount2(os.fsencode(target), _MNT_DETACH), f"umount {target}")

@@ -149,17 +149,21 @@ class PrivateNetwork:
 
 
 def _check_tun() -> None:
-    """Rootless, slirp4netns opens /dev/net/tun as the user: say so when it may not, rather
-    than let it fail with a bare "Permission denied" (udev makes the device 0666; some
-    hosts leave it 0600, and in a user namespace root's rights over it do not apply)."""
+    """In a user namespace, slirp4netns opens /dev/net/tun as the user stepbuild runs as
+    (rootless) or as root of an unprivileged container (where the runtime gives no tun
+    device unless asked): say so when it may not, rather than let it fail with a bare
+    "Permission denied" (udev makes the device 0666; some hosts leave it 0600, and in a user
+    namespace root's rights over it do not apply)."""
     if in_user_namespace() and not os.access(TUN, os.R_OK | os.W_OK):
         try:
             mode = f"mode {os.stat(TUN).st_mode & 0o7777:04o}"
         except OSError as exc:
-            mode = exc.strerror or "missing"
-        raise SandboxError(f"the private network of rootless RUN steps needs {TUN} readable"
-                           f" and writable by your user ({mode} here; udev makes it 0666)", 0,
-                           hint=f"choose --network none or --network host, or chmod 0666 {TUN}")
+            mode = (exc.strerror or "missing").lower()
+        raise SandboxError(f"the private network of RUN steps in a user namespace needs {TUN}"
+                           f" readable and writable by your user ({mode} here; udev makes it"
+                           f" 0666, a container has it with --device {TUN})", 0,
+                           hint=f"choose --network none or --network host, or chmod 0666 {TUN}"
+                                f" (in a container: run it with --device {TUN})")
 
 
 def _make_namespace(path: str, failed: list[OSError]) -> None:

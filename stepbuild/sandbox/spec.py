@@ -86,8 +86,10 @@ class Mount:
 
     `kind` is one of KINDS:
 
-    - a filesystem type in FILESYSTEMS: a fresh instance on `target`. For `sysfs`, a non-empty
-      `source` is the host path to bind read-only instead when the kernel refuses a fresh one.
+    - a filesystem type in FILESYSTEMS: a fresh instance on `target`. For `sysfs` and `proc`,
+      a non-empty `source` is the host path to bind (recursively; sysfs read-only) instead
+      when the kernel refuses a fresh one: in a user namespace, it refuses a proc or sysfs
+      whose existing mounts are partly hidden (a container's masked /proc/kcore, ...).
     - `bind`: the host path `source` (resolved on the host) onto `target`.
     - `symlink`: a symlink at `target` whose text is `source`.
     - `mask`: hide `target`: bind `source` (the host's /dev/null, so reads are empty, as in
@@ -227,7 +229,9 @@ def standard_mounts(shm_size: int = DEFAULT_SHM_SIZE, tty_gid: bool = True
     """
     devpts = "dev,nosuid,noexec,create=dir,newinstance,ptmxmode=0666,mode=0620"
     mounts = [
-        Mount("proc", "", "/proc", options="nosuid,noexec,optional"),
+        # The host's /proc, bound, where a fresh one is refused: it shows the processes of
+        # the builder's PID namespace (docs/security.md, "Root without CAP_SYS_ADMIN").
+        Mount("proc", "/proc", "/proc", options="nosuid,noexec,optional"),
         Mount("tmpfs", "", "/dev", options="nosuid,optional,mode=755,size=65536k"),
         *(Mount("bind", f"/dev/{n}", f"/dev/{n}", options="dev,create=file,optional")
           for n in DEV_NODES),

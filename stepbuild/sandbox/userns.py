@@ -6,14 +6,17 @@ mount, PID, UTS, IPC and network namespaces, mount overlay (with `userxattr`), p
 binds, and chown files to the ids the namespace maps. That is how rootless podman and buildah
 work, and so the rest of stepbuild works unchanged: it sees container ids (0 is the user).
 
+Root without CAP_SYS_ADMIN (an unprivileged container's root, `isolation.py` decides) comes
+here too: the same namespace, mapped with every id root has to itself (`maps_for_root`).
+
 `enter` forks. The child unshares a user namespace and waits; the parent, still in the host's
-namespace (only a process there may write the child's maps with more than its own id), maps
-it — `newuidmap`/`newgidmap` for the user's subordinate ranges, or a one-id map written
-directly — and tells the child, which becomes root (0:0) of the namespace and returns to run
-the command. The parent only waits: it relays SIGTERM, SIGHUP and SIGQUIT, ignores SIGINT
-(the child is in the same process group, so a ^C at the terminal reaches it directly), and
-exits with the child's status. The child dies with the parent (PR_SET_PDEATHSIG), so a
-`kill -9` of the command the user started leaves nothing running.
+namespace (only a process there may write the child's maps with more than its own id), maps it
+— `newuidmap`/`newgidmap` for the user's subordinate ranges, a one-id map written directly, or
+root's identity map, written directly too — and tells the child, which becomes root (0:0) of
+the namespace and returns to run the command. The parent only waits: it relays SIGTERM, SIGHUP
+and SIGQUIT, ignores SIGINT (the child is in the same process group, so a ^C at the terminal
+reaches it directly), and exits with the child's status. The child dies with the parent
+(PR_SET_PDEATHSIG), so a `kill -9` of the command the user started leaves nothing running.
 
 Errors are raised in the child, the one process that goes on to print them (`cli/main.py`):
 a map the parent could not apply reaches the child as a message on the pipe.
@@ -30,9 +33,10 @@ import sys
 from typing import NoReturn
 
 from stepbuild.errors import RootlessError
-from stepbuild.sandbox.idmap import IdMaps, build_maps, parse_subids
+from stepbuild.fs.userns import parse_id_map
+from stepbuild.sandbox.idmap import IdMaps, build_maps, identity_maps, parse_subids
 
-__all__ = ["enter", "maps_for"]
+__all__ = ["enter", "maps_for", "maps_for_root"]
 
 SUBUID, SUBGID = "/etc/subuid", "/etc/subgid"
 UIDMAP_HINT = "apt-get install uidmap (newuidmap and newgidmap map the subordinate ids)"
@@ -49,6 +53,13 @@ def maps_for(uid: int, gid: int) -> IdMaps:
         name = str(uid)  # no passwd entry (a container's arbitrary uid): match by number only
     return build_maps(uid, gid, parse_subids(_read(SUBUID), name, uid),
                       parse_subids(_read(SUBGID), name, uid))
+
+
+def maps_for_root() -> IdMaps:
+    """Root's identity map of the ids this process has (its own /proc/self/uid_map and
+    gid_map: all of them outside any user namespace)."""
+    return identity_maps(parse_id_map(_read("/proc/self/uid_map")),
+                         parse_id_map(_read("/proc/self/gid_map")))
 
 
 def _read(path: str) -> str:
@@ -141,6 +152,11 @@ def _supervise(pid: int, maps: IdMaps, ready_r: int, go_w: int) -> NoReturn:
 
 def _apply(pid: int, maps: IdMaps) -> None:
     """Write the child's uid and gid maps."""
+    if maps.privileged:
+        # Root with CAP_SETUID and CAP_SETGID: any map of its ids, setgroups left allowed.
+        _write(f"/proc/{pid}/uid_map", maps.file_text(maps.uids))
+        _write(f"/proc/{pid}/gid_map", maps.file_text(maps.gids))
+        return
     if not maps.full:
         # One line mapping our own ids needs no privilege; the gid map only after setgroups
         # is denied (user_namespaces(7), "Interaction with system calls that change ...").
@@ -160,7 +176,9 @@ def _apply(pid: int, maps: IdMaps) -> None:
             said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
             raise RootlessError(f"cannot map the rootless user namespace: {program}"
                                 f" {' '.join(args)}: {said}",
-                                hint=f"check your user's ranges in {SUBUID} and {SUBGID}")
+                                hint=f"check your user's ranges in {SUBUID} and {SUBGID}; in"
+                                     f" a container, where a setuid {program} cannot map"
+                                     f" them, run stepbuild as the container's root")
 
 
 def _write(path: str, text: str) -> None:

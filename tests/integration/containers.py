@@ -164,17 +164,22 @@ class Container:
     def run(self, argv: Sequence[str], *, store: Path | None = None,
             volumes: Sequence[Volume] = (), env: Mapping[str, str] | None = None,
             network: str = "none", workdir: str = "/", input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            devices: Sequence[str] = (), timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
         """Run `argv` as root in a fresh container and return its output and exit status.
 
         `store`, a host dir, is bound read-write at /store and named by STEPBUILD_ROOT;
-        `volumes` are bound as they say. The container is removed when the command ends, and
-        on a timeout too (then subprocess.TimeoutExpired is raised). Exit status 125 is podman
-        failing to make the container: that raises RuntimeError with podman's message, so
-        the command run here must not use 125 itself.
+        `volumes` are bound as they say; `devices` (host paths such as /dev/net/tun) are
+        given to the container at the same paths, as `podman run --device` does. The
+        container is removed when the command ends, and on a timeout too (then
+        subprocess.TimeoutExpired is raised). Exit status 125 is podman failing to make the
+        container: that raises RuntimeError with podman's message, so the command run here
+        must not use 125 itself.
         """
         name = f"sb-{self.label}-{os.getpid()}-{next(_names)}"
         command = self.podman.command(*self._run_options(name, network, workdir, input),
+                                      *(option for path in devices
+                                        for option in ("--device", path)),
                                       *self._mounts(store, volumes), *self._env(store, env),
                                       "--rootfs", f"{self.podman.skeleton}:O", *argv)
         try:
@@ -187,13 +192,15 @@ class Container:
             raise RuntimeError(f"podman could not run {name}: {result.stderr.strip()}")
         return result
 
-    def stepbuild(self, *args: str, store: Path, volumes: Sequence[Volume] = (),
+    def stepbuild(self, *args: str, store: Path | None, volumes: Sequence[Volume] = (),
                   env: Mapping[str, str] | None = None, network: str = "none",
-                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+                  devices: Sequence[str] = (), timeout: float = 120
+                  ) -> subprocess.CompletedProcess[str]:
         """`python -m stepbuild ARGS` inside, from this checkout, on the store `store`; the
         other arguments as `run`'s."""
         return self.run([sys.executable, "-m", "stepbuild", *args], store=store,
-                        volumes=volumes, env=env, network=network, timeout=timeout)
+                        volumes=volumes, env=env, network=network, devices=devices,
+                        timeout=timeout)
 
     def _run_options(self, name: str, network: str, workdir: str,
                      input: str | None) -> list[str]:

@@ -4,7 +4,8 @@ Root inside a default `podman run --runtime runc`: uid 0 without CAP_SYS_ADMIN, 
 and no mount namespace; podman's seccomp profile, under which a user namespace is allowed
 (`container_default`), or that profile with user namespaces denied (`container_no_userns`).
 This checkout and its Python work inside, and the store is a volume, not the container's
-overlay root. Also what stepbuild does in them today: a clear error, not a traceback.
+overlay root. Also what stepbuild does in them: builds in (a), through a user namespace of
+its own; in (b), with chroot isolation, to the same image.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.builds import PROJECT, Stepbuild, assert_clear_error, write_context
+from tests.integration.builds import (
+    EPOCH,
+    PROJECT,
+    Stepbuild,
+    assert_clear_error,
+    rootfs_tarball,
+    write_context,
+)
 from tests.integration.containers import (
     CLONE_NEWUSER,
     ENOSYS,
@@ -192,23 +200,62 @@ def test_containers_are_removed_after_a_run_and_a_timeout(container_default: Con
     assert our_containers(podman) == []
 
 
-# --- stepbuild in them today -------------------------------------------------------------------
+# --- stepbuild in them -----------------------------------------------------------------------
 
 
-def test_stepbuild_today_stops_with_a_clear_error(container: Container, container_store: Path,
-                                                  tmp_path: Path) -> None:
-    """FROM scratch + COPY, which needs no RUN, stops at the builder's mount namespace: one
-    line naming CAP_SYS_ADMIN and a hint with the way out, exit status 1, no traceback; the
-    store is left consistent. This is today's behaviour: when the rootless and chroot modes
-    of issue 13 land, this build succeeds here and this test changes with them."""
+def test_stepbuild_builds_in_the_default_container(container_default: Container,
+                                                   container_store: Path, tmp_path: Path) -> None:
+    """FROM scratch + COPY, which stopped at the builder's mount namespace before issue 13:
+    root continues in a user namespace of its own and builds (the whole sample, its digest
+    and what it cannot do there: tests/integration/test_in_container.py)."""
     context = write_context(tmp_path / "context", "FROM scratch\nCOPY f /f\n", {"f": "hi\n"})
-    result = container.stepbuild("build", "-t", "app", "/context", store=container_store,
-                                 volumes=[Volume(context, "/context")])
-    assert_clear_error(result, 1, "CAP_SYS_ADMIN", "--privileged")
-    error, hint = result.stderr.splitlines()
-    assert error == ("stepbuild: error: sandbox: cannot make the builder's mount namespace "
-                     "(unshare needs CAP_SYS_ADMIN): Operation not permitted")
-    assert hint.startswith("hint: ")
-    assert result.stdout == ""
+    result = container_default.stepbuild("build", "-t", "app", "/context",
+                                         store=container_store,
+                                         volumes=[Volume(context, "/context")])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == ("isolation: userns (root without CAP_SYS_ADMIN,"
+                                             " every id mapped to itself)")
     assert Stepbuild(container_store)("check").returncode == 0  # on the host: consistent
-    assert not any((container_store / "layers").iterdir())
+    assert any((container_store / "layers").iterdir())
+
+
+CHROOT_STEPFILE = """\
+FROM scratch AS tools
+ADD busybox-rootfs.tar /
+RUN mkdir -p /opt/tool && echo tool > /opt/tool/version && chown -R 7:7 /opt/tool
+FROM scratch
+ADD busybox-rootfs.tar /
+ENV GREETING=hello
+WORKDIR /app
+COPY --chown=5:5 f ./f
+COPY --from=tools /opt/tool /opt/tool
+RUN echo "$GREETING from $(cat /opt/tool/version)" > /app/said && rm -f /bin/vi
+"""
+
+
+def test_stepbuild_without_user_namespaces_falls_back_to_chroot_and_builds_roots_image(
+        container_no_userns: Container, container_store: Path, tmp_path: Path) -> None:
+    """With user namespaces denied too, `--isolation=auto` takes chroot isolation, says so on
+    the first line (and with -v why not the stronger modes), and builds the image root builds
+    on the host, to the same digest; `--isolation=namespaces` there is one line."""
+    context = write_context(tmp_path / "context", CHROOT_STEPFILE, {"f": "hi\n"})
+    rootfs_tarball(context)
+    volumes = [Volume(context, "/context")]
+    result = container_no_userns.stepbuild("build", *EPOCH, "-v", "-t", "app", "/context",
+                                           store=container_store, volumes=volumes, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "isolation: chroot"
+    assert any("namespaces unavailable: no CAP_SYS_ADMIN" in line for line in lines[1:3])
+    assert any("userns unavailable: user namespaces are refused" in line for line in lines[1:3])
+    host = Stepbuild(tmp_path / "host-store").build(context, "-q", *EPOCH, "-t", "app")
+    assert result.stdout.strip().splitlines()[-1] == host.stdout.strip()
+    said = container_no_userns.stepbuild("run", "app", "cat", "/app/said",
+                                         store=container_store)
+    assert said.stdout == "hello from tool\n", said.stderr
+    assert Stepbuild(container_store)("check").returncode == 0  # on the host: consistent
+    refused = container_no_userns.stepbuild("build", "--isolation=namespaces", "/context",
+                                            store=container_store, volumes=volumes)
+    assert_clear_error(refused, 1, "--isolation=namespaces is not possible here",
+                       "CAP_SYS_ADMIN")
+    assert len(refused.stderr.splitlines()) == 2  # the error and its hint

@@ -316,6 +316,28 @@ def test_the_user_with_ranges_shares_a_team_cache(
         assert result.stdout.strip() == built
 
 
+def test_a_root_builds_registry_cache_is_every_step_cached_for_a_rootless_colleague(
+        ranged: User, context: Path, shared_dir: Path, plain_registry: RunningRegistry,
+        open_tun: None) -> None:
+    """The team-cache scenario across modes: A, root on the host, builds and exports a
+    registry cache (mode=max); B, a normal user, builds from an empty store with it as
+    --cache-from: every step CACHED, A's digest."""
+    remote = f"{plain_registry.host}/across-modes/cache"
+    secret = shared_dir / "root-token"
+    secret.write_text("s3cret-token")
+    root = Stepbuild(shared_dir / "root-cache-store")
+    exported = root.build(context, "-q", *EPOCH, "--secret", f"id=token,src={secret}",
+                          "--cache-to", f"type=registry,ref={remote},mode=max")
+    env = {"XDG_DATA_HOME": str(ranged.home / "from-root")}  # an empty store
+    result = ranged("build", *EPOCH, "--secret", _secret(ranged), "--cache-from",
+                    f"type=registry,ref={remote}", str(context), env=env)
+    assert result.stderr.splitlines()[0] == "isolation: userns (rootless, ids from /etc/subuid)"
+    outcomes = [outcome for label in ("base", "tools", "2") for outcome in
+                step_lines(result.stderr, label)]
+    assert len(outcomes) == 8 and set(outcomes) == {"CACHED"}, result.stderr
+    assert result.stdout.strip() == exported.stdout.strip()
+
+
 def test_the_user_without_ranges_builds_what_needs_no_chown(
         rangeless: User, context: Path, root_digests: dict[str, str], open_tun: None) -> None:
     digest = rangeless.digest("build", "-q", *EPOCH, "-f", str(context / "no-chown.Stepfile"),

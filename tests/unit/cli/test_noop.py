@@ -193,6 +193,23 @@ def test_replay_prints_what_a_no_op_build_prints(store: Path,
     assert capsys.readouterr() == (digest + "\n", "warning: a warning\n")
 
 
+def test_a_replay_leads_with_the_isolation_line_as_a_full_build(
+        store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A full build names its isolation first, before any warning (commands.py): so does its
+    replay; -q prints neither the line nor the steps."""
+    w = witness(store)
+    digest = make_image(store)
+    assert record(w, digest=digest, names=["app"], resolved=set(),
+                  transcript=[("", "isolation: namespaces"), *TRANSCRIPT],
+                  warnings=["a warning"])
+    assert replay(w, quiet=False, verbose=False)
+    err = capsys.readouterr().err
+    assert err.startswith("isolation: namespaces\nwarning: a warning\n#1   FROM base\n")
+    assert err.endswith(f"built {digest} (3 steps, 1 cached), tagged app\n")
+    assert replay(w, quiet=True, verbose=False)
+    assert capsys.readouterr().err == "warning: a warning\n"
+
+
 def test_replay_needs_the_same_fingerprint_tags_and_contents(store: Path) -> None:
     w = witness(store)
     digest = make_image(store)

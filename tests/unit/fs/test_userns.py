@@ -33,11 +33,30 @@ def test_mapped_count_counts_contiguous_ids_from_zero() -> None:
 
 
 def test_the_host_namespace_is_not_a_user_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(userns, "_user_ns_inode", lambda: None)  # no /proc/self/ns: the map
     _maps(monkeypatch, HOST, HOST)
     assert not userns.in_user_namespace()
     assert userns.owner_mapped(70000, 5)
     _maps(monkeypatch, RANGED, RANGED)
     assert userns.in_user_namespace()
+
+
+def test_the_namespace_inode_tells_an_identity_map_from_the_host(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Container root's own user namespace maps every id to itself, as the host's does."""
+    _maps(monkeypatch, HOST, HOST)
+    monkeypatch.setattr(userns, "_user_ns_inode", lambda: 0xEFFFFFFD)  # PROC_USER_INIT_INO
+    assert not userns.in_user_namespace()
+    monkeypatch.setattr(userns, "_user_ns_inode", lambda: 4026532174)
+    assert userns.in_user_namespace()
+    assert userns.owner_mapped(70000, 5)
+
+
+def test_this_process_is_in_the_hosts_user_namespace() -> None:
+    """The unit suite runs on the host (as root or not): the real inode is the initial one."""
+    userns._user_ns_inode.cache_clear()
+    assert userns._user_ns_inode() == 0xEFFFFFFD
+    assert not userns.in_user_namespace()
 
 
 def test_owner_mapped_needs_both_ids(monkeypatch: pytest.MonkeyPatch) -> None:

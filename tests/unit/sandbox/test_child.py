@@ -27,3 +27,28 @@ def test_the_reason_is_said_once(error: OSError, op: str) -> None:
     rendered = SandboxError(op, error.errno or 0).message
     if error.errno:
         assert rendered.count(os.strerror(error.errno)) == 1, rendered
+
+
+def test_a_refused_sethostname_is_a_notice_and_the_step_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """podman's seccomp profile refuses sethostname without CAP_SYS_ADMIN (EPERM): the step
+    keeps the container's hostname (tests/integration/test_in_container.py runs it for
+    real); another errno is still a setup failure."""
+    notices: list[tuple[str, ...]] = []
+    monkeypatch.setattr(child, "report", lambda *fields: notices.append(fields))
+
+    def refused(name: str) -> None:
+        raise OSError(errno.EPERM, "sethostname: Operation not permitted")
+
+    monkeypatch.setattr(child.linux, "sethostname", refused)
+    child.set_hostname("stepbuild")
+    [(kind, text)] = notices
+    assert kind == "N" and "sethostname refused" in text and "'stepbuild'" in text
+
+    def broken(name: str) -> None:
+        raise OSError(errno.EINVAL, "sethostname: Invalid argument")
+
+    monkeypatch.setattr(child.linux, "sethostname", broken)
+    with pytest.raises(OSError) as caught:
+        child.set_hostname("x" * 100)
+    assert caught.value.errno == errno.EINVAL

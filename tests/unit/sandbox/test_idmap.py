@@ -3,7 +3,7 @@ maps built, newuidmap's arguments and the /proc map text."""
 
 from __future__ import annotations
 
-from stepbuild.sandbox.idmap import MAX_ID, IdMaps, build_maps, parse_subids
+from stepbuild.sandbox.idmap import MAX_ID, IdMaps, build_maps, identity_maps, parse_subids
 
 SUBUID = """\
 # comment
@@ -60,3 +60,24 @@ def test_helper_arguments_and_map_file_text() -> None:
     assert maps.helper_args(42) == (["42", "0", "1001", "1", "1", "100000", "65536"],
                                     ["42", "0", "1001", "1"])
     assert IdMaps.file_text(maps.uids) == "0 1001 1\n1 100000 65536\n"
+
+
+def test_roots_identity_map_maps_every_id_it_has_to_itself() -> None:
+    host = ((0, 0, 2**32 - 1),)
+    maps = identity_maps(host, host)
+    assert maps.uids == maps.gids == ((0, 0, 2**32 - 1),)
+    assert maps.full and maps.privileged
+    assert maps.file_text(maps.uids) == "0 0 4294967295\n"
+
+
+def test_roots_identity_map_inside_a_mapped_container_keeps_its_own_ids() -> None:
+    """A container already in a user namespace (0..65535 → 100000..): inside ids, to
+    themselves, as the writer names them."""
+    maps = identity_maps(((1, 100001, 65535), (0, 100000, 1)), ((0, 100000, 65536),))
+    assert maps.uids == ((0, 0, 1), (1, 1, 65535))
+    assert maps.gids == ((0, 0, 65536),)
+
+
+def test_a_users_maps_are_not_privileged() -> None:
+    assert not build_maps(1001, 1001, [(100000, 65536)], [(100000, 65536)]).privileged
+    assert not build_maps(1001, 1001, [], []).privileged

@@ -143,7 +143,7 @@ def test_child_payload_is_plain_marshallable_data() -> None:
     assert payload["argv"] == ["/bin/sh", "-c", "make"] and payload["network"] == "host"
     mounts = payload["mounts"]
     assert isinstance(mounts, list) and len(mounts) == len(standard_mounts())
-    assert mounts[0] == {"kind": "proc", "source": "", "target": "/proc",
+    assert mounts[0] == {"kind": "proc", "source": "/proc", "target": "/proc",
                          "attrs": ["nodev", "noexec", "nosuid"], "params": [],
                          "recursive": False, "optional": True, "create": ""}
 
