@@ -28,7 +28,7 @@ def entered(monkeypatch: pytest.MonkeyPatch) -> list[IdMaps]:
 
 
 def environment(monkeypatch: pytest.MonkeyPatch, env: isolation.Environment) -> None:
-    monkeypatch.setattr(isolation, "probe", lambda: env)
+    monkeypatch.setattr(isolation, "probe", lambda requested="auto": env)
 
 
 def options(command: str) -> argparse.Namespace:
@@ -72,9 +72,31 @@ def test_a_user_enters_with_its_subordinate_ids(monkeypatch: pytest.MonkeyPatch,
     assert given.root == "/home/u/.data/stepbuild"  # decided as the user, before entering
 
 
+def test_root_without_user_namespaces_stays_for_chroot(monkeypatch: pytest.MonkeyPatch,
+                                                       entered: list[IdMaps]) -> None:
+    environment(monkeypatch, isolation.Environment(0, PODMAN_DEFAULT, userns_errno=errno.EPERM))
+    given = options("build")
+    rootless.reenter(given)
+    assert entered == []
+    assert given.isolation_chosen.mode == isolation.CHROOT
+
+
+def test_isolation_asked_for_is_builds_and_runs_alone(monkeypatch: pytest.MonkeyPatch,
+                                                     entered: list[IdMaps]) -> None:
+    environment(monkeypatch, isolation.Environment(0, EVERYTHING))
+    given = options("build")
+    given.isolation = isolation.CHROOT
+    rootless.reenter(given)
+    assert given.isolation_chosen.mode == isolation.CHROOT and entered == []
+    other = options("images")
+    other.isolation = isolation.CHROOT  # not an option of images: auto
+    rootless.reenter(other)
+    assert other.isolation_chosen.mode == isolation.NAMESPACES
+
+
 def test_nothing_possible_stops_only_what_needs_isolation(monkeypatch: pytest.MonkeyPatch,
                                                          entered: list[IdMaps]) -> None:
-    environment(monkeypatch, isolation.Environment(0, PODMAN_DEFAULT, errno.EPERM))
+    environment(monkeypatch, isolation.Environment(0, 0, userns_errno=errno.EPERM))
     for command in sorted(rootless.ISOLATED):
         with pytest.raises(IsolationUnavailable):
             rootless.reenter(options(command))
