@@ -49,10 +49,12 @@ __all__ = ["Executor", "PreparedStep", "Sandbox"]
 
 
 class Sandbox(Protocol):
-    """What runs a RUN's command: the `stepbuild.sandbox` module."""
+    """What runs a RUN's command: a `stepbuild.sandbox.pool.Pool` (the executor closes it)."""
 
     def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
             cancel: threading.Event | None = None) -> RunResult: ...
+
+    def close(self) -> None: ...
 
 
 class Executor:
@@ -90,7 +92,9 @@ class Executor:
         self.context_copies = ContextCopies(context, self.scratch_file)
 
     def close(self) -> None:
-        """Stop the build's private network; remove its scratch files (downloads)."""
+        """End the sandbox's spare child, stop the build's private network; remove the
+        build's scratch files (downloads)."""
+        self.sandbox.close()
         self.private_network.close()
         if self._scratch is not None:
             remove_tree(self._scratch, best_effort=True)

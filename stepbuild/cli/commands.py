@@ -286,10 +286,10 @@ def _executor(store: Store, context: BuildContext, progress: Progress,
               ssh: dict[str, str] | None = None, limits: Limits | None = None,
               seccomp: str = "default", allow: frozenset[str] = frozenset(),
               isolation: str = "namespaces") -> Executor:
-    from stepbuild import sandbox
     from stepbuild.build.execute import Executor
+    from stepbuild.sandbox.pool import Pool
 
-    return Executor(store, context, sandbox, progress, build_args, network, epoch,
+    return Executor(store, context, Pool(), progress, build_args, network, epoch,
                     secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp,
                     allow=allow, isolation=isolation)
 

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
-from stepbuild.sandbox.spawn import start_child
+from stepbuild.sandbox.spawn import Child, start_child
 
 if TYPE_CHECKING:
     import threading
 
     from stepbuild.sandbox.cgroups import StepCgroup
+    from stepbuild.sandbox.limits import Limits
     from stepbuild.sandbox.spec import Mount, SandboxSpec
 
 
@@ -73,7 +74,9 @@ class RunResult:
 
 
 def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
-        cancel: threading.Event | None = None) -> RunResult:
+        cancel: threading.Event | None = None,
+        ready: Callable[[str, Limits], ReadyChild] | None = None,
+        retire: Callable[[StepCgroup], None] | None = None) -> RunResult:
     """Run `spec.argv` in a sandbox over `spec.rootfs`; return when it and all its
     descendants are gone (they share its PID namespace, which dies with it).
 
@@ -86,46 +89,96 @@ def run(spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
     `cancel` is set (then `Cancelled` is raised): a failing build stops the steps still running.
 
     The step runs in a cgroup of its own with `spec.limits` applied (`cgroups.py`), removed
-    on return.
+    on return. `ready` gives the child, already in that cgroup (default `ready_child`; a
+    build's `pool.Pool` gives one it made while the step before ran), and `retire` removes
+    the cgroup once the step is over (default `StepCgroup.remove`, at once; a pool's, soon
+    after in a thread of its own).
     """
     from stepbuild.fs.userns import owner_mapped
-    from stepbuild.sandbox import cgroups
+    from stepbuild.sandbox.cgroups import StepCgroup
     from stepbuild.sandbox.seccomp import program
     from stepbuild.sandbox.spec import TTY_GID, child_payload
 
     plan = child_payload(spec, tty_gid=owner_mapped(0, TTY_GID))
     plan["seccomp"] = program(spec.seccomp)  # compiled once per profile; may refuse the step
     payload = marshal.dumps(plan)
-    cgroup = cgroups.create(spec.limits)
+    child = (ready or ready_child)(_CHILDREN[spec.isolation], spec.limits)
     try:
-        return _run_in(cgroup, _CHILDREN[spec.isolation], payload, on_output, cancel)
+        return _run_ready(child, payload, on_output, cancel)
     finally:
-        if cgroup is not None:
-            cgroup.remove()
+        if child.cgroup is not None:
+            (retire or StepCgroup.remove)(child.cgroup)
 
 
-def _run_in(cgroup: StepCgroup | None, module: str, payload: bytes,
-            on_output: Callable[[bytes], None] | None,
-            cancel: threading.Event | None) -> RunResult:
-    plan_r, plan_w = _pipe()
-    status_r, status_w = _pipe()
-    out_r, out_w = _pipe()
-    try:
-        child = start_child(module, plan_r, status_w, out_w)
-    except BaseException:
-        for fd in (plan_w, status_r, out_r):
+@dataclass(slots=True)
+class ReadyChild:
+    """A sandbox child forked and already in its step's cgroup, waiting for its plan, with
+    the builder's ends of its three pipes. `discard` ends one that will not be used."""
+
+    child: Child
+    cgroup: StepCgroup | None
+    plan_w: int
+    status_r: int
+    out_r: int
+
+    def discard(self) -> None:
+        os.close(self.plan_w)  # the child reads no plan, and exits
+        self.child.kill()
+        with contextlib.suppress(SandboxError):
+            self.child.wait()
+        for fd in (self.status_r, self.out_r):
             os.close(fd)
-        raise
-    finally:
-        for fd in (plan_r, status_w, out_w):
-            os.close(fd)
+        if self.cgroup is not None:
+            self.cgroup.remove()
+
+
+def ready_child(module: str, limits: Limits) -> ReadyChild:
+    """A new child running `module` (`child` or `chroot_child`) in a new cgroup with
+    `limits`: the one `run` uses unless given another way to get one (`pool.Pool`)."""
+    from stepbuild.sandbox import cgroups
+
+    cgroup = cgroups.create(limits)
     try:
+        plan_r, plan_w = _pipe()
+        status_r, status_w = _pipe()
+        out_r, out_w = _pipe()
+        try:
+            child = start_child(module, plan_r, status_w, out_w)
+        except BaseException:
+            for fd in (plan_w, status_r, out_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (plan_r, status_w, out_w):
+                os.close(fd)
+        ready = ReadyChild(child, cgroup, plan_w, status_r, out_r)
         if cgroup is not None:
             # before the plan: the child waits for it, so it execs nothing outside the cgroup
-            _join(cgroup, child.pid, plan_w)
-        _send(plan_w, payload)
-        status = _read_all(status_r)
-        tail = _pump(out_r, on_output, cancel)
+            _join(ready)
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    return ready
+
+
+def _join(ready: ReadyChild) -> None:
+    assert ready.cgroup is not None
+    try:
+        ready.cgroup.add(ready.child.pid)
+    except BaseException:
+        ready.cgroup = None  # ready_child removes it
+        ready.discard()
+        raise
+
+
+def _run_ready(ready: ReadyChild, payload: bytes, on_output: Callable[[bytes], None] | None,
+               cancel: threading.Event | None) -> RunResult:
+    child = ready.child
+    try:
+        _send(ready.plan_w, payload)
+        status = _read_all(ready.status_r)
+        tail = _pump(ready.out_r, on_output, cancel)
         code = os.waitstatus_to_exitcode(child.wait())
     except BaseException:
         child.kill()
@@ -133,9 +186,9 @@ def _run_in(cgroup: StepCgroup | None, module: str, payload: bytes,
             child.wait()
         raise
     finally:
-        for fd in (status_r, out_r):
+        for fd in (ready.status_r, ready.out_r):
             os.close(fd)
-    oom = cgroup is not None and cgroup.oom_killed()
+    oom = ready.cgroup is not None and ready.cgroup.oom_killed()
     return _result(128 - code if code < 0 else code, status, tail, oom)
 
 
@@ -146,14 +199,6 @@ def _pipe() -> tuple[int, int]:
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 5))
         os.close(fd)
     return ends[0], ends[1]
-
-
-def _join(cgroup: StepCgroup, pid: int, plan_w: int) -> None:
-    try:
-        cgroup.add(pid)
-    except BaseException:
-        os.close(plan_w)  # _send would have
-        raise
 
 
 def _send(fd: int, data: bytes) -> None:
