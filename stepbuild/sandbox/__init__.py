@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from stepbuild.errors import Cancelled, SandboxError
-from stepbuild.sandbox.spawn import Child, start_child
+from stepbuild.sandbox.spawn import DEFAULT, Child, ForkServer
 
 if TYPE_CHECKING:
     import threading
@@ -132,9 +132,10 @@ class ReadyChild:
             self.cgroup.remove()
 
 
-def ready_child(module: str, limits: Limits) -> ReadyChild:
+def ready_child(module: str, limits: Limits, server: ForkServer | None = None) -> ReadyChild:
     """A new child running `module` (`child` or `chroot_child`) in a new cgroup with
-    `limits`: the one `run` uses unless given another way to get one (`pool.Pool`)."""
+    `limits`, forked by `server` (default `spawn.DEFAULT`): the one `run` uses unless given
+    another way to get one (`pool.Pool`)."""
     from stepbuild.sandbox import cgroups
 
     cgroup = cgroups.create(limits)
@@ -143,7 +144,7 @@ def ready_child(module: str, limits: Limits) -> ReadyChild:
         status_r, status_w = _pipe()
         out_r, out_w = _pipe()
         try:
-            child = start_child(module, plan_r, status_w, out_w)
+            child = (server or DEFAULT).start_child(module, plan_r, status_w, out_w)
         except BaseException:
             for fd in (plan_w, status_r, out_r):
                 os.close(fd)

@@ -12,7 +12,7 @@ spare that failed) makes its own, as `sandbox.run` does.
     try:
         result = pool.run(spec, on_output=...)  # any number of steps, from any threads
     finally:
-        pool.close()  # a spare left is ended and its cgroup removed
+        pool.close()  # a spare left is ended, its cgroup removed, the pool's fork server too
 
 Only the builder uses one (`build/execute.py`): between two builds, or for `stepbuild run`,
 a spare would be a process and a cgroup lying about for nothing.
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from stepbuild.errors import SandboxError
 from stepbuild.sandbox import ReadyChild, ready_child
 from stepbuild.sandbox import run as run_in_sandbox
+from stepbuild.sandbox.spawn import ForkServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,6 +48,8 @@ class Pool:
         self._makers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._server = ForkServer()  # the build's own: ended with it (an embedding caller
+        # that builds in-process keeps no process or socket of ours after the build)
 
     def run(self, spec: SandboxSpec, on_output: Callable[[bytes], None] | None = None,
             cancel: threading.Event | None = None) -> RunResult:
@@ -68,6 +71,7 @@ class Pool:
             spares, self._spares = list(self._spares.values()), {}
         for spare in spares:
             spare.discard()
+        self._server.close()
 
     def _ready(self, module: str, limits: Limits) -> ReadyChild:
         key = (module, limits)
@@ -76,7 +80,7 @@ class Pool:
             closed = self._closed
         if not closed:
             self._start(lambda: self._make(key))
-        return spare if spare is not None else ready_child(module, limits)
+        return spare if spare is not None else ready_child(module, limits, self._server)
 
     def _retire(self, cgroup: StepCgroup) -> None:
         """Remove a finished step's cgroup in a thread (an rmdir of a v1 memory cgroup takes
@@ -95,7 +99,7 @@ class Pool:
 
     def _make(self, key: Key) -> None:
         try:
-            spare = ready_child(*key)
+            spare = ready_child(*key, self._server)
         except Exception:  # noqa: BLE001 -- the step that needs one makes its own and says why
             return
         with self._lock:

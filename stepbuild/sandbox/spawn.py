@@ -4,9 +4,10 @@
     ...                                            # join its cgroup, send the plan, read output
     wait_status = child.wait()                     # raw, as os.waitpid gives; child.kill() too
 
-One server serves every thread of the builder; it is started on first use, again after a
-fork of the builder (a forked builder must not share its parent's server) or when it has
-died. Each request carries its own reply socket, so threads never read each other's replies.
+One server (`DEFAULT`, or a build's own: `pool.Pool`) serves every thread of the builder;
+it is started on first use, again after a fork of the builder (a forked builder must not
+share its parent's server) or when it has died. Each request carries its own reply socket,
+so threads never read each other's replies.
 """
 
 from __future__ import annotations
@@ -67,32 +68,66 @@ class _Server:
     control: socket.socket
 
 
-_server: _Server | None = None
-_lock = threading.Lock()
+class ForkServer:
+    """One fork server, started on first use, started again after a fork of the builder or
+    when it has died; `close` ends it, and with it any child it still has. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._server: _Server | None = None
+        self._lock = threading.Lock()
+
+    def start_child(self, module: str, plan_r: int, status_w: int, out_w: int) -> Child:
+        """A new sandbox child running `module` (`child`, or `chroot_child` for chroot
+        isolation) with child.py's fd layout, in the calling thread's mount namespace.
+        Raises SandboxError if the server cannot be started or cannot fork."""
+        mnt = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for attempt in range(2):
+                server = self._running(restart=attempt > 0)
+                reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    fds = array.array("i", [plan_r, status_w, out_w, theirs.fileno(), mnt])
+                    server.control.sendmsg([b"run " + module.encode()],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                except (BrokenPipeError, ConnectionResetError):
+                    reply.close()
+                    continue  # the server died (killed by someone): start another, once
+                finally:
+                    theirs.close()
+                return _answer(reply)
+        finally:
+            os.close(mnt)
+        raise SandboxError("the sandbox fork server keeps exiting", 0)
+
+    def close(self) -> None:
+        """End the server (it kills its children) and reap it. Idempotent."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            _retire(server, wait=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's pid, if one was started."""
+        server = self._server
+        return server.pid if server is not None else None
+
+    def _running(self, *, restart: bool) -> _Server:
+        with self._lock:
+            if self._server is not None and (restart or self._server.owner != os.getpid()):
+                _retire(self._server)
+                self._server = None
+            if self._server is None:
+                self._server = _start()
+            return self._server
+
+
+DEFAULT = ForkServer()  # sandbox.run's own, for the life of the process (`pool.Pool` has one)
 
 
 def start_child(module: str, plan_r: int, status_w: int, out_w: int) -> Child:
-    """A new sandbox child running `module` (`child`, or `chroot_child` for chroot isolation)
-    with child.py's fd layout, in the calling thread's mount namespace. Raises SandboxError if
-    the server cannot be started or cannot fork."""
-    mnt = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for attempt in range(2):
-            server = _running_server(restart=attempt > 0)
-            reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                fds = array.array("i", [plan_r, status_w, out_w, theirs.fileno(), mnt])
-                server.control.sendmsg([b"run " + module.encode()],
-                                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            except (BrokenPipeError, ConnectionResetError):
-                reply.close()
-                continue  # the server died (killed by someone): start another, once
-            finally:
-                theirs.close()
-            return _answer(reply)
-    finally:
-        os.close(mnt)
-    raise SandboxError("the sandbox fork server keeps exiting", 0)
+    """`DEFAULT.start_child`."""
+    return DEFAULT.start_child(module, plan_r, status_w, out_w)
 
 
 def _answer(reply: socket.socket) -> Child:
@@ -104,17 +139,6 @@ def _answer(reply: socket.socket) -> Child:
     if data.startswith(b"error "):
         raise SandboxError("fork the sandbox child", int(data[6:]))
     raise SandboxError("the sandbox fork server exited", 0)
-
-
-def _running_server(*, restart: bool) -> _Server:
-    global _server
-    with _lock:
-        if _server is not None and (restart or _server.owner != os.getpid()):
-            _retire(_server)
-            _server = None
-        if _server is None:
-            _server = _start()
-        return _server
 
 
 def _start() -> _Server:
@@ -140,10 +164,11 @@ def _start() -> _Server:
     return _Server(pid, os.getpid(), ours)
 
 
-def _retire(server: _Server) -> None:
+def _retire(server: _Server, *, wait: bool = False) -> None:
     """Close our end (the server then kills its children and exits) and reap it if it was
-    ours; a forked builder's copy of its parent's server is only closed."""
+    ours (`wait`: until it has exited); a forked builder's copy of its parent's server is
+    only closed."""
     server.control.close()
     if server.owner == os.getpid():
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(server.pid, os.WNOHANG)
+            os.waitpid(server.pid, 0 if wait else os.WNOHANG)

@@ -253,7 +253,7 @@ def test_namespaces_asked_for_there_are_refused_in_one_line(locked_down: list[st
     result = in_locked_down(locked_down, work / "refusal-store", "build", NAMESPACES,
                             str(context))
     assert_clear_error(result, 1, "--isolation=namespaces is not possible here",
-                       "CAP_SYS_ADMIN", "--isolation=chroot")
+                       "CAP_SYS_ADMIN", "--isolation=auto")
     assert len(result.stderr.splitlines()) == 2  # the error and its hint
 
 

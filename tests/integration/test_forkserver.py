@@ -50,8 +50,9 @@ def root(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Root]:
 
 
 def _server_pid() -> int:
-    assert spawn._server is not None
-    return spawn._server.pid
+    pid = spawn.DEFAULT.pid
+    assert pid is not None
+    return pid
 
 
 def _kill_server() -> int:
@@ -133,7 +134,7 @@ for n in ("one", "two"):
         f.write(n)
     linux.mount_overlay(base + "/merged", [base + "/lower", {str(busybox_rootfs)!r}],
                         base + "/up", base + "/work")
-    print(step(base + "/merged"), spawn._server.pid)
+    print(step(base + "/merged"), spawn.DEFAULT.pid)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=PROJECT, env={"PYTHONPATH": str(PROJECT)}, timeout=60)
