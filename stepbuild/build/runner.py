@@ -21,6 +21,7 @@ from stepbuild.sandbox import host as overlay
 
 if TYPE_CHECKING:
     from stepbuild.build.state import ImageState
+    from stepbuild.sandbox import RunResult
     from stepbuild.sandbox.limits import Limits
     from stepbuild.store.store import Store
 
@@ -34,7 +35,7 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
     "chroot" the container is a chroot into a copy of the image (no namespace, the host's
     network: "none" is refused)."""
     from stepbuild import sandbox
-    from stepbuild.sandbox.limits import Limits, human_size
+    from stepbuild.sandbox.limits import Limits
     from stepbuild.sandbox.network import PrivateNetwork
     from stepbuild.sandbox.spec import SandboxSpec
 
@@ -50,7 +51,7 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
         raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
     lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
     if isolation == "chroot":
-        return _run_chrooted(store, lowers, state, argv, network, limits, seccomp)
+        return _run_chrooted(store, lowers, state, argv, network, limits, seccomp, name)
     mode = "private" if network == "default" else network
     tmp = store.tmp_dir("run-")
     private_network = PrivateNetwork(lambda: store.tmp_dir("net-"))
@@ -65,22 +66,18 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
                                hostname="stepbuild", network=mode, etc_dir=str(etc),
                                limits=limits, seccomp=seccomp, netns=netns)
             result = sandbox.run(spec, on_output=_to_stdout)
-        if result.oom_killed:
-            raise ContainerOutOfMemory(f"{name}: killed: out of memory (limit"
-                                       f" {human_size(limits.memory or 0)})")
-        return int(result.exit_code)
+        return _exit_status(result, name, limits)
     finally:
         private_network.close()
         remove_tree(tmp, best_effort=True)  # any depth: a step may nest 10,000 dirs
 
 
 def _run_chrooted(store: Store, lowers: list[Path], state: ImageState, argv: list[str],
-                  network: str, limits: Limits, seccomp: str) -> int:
+                  network: str, limits: Limits, seccomp: str, name: str) -> int:
     """`run_image` with chroot isolation: in a copy of the image, removed afterwards."""
     from stepbuild import sandbox
     from stepbuild.build.chroot import HOLLOW, make_dev_null
     from stepbuild.layers.merged import copy_merged
-    from stepbuild.sandbox.limits import human_size
     from stepbuild.sandbox.spec import SandboxSpec
 
     if network == "none":
@@ -97,13 +94,20 @@ def _run_chrooted(store: Store, lowers: list[Path], state: ImageState, argv: lis
                            cwd=state.workdir, uid=ids.uid, gid=ids.gid, groups=ids.groups,
                            network="host", limits=limits, seccomp=seccomp,
                            isolation="chroot")
-        result = sandbox.run(spec, on_output=_to_stdout)
-        if result.oom_killed:
-            raise ContainerOutOfMemory(f"killed: out of memory (limit"
-                                       f" {human_size(limits.memory or 0)})")
-        return int(result.exit_code)
+        return _exit_status(sandbox.run(spec, on_output=_to_stdout), name, limits)
     finally:
         remove_tree(tmp, best_effort=True)
+
+
+def _exit_status(result: RunResult, name: str, limits: Limits) -> int:
+    """The command's exit status; ContainerOutOfMemory (exit 137, as docker run's) when the
+    OOM killer ended it."""
+    from stepbuild.sandbox.limits import human_size
+
+    if result.oom_killed:
+        raise ContainerOutOfMemory(f"{name}: killed: out of memory (limit"
+                                   f" {human_size(limits.memory or 0)})")
+    return int(result.exit_code)
 
 
 def _to_stdout(data: bytes) -> None:

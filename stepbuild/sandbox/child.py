@@ -121,16 +121,7 @@ def make_private(rootfs: str) -> None:
 def container(plan: Plan, lifeline: int) -> NoReturn:
     """PID 1 of the new namespaces: set up, then execve. Never returns."""
     try:
-        linux.set_pdeathsig(SIGKILL)
-        os.set_blocking(lifeline, False)
-        try:
-            if os.read(lifeline, 1) == b"":  # EOF: our parent died before PDEATHSIG was set
-                os._exit(1)
-        except BlockingIOError:
-            pass
-        os.umask(0o022)
-        if plan["rlimits"]:  # imported now, while the host's stdlib is in reach
-            import resource  # noqa: F401
+        begin_step(plan, lifeline)
         set_hostname(plan["hostname"])
         if plan["network"] == "none":
             linux.bring_up_loopback()
@@ -168,6 +159,22 @@ def failed_op(prefix: str, e: OSError) -> str:
     if reason and (text == reason or text.endswith(": " + reason)):
         text = text[:-len(reason)].rstrip(": ")
     return f"{prefix}: {text}" if text else prefix
+
+
+def begin_step(plan: Plan, lifeline: int) -> None:
+    """What the step's process does first (here and in chroot_child.py): die with its
+    parent, or exit now if that parent is already gone; umask 022; import `resource` while
+    the host's stdlib is in reach, if the step has ulimits."""
+    linux.set_pdeathsig(SIGKILL)
+    os.set_blocking(lifeline, False)
+    try:
+        if os.read(lifeline, 1) == b"":  # EOF: our parent died before PDEATHSIG was set
+            os._exit(1)
+    except BlockingIOError:
+        pass
+    os.umask(0o022)
+    if plan["rlimits"]:
+        import resource  # noqa: F401
 
 
 def fail(op: str, err: int) -> NoReturn:

@@ -94,16 +94,7 @@ def _children() -> list[int]:
 def step(plan: Plan, lifeline: int) -> NoReturn:
     """The step's process: set up, then execve. Never returns."""
     try:
-        linux.set_pdeathsig(SIGKILL)
-        os.set_blocking(lifeline, False)
-        try:
-            if os.read(lifeline, 1) == b"":  # EOF: our parent died before PDEATHSIG was set
-                os._exit(1)
-        except BlockingIOError:
-            pass
-        os.umask(0o022)
-        if plan["rlimits"]:  # imported now, while the host's stdlib is in reach
-            import resource  # noqa: F401
+        child.begin_step(plan, lifeline)
         held = permitted_capabilities()
         enter_root(plan["rootfs"])
         child.make_workdir(plan["cwd"])
@@ -114,7 +105,7 @@ def step(plan: Plan, lifeline: int) -> NoReturn:
     except child.SetupFailed as e:
         child.fail(e.op, e.errno)
     except OSError as e:
-        child.fail(f"sandbox setup: {e.strerror}", e.errno or 0)
+        child.fail(child.failed_op("sandbox setup", e), e.errno or 0)
     except BaseException as e:  # a bug here: report it rather than print into the output
         child.fail(f"sandbox setup: {type(e).__name__}: {e}", 0)
     child.execute(plan["argv"], plan["env"])
