@@ -54,10 +54,17 @@ def store_root(option: str | None) -> Path:
 
 
 def open_store(options: argparse.Namespace,
-               on_resolve: Callable[[str], None] | None = None) -> Store:
+               on_resolve: Callable[[str], None] | None = None, *,
+               layers: bool = False) -> Store:
+    """The store of --root. `layers`: this command writes layer dirs or mounts them (build,
+    run, pull, load), so the store's overlay xattrs must be this process's
+    (`Store.require_overlay_form`)."""
     from stepbuild.store.store import Store
 
-    return Store(store_root(options.root), on_resolve=on_resolve)
+    store = Store(store_root(options.root), on_resolve=on_resolve)
+    if layers:
+        store.require_overlay_form()
+    return store
 
 
 # --- build -------------------------------------------------------------------------------------
@@ -108,7 +115,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
     connection = _connection(options)  # FROM, --push and the team cache all reach out with it
     names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
-    store = open_store(options, on_resolve=names_read.add)
+    store = open_store(options, on_resolve=names_read.add, layers=True)
     stepfile = parse_cached(store.layout.parse_cache, text, name)
     build_args = read_build_arg_files(options.build_arg_file)
     build_args.update(parse_build_args(options.build_arg))
@@ -363,7 +370,7 @@ def load(options: argparse.Namespace) -> int:
                          hint="stepbuild load < image.tar, or stepbuild load -i image.tar")
     else:
         stream = sys.stdin.buffer
-    store = open_store(options)
+    store = open_store(options, layers=True)
     with stream:
         loaded = load_archive(store, stream)
     for image in loaded:
@@ -460,7 +467,8 @@ def pull(options: argparse.Namespace) -> int:
     """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
     from stepbuild.distribution.pull import pull as pull_image
 
-    result = pull_image(open_store(options), options.image, connection=_connection(options),
+    result = pull_image(open_store(options, layers=True), options.image,
+                        connection=_connection(options),
                         display=_display(options))
     print(result.digest)
     return 0
@@ -642,7 +650,7 @@ def run(options: argparse.Namespace) -> int:
     isolation = _isolation(options)
     if options.verbose:
         _tell_isolation(_progress(options), isolation)
-    store = open_store(options)
+    store = open_store(options, layers=True)
     enter_build_namespace(isolation.mode, store.layout.tmp)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,

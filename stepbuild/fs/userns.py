@@ -23,6 +23,7 @@ _IDENTITY = ((0, 0, 2**32 - 1),)
 # The inode number of the initial user namespace's /proc/PID/ns/user, fixed by the kernel
 # (PROC_USER_INIT_INO in include/linux/proc_ns.h, since Linux 3.8).
 _INITIAL_USER_NS_INO = 0xEFFFFFFD
+_CAP_SYS_ADMIN = 21
 SUBID_FILES = "/etc/subuid and /etc/subgid"
 
 IdRange = tuple[int, int, int]  # (first id inside, first id outside, count), as uid_map(5)
@@ -75,6 +76,29 @@ def _user_ns_inode() -> int | None:
         return os.stat("/proc/self/ns/user").st_ino
     except OSError:
         return None
+
+
+def overlay_xattr_namespace() -> str:
+    """Which xattr namespace this process's layer dirs keep overlay's state in: "trusted",
+    what a kernel overlay mounted as root on the host reads, where this process may set it
+    (outside a user namespace, with CAP_SYS_ADMIN); else "user", what an overlay mounted with
+    `userxattr` in a user namespace reads, and what chroot isolation (which mounts nothing)
+    can write without CAP_SYS_ADMIN."""
+    if in_user_namespace() or not _effective_capabilities() & (1 << _CAP_SYS_ADMIN):
+        return "user"
+    return "trusted"
+
+
+@functools.cache
+def _effective_capabilities() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def mapped_count(ranges: tuple[IdRange, ...]) -> int:

@@ -17,7 +17,7 @@ import os
 import stat
 
 from stepbuild.errors import LayerError
-from stepbuild.fs.userns import in_user_namespace
+from stepbuild.fs.userns import overlay_xattr_namespace
 
 __all__ = [
     "Hit",
@@ -41,10 +41,11 @@ _REFUSED_OVERLAY_KEYS = frozenset({"redirect", "metacopy", "whiteout", "whiteout
 
 
 def opaque_xattr() -> str:
-    """The xattr that makes a layer dir's directory opaque where this process mounts overlays:
-    `user.overlay.opaque` when rootless (mounted with `userxattr`, see fs/userns.py; only root
-    of the host's namespace may set `trusted.*`), else `trusted.overlay.opaque`."""
-    return "user.overlay.opaque" if in_user_namespace() else "trusted.overlay.opaque"
+    """The xattr that makes a layer dir's directory opaque for this process:
+    `trusted.overlay.opaque` as root of the host with CAP_SYS_ADMIN, else
+    `user.overlay.opaque` (rootless and container root mount overlay with `userxattr`;
+    chroot isolation mounts nothing and reads both): fs/userns.overlay_xattr_namespace."""
+    return f"{overlay_xattr_namespace()}.overlay.opaque"
 
 
 def is_whiteout(st: os.stat_result) -> bool:

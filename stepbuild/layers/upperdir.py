@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stepbuild.errors import LayerError
+from stepbuild.layers.overlayfs import opaque_xattr
 from stepbuild.layers.treediff import (
     ROOT,
     Action,
@@ -38,23 +39,22 @@ from stepbuild.layers.treediff import (
     parent_of,
 )
 
-__all__ = ["OPAQUE_XATTR", "opaque_supported", "write_upper"]
+__all__ = ["opaque_supported", "write_upper"]
 
-OPAQUE_XATTR = "trusted.overlay.opaque"  # what a rootful overlay mount reads (apply.py writes it)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def opaque_supported(scratch: Path) -> bool:
-    """Whether this process can mark a directory opaque: `trusted.*` xattrs need
-    CAP_SYS_ADMIN (xattr(7)), which an unprivileged container does not give. `scratch` is an
-    empty directory of ours on the store's filesystem."""
+    """Whether this process can mark a directory opaque with the xattr its layer dirs use
+    (`overlayfs.opaque_xattr`: `user.*` where `trusted.*`, which needs CAP_SYS_ADMIN, cannot
+    be had), on the store's filesystem. `scratch` is an empty directory of ours there."""
     try:
-        os.setxattr(scratch, OPAQUE_XATTR, b"y", follow_symlinks=False)
+        os.setxattr(scratch, opaque_xattr(), b"y", follow_symlinks=False)
     except OSError as exc:
         if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
             return False
         raise
-    os.removexattr(scratch, OPAQUE_XATTR, follow_symlinks=False)
+    os.removexattr(scratch, opaque_xattr(), follow_symlinks=False)
     return True
 
 
@@ -79,7 +79,7 @@ def write_upper(changes: Sequence[Change], after_root: Path, after: Tree, upper:
                     cursor.mkdir(name)
                     made.add(change.path)
                 if change.action is Action.OPAQUE:
-                    os.setxattr(_fd_path(cursor.upper, name), OPAQUE_XATTR, b"y",
+                    os.setxattr(_fd_path(cursor.upper, name), opaque_xattr(), b"y",
                                 follow_symlinks=False)
             else:
                 os.rename(name, name, src_dir_fd=cursor.after, dst_dir_fd=cursor.upper)

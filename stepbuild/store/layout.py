@@ -1,6 +1,7 @@
 """Where everything lives under the store root: every folder and file name, in one place.
 
     oci-layout, index.json      the OCI image layout header and its index (tags)
+    overlay-xattrs              "trusted" or "user": where layer dirs keep overlay's state
     blobs/sha256/<hex>          blobs, named by digest
     layers/<hex>/diff/          a layer unpacked (an overlay lower dir); <hex> of its diff_id
     cache/<key>.json            step cache records (records.py); cache/corrupt/ for bad ones
@@ -56,6 +57,10 @@ class StoreLayout:
     @property
     def index(self) -> Path:
         return self.root / "index.json"
+
+    @property
+    def overlay_xattrs(self) -> Path:
+        return self.root / "overlay-xattrs"
 
     @property
     def blobs(self) -> Path:

@@ -41,6 +41,7 @@ from stepbuild.fs.durable import fsync_dir, write_file
 from stepbuild.fs.locks import flocked
 from stepbuild.fs.owner import owner_tag
 from stepbuild.fs.trees import remove_tree
+from stepbuild.fs.userns import overlay_xattr_namespace
 from stepbuild.oci.digest import (
     PREFIX,
     Digest,
@@ -167,6 +168,25 @@ class Store:
         if not layout.index.exists():
             self.write_oci_layout()
         self._create_if_absent(layout.index, Index().to_bytes())
+
+    def require_overlay_form(self) -> None:
+        """Refuse (StoreError, one line) a store whose layer dirs keep overlay's state in the
+        other xattr namespace than this process does (fs/userns.overlay_xattr_namespace):
+        root's `trusted.overlay.opaque` is invisible to an overlay mounted with `userxattr`
+        in a user namespace, and the other way round, so a build would see removed
+        directories come back. The first command that writes layers records the store's
+        form in `overlay-xattrs`; a store from before that record holds root's."""
+        wanted = overlay_xattr_namespace()
+        path = self.layout.overlay_xattrs
+        if not path.exists():
+            legacy = any(self._layers.iterdir())  # made before the record: as root
+            self._create_if_absent(path, b"trusted\n" if legacy else wanted.encode() + b"\n")
+        have = path.read_text(encoding="ascii", errors="replace").strip()
+        if have != wanted:
+            raise StoreError(
+                f"the store {self.root} keeps its layers for {_FORMS.get(have, repr(have))},"
+                f" and this command runs {_FORMS[wanted]}: its overlay would not read them",
+                hint="give each its own store (--root or STEPBUILD_ROOT)")
 
     def write_oci_layout(self) -> None:
         """Create `oci-layout` if it is missing (never replacing one)."""
@@ -597,6 +617,10 @@ class Store:
         self.write_file(self._index, index.to_bytes())
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+_FORMS = {"trusted": "root with CAP_SYS_ADMIN (trusted.overlay.* xattrs)",
+          "user": "a user namespace or chroot isolation (user.overlay.* xattrs)"}
 
 
 def check_owned(path: Path, *, follow: bool = False, what: str = "") -> None:

@@ -278,14 +278,38 @@ def test_auto_picks_chroot_there_and_builds_the_same_image(
 
 def test_a_replaced_directory_there_gives_the_same_tree(
         locked_down: list[str], work: Path, ns_store: Stepbuild) -> None:
-    """Without CAP_SYS_ADMIN no opaque xattr can be written: the layer holds whiteouts for
-    what the old directory had instead of overlay's opaque marker. Other bytes, the same
-    files: the image's flattened tree is byte for byte the namespaced build's."""
+    """Without CAP_SYS_ADMIN no trusted.* xattr can be written: the store's layer dirs keep
+    overlay's opaque mark in user.overlay.opaque (as rootless ones do), so a replaced
+    directory is opaque, as overlay makes it: the same layers, the same image digest, the
+    same flattened tree as the namespaced build's."""
     store = work / "locked-store"
     context = write_context(work / "locked-replaced", REPLACED)
-    result = in_locked_down(locked_down, store, "build", *EPOCH, "-t", "replaced",
+    result = in_locked_down(locked_down, store, "build", "-q", *EPOCH, "-t", "replaced",
                             "--output", f"type=tar,dest={work / 'locked.tar'}", str(context))
     assert result.returncode == 0, result.stderr
-    ns_store.build(context, NAMESPACES, *EPOCH, "-t", "replaced",
-                   "--output", f"type=tar,dest={work / 'namespaced.tar'}")
+    namespaced = ns_store.build(context, NAMESPACES, "-q", *EPOCH, "-t", "replaced",
+                                "--output", f"type=tar,dest={work / 'namespaced.tar'}")
+    assert result.stdout.strip() == namespaced.stdout.strip()
     assert (work / "locked.tar").read_bytes() == (work / "namespaced.tar").read_bytes()
+    assert (store / "overlay-xattrs").read_text() == "user\n"
+
+
+def test_an_image_with_an_opaque_dir_loads_and_serves_as_a_base_there(
+        locked_down: list[str], work: Path, ns_store: Stepbuild) -> None:
+    """A loaded layer's opaque dir (`.wh..wh..opq`) is kept as user.overlay.opaque where
+    trusted.* cannot be written, and chroot isolation's copy honours it: the directory
+    the image replaced shows only its new content."""
+    context = write_context(work / "opaque-image", REPLACED)
+    archive = work / "opaque.tar"
+    ns_store.build(context, NAMESPACES, *EPOCH, "-t", "opaque",
+                   "--output", f"type=oci,dest={archive},name=opaque:1")
+    store = work / "locked-load-store"
+    loaded = in_locked_down(locked_down, store, "load", "-i", str(archive))
+    assert loaded.returncode == 0, loaded.stderr
+    listing = write_context(work / "opaque-child",
+                            "FROM opaque:1\nRUN ls -A /usr/share > /listed\n")
+    built = in_locked_down(locked_down, store, "build", "-t", "child", str(listing))
+    assert built.returncode == 0, built.stderr
+    ran = in_locked_down(locked_down, store, "run", "child", "cat", "/listed")
+    assert ran.stdout == "again\n", ran.stderr  # not `keep` and `old`: the mark held
+    assert ns_store.run("opaque", "ls", "-A", "/usr/share") == "again\n"

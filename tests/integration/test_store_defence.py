@@ -120,3 +120,17 @@ def test_a_no_op_rebuild_is_not_replayed_over_a_store_others_may_write_to(
     os.chmod(sb.root, 0o777)
     assert_clear_error(sb.build(context, "-v", "-t", "app", check=False), 1,
                        "writable by group or others", f"chmod go-w {sb.root}")
+
+
+def test_a_roots_store_is_refused_by_a_build_in_a_user_namespace(sb: Stepbuild,
+                                                                 tmp_path: Path) -> None:
+    """Root's layer dirs keep overlay's opaque marks in trusted.* xattrs, which an overlay
+    in a user namespace (userxattr) does not read: one line, nothing built."""
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN true\n")
+    layers = sorted(os.listdir(Store(sb.root).layout.layers))
+    result = sb.build(context, "--isolation=userns", check=False)
+    assert_clear_error(result, 1, "keeps its layers for root with CAP_SYS_ADMIN",
+                       "--root or STEPBUILD_ROOT")
+    assert len(result.stderr.splitlines()) == 2  # the error and its hint, before any step
+    assert sorted(os.listdir(Store(sb.root).layout.layers)) == layers
+    assert (sb.root / "overlay-xattrs").read_text() == "trusted\n"

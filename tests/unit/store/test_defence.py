@@ -254,3 +254,45 @@ def test_a_layer_whose_blob_is_no_tar_is_reported_not_a_crash(store: Store) -> N
     store.commit_layer(upper, diff_id, tar_path)
     [problem] = check(store, deep=True)
     assert problem.startswith(f"layer {diff_id}: its blob is not a layer tar")
+
+
+# --- the overlay xattrs of a store's layer dirs ------------------------------------------
+
+
+def _form(monkeypatch: pytest.MonkeyPatch, namespace: str) -> None:
+    monkeypatch.setattr("stepbuild.store.store.overlay_xattr_namespace", lambda: namespace)
+
+
+@pytest.mark.parametrize("first", ["trusted", "user"])
+def test_the_first_layer_command_records_the_stores_overlay_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str) -> None:
+    store = Store(tmp_path / "store")
+    _form(monkeypatch, first)
+    store.require_overlay_form()
+    assert store.layout.overlay_xattrs.read_text() == f"{first}\n"
+    store.require_overlay_form()  # the same form again: fine
+
+
+def test_a_store_of_the_other_form_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "store")
+    _form(monkeypatch, "trusted")
+    store.require_overlay_form()
+    _form(monkeypatch, "user")
+    with pytest.raises(StoreError) as refused:
+        store.require_overlay_form()
+    assert "\n" not in refused.value.message
+    assert "root with CAP_SYS_ADMIN (trusted.overlay.* xattrs)" in refused.value.message
+    assert "a user namespace or chroot isolation" in refused.value.message
+    assert refused.value.hint == "give each its own store (--root or STEPBUILD_ROOT)"
+    assert store.layout.overlay_xattrs.read_text() == "trusted\n"  # unchanged
+
+
+def test_a_store_from_before_the_record_holds_roots_layers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path / "store")
+    (store.layout.layers / ("a" * 64)).mkdir()  # a layer dir, made before the record existed
+    _form(monkeypatch, "user")
+    with pytest.raises(StoreError, match="keeps its layers for root with CAP_SYS_ADMIN"):
+        store.require_overlay_form()
+    assert store.layout.overlay_xattrs.read_text() == "trusted\n"

@@ -22,6 +22,7 @@ ROOT = Path("/var/lib/stepbuild")
 NAMES = {
     "oci_layout": "oci-layout",
     "index": "index.json",
+    "overlay_xattrs": "overlay-xattrs",
     "blobs": "blobs/sha256",
     "layers": "layers",
     "cache": "cache",
