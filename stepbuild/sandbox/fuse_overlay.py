@@ -1,11 +1,12 @@
 """fuse-overlayfs: the overlay of a rootless builder whose kernel refuses one in its user
 namespace (Linux < 5.11 has no `userxattr`), as rootless podman and buildah fall back to.
 
-`mount` runs the program (Debian's fuse-overlayfs) in the foreground, as a child of the
-builder, in the builder's private mount namespace: it mounts the same lower, upper and work
-dirs the kernel overlay would have used, and serves the mount until `FuseMount.unmount`
-detaches it and ends the program. No syscall of ours mounts it (the program does), so this is
-the only place that starts it; the detach is `linux.umount`, as for a kernel overlay.
+`mount` runs the program (Debian's fuse-overlayfs) in the foreground, under the builder, in
+the builder's private mount namespace: it mounts the same lower, upper and work dirs the
+kernel overlay would have used, and serves the mount until `FuseMount.unmount` detaches it
+and ends the program; it never outlives the builder (`_TIED`). No syscall of ours mounts it
+(the program does), so this is the only place that starts it; the detach is `linux.umount`,
+as for a kernel overlay.
 
 The program leaves its own on-disk forms in the upper dir (an opaque dir carries
 `user.fuseoverlayfs.opaque` and two marker entries; copied-up dirs keep no mtime):
@@ -30,8 +31,20 @@ PROGRAM = "fuse-overlayfs"
 FUSE_DEVICE = "/dev/fuse"
 FUSE_SUPER_MAGIC = 0x65735546  # statfs(2)'s f_type of a FUSE mount (include/uapi/linux/magic.h)
 PACKAGE_HINT = "apt-get install fuse-overlayfs (the Debian package)"
+# The program must die with the builder (a daemon left would keep the builder's mount
+# namespace and its mount alive). A parent-death signal set on the program itself is not
+# enough to count on: the kernel clears it whenever the process changes its effective or fs
+# ids (commit_creds), and once here a kill -9 of the builder left fuse-overlayfs running with
+# `setpriv --pdeathsig` alone (not reproduced since). So it runs in a PID namespace of its own
+# under a shell as PID 1, which changes no ids: setpriv gives `unshare` SIGKILL when the
+# builder thread that started it ends, unshare's --kill-child gives the shell SIGKILL when
+# unshare ends, and when a PID namespace's first process ends the kernel kills every process
+# in it. The shell waits for the program, so the program's exit status and messages are
+# unshare's. A session of its own: a ^C at the terminal is the builder's to handle.
+_TIED = ("setpriv", "--pdeathsig", "KILL", "--",
+         "unshare", "--pid", "--fork", "--kill-child=KILL", "--",
+         "/bin/sh", "-c", '"$@" & wait $!', "sh")
 _POLL_SECONDS = 0.002  # how often the mount is looked for while the program starts it
-_EXIT_SECONDS = 30  # how long an ended program may take to go before it is killed
 
 
 def options(lowers: Sequence[str], upper: str | None, work: str | None) -> str:
@@ -69,31 +82,25 @@ class FuseMount:
     process: subprocess.Popen[bytes]
 
     def unmount(self) -> None:
-        """Detach the mount, then end the program (SIGTERM: libfuse leaves its loop) and
-        wait for it: nothing of it outlives the step, even where a copy of the mount is still
-        held in another namespace."""
+        """Detach the mount, then end the program and wait: SIGKILL to `unshare`, whose
+        death takes the PID namespace the program runs in with it (see `mount`). Nothing of
+        it outlives the step, even where a copy of the mount is still held in another
+        namespace; what it wrote is already in the upper dir (FUSE writes are synchronous)."""
         from stepbuild.sandbox import linux  # noqa: TID251 -- sandbox/'s own
 
         try:
             linux.umount(self.target)
         finally:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=_EXIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.kill()
+            self.process.wait()
 
 
 def mount(target: str, lowers: Sequence[str], upper: str | None, work: str | None) -> FuseMount:
     """Start fuse-overlayfs on `target` and return once the mount is there. A program that
     exits first is an OSError carrying its last message line."""
     argv = [PROGRAM, "-f", "-o", options(lowers, upper, work), target]
-    # setpriv --pdeathsig: the program dies with the builder thread that started it (a
-    # killed builder leaves no daemon keeping its mount namespace alive); a session of its
-    # own: a ^C at the terminal is the builder's to handle, not the mount's.
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *argv],
+        process = subprocess.Popen([*_TIED, *argv],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    start_new_session=True)
         while process.poll() is None:

@@ -571,3 +571,74 @@ def test_no_access_to_dev_fuse_is_one_line(ranged: User, context: Path, refuser:
     assert "/dev/fuse is not readable and writable by your user" in line
     assert "store is consistent" in ranged("check", "--deep", env=env).stdout
     assert not _fuse_left(ranged)
+
+
+def _status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict; {} once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _fuse_processes(uid: int) -> list[int]:
+    """Every fuse-overlayfs process `uid` runs."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            status = _status(int(entry.name))
+            if status.get("Name") == "fuse-overlayfs" and status["Uid"].split()[0] == str(uid):
+                found.append(int(entry.name))
+    return found
+
+
+def _builder_of(pid: int) -> int:
+    """The stepbuild builder (a python) that `pid` runs under, up its parents."""
+    while pid > 1:
+        status = _status(pid)
+        if status.get("Name", "").startswith("python"):
+            return pid
+        pid = int(status.get("PPid", "0"))
+    raise AssertionError("no python builder above the fuse-overlayfs process")
+
+
+def test_a_killed_builder_leaves_no_fuse_overlayfs_behind(
+        ranged: User, context: Path, refuser: Path, shared_dir: Path, open_tun: None,
+        open_fuse: None) -> None:
+    """kill -9 of the builder while a fuse-overlayfs mount serves its step: the program
+    dies with it (setpriv --pdeathsig), and so its mount namespace and mount."""
+    stepfile = shared_dir / "sleep.Stepfile"
+    stepfile.write_text("FROM scratch\nADD busybox-rootfs.tar /\n"
+                        "RUN touch /ready && sleep 600\n")
+    stepfile.chmod(0o644)
+    base = {"HOME": str(ranged.home), "PATH": PATH, "PYTHONPATH": str(ranged.source),
+            **_fuse_env(ranged, "fuse-killed")}
+    builder = subprocess.Popen(
+        [str(refuser), "EPERM", "runuser", "-u", ranged.name, "--", "env", "-i",
+         *(f"{k}={v}" for k, v in base.items()), ranged.python, "-m", "stepbuild", "build",
+         "-q", "-f", str(stepfile), str(context)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ranged.home)
+    try:
+        # The RUN has made a file through the mount (fuse-overlayfs has acted as a caller:
+        # the point where a parent-death signal of its own would be gone)
+        tmp = ranged.home / "fuse-killed" / "stepbuild" / "tmp"
+        while not list(tmp.glob("step-*/upper/ready")) and builder.poll() is None:
+            os.sched_yield()
+        serving = _fuse_processes(ranged.uid)
+        assert serving, builder.stderr.read() if builder.stderr else ""
+        os.kill(_builder_of(serving[0]), 9)  # the builder, inside the user namespace
+        builder.wait(timeout=60)
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+            builder.wait()
+    assert builder.returncode != 0
+    remaining = _fuse_processes(ranged.uid)
+    for _ in range(1000):  # SIGKILL is delivered at once; reaping may take a moment
+        if not remaining:
+            break
+        os.sched_yield()
+        remaining = _fuse_processes(ranged.uid)
+    assert remaining == []
+    assert not _fuse_left(ranged)
