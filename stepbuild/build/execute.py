@@ -143,7 +143,10 @@ class Executor:
             elif isinstance(step.work, workdir_step.WorkdirWork):
                 workdir_step.perform(step.work, merged)
             else:
-                copy_step.perform(self, step.work, merged, space.tmp, space.upper)
+                # fuse-overlayfs keeps its own picture of the upper dir: nothing may be
+                # written into it behind the mount
+                upper = None if overlay.uses_fuse() else space.upper
+                copy_step.perform(self, step.work, merged, space.tmp, upper)
         if overlay.uses_fuse():  # its upper dir in the kernel's form, before anything reads it
             fuse_upper.normalise(space.upper, space.lowers)
         run_step.remove_stubs(space.upper, stubs)
