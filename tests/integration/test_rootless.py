@@ -522,14 +522,35 @@ def test_through_fuse_overlayfs_run_works_and_the_store_checks_clean(
     assert not _fuse_left(ranged)
 
 
+# A COPY of a directory into a new one (the path that can write straight into an upper dir),
+# a replaced /usr (opaque over a lower dir) and a chmod deep in /bin (a dir only copied up,
+# whose mtime the kernel keeps and fuse-overlayfs does not).
+COPY_DIR = """\
+FROM scratch
+ADD busybox-rootfs.tar /
+COPY files /srv/files
+RUN rm -rf /usr && mkdir /usr && echo x > /usr/x && chmod 700 /bin/busybox
+"""
+
+
 def test_einval_is_a_refusal_too_and_gives_roots_digest(
-        ranged: User, context: Path, refuser: Path, root_digests: dict[str, str],
-        open_tun: None, open_fuse: None) -> None:
-    result = ranged("build", "-v", *EPOCH, "-f", str(context / "no-chown.Stepfile"),
-                    str(context), env=_fuse_env(ranged, "fuse-einval"),
-                    wrap=(str(refuser), "EINVAL"))
-    assert result.stdout.strip().splitlines()[-1] == root_digests["plain"]
+        ranged: User, context: Path, refuser: Path, shared_dir: Path, open_tun: None,
+        open_fuse: None) -> None:
+    files = context / "files"
+    files.mkdir(exist_ok=True)
+    for name in ("a", "b", "c"):
+        (files / name).write_text(name)
+    stepfile = context / "copy-dir.Stepfile"
+    stepfile.write_text(COPY_DIR)
+    subprocess.run(["chmod", "-R", "a+rX", str(context)], check=True)
+    root = Stepbuild(shared_dir / "root-store").build(context, "-q", *EPOCH, "-f",
+                                                      str(stepfile)).stdout.strip()
+    result = ranged("build", "-v", *EPOCH, "-f", str(stepfile), str(context),
+                    env=_fuse_env(ranged, "fuse-einval"), wrap=(str(refuser), "EINVAL"))
+    assert result.stdout.strip().splitlines()[-1] == root
     assert _told(FUSE_LINE.format("EINVAL"), result.stderr)
+    assert "store is consistent" in ranged("check", "--deep",
+                                           env=_fuse_env(ranged, "fuse-einval")).stdout
     assert not _fuse_left(ranged)
 
 
