@@ -27,6 +27,7 @@ from stepbuild.build.step import PreparedStep, Workspace
 from stepbuild.frontend import instructions as ins
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers import capture as layer
+from stepbuild.layers import fuse_upper
 from stepbuild.layers.merged import copy_merged
 from stepbuild.sandbox import host as overlay
 from stepbuild.sandbox.limits import Limits
@@ -142,7 +143,12 @@ class Executor:
             elif isinstance(step.work, workdir_step.WorkdirWork):
                 workdir_step.perform(step.work, merged)
             else:
-                copy_step.perform(self, step.work, merged, space.tmp, space.upper)
+                # fuse-overlayfs keeps its own picture of the upper dir: nothing may be
+                # written into it behind the mount
+                upper = None if overlay.uses_fuse() else space.upper
+                copy_step.perform(self, step.work, merged, space.tmp, upper)
+        if overlay.uses_fuse():  # its upper dir in the kernel's form, before anything reads it
+            fuse_upper.normalise(space.upper, space.lowers)
         run_step.remove_stubs(space.upper, stubs)
 
     def _perform_in_copy(self, step: PreparedStep, state: ImageState, space: Workspace,

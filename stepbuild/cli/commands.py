@@ -128,7 +128,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
     for warning in warnings:
         progress.warn(warning)
-    enter_build_namespace(isolation.mode, store.layout.tmp)
+    enter_build_namespace(isolation.mode, store.layout.tmp, progress)
     context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
     executor = _executor(store, context, progress, build_args, options.network, epoch,
                          *_mount_options(options), limits=limit_flags.limits(options),
@@ -249,21 +249,26 @@ def source_date_epoch(build_args: dict[str, str]) -> int | None:
     return int(text)
 
 
-def enter_build_namespace(isolation: str, upper_dirs: Path) -> None:
+def enter_build_namespace(isolation: str, upper_dirs: Path,
+                          progress: Progress | None = None) -> None:
     """Move this process into a private mount namespace: every mount it makes vanishes with it.
     First, refuse `upper_dirs` (the store's tmp/, where overlay upper dirs are made) on a
     filesystem overlay cannot use for them, before any step starts. Chroot isolation mounts
-    nothing (and cannot unshare): nothing to do then.
+    nothing (and cannot unshare): nothing to do then. Rootless, `progress` (-v) is told which
+    overlay the first mount chose (the kernel's, or fuse-overlayfs where it refuses).
 
     Called before any thread starts (unshare of the mount namespace applies to the calling
     thread only).
     """
     if isolation == "chroot":
         return
+    from stepbuild.fs.userns import in_user_namespace
     from stepbuild.sandbox import host
 
     host.require_upper_dir_filesystem(upper_dirs)
     host.enter_private_mount_namespace()
+    if progress is not None and in_user_namespace():
+        host.on_overlay_choice(lambda line: progress.note("", line))
 
 
 def _progress(options: argparse.Namespace) -> Progress:
@@ -648,10 +653,11 @@ def run(options: argparse.Namespace) -> int:
     from stepbuild.build.runner import run_image
 
     isolation = _isolation(options)
-    if options.verbose:
-        _tell_isolation(_progress(options), isolation)
+    progress = _progress(options) if options.verbose else None
+    if progress is not None:
+        _tell_isolation(progress, isolation)
     store = open_store(options, layers=True)
-    enter_build_namespace(isolation.mode, store.layout.tmp)
+    enter_build_namespace(isolation.mode, store.layout.tmp, progress)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
         return int(run_image(store, options.image, options.command, options.network,
                              limit_flags.limits(options), seccomp=_seccomp(options),

@@ -13,14 +13,15 @@ the builder even if it is killed. The overlay layout under a step's temporary di
 
 from __future__ import annotations
 
-import errno
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from stepbuild.errors import RootlessError, StoreError
 from stepbuild.fs.userns import in_user_namespace
+from stepbuild.sandbox.overlay_choice import FUSE, KERNEL, REFUSALS, OverlayChoice, choose
 
 OVERLAYFS_MAGIC = 0x794C7630  # statfs(2)'s f_type of an overlay (include/uapi/linux/magic.h)
 STORE_ON_VOLUME_HINT = ("put the store on a volume or a tmpfs: run the container with -v"
@@ -77,9 +78,9 @@ def distinct(lowers: Sequence[Path]) -> list[str]:
 
 @contextmanager
 def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
-    """Mount lowers (top first) + tmp/upper at tmp/merged; unmount on exit."""
-    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
-
+    """Mount lowers (top first) + tmp/upper at tmp/merged; unmount on exit. Through
+    fuse-overlayfs (`uses_fuse()`), tmp/upper is in its form until `layers/fuse_upper.py`
+    turns it into the kernel's."""
     merged, upper, work = tmp / "merged", tmp / "upper", tmp / "work"
     for path in (merged, upper, work):
         path.mkdir()
@@ -88,47 +89,99 @@ def mounted(tmp: Path, lowers: Sequence[Path]) -> Iterator[Path]:
         empty = tmp / "empty"
         empty.mkdir()
         lowers = [empty]
-    _mount_overlay(str(merged), distinct(lowers), str(upper), str(work))
+    unmount = _mount_overlay(str(merged), distinct(lowers), str(upper), str(work))
     try:
         yield merged
     finally:
-        linux.umount(str(merged))
+        unmount()
 
 
 @contextmanager
 def mounted_readonly(target: Path, lowers: Sequence[Path]) -> Iterator[Path]:
     """Mount an image's layers read-only at `target` (e.g. the source of COPY --from)."""
-    from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
-
     target.mkdir()
     if not lowers:
         yield target  # an image with no layers: an empty dir is its whole content
         return
-    _mount_overlay(str(target), distinct(lowers), None, None, readonly=True)
+    unmount = _mount_overlay(str(target), distinct(lowers), None, None, readonly=True)
     try:
         yield target
     finally:
-        linux.umount(str(target))
+        unmount()
+
+
+_choice: OverlayChoice | None = None  # decided by this builder's first overlay mount
+_choice_lock = threading.Lock()  # stages mount from threads of their own
+_on_choice: Callable[[str], None] | None = None
+
+
+def on_overlay_choice(tell: Callable[[str], None]) -> None:
+    """Have `tell` called with `OverlayChoice.describe()` once the choice is made (-v)."""
+    global _on_choice
+    _on_choice = tell
+
+
+def uses_fuse() -> bool:
+    """Whether this builder's overlays are fuse-overlayfs mounts (after its first mount)."""
+    return _choice is not None and _choice.driver == FUSE
 
 
 def _mount_overlay(target: str, lowers: list[str], upper: str | None, work: str | None, *,
-                   readonly: bool = False) -> None:
-    """linux.mount_overlay, with `userxattr` when rootless (fs/userns.py); a rootless mount
-    the kernel refuses is a RootlessError saying why, other failures the OSError."""
+                   readonly: bool = False) -> Callable[[], None]:
+    """An overlay on `target` the way this builder mounts them; returns its unmount.
+
+    The first mount decides (`overlay_choice.py`): the kernel's, with `userxattr` when
+    rootless (fs/userns.py); where the kernel refuses a rootless one, fuse-overlayfs from then
+    on, or a RootlessError saying why neither can be used. Other failures: the OSError."""
+    global _choice
     from stepbuild.sandbox import linux  # noqa: TID251 -- host.py is sandbox/'s builder side
+
+    if upper is None and len(lowers) == 1:
+        # One lower without an upper dir: a read-only bind either way (overlayfs refuses
+        # one lower alone), which tells nothing about overlay: the choice waits.
+        linux.bind_mount(lowers[0], target, readonly=True)
+        return lambda: linux.umount(target)
+    with _choice_lock:
+        if _choice is None:
+            _choice, unmount = _first_mount(target, lowers, upper, work, readonly)
+            if _on_choice is not None:
+                _on_choice(_choice.describe())
+            return unmount
+    if _choice.driver == FUSE:
+        return _fuse_mount(target, lowers, upper, work)
+    linux.mount_overlay(target, lowers, upper, work, readonly=readonly,
+                        userxattr=in_user_namespace())
+    return lambda: linux.umount(target)
+
+
+def _first_mount(target: str, lowers: list[str], upper: str | None, work: str | None,
+                 readonly: bool) -> tuple[OverlayChoice, Callable[[], None]]:
+    """Try the kernel's overlay; the choice that follows, and the unmount of the mount made
+    either way."""
+    from stepbuild.sandbox import fuse_overlay, linux  # noqa: TID251 -- sandbox/'s builder side
 
     rootless = in_user_namespace()
     try:
         linux.mount_overlay(target, lowers, upper, work, readonly=readonly, userxattr=rootless)
+        return OverlayChoice(KERNEL), lambda: linux.umount(target)
     except OSError as exc:
-        if rootless and exc.errno in (errno.EINVAL, errno.EPERM, errno.ENODEV):
-            # Linux < 5.11 has no userxattr; fuse-overlayfs would be the way there.
-            raise RootlessError(f"rootless: the kernel refused an overlay mount in the user"
-                                f" namespace ({exc.strerror})",
-                                hint="rootless needs Linux >= 5.11 (overlay's userxattr);"
-                                     " the fuse-overlayfs fallback is not implemented yet,"
-                                     " so build as root on this kernel") from None
-        raise
+        if not rootless or exc.errno not in REFUSALS:
+            raise
+        refused = exc.errno
+    choice = choose(refused, fuse_overlay.missing())
+    return choice, _fuse_mount(target, lowers, upper, work)
+
+
+def _fuse_mount(target: str, lowers: list[str], upper: str | None,
+                work: str | None) -> Callable[[], None]:
+    from stepbuild.sandbox import fuse_overlay
+
+    try:
+        mount = fuse_overlay.mount(target, lowers, upper, work)
+    except OSError as exc:
+        raise RootlessError(f"rootless: fuse-overlayfs could not mount {target}: {exc.strerror}",
+                            hint=fuse_overlay.PACKAGE_HINT) from None
+    return mount.unmount
 
 
 @contextmanager

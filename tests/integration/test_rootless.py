@@ -21,7 +21,7 @@ import tempfile
 import tomllib
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,8 @@ plain_registry = registry_fixture.plain_registry
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: every user may run it
 TUN = Path("/dev/net/tun")
+FUSE = Path("/dev/fuse")
+REFUSER_SOURCE = Path(__file__).with_name("refuse_overlay.c")
 RANGE_COUNT = 65536
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -79,12 +81,14 @@ class User:
     first_subid: int | None  # where container id 1 maps to, None without ranges
 
     def __call__(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+                 cwd: Path | None = None, wrap: tuple[str, ...] = ()
+                 ) -> subprocess.CompletedProcess[str]:
         """`python -m stepbuild ARGS` as this user, in a clean environment (no STEPBUILD_ROOT:
-        the store is the default one unless `env` says otherwise)."""
+        the store is the default one unless `env` says otherwise); `wrap`: a command (run as
+        root) that runs runuser's command line."""
         base = {"HOME": str(self.home), "USER": self.name, "PATH": PATH,
                 "PYTHONPATH": str(self.source), "LANG": "C.UTF-8"}
-        argv = ["runuser", "-u", self.name, "--", "env", "-i",
+        argv = [*wrap, "runuser", "-u", self.name, "--", "env", "-i",
                 *(f"{k}={v}" for k, v in {**base, **(env or {})}.items()),
                 self.python, "-m", "stepbuild", *args]
         result = subprocess.run(argv, capture_output=True, text=True, check=False,
@@ -94,8 +98,9 @@ class User:
                                  f" ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
-    def digest(self, *args: str, env: dict[str, str] | None = None) -> str:
-        return self(*args, env=env).stdout.strip().splitlines()[-1]
+    def digest(self, *args: str, env: dict[str, str] | None = None,
+               wrap: tuple[str, ...] = ()) -> str:
+        return self(*args, env=env, wrap=wrap).stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")
@@ -176,14 +181,19 @@ def rangeless(user_python: tuple[str, Path]) -> Iterator[User]:
 
 
 @contextmanager
-def tun_mode(mode: int) -> Iterator[None]:
-    """/dev/net/tun with `mode` for the block, then as it was."""
-    before = TUN.stat().st_mode & 0o7777
-    TUN.chmod(mode)
+def device_mode(device: Path, mode: int) -> Iterator[None]:
+    """`device` with `mode` for the block, then as it was."""
+    before = device.stat().st_mode & 0o7777
+    device.chmod(mode)
     try:
         yield
     finally:
-        TUN.chmod(before)
+        device.chmod(before)
+
+
+def tun_mode(mode: int) -> AbstractContextManager[None]:
+    """/dev/net/tun with `mode` for the block, then as it was."""
+    return device_mode(TUN, mode)
 
 
 @pytest.fixture(scope="module")
@@ -410,3 +420,246 @@ def test_the_user_without_ranges_gets_one_line_for_an_image_with_other_owners(
     assert len(errors) == 1 and "/etc/subuid" in errors[0], result.stderr
     assert "only 0:0 is mapped" in errors[0]
     assert "store is consistent" in rangeless("check", env=env).stdout
+
+
+# --- fuse-overlayfs, where the kernel refuses overlay in the user namespace -----------------
+#
+# This kernel mounts overlay rootless (userxattr, Linux >= 5.11), so the refusal is made here:
+# refuse_overlay.c runs the user's stepbuild under a seccomp filter whose supervisor fails
+# every fsopen("overlay") and mount(2) of type overlay with EPERM (what Linux < 5.11 answers
+# in a user namespace) or EINVAL, and lets every other mount through — FUSE's included.
+
+FUSE_LINE = "overlay: fuse-overlayfs (the kernel refused overlay in a user namespace: {})"
+
+
+@pytest.fixture(scope="module")
+def refuser(shared_dir: Path) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed: run scripts/setup.sh")
+    program = shared_dir / "refuse_overlay"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(program), str(REFUSER_SOURCE)], check=True)
+    return program
+
+
+@pytest.fixture(scope="module")
+def open_fuse() -> Iterator[None]:
+    """fuse-overlayfs, run by the user, opens /dev/fuse: 0666 as udev makes it."""
+    with device_mode(FUSE, 0o666):
+        yield
+
+
+def _told(line: str, stderr: str) -> bool:
+    """Whether -v printed `line` (a note: indented) on its own."""
+    return line in (text.strip() for text in stderr.splitlines())
+
+
+def _fuse_env(user: User, name: str) -> dict[str, str]:
+    return {"XDG_DATA_HOME": str(user.home / name)}
+
+
+def _fuse_left(user: User) -> list[str]:
+    """fuse-overlayfs mounts in the host's mount table, and its processes run by `user`."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        mounts = [line for line in f if "fuse-overlayfs" in line]
+    found = subprocess.run(["pgrep", "-u", str(user.uid), "-x", "fuse-overlayfs"],
+                           capture_output=True, text=True, check=False).stdout.split()
+    return mounts + found
+
+
+@pytest.fixture(scope="module")
+def fuse_built(ranged: User, context: Path, refuser: Path, open_tun: None,
+               open_fuse: None) -> subprocess.CompletedProcess[str]:
+    """The sample built by the user with ranges where overlay is refused (EPERM), -v."""
+    return ranged("build", "-v", *EPOCH, "--secret", _secret(ranged), "-t", "app",
+                  str(context), env=_fuse_env(ranged, "fuse"), wrap=(str(refuser), "EPERM"))
+
+
+def test_the_kernel_overlay_is_really_refused_there(ranged: User, refuser: Path,
+                                                    shared_dir: Path) -> None:
+    target = shared_dir / "refused-mount"
+    target.mkdir(exist_ok=True)
+    script = (f"mount -t overlay -o lowerdir={shared_dir}:{ranged.home} none {target}"
+              f" && echo mounted; mount -t tmpfs none {target} && echo tmpfs")
+    probe = subprocess.run([str(refuser), "EPERM", "runuser", "-u", ranged.name, "--",
+                            "unshare", "-Urm", "sh", "-c", script],
+                           capture_output=True, text=True, check=False)
+    assert probe.stdout == "tmpfs\n", probe.stderr
+    assert "permission denied" in probe.stderr
+
+
+def test_through_fuse_overlayfs_the_digest_is_the_kernel_overlays(
+        fuse_built: subprocess.CompletedProcess[str], built: str, ranged: User) -> None:
+    assert fuse_built.stdout.strip().splitlines()[-1] == built
+    assert _told(FUSE_LINE.format("EPERM"), fuse_built.stderr)
+    assert fuse_built.stderr.count("overlay: ") == 1  # decided once, by the first mount
+    # The layer dirs are in the kernel's form: the opaque /root of the last RUN carries
+    # user.overlay.opaque, and nothing of fuse-overlayfs's own is left in any of them.
+    store = ranged.home / "fuse" / "stepbuild"
+    root_dirs = _layer_entries(store, "root/new")
+    assert root_dirs
+    assert os.getxattr(root_dirs[0].parent, "user.overlay.opaque") == b"y"
+    for path in (store / "layers").rglob("*"):
+        assert not path.name.startswith(".wh."), path
+        names = os.listxattr(path, follow_symlinks=False) if not path.is_symlink() else []
+        assert not any(n.startswith("user.fuseoverlayfs.") for n in names), path
+    assert not _fuse_left(ranged)
+
+
+def test_through_fuse_overlayfs_run_works_and_the_store_checks_clean(
+        fuse_built: subprocess.CompletedProcess[str], ranged: User, refuser: Path) -> None:
+    env, wrap = _fuse_env(ranged, "fuse"), (str(refuser), "EPERM")
+    result = ranged("run", "-v", "app", env=env, wrap=wrap)
+    assert result.stdout == "made\n"
+    assert _told(FUSE_LINE.format("EPERM"), result.stderr)
+    listing = ranged("run", "app", "sh", "-c", "ls -ln /app; ls -a /root; cat /etc/group",
+                     env=env, wrap=wrap, check=False)
+    owners = {line.split()[-1]: line.split()[2:4] for line in listing.stdout.splitlines()
+              if line.count(" ") > 4}
+    assert owners["owned.txt"] == ["1000", "1000"] and owners["tools"] == ["0", "0"]
+    assert listing.stdout.split("\n")[-5:] == [  # /root opaque, /etc/group whited out
+        ".", "..", "new", "cat: can't open '/etc/group': No such file or directory", ""]
+    assert "store is consistent" in ranged("check", "--deep", env=env, wrap=wrap).stdout
+    assert not _fuse_left(ranged)
+
+
+# A COPY of a directory into a new one (the path that can write straight into an upper dir),
+# a replaced /usr (opaque over a lower dir) and a chmod deep in /bin (a dir only copied up,
+# whose mtime the kernel keeps and fuse-overlayfs does not).
+COPY_DIR = """\
+FROM scratch
+ADD busybox-rootfs.tar /
+COPY files /srv/files
+RUN rm -rf /usr && mkdir /usr && echo x > /usr/x && chmod 700 /bin/busybox
+"""
+
+
+def test_einval_is_a_refusal_too_and_gives_roots_digest(
+        ranged: User, context: Path, refuser: Path, shared_dir: Path, open_tun: None,
+        open_fuse: None) -> None:
+    files = context / "files"
+    files.mkdir(exist_ok=True)
+    for name in ("a", "b", "c"):
+        (files / name).write_text(name)
+    stepfile = context / "copy-dir.Stepfile"
+    stepfile.write_text(COPY_DIR)
+    subprocess.run(["chmod", "-R", "a+rX", str(context)], check=True)
+    root = Stepbuild(shared_dir / "root-store").build(context, "-q", *EPOCH, "-f",
+                                                      str(stepfile)).stdout.strip()
+    result = ranged("build", "-v", *EPOCH, "-f", str(stepfile), str(context),
+                    env=_fuse_env(ranged, "fuse-einval"), wrap=(str(refuser), "EINVAL"))
+    assert result.stdout.strip().splitlines()[-1] == root
+    assert _told(FUSE_LINE.format("EINVAL"), result.stderr)
+    assert "store is consistent" in ranged("check", "--deep",
+                                           env=_fuse_env(ranged, "fuse-einval")).stdout
+    assert not _fuse_left(ranged)
+
+
+def _one_line_refusal(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.strip().splitlines()
+              if not line.startswith(("isolation:", "#", "  "))]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("stepbuild: error: rootless: the kernel refused an overlay")
+    return errors[0]
+
+
+def test_no_fuse_overlayfs_program_is_one_line_naming_the_package(
+        ranged: User, context: Path, refuser: Path, shared_dir: Path, open_tun: None,
+        open_fuse: None) -> None:
+    """PATH holds every program of /usr/bin and /usr/sbin but fuse-overlayfs."""
+    bin_dir = shared_dir / "bin-without-fuse-overlayfs"
+    bin_dir.mkdir()
+    for directory in (Path("/usr/sbin"), Path("/usr/bin")):
+        for program in directory.iterdir():
+            if program.name != "fuse-overlayfs" and not (bin_dir / program.name).exists():
+                (bin_dir / program.name).symlink_to(program)
+    env = {**_fuse_env(ranged, "no-fuse-program"), "PATH": str(bin_dir)}
+    result = ranged("build", "-q", "--no-cache", "-f", str(context / "no-chown.Stepfile"),
+                    str(context), env=env, wrap=(str(refuser), "EPERM"), check=False)
+    line = _one_line_refusal(result)
+    assert "fuse-overlayfs is not installed" in line and "apt-get install fuse-overlayfs" in line
+    assert "store is consistent" in ranged("check", "--deep", env=env).stdout
+    assert not _fuse_left(ranged)
+
+
+def test_no_access_to_dev_fuse_is_one_line(ranged: User, context: Path, refuser: Path,
+                                           open_tun: None) -> None:
+    env = _fuse_env(ranged, "no-dev-fuse")
+    with device_mode(FUSE, 0o600):
+        result = ranged("build", "-q", "--no-cache", "-f", str(context / "no-chown.Stepfile"),
+                        str(context), env=env, wrap=(str(refuser), "EPERM"), check=False)
+    line = _one_line_refusal(result)
+    assert "/dev/fuse is not readable and writable by your user" in line
+    assert "store is consistent" in ranged("check", "--deep", env=env).stdout
+    assert not _fuse_left(ranged)
+
+
+def _status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict; {} once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _fuse_processes(uid: int) -> list[int]:
+    """Every fuse-overlayfs process `uid` runs."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            status = _status(int(entry.name))
+            if status.get("Name") == "fuse-overlayfs" and status["Uid"].split()[0] == str(uid):
+                found.append(int(entry.name))
+    return found
+
+
+def _builder_of(pid: int) -> int:
+    """The stepbuild builder (a python) that `pid` runs under, up its parents."""
+    while pid > 1:
+        status = _status(pid)
+        if status.get("Name", "").startswith("python"):
+            return pid
+        pid = int(status.get("PPid", "0"))
+    raise AssertionError("no python builder above the fuse-overlayfs process")
+
+
+def test_a_killed_builder_leaves_no_fuse_overlayfs_behind(
+        ranged: User, context: Path, refuser: Path, shared_dir: Path, open_tun: None,
+        open_fuse: None) -> None:
+    """kill -9 of the builder while a fuse-overlayfs mount serves its step: the program
+    dies with it (setpriv --pdeathsig), and so its mount namespace and mount."""
+    stepfile = shared_dir / "sleep.Stepfile"
+    stepfile.write_text("FROM scratch\nADD busybox-rootfs.tar /\n"
+                        "RUN touch /ready && sleep 600\n")
+    stepfile.chmod(0o644)
+    base = {"HOME": str(ranged.home), "PATH": PATH, "PYTHONPATH": str(ranged.source),
+            **_fuse_env(ranged, "fuse-killed")}
+    builder = subprocess.Popen(
+        [str(refuser), "EPERM", "runuser", "-u", ranged.name, "--", "env", "-i",
+         *(f"{k}={v}" for k, v in base.items()), ranged.python, "-m", "stepbuild", "build",
+         "-q", "-f", str(stepfile), str(context)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ranged.home)
+    try:
+        # The RUN has made a file through the mount (fuse-overlayfs has acted as a caller:
+        # the point where a parent-death signal of its own would be gone)
+        tmp = ranged.home / "fuse-killed" / "stepbuild" / "tmp"
+        while not list(tmp.glob("step-*/upper/ready")) and builder.poll() is None:
+            os.sched_yield()
+        serving = _fuse_processes(ranged.uid)
+        assert serving, builder.stderr.read() if builder.stderr else ""
+        os.kill(_builder_of(serving[0]), 9)  # the builder, inside the user namespace
+        builder.wait(timeout=60)
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+            builder.wait()
+    assert builder.returncode != 0
+    remaining = _fuse_processes(ranged.uid)
+    for _ in range(1000):  # SIGKILL is delivered at once; reaping may take a moment
+        if not remaining:
+            break
+        os.sched_yield()
+        remaining = _fuse_processes(ranged.uid)
+    assert remaining == []
+    assert not _fuse_left(ranged)
