@@ -32,6 +32,17 @@ their commands come from it too (bench/peers.sh). Services it started are stoppe
 stepbuild runs as `PYTHON -m stepbuild` from the project directory (PYTHON: --python, default
 the interpreter running this script; use the real one, not a pyenv shim) with STEPBUILD_ROOT
 in a temp dir. Needs root, like the builders it compares.
+
+Rootless rows (--rootless, or named in --only): `stepbuild-rootless` and `buildah-rootless`
+run as a normal user (--user, default sbbench: reused if it exists, else made for the run and
+removed at the end), started with only its uid, gid and a login-like environment (no runuser,
+so no PAM start-up is timed). stepbuild-rootless is the same tree's `stepbuild` package, copied
+into the user's ~/build-bench and run by a venv of /usr/bin/python3 there (the checkout and
+root's interpreter may be unreadable to the user); it re-enters itself in a user namespace
+mapped from the user's /etc/subuid range. buildah-rootless is the peers' buildah-overlay
+command (overlay, --isolation chroot, --layers) run by the user with its storage in its home;
+its `base` is imported by the peers' own `import` phase, as the user. Pass that venv's python
+as --python to give both stepbuild rows the same interpreter.
 """
 
 from __future__ import annotations
@@ -225,8 +236,8 @@ def open_tun(account: Account) -> Iterator[None]:
         TUN.chmod(0o666)
     try:
         yield
-    finally:
-        if not usable:
+    finally:  # unless something else changed it meanwhile (a test's own fixture does this)
+        if not usable and TUN.stat().st_mode & 0o7777 == 0o666:
             TUN.chmod(before)
 
 
