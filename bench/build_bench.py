@@ -32,6 +32,17 @@ their commands come from it too (bench/peers.sh). Services it started are stoppe
 stepbuild runs as `PYTHON -m stepbuild` from the project directory (PYTHON: --python, default
 the interpreter running this script; use the real one, not a pyenv shim) with STEPBUILD_ROOT
 in a temp dir. Needs root, like the builders it compares.
+
+Rootless rows (--rootless, or named in --only): `stepbuild-rootless` and `buildah-rootless`
+run as a normal user (--user, default sbbench: reused if it exists, else made for the run and
+removed at the end), started with only its uid, gid and a login-like environment (no runuser,
+so no PAM start-up is timed). stepbuild-rootless is the same tree's `stepbuild` package, copied
+into the user's ~/build-bench and run by a venv of /usr/bin/python3 there (the checkout and
+root's interpreter may be unreadable to the user); it re-enters itself in a user namespace
+mapped from the user's /etc/subuid range. buildah-rootless is the peers' buildah-overlay
+command (overlay, --isolation chroot, --layers) run by the user with its storage in its home;
+its `base` is imported by the peers' own `import` phase, as the user. Pass that venv's python
+as --python to give both stepbuild rows the same interpreter.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ import hashlib
 import json
 import os
 import platform
+import pwd
 import re
 import shlex
 import shutil
@@ -50,6 +62,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +79,16 @@ SCENARIOS = ("cold", "noop", "change1", "runs20")
 ALL_PEERS = ("docker-buildkit", "buildah-overlay", "charliecloud", "buildah-vfs", "podman",
              "docker-legacy")
 DEFAULT_PEERS = ALL_PEERS[:3]
+# Rows run by a normal user (--rootless or --only): stepbuild re-entering itself in a user
+# namespace, and Buildah rootless with the peers' own command (overlay, --isolation chroot).
+ROOTLESS = ("stepbuild-rootless", "buildah-rootless")
+ROOTLESS_PEER = {"buildah-rootless": "buildah-overlay"}  # the peers.sh name it runs as
+BENCH_USER = "sbbench"
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: a normal user may run it (root's may sit in /root)
+USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+SUBID_COUNT = 65536
+TUN = Path("/dev/net/tun")
 RUN_STEPS = 20
 CHANGE_FILE = "data/d07/f0007.txt"  # the file setup-and-bench.sh changes too
 TIMEOUT = 600
@@ -85,7 +110,7 @@ RUNS_CHECK = (f'for i in $(seq 1 {RUN_STEPS}); do test "$(cat /f_$i)" = "$i" || 
 class Workload:
     name: str
     ctx: Path
-    cacheable: int  # RUN/COPY/ADD steps
+    cacheable: int  # RUN/COPY/ADD/WORKDIR steps
     before_copy: int  # cacheable steps before the first COPY/ADD (still cached after change1)
 
     @property
@@ -103,9 +128,176 @@ def workload(name: str, ctx: Path) -> Workload:
     words = [line.split(None, 1)[0].upper() for line in
              (ctx / "Dockerfile").read_text().splitlines() if line.strip()
              and not line.lstrip().startswith("#")]
-    steps = [w for w in words if w in ("RUN", "COPY", "ADD")]
-    first_copy = next((i for i, w in enumerate(steps) if w != "RUN"), len(steps))
+    # WORKDIR is a step of its own in stepbuild (it makes the directory: a layer), cached or not
+    steps = [w for w in words if w in ("RUN", "COPY", "ADD", "WORKDIR")]
+    first_copy = next((i for i, w in enumerate(steps) if w in ("COPY", "ADD")), len(steps))
     return Workload(name, ctx, len(steps), first_copy)
+
+
+# --- the rootless rows' user -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    """The normal user the rootless rows build as, and its own directory for the run."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "build-bench"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A login-like environment: nothing of root's (no STEPBUILD_ROOT, no XDG dirs)."""
+        return {"HOME": str(self.home), "USER": self.name, "LOGNAME": self.name,
+                "PATH": USER_PATH, "LANG": "C.UTF-8", **extra}
+
+    def spawn(self) -> dict[str, Any]:
+        """subprocess.run arguments that start the child as this user: set in the forked
+        child before exec, so no runuser/PAM start-up is timed with the build."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": [], "cwd": self.home}
+
+    def run(self, argv: list[str], log: Path, **extra: str) -> int:
+        with log.open("a") as out:
+            return subprocess.run(argv, env=self.env(**extra), stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=out, timeout=TIMEOUT * 3,
+                                  **self.spawn()).returncode
+
+
+def subid_end(texts: list[str]) -> int:
+    """The first id past every range that /etc/subuid or /etc/subgid (their texts) gives
+    anyone, and at least 100000, where useradd starts them."""
+    end = 100000
+    for text in texts:
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                end = max(end, int(fields[1]) + int(fields[2]))
+    return end
+
+
+def has_subids(text: str, name: str, uid: int) -> bool:
+    """Whether a /etc/subuid-style text gives `name` (or its uid) a range."""
+    return any(line.split(":")[0] in (name, str(uid)) and line.count(":") == 2
+               for line in text.splitlines())
+
+
+def without_subids(text: str, name: str) -> str:
+    return "".join(f"{line}\n" for line in text.splitlines() if not line.startswith(f"{name}:"))
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@contextmanager
+def bench_account(name: str) -> Iterator[tuple[Account, str]]:
+    """The user `name` with subordinate ids: reused if it exists (then left as it is, except
+    for ranges added here), else made now and removed at the end with its home."""
+    made = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True,
+                       capture_output=True)
+        made = True
+    entry = pwd.getpwnam(name)
+    added: list[Path] = []
+    try:
+        start = subid_end([_read(p) for p in SUBID_FILES])
+        for path in SUBID_FILES:
+            if not has_subids(_read(path), name, entry.pw_uid):
+                path.write_text(_read(path) + f"{name}:{start}:{SUBID_COUNT}\n")
+                added.append(path)
+        how = "made for this run, removed at the end" if made else "existing, reused"
+        if added:
+            how += f"; subordinate ids {start}-{start + SUBID_COUNT - 1} added for the run"
+        yield Account(name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)), how
+    finally:
+        for path in added:
+            path.write_text(without_subids(_read(path), name))
+        if made:  # --force: a process the user left must not keep its home
+            subprocess.run(["userdel", "--remove", "--force", name], capture_output=True)
+
+
+@contextmanager
+def open_tun(account: Account) -> Iterator[None]:
+    """stepbuild's private network (its default) runs slirp4netns as the user, which opens
+    /dev/net/tun: udev makes it 0666, some hosts leave it 0600. Opened to users for the run
+    when the user cannot use it, and its mode put back after."""
+    before = TUN.stat().st_mode & 0o7777
+    usable = subprocess.run(["test", "-r", str(TUN), "-a", "-w", str(TUN)],
+                            **account.spawn()).returncode == 0
+    if not usable:
+        print(f"rootless: {TUN} is {before:04o}; 0666 for the run", file=sys.stderr)
+        TUN.chmod(0o666)
+    try:
+        yield
+    finally:  # unless something else changed it meanwhile (a test's own fixture does this)
+        if not usable and TUN.stat().st_mode & 0o7777 == 0o666:
+            TUN.chmod(before)
+
+
+def _project_dependencies() -> list[str]:
+    with open(PROJECT / "pyproject.toml", "rb") as f:
+        return list(tomllib.load(f)["project"]["dependencies"])
+
+
+def user_python(account: Account, log: Path) -> tuple[str, Path]:
+    """(a Python the user runs, with stepbuild's dependencies; a fresh copy of this tree's
+    `stepbuild` it imports), both under the user's directory: the checkout and root's
+    interpreter may sit under a 0700 /root. The venv (of Debian's python3) is kept for the
+    next run; the copy is made anew and compiled as the user, as after any first run."""
+    account.dir.mkdir(exist_ok=True)
+    os.chown(account.dir, account.uid, account.gid)
+    venv = account.dir / "venv"
+    python = str(venv / "bin" / "python")
+    probe = [python, "-c", "import lark, xxhash, zstandard, requests"]
+    if not venv.exists() or account.run(probe, log) != 0:
+        shutil.rmtree(venv, ignore_errors=True)
+        print(f"rootless: a venv for {account.name} (pip; log: {log})", file=sys.stderr)
+        if (account.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], log) != 0
+                or account.run([python, "-m", "pip", "install", "-q",
+                                "--disable-pip-version-check", *_project_dependencies()],
+                               log) != 0):
+            raise SystemExit(f"cannot make a Python for {account.name}: {_tail(log)}")
+    source = account.dir / "src"
+    shutil.rmtree(source, ignore_errors=True)
+    # symlinks followed: stepbuild/grammar is a link to the top-level grammar/
+    shutil.copytree(PROJECT / "stepbuild", source / "stepbuild",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(source)], check=True)
+    account.run([python, "-m", "compileall", "-q", str(source / "stepbuild")], log)
+    return python, source
+
+
+def setup_buildah_rootless(account: Account, log: Path) -> str | None:
+    """The peers' `base` phase (as root) and their `import` and `smoke` phases (as the user)
+    in the user's own work dir; None when the smoke build passed, else why not."""
+    if not shutil.which("buildah") or not shutil.which("newuidmap"):
+        return "buildah or newuidmap (uidmap) is not installed"
+    work_dir = account.dir / "peers"
+    kit = account.dir / "kit"  # the peers' scripts, readable by the user
+    kit.mkdir(exist_ok=True)
+    for path in (PEERS_DIR / "setup-and-bench.sh", PEERS_DIR / "make-base.sh",
+                 PEERS_DIR / "gen-context.py", PEERS_SH):
+        shutil.copy(path, kit / path.name)
+    if not (work_dir / "base.tar").exists():
+        with log.open("a") as out:
+            subprocess.run(["bash", str(kit / "setup-and-bench.sh"), "base"],
+                           env={**os.environ, "W": str(work_dir)}, stdout=out, stderr=out,
+                           timeout=TIMEOUT)
+    subprocess.run(["chown", "-R", f"{account.uid}:{account.gid}", str(kit), str(work_dir)],
+                   check=True)
+    account.run(["bash", str(kit / "setup-and-bench.sh"), "import", "smoke"], log,
+                W=str(work_dir), PEERS="buildah-overlay")
+    match = re.search(r"^SMOKE buildah-overlay: (.*)$", log.read_text(errors="replace"), re.M)
+    if match is None:
+        return f"the peers' setup did not reach its smoke build ({log})"
+    return None if match.group(1) == "OK" else "smoke build: " + match.group(1)
 
 
 # --- builders -----------------------------------------------------------------------------
@@ -123,35 +315,48 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 class Stepbuild:
-    """`python -m stepbuild` with a store of its own under the temp dir."""
+    """`python -m stepbuild` with a store of its own: as root from the project directory, or,
+    with an `account`, as that normal user (rootless: it re-enters itself in a user
+    namespace) from a copy of the package, with the store in the user's directory."""
 
-    name = "stepbuild"
-
-    def __init__(self, python: str, tmp: Path, base_ctx: Path) -> None:
+    def __init__(self, python: str, tmp: Path, base_ctx: Path,
+                 account: Account | None = None, source: Path | None = None) -> None:
+        self.name = "stepbuild" if account is None else "stepbuild-rootless"
         self.python = python
-        self.tmp = tmp
+        self.stores = tmp / "stores" if account is None else account.dir / "stores"
         self.base_ctx = base_ctx
+        self.account = account
+        self.source = source
         self.store: Path | None = None
         self.serial = 0
 
     def env(self) -> dict[str, str]:
         assert self.store is not None
-        return builder_env(STEPBUILD_ROOT=str(self.store))
+        if self.account is None:
+            return builder_env(STEPBUILD_ROOT=str(self.store))
+        return self.account.env(STEPBUILD_ROOT=str(self.store), PYTHONPATH=str(self.source))
+
+    def spawn(self) -> dict[str, Any]:
+        return {"cwd": PROJECT} if self.account is None else self.account.spawn()
 
     def _cli(self, *args: str) -> list[str]:
         return [self.python, "-m", "stepbuild", *args]
 
     def prepare_cold(self, work: Workload, log: Path) -> None:
-        """A fresh store holding only `base` (built now, untimed)."""
+        """A fresh store holding only `base` (built now, untimed). Root removes the old one:
+        a rootless store's files belong to the user's subordinate ids."""
         if self.store is not None:
             shutil.rmtree(self.store, ignore_errors=True)
         self.serial += 1
-        self.store = self.tmp / "stores" / f"{self.serial:03d}-{work.name}"
-        self.store.parent.mkdir(exist_ok=True)
+        self.store = self.stores / f"{self.serial:03d}-{work.name}"
+        if not self.stores.exists():
+            self.stores.mkdir()
+            if self.account is not None:
+                os.chown(self.stores, self.account.uid, self.account.gid)
         with log.open("w") as out:
             rc = subprocess.run(self._cli("build", "-t", "base", str(self.base_ctx)),
-                                cwd=PROJECT, env=self.env(), stdout=out, stderr=out,
-                                timeout=TIMEOUT).returncode
+                                env=self.env(), stdout=out, stderr=out, timeout=TIMEOUT,
+                                **self.spawn()).returncode
         if rc != 0:
             raise Failed(f"building base failed ({rc}): {_tail(log)}")
 
@@ -160,19 +365,24 @@ class Stepbuild:
         return argv, self.env()
 
     def after_build(self, scenario: str, work: Workload, log: Path) -> None:
-        """The cache did what the scenario means: nothing cached cold, everything on a no-op."""
-        match = re.search(r"\((\d+) steps, (\d+) cached\)", log.read_text(errors="replace"))
+        """The cache did what the scenario means: nothing cached cold, everything on a no-op;
+        rootless, the build's first line names the user-namespace isolation."""
+        text = log.read_text(errors="replace")
+        match = re.search(r"\((\d+) steps, (\d+) cached\)", text)
         if match is None:
             raise Failed(f"no build summary in the output: {_tail(log)}")
         cached = int(match.group(2))
         expected = {"noop": work.cacheable, "change1": work.before_copy}.get(scenario, 0)
         if cached != expected:
             raise Failed(f"{cached} steps cached, expected {expected} ({match.group(0)})")
+        if self.account is not None and scenario != "noop" \
+                and "isolation: userns" not in text:
+            raise Failed(f"the build did not say it used a user namespace: {_tail(log)}")
 
     def verify(self, work: Workload, check: str, log: Path) -> None:
         with log.open("w") as out:
-            subprocess.run(self._cli("run", "out", "sh", "-c", check), cwd=PROJECT,
-                           env=self.env(), stdout=out, stderr=out, timeout=TIMEOUT)
+            subprocess.run(self._cli("run", "out", "sh", "-c", check), env=self.env(),
+                           stdout=out, stderr=out, timeout=TIMEOUT, **self.spawn())
         if "CONTENT-OK" not in log.read_text(errors="replace"):
             raise Failed(f"content check failed: {_tail(log)}")
 
@@ -182,47 +392,58 @@ class Stepbuild:
 
 
 class Peer:
-    """A peer builder, run with the commands of ../shared/peers/setup-and-bench.sh."""
+    """A peer builder, run with the commands of ../shared/peers/setup-and-bench.sh: as root
+    in the peers' work dir, or (buildah-rootless) as a normal user in the user's own, from
+    copies of the peers' scripts there."""
 
-    def __init__(self, name: str, work_dir: Path) -> None:
+    def __init__(self, name: str, work_dir: Path, account: Account | None = None) -> None:
         self.name = name
-        self.work_dir = work_dir
+        self.tool = ROOTLESS_PEER.get(name, name)  # the peer's name in peers.sh
+        self.work_dir = work_dir if account is None else account.dir / "peers"
+        self.account = account
         self._commands: dict[tuple[str, bool], list[str]] = {}
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return builder_env(**extra) if self.account is None else self.account.env(**extra)
+
+    def spawn(self) -> dict[str, Any]:
+        return {"cwd": PROJECT} if self.account is None else self.account.spawn()
 
     def _peers_sh(self, *args: str, work: Workload | None = None, check: str | None = None,
                   ) -> dict[str, Any]:
-        env = builder_env(**PEERS_ENV, W=str(self.work_dir))
+        script, kit = PEERS_SH, PEERS_ENV
+        if self.account is not None:
+            script = self.account.dir / "kit" / "peers.sh"
+            kit = {"PEERS_SCRIPT": str(self.account.dir / "kit" / "setup-and-bench.sh")}
+        env = self.env(**kit, W=str(self.work_dir))
         if work is not None:
             env["BENCH_CTX"] = str(work.ctx)
             if work.name == "runs":
                 env["BENCH_NOCD"] = "1"
         if check is not None:
             env["BENCH_CHECK"] = check
-        return {"args": ["bash", str(PEERS_SH), *args], "env": env}
+        return {"args": ["bash", str(script), *args], "env": env, **self.spawn()}
 
     def prepare_cold(self, work: Workload, log: Path) -> None:
-        call = self._peers_sh("clean", self.name)
+        call = self._peers_sh("clean", self.tool)
         with log.open("w") as out:  # as the peers' bench: failures of the clean are ignored
-            subprocess.run(call["args"], env=call["env"], stdout=out, stderr=out,
-                           timeout=TIMEOUT)
+            subprocess.run(stdout=out, stderr=out, timeout=TIMEOUT, **call)
 
     def command(self, work: Workload, cold: bool) -> tuple[list[str], dict[str, str]]:
         key = (work.name, cold)
         if key not in self._commands:
-            call = self._peers_sh("cmd", self.name, "cold" if cold else "cached", work=work)
-            text = subprocess.run(call["args"], env=call["env"], capture_output=True,
-                                  text=True, check=True).stdout
+            call = self._peers_sh("cmd", self.tool, "cold" if cold else "cached", work=work)
+            text = subprocess.run(capture_output=True, text=True, check=True, **call).stdout
             self._commands[key] = shlex.split(text)
-        return self._commands[key], builder_env()
+        return self._commands[key], self.env()
 
     def after_build(self, scenario: str, work: Workload, log: Path) -> None:
         pass
 
     def verify(self, work: Workload, check: str, log: Path) -> None:
-        call = self._peers_sh("verify", self.name, work=work, check=check)
+        call = self._peers_sh("verify", self.tool, work=work, check=check)
         with log.open("w") as out:
-            subprocess.run(call["args"], env=call["env"], stdout=out, stderr=out,
-                           timeout=TIMEOUT)
+            subprocess.run(stdout=out, stderr=out, timeout=TIMEOUT, **call)
         if "CONTENT-OK" not in log.read_text(errors="replace"):
             raise Failed(f"content check failed: {_tail(log)}")
 
@@ -428,8 +649,8 @@ class Bench:
         os.sync()
         with log.open("w") as out:
             started = time.perf_counter()
-            rc = subprocess.run(argv, cwd=PROJECT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, timeout=TIMEOUT).returncode
+            rc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=out, timeout=TIMEOUT, **builder.spawn()).returncode
             seconds = time.perf_counter() - started
         if rc != 0:
             raise Failed(f"build failed ({rc}): {_tail(log)} [{log}]")
@@ -486,16 +707,26 @@ def summary(results: Results, names: list[str], scenarios: list[str]) -> dict[st
                 "errors": results.errors.get((name, scenario), []),
             }
         cells[name] = row
+    ratios = _ratios(cells, "stepbuild", [n for n in names if n != "stepbuild"], scenarios)
+    rootless = _ratios(cells, "stepbuild-rootless",
+                       [n for n in names if n in ROOTLESS and n != "stepbuild-rootless"],
+                       scenarios)
+    return {"cells": cells, "ratios": ratios, "rootless_ratios": rootless}
+
+
+def _ratios(cells: dict[str, dict[str, Any]], reference: str, names: list[str],
+            scenarios: list[str]) -> dict[str, dict[str, float | None]]:
+    """{name: {scenario: its median / the reference's}}; empty without the reference."""
+    ours = cells.get(reference)
+    if ours is None:
+        return {}
     ratios: dict[str, dict[str, float | None]] = {}
-    ours = cells.get("stepbuild")
     for name in names:
-        if name == "stepbuild" or ours is None:
-            continue
         ratios[name] = {}
         for scenario in scenarios:
             mine, theirs = ours[scenario]["median"], cells[name][scenario]["median"]
             ratios[name][scenario] = round(theirs / mine, 3) if mine and theirs else None
-    return {"cells": cells, "ratios": ratios}
+    return ratios
 
 
 HEADINGS = {"cold": "cold s", "noop": "noop s", "change1": "change1 s",
@@ -519,12 +750,17 @@ def render(report: dict[str, Any], scenarios: list[str]) -> str:
     lines.append("|---" * (len(scenarios) + 1) + "|")
     for name, row in report["cells"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(row[s]) for s in scenarios) + " |")
-    if report["ratios"]:
-        lines += ["", "Ratio peer / stepbuild (median over median; > 1 means stepbuild is "
-                  "faster, < 1 means the peer is):", ""]
-        lines.append("| peer | " + " | ".join(s for s in scenarios) + " |")
+    intro = {"ratios": "Ratio builder / stepbuild (median over median; > 1 means stepbuild "
+                       "as root is faster, < 1 means the other is):",
+             "rootless_ratios": "Rootless: ratio builder / stepbuild-rootless (> 1 means "
+                                "rootless stepbuild is faster):"}
+    for key, text in intro.items():
+        if not report[key]:
+            continue
+        lines += ["", text, ""]
+        lines.append("| builder | " + " | ".join(s for s in scenarios) + " |")
         lines.append("|---" * (len(scenarios) + 1) + "|")
-        for name, row in report["ratios"].items():
+        for name, row in report[key].items():
             cells = ["-" if row[s] is None else f"{row[s]:.2f}x" for s in scenarios]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, why in report["unavailable"].items():
@@ -538,6 +774,8 @@ def render(report: dict[str, Any], scenarios: list[str]) -> str:
     lines.append(f"\nOther processes used {load['cpu_seconds']:.1f} CPU-s during the runs "
                  f"({load['share']:.0%} of the machine; {busy})"
                  + (": NOISY, numbers are suspect" if load["share"] > 0.05 else "") + ".")
+    if meta.get("rootless"):
+        lines.append(f"Rootless rows: {meta['rootless']}.")
     lines.append(f"per-RUN = the {RUN_STEPS}-RUN build, cold, divided by {RUN_STEPS} "
                  "(start-up and FROM included). Logs: " + meta["logs"])
     return "\n".join(lines)
@@ -559,7 +797,18 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    ap.add_argument("--only", help="comma list of builders to run, e.g. stepbuild")
+    ap.add_argument("--only", help="comma list of builders to run, e.g. stepbuild, or "
+                    "stepbuild,stepbuild-rootless,buildah-rootless")
+    ap.add_argument("--rootless", action="store_true",
+                    help=f"add the rootless rows ({', '.join(ROOTLESS)}) to the default ones")
+    ap.add_argument("--user", default=BENCH_USER,
+                    help=f"the normal user of the rootless rows (default {BENCH_USER}): reused "
+                    "if it exists (given subordinate ids for the run if it has none), else "
+                    "made for the run (useradd; /etc/subuid and /etc/subgid ranges) and "
+                    "removed at the end with its home. Its ~/build-bench holds a venv of "
+                    "/usr/bin/python3 (kept with the user), a copy of stepbuild/, its stores "
+                    "and Buildah's storage. /dev/net/tun is made 0666 for the run if the user "
+                    "cannot open it (stepbuild's private network), then put back")
     ap.add_argument("--peers", default=",".join(DEFAULT_PEERS),
                     help=f"peers to compare (default {','.join(DEFAULT_PEERS)})")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -604,12 +853,12 @@ def _peer_check() -> str:
 
 
 def _selection(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
-    """(builders, peers among them, scenarios) from the options."""
+    """(builders, root's peers among them, scenarios) from the options."""
     peers = _names(args.peers, ALL_PEERS, "peer")
-    names = ["stepbuild", *peers]
+    names = ["stepbuild", *peers, *(ROOTLESS if args.rootless else ())]
     if args.only:
-        names = _names(args.only, ("stepbuild", *ALL_PEERS), "builder")
-        peers = [n for n in names if n != "stepbuild"]
+        names = _names(args.only, ("stepbuild", *ALL_PEERS, *ROOTLESS), "builder")
+        peers = [n for n in names if n in ALL_PEERS]
     return names, peers, _names(args.scenarios, SCENARIOS, "scenario")
 
 
@@ -634,6 +883,36 @@ def _revision() -> str:
     return head + (" + uncommitted changes in stepbuild/" if dirty else "")
 
 
+def _make_builders(builders: list[Builder], names: list[str], args: argparse.Namespace,
+                   tmp: Path, unavailable: dict[str, str], stack: ExitStack) -> str:
+    """Append the builders `names` that can run (the others go to `unavailable`); for the
+    rootless rows, set up their user (undone when `stack` closes). Returns how the rootless
+    rows run, "" without them."""
+    account, how = None, ""
+    if any(n in ROOTLESS for n in names):
+        account, made = stack.enter_context(bench_account(args.user))
+        how = f"user {account.name} ({made})"
+    for name in names:
+        if name == "stepbuild":
+            builders.append(Stepbuild(args.python, tmp, tmp / "base-ctx"))
+        elif name == "stepbuild-rootless":
+            assert account is not None
+            stack.enter_context(open_tun(account))
+            python, source = user_python(account, tmp / "logs" / "user-python.log")
+            how += f"; stepbuild from a copy in {source}, run by {python}"
+            builders.append(Stepbuild(python, tmp, tmp / "base-ctx", account, source))
+        elif name == "buildah-rootless":
+            assert account is not None
+            why = setup_buildah_rootless(account, tmp / "logs" / "buildah-rootless-setup.log")
+            if why is None:
+                builders.append(Peer(name, Path(args.work_dir), account))
+            else:
+                unavailable[name] = why
+        elif name not in unavailable:
+            builders.append(Peer(name, Path(args.work_dir)))
+    return how
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     if os.geteuid() != 0:
@@ -643,52 +922,50 @@ def main(argv: list[str] | None = None) -> int:
         _check_python(args.python)
     work_dir = Path(args.work_dir)
     tmp = Path(tempfile.mkdtemp(prefix="build-bench-", dir="/var/tmp"))
+    tmp.chmod(0o755)  # the rootless user reads the contexts
     logs = tmp / "logs"
     logs.mkdir()
     started_services = False
     builders: list[Builder] = []
-    try:
-        app, runs, base_ctx = _prepare_files(tmp, args.python)
-        unavailable: dict[str, str] = {}
-        if peers:
-            started_services = not services_up(work_dir)
-            unavailable = setup_peers(peers, work_dir, not args.no_install,
-                                      logs / "peers-setup.log")
-        for name in names:
-            if name == "stepbuild":
-                builders.append(Stepbuild(args.python, tmp, base_ctx))
-            elif name not in unavailable:
-                builders.append(Peer(name, work_dir))
-        for name, why in unavailable.items():
-            print(f"{name}: CANNOT RUN: {why}", file=sys.stderr)
-        bench = Bench(app, runs, logs, _peer_check())
-        before, started = _processes(), time.perf_counter()
-        results = measure(bench, builders, scenarios, args.rounds, args.warmup,
-                          args.wait_quiet)
-        load = other_load(before, _processes(), time.perf_counter() - started)
-        report = summary(results, [b.name for b in builders], scenarios)
-        report["unavailable"] = unavailable
-        report["meta"] = {
-            "rounds": args.rounds, "warmup": args.warmup, "python": args.python,
-            "stepbuild": _revision(),
-            "machine": f"{os.cpu_count()} cpus, kernel {platform.release()}, "
-                       f"python {platform.python_version()}",
-            "logs": str(logs) if args.keep else "(removed; --keep keeps them)",
-            "workload": str(PEERS_DIR / "Dockerfile"), "run_steps": RUN_STEPS,
-            "other_load": load,
-        }
-        print(json.dumps(report, indent=2) if args.json else render(report, scenarios))
-        return 1 if unavailable or any(results.errors.values()) else 0
-    finally:
-        for builder in builders:
-            builder.close()
-        if started_services and not args.keep_services:
-            stop_services(work_dir)
-        elif peers:
-            why = "--keep-services" if started_services else "they were running before"
-            print(f"peers: dockerd/registry left running ({why})", file=sys.stderr)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with ExitStack() as stack:
+        try:
+            app, runs, _ = _prepare_files(tmp, args.python)
+            unavailable: dict[str, str] = {}
+            if peers:
+                started_services = not services_up(work_dir)
+                unavailable = setup_peers(peers, work_dir, not args.no_install,
+                                          logs / "peers-setup.log")
+            rootless = _make_builders(builders, names, args, tmp, unavailable, stack)
+            for name, why in unavailable.items():
+                print(f"{name}: CANNOT RUN: {why}", file=sys.stderr)
+            bench = Bench(app, runs, logs, _peer_check())
+            before, started = _processes(), time.perf_counter()
+            results = measure(bench, builders, scenarios, args.rounds, args.warmup,
+                              args.wait_quiet)
+            load = other_load(before, _processes(), time.perf_counter() - started)
+            report = summary(results, [b.name for b in builders], scenarios)
+            report["unavailable"] = unavailable
+            report["meta"] = {
+                "rounds": args.rounds, "warmup": args.warmup, "python": args.python,
+                "stepbuild": _revision(),
+                "machine": f"{os.cpu_count()} cpus, kernel {platform.release()}, "
+                           f"python {platform.python_version()}",
+                "logs": str(logs) if args.keep else "(removed; --keep keeps them)",
+                "workload": str(PEERS_DIR / "Dockerfile"), "run_steps": RUN_STEPS,
+                "other_load": load, "rootless": rootless,
+            }
+            print(json.dumps(report, indent=2) if args.json else render(report, scenarios))
+            return 1 if unavailable or any(results.errors.values()) else 0
+        finally:
+            for builder in builders:
+                builder.close()
+            if started_services and not args.keep_services:
+                stop_services(work_dir)
+            elif peers:
+                why = "--keep-services" if started_services else "they were running before"
+                print(f"peers: dockerd/registry left running ({why})", file=sys.stderr)
+            if not args.keep:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
