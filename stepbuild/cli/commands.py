@@ -151,16 +151,43 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
             _export(store, result.manifest_digest, outputs, options, options.tag,
                     None if options.quiet else sys.stderr)
-        for target in pushes:  # build --push
-            _push(store, result.manifest_digest, target, options, connection, stdout=False)
+        pushed = {target: _push(store, result.manifest_digest, target, options, connection,
+                                stdout=False) for target in pushes}  # build --push
+        _write_build_files(options, store, result.manifest_digest, pushed)
     context.save()
     if witness is not None:
         fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
                            warnings=warnings, outside=result.outside, keys=result.keys)
     progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
-    print(result.manifest_digest)
+    # After --push the digest a pipeline signs and deploys is the registry's (ours may name
+    # other layer blobs: the store keeps them uncompressed); every -t got the same one.
+    print(next(iter(pushed.values())) if pushed else result.manifest_digest)
     return 0
+
+
+def _write_build_files(options: argparse.Namespace, store: Store, local: str,
+                       pushed: dict[str, str]) -> None:
+    """--iidfile and --metadata-file, each written atomically (temp file, then rename), under
+    the build's store lock (an untagged result cannot be pruned meanwhile)."""
+    from stepbuild.fs.durable import write_file
+
+    digest = next(iter(pushed.values())) if pushed else local
+    if options.iidfile:
+        write_file(Path(options.iidfile), digest.encode(), 0o644)
+    if options.metadata_file:
+        desc = store.resolve(local)
+        assert desc is not None  # just built, under the store lock
+        manifest = store.manifest(desc)
+        metadata = {
+            "containerimage.digest": digest,
+            "containerimage.config.digest": manifest.config.digest,
+            "image.name": ",".join(options.tag),
+            "stepbuild.local.digest": local,
+            "stepbuild.pushed": pushed,
+        }
+        write_file(Path(options.metadata_file),
+                   json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n", 0o644)
 
 
 def _cache_specs(options: argparse.Namespace
@@ -452,13 +479,15 @@ def _push_targets(options: argparse.Namespace) -> list[str]:
 
 
 def _push(store: Store, image: str, destination: str | None, options: argparse.Namespace,
-          connection: Connection, *, stdout: bool = True) -> None:
+          connection: Connection, *, stdout: bool = True) -> str:
+    """Push; return the digest the registry now holds the image under."""
     from stepbuild.distribution.push import push as push_image
 
     result = push_image(store, image, destination, compression=options.compression,
                         connection=connection, display=_display(options))
     if stdout:
         print(result.digest)
+    return result.digest
 
 
 def push(options: argparse.Namespace) -> int:

@@ -142,7 +142,14 @@ def _add_store_commands(commands: Subcommands) -> None:
                        help="stages built at once (default: the number of CPUs)")
     _add_output_arguments(build, required=False)
     build.add_argument("--push", action="store_true",
-                       help="push the result to every -t name (a registry reference)")
+                       help="push the result to every -t name (a registry reference); the"
+                            " digest printed is then the registry's")
+    build.add_argument("--iidfile", metavar="FILE",
+                       help="write the image's digest to FILE (the registry's with --push)")
+    build.add_argument("--metadata-file", metavar="FILE",
+                       help="write the build's result as JSON to FILE, with buildx's keys"
+                            " (containerimage.digest, containerimage.config.digest,"
+                            " image.name, ...)")
     build.add_argument("--pull", nargs="?", const="always", default="missing",
                        metavar="missing|always|never",
                        help="FROM a registry reference: pull the base when it is missing from"

@@ -426,6 +426,56 @@ def test_build_push_pushes_the_result(source: Stepbuild, fresh: Stepbuild,
     assert_clear_error(source.build(context, "--push", check=False), 2, "--push needs")
 
 
+def test_build_push_gives_the_registrys_digest_to_stdout_iidfile_and_metadata(
+        source: Stepbuild, plain_registry: RunningRegistry, tmp_path: Path) -> None:
+    """What a pipeline signs and deploys by digest is what the registry holds: after --push,
+    stdout, --iidfile and --metadata-file's containerimage.digest are skopeo's digest."""
+    ref = f"{plain_registry.host}/built/meta:1"
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN echo meta > /m\n")
+    iid, meta = tmp_path / "iid", tmp_path / "meta.json"
+    built = source.build(context, "--push", "-t", ref, "--iidfile", str(iid),
+                         "--metadata-file", str(meta))
+    inspected = json.loads(subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+        capture_output=True, text=True, check=True).stdout)
+    registry_digest = inspected["Digest"]
+    assert built.stdout.strip() == registry_digest
+    assert iid.read_text() == registry_digest
+    metadata = json.loads(meta.read_text())
+    local = metadata["stepbuild.local.digest"]
+    assert metadata["containerimage.digest"] == registry_digest
+    assert metadata["stepbuild.pushed"] == {ref: registry_digest}
+    assert metadata["image.name"] == ref
+    assert source.run(local, "cat", "/m") == "meta\n"  # the local digest names the image here
+    raw_manifest = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                                   f"docker://{ref}"], capture_output=True, text=True,
+                                  check=True).stdout
+    config_digest = json.loads(raw_manifest)["config"]["digest"]
+    assert config_digest == metadata["containerimage.config.digest"]
+
+
+def test_build_writes_iidfile_and_metadata_without_push_every_time(
+        source: Stepbuild, tmp_path: Path) -> None:
+    """Without --push the local digest; and a second, all-cached build writes them again (a
+    build asked for these files is never replayed from its fingerprint)."""
+    context = write_context(tmp_path / "ctx", "FROM base\nRUN echo local > /l\n")
+    iid, meta = tmp_path / "iid", tmp_path / "meta.json"
+    for _ in range(2):
+        iid.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        built = source.build(context, "-t", "meta-local", "--iidfile", str(iid),
+                             "--metadata-file", str(meta))
+        digest = built.stdout.strip()
+        assert iid.read_text() == digest
+        metadata = json.loads(meta.read_text())
+        assert metadata["containerimage.digest"] == metadata["stepbuild.local.digest"] == digest
+        assert metadata["image.name"] == "meta-local" and metadata["stepbuild.pushed"] == {}
+    store = Store(source.root)
+    desc = store.resolve("meta-local")
+    assert desc is not None
+    assert metadata["containerimage.config.digest"] == store.manifest(desc).config.digest
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _tools() -> Iterator[None]:
     if shutil.which("skopeo") is None:
