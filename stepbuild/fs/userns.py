@@ -84,15 +84,20 @@ def overlay_xattr_namespace() -> str:
     (outside a user namespace, with CAP_SYS_ADMIN); else "user", what an overlay mounted with
     `userxattr` in a user namespace reads, and what chroot isolation (which mounts nothing)
     can write without CAP_SYS_ADMIN."""
-    if in_user_namespace() or not _effective_capabilities() & (1 << _CAP_SYS_ADMIN):
+    if in_user_namespace() or not _own_capabilities() & (1 << _CAP_SYS_ADMIN):
         return "user"
     return "trusted"
 
 
 @functools.cache
-def _effective_capabilities() -> int:
+def _own_capabilities() -> int:
+    return effective_capabilities()
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> int:
+    """CapEff of this process (proc(5)); 0 where /proc cannot tell."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+        with open(status, encoding="ascii", errors="replace") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)

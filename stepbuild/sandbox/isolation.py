@@ -32,6 +32,10 @@ import os
 from dataclasses import dataclass
 
 from stepbuild.errors import IsolationUnavailable
+from stepbuild.fs.userns import effective_capabilities
+
+__all__ = ["CHOICES", "MODES", "Environment", "Isolation", "choose", "effective_capabilities",
+           "probe", "resolve"]
 
 NAMESPACES, USERNS, CHROOT = "namespaces", "userns", "chroot"
 MODES = (NAMESPACES, USERNS, CHROOT)  # strongest first
@@ -162,11 +166,6 @@ def probe(requested: str = AUTO) -> Environment:
     if USERNS in wanted and (not admin or unshare_errno is not None or requested == USERNS):
         userns_errno = _unshare_errno(_CLONE_NEWUSER)
     return Environment(euid, effective, unshare_errno, userns_errno)
-
-
-def effective_capabilities(status: str = _STATUS) -> int:
-    """CapEff of this process (proc(5)); 0 where /proc cannot tell."""
-    return _field(_status(status), "CapEff", 16)
 
 
 def _status(path: str = _STATUS) -> str:

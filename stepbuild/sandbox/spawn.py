@@ -1,6 +1,6 @@
 """The builder's side of the fork server (`forkserver.py`): start it once, ask it for children.
 
-    child = start_child("child", plan_r, status_w, out_w)  # forked, waiting for its plan
+    child = DEFAULT.start_child("child", plan_r, status_w, out_w)  # waiting for its plan
     ...                                            # join its cgroup, send the plan, read output
     wait_status = child.wait()                     # raw, as os.waitpid gives; child.kill() too
 
@@ -123,11 +123,6 @@ class ForkServer:
 
 
 DEFAULT = ForkServer()  # sandbox.run's own, for the life of the process (`pool.Pool` has one)
-
-
-def start_child(module: str, plan_r: int, status_w: int, out_w: int) -> Child:
-    """`DEFAULT.start_child`."""
-    return DEFAULT.start_child(module, plan_r, status_w, out_w)
 
 
 def _answer(reply: socket.socket) -> Child:
