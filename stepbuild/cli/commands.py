@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
+from stepbuild.api.request import store_root
 from stepbuild.cli import limit_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
@@ -21,53 +22,25 @@ from stepbuild.progress import human_size
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from stepbuild.archive.export import Output
-    from stepbuild.build.builder import Builder, BuildOptions, BuildResult
-    from stepbuild.build.execute import Executor
-    from stepbuild.build.mounts.secrets import SecretSource
+    from stepbuild.api.request import BuildRequest
     from stepbuild.cli.noop import Witness
     from stepbuild.distribution.connection import Connection
-    from stepbuild.distribution.display import TransferDisplay
-    from stepbuild.frontend.instructions import Stepfile
     from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
     from stepbuild.sandbox.isolation import Isolation
-    from stepbuild.sandbox.limits import Limits
-    from stepbuild.sources.context import BuildContext
     from stepbuild.store.stale import StaleWork
     from stepbuild.store.store import Store
-    from stepbuild.teamcache.cache import CacheSpec
-
-def store_root(option: str | None) -> Path:
-    """--root, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir.
-
-    A rootless command asks as the user, before it enters its user namespace (where its
-    euid is 0), and keeps the answer in `options.root` (cli/rootless.py)."""
-    if option:
-        return Path(option)
-    if os.environ.get("STEPBUILD_ROOT"):
-        return Path(os.environ["STEPBUILD_ROOT"])
-    if os.geteuid() == 0:
-        return Path("/var/lib/stepbuild")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data) / "stepbuild"
-
 
 def open_store(options: argparse.Namespace,
                on_resolve: Callable[[str], None] | None = None, *,
                layers: bool = False) -> Store:
-    """The store of --root. `layers`: this command writes layer dirs or mounts them (build,
-    run, pull, load), so the store's overlay xattrs must be this process's
-    (`Store.require_overlay_form`)."""
-    from stepbuild.store.store import Store
+    """The store of --root (`api.build.open_store`)."""
+    from stepbuild.api.build import open_store as open_root
 
-    store = Store(store_root(options.root), on_resolve=on_resolve)
-    if layers:
-        store.require_overlay_form()
-    return store
+    return open_root(options.root, on_resolve, layers=layers)
 
 
-# --- build -------------------------------------------------------------------------------------
+# --- build: a thin layer over stepbuild.api (api/build.py does the work) ----------------------
 
 
 def build(options: argparse.Namespace) -> int:
@@ -104,121 +77,41 @@ def _tell_isolation(progress: Progress, isolation: Isolation) -> None:
 
 def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
                 witness: Witness | None, isolation: Isolation) -> int:
-    from stepbuild.build.builder import Builder, BuildOptions
+    from stepbuild.api.build import run_build
     from stepbuild.cli import noop as fingerprint
-    from stepbuild.frontend.cache import parse_cached
-    from stepbuild.frontend.source import read_stepfile
 
-    text, name = read_stepfile(options.file, options.context)
-    outputs = _outputs(options)  # a bad --output fails now, not after the build
-    pushes = _push_targets(options)  # so does a bad --push target
-    cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
-    connection = _connection(options)  # FROM, --push and the team cache all reach out with it
     names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
-    store = open_store(options, on_resolve=names_read.add, layers=True)
-    stepfile = parse_cached(store.layout.parse_cache, text, name)
-    build_args = read_build_arg_files(options.build_arg_file)
-    build_args.update(parse_build_args(options.build_arg))
-    epoch = source_date_epoch(build_args)
     progress = _progress(options)
-    _tell_isolation(progress, isolation)
-    if options.reproducible and epoch is None:
-        epoch = 0  # timestamps must not differ between the two builds
-        progress.warn("--reproducible: SOURCE_DATE_EPOCH is not set; using 0")
-    warnings = [*stepfile.warnings, *unused_build_args(stepfile, build_args)]
-    for warning in warnings:
-        progress.warn(warning)
-    enter_build_namespace(isolation.mode, store.layout.tmp, progress)
-    context = _context(store, context_dir, None if name == "<stdin>" else Path(name))
-    executor = _executor(store, context, progress, build_args, options.network, epoch,
-                         *_mount_options(options), limits=limit_flags.limits(options),
-                         seccomp=_seccomp(options), allow=frozenset(options.allow),
-                         isolation=isolation.mode)
-    builder = Builder(store, executor, progress, jobs=options.jobs)
-    # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
-    wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
-                          no_cache=options.no_cache, network=options.network,
-                          source_date_epoch=epoch, target=options.target,
-                          pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
-                          connection=connection)
-    with store.lock(exclusive=False):
-        try:
-            result = builder.build(stepfile, wanted)
-            if options.reproducible:
-                check_reproducible(builder, stepfile, wanted, result)
-        finally:
-            executor.close()
-        if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
-            _export(store, result.manifest_digest, outputs, options, options.tag,
-                    None if options.quiet else sys.stderr)
-        pushed = {target: _push(store, result.manifest_digest, target, options, connection,
-                                stdout=False) for target in pushes}  # build --push
-        _write_build_files(options, store, result.manifest_digest, pushed)
-    context.save()
+    result = run_build(_request(options, pull_policy, context_dir), progress,
+                       isolation=isolation, on_resolve=names_read.add)
     if witness is not None:
-        fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
+        fingerprint.record(witness, digest=result.local_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
-                           warnings=warnings, outside=result.outside, keys=result.keys)
-    progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
-    # After --push the digest a pipeline signs and deploys is the registry's (ours may name
-    # other layer blobs: the store keeps them uncompressed); every -t got the same one.
-    print(next(iter(pushed.values())) if pushed else result.manifest_digest)
+                           warnings=list(result.stepfile_warnings), outside=result.outside,
+                           keys=result.keys)
+    # After --push the digest a pipeline signs and deploys is the registry's.
+    print(result.digest)
     return 0
 
 
-def _write_build_files(options: argparse.Namespace, store: Store, local: str,
-                       pushed: dict[str, str]) -> None:
-    """--iidfile and --metadata-file, each written atomically (temp file, then rename), under
-    the build's store lock (an untagged result cannot be pruned meanwhile)."""
-    from stepbuild.fs.durable import write_file
+def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path) -> BuildRequest:
+    """The build the flags ask for."""
+    from stepbuild.api.request import BuildRequest
 
-    digest = next(iter(pushed.values())) if pushed else local
-    if options.iidfile:
-        write_file(Path(options.iidfile), digest.encode(), 0o644)
-    if options.metadata_file:
-        desc = store.resolve(local)
-        assert desc is not None  # just built, under the store lock
-        manifest = store.manifest(desc)
-        metadata = {
-            "containerimage.digest": digest,
-            "containerimage.config.digest": manifest.config.digest,
-            "image.name": ",".join(options.tag),
-            "stepbuild.local.digest": local,
-            "stepbuild.pushed": pushed,
-        }
-        write_file(Path(options.metadata_file),
-                   json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n", 0o644)
-
-
-def _cache_specs(options: argparse.Namespace
-                 ) -> tuple[tuple[CacheSpec, ...], tuple[CacheSpec, ...]]:
-    """--cache-from and --cache-to, parsed (stepbuild/teamcache/cache.py)."""
-    sources, destinations = getattr(options, "cache_from", []), getattr(options, "cache_to", [])
-    if not sources and not destinations:
-        return (), ()
-    from stepbuild.teamcache.cache import parse_cache_spec
-
-    return (tuple(parse_cache_spec(v, "from") for v in sources),
-            tuple(parse_cache_spec(v, "to") for v in destinations))
-
-
-def check_reproducible(builder: Builder, stepfile: Stepfile, wanted: BuildOptions,
-                       first: BuildResult) -> None:
-    """Build again without the cache and compare: same layers, same config, same digest."""
-    from dataclasses import replace
-
-    from stepbuild.errors import BuildError
-
-    second = builder.build(stepfile, replace(wanted, tags=(), no_cache=True))
-    if second.manifest_digest == first.manifest_digest:
-        builder.progress.warn(f"reproducible: a second build gave {first.manifest_digest} too")
-        return
-    differing = [i for i, (a, b) in enumerate(zip(first.state.diff_ids, second.state.diff_ids,
-                                                   strict=False)) if a != b]
-    where = f"layer {differing[0] + 1} differs" if differing else "the config differs"
-    raise BuildError(f"the build is not reproducible: {first.manifest_digest} then "
-                     f"{second.manifest_digest} ({where})",
-                     hint="a step writes something that changes between runs (time, random)")
+    build_args = read_build_arg_files(options.build_arg_file)
+    build_args.update(parse_build_args(options.build_arg))
+    return BuildRequest(
+        context=context_dir, file=options.file, tags=tuple(options.tag), build_args=build_args,
+        target=options.target, no_cache=options.no_cache, network=options.network,
+        allow=tuple(options.allow), security_opts=tuple(getattr(options, "security_opt", [])),
+        reproducible=options.reproducible, secrets=tuple(getattr(options, "secret", [])),
+        ssh=tuple(getattr(options, "ssh", [])), jobs=options.jobs,
+        outputs=tuple(getattr(options, "output", [])), compression=options.compression,
+        push=getattr(options, "push", False), iidfile=options.iidfile,
+        metadata_file=options.metadata_file, pull=pull_policy,
+        cache_from=tuple(getattr(options, "cache_from", [])),
+        cache_to=tuple(getattr(options, "cache_to", [])), connection=_connection(options),
+        limits=limit_flags.limits(options), root=options.root)
 
 
 def parse_build_args(values: list[str]) -> dict[str, str]:
@@ -233,19 +126,6 @@ def parse_build_args(values: list[str]) -> dict[str, str]:
         elif name in os.environ:
             args[name] = os.environ[name]
     return args
-
-
-def unused_build_args(stepfile: Stepfile, build_args: dict[str, str]) -> list[str]:
-    """A warning for --build-arg names no ARG in the Stepfile declares (Docker warns too)."""
-    from stepbuild.build.keys import PROXY_ARGS
-    from stepbuild.frontend.instructions import Arg
-
-    declared = {d.name for i in stepfile.instructions if isinstance(i, Arg)
-                for d in i.declarations}
-    unused = sorted(set(build_args) - declared - PROXY_ARGS - {"SOURCE_DATE_EPOCH"})
-    if not unused:
-        return []
-    return [f"build-args {', '.join(unused)} were not consumed by any ARG in the Stepfile"]
 
 
 def read_build_arg_files(paths: list[str]) -> dict[str, str]:
@@ -267,37 +147,6 @@ def read_build_arg_files(paths: list[str]) -> dict[str, str]:
     return args
 
 
-def source_date_epoch(build_args: dict[str, str]) -> int | None:
-    text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH")
-    if not text:
-        return None
-    if not text.isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}")
-    return int(text)
-
-
-def enter_build_namespace(isolation: str, upper_dirs: Path,
-                          progress: Progress | None = None) -> None:
-    """Move this process into a private mount namespace: every mount it makes vanishes with it.
-    First, refuse `upper_dirs` (the store's tmp/, where overlay upper dirs are made) on a
-    filesystem overlay cannot use for them, before any step starts. Chroot isolation mounts
-    nothing (and cannot unshare): nothing to do then. Rootless, `progress` (-v) is told which
-    overlay the first mount chose (the kernel's, or fuse-overlayfs where it refuses).
-
-    Called before any thread starts (unshare of the mount namespace applies to the calling
-    thread only).
-    """
-    if isolation == "chroot":
-        return
-    from stepbuild.fs.userns import in_user_namespace
-    from stepbuild.sandbox import host
-
-    host.require_upper_dir_filesystem(upper_dirs)
-    host.enter_private_mount_namespace()
-    if progress is not None and in_user_namespace():
-        host.on_overlay_choice(lambda line: progress.note("", line))
-
-
 def _progress(options: argparse.Namespace) -> Progress:
     from stepbuild.progress import Progress
 
@@ -305,81 +154,15 @@ def _progress(options: argparse.Namespace) -> Progress:
                     verbose=getattr(options, "verbose", False))
 
 
-def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildContext:
-    import xxhash
-
-    from stepbuild.sources.context import BuildContext
-    from stepbuild.sources.ignore import ignore_patterns
-
-    absolute = str(context_dir.resolve())
-    name = xxhash.xxh3_64_hexdigest(absolute.encode()) + ".json"
-    stat_cache = store.layout.context_cache / name
-    stat_cache.parent.mkdir(mode=0o700, exist_ok=True)
-    return BuildContext(context_dir, ignore=ignore_patterns(context_dir, stepfile),
-                        stat_cache=stat_cache)
-
-
-def _executor(store: Store, context: BuildContext, progress: Progress,
-              build_args: dict[str, str], network: str, epoch: int | None,
-              secrets: dict[str, SecretSource] | None = None,
-              ssh: dict[str, str] | None = None, limits: Limits | None = None,
-              seccomp: str = "default", allow: frozenset[str] = frozenset(),
-              isolation: str = "namespaces") -> Executor:
-    from stepbuild.build.execute import Executor
-    from stepbuild.sandbox.pool import Pool
-
-    return Executor(store, context, Pool(), progress, build_args, network, epoch,
-                    secrets=secrets, ssh=ssh, limits=limits, seccomp=seccomp,
-                    allow=allow, isolation=isolation)
-
-
-def _seccomp(options: argparse.Namespace) -> str:
-    """--security-opt: the seccomp setting of every RUN (see sandbox/seccomp.py)."""
-    from stepbuild.sandbox.seccomp import parse_security_opts
-
-    return parse_security_opts(getattr(options, "security_opt", None) or [])
-
-
-def _mount_options(options: argparse.Namespace
-                   ) -> tuple[dict[str, SecretSource], dict[str, str]]:
-    """--secret and --ssh, checked now (a missing file is a usage error before building)."""
-    values = (getattr(options, "secret", None) or [], getattr(options, "ssh", None) or [])
-    if not any(values):
-        return {}, {}
-    from stepbuild.build.mounts.secrets import parse_secret, parse_ssh
-
-    return dict(map(parse_secret, values[0])), dict(map(parse_ssh, values[1]))
-
-
 # --- export ------------------------------------------------------------------------------------
-
-
-def _outputs(options: argparse.Namespace) -> list[Output]:
-    """The parsed --output values, their destinations checked (UsageError)."""
-    if not getattr(options, "output", None):
-        return []
-    from stepbuild.archive.export import check_destination, parse_output
-
-    outputs = [parse_output(value) for value in options.output]
-    for output in outputs:
-        check_destination(output)
-    return outputs
-
-
-def _export(store: Store, image: str, outputs: list[Output], options: argparse.Namespace,
-            names: list[str] | None, stream: TextIO | None) -> None:
-    """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
-    from stepbuild.archive.export import export_image
-
-    results = export_image(store, image, outputs, compression=options.compression, names=names)
-    for result in results if stream is not None else ():
-        print(f"{result.output.type} {result.output.dest} {result.digest or '-'}", file=stream)
 
 
 def export(options: argparse.Namespace) -> int:
     """`stepbuild export IMAGE -o ...`: one line per output on stdout (type, dest, digest)."""
-    outputs = _outputs(options)
-    _export(open_store(options), options.image, outputs, options, None, sys.stdout)
+    from stepbuild.api.build import _export, parse_outputs
+
+    outputs = parse_outputs(options.output)
+    _export(open_store(options), options.image, outputs, options.compression, None, sys.stdout)
     return 0
 
 
@@ -445,12 +228,6 @@ def _stall_timeout_from_environment() -> float | None:
     return value
 
 
-def _display(options: argparse.Namespace) -> TransferDisplay:
-    from stepbuild.distribution.display import TransferDisplay
-
-    return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
-
-
 def _pull_policy(options: argparse.Namespace) -> str:
     """--pull[=POLICY]. In `build --pull DIR` argparse took DIR for the policy: it is the
     context (docker's --pull takes no value; podman's only with `=`)."""
@@ -463,47 +240,28 @@ def _pull_policy(options: argparse.Namespace) -> str:
     return "always"
 
 
-def _push_targets(options: argparse.Namespace) -> list[str]:
-    """build --push: the -t names, each read as a registry reference (checked before the
-    build starts)."""
-    if not getattr(options, "push", False):
-        return []
-    from stepbuild.distribution.reference import parse_reference
-
-    if not options.tag:
-        raise UsageError("--push needs a name to push to",
-                         hint="add -t REGISTRY/REPOSITORY:TAG")
-    for name in options.tag:
-        parse_reference(name)
-    return list(options.tag)
-
-
-def _push(store: Store, image: str, destination: str | None, options: argparse.Namespace,
-          connection: Connection, *, stdout: bool = True) -> str:
-    """Push; return the digest the registry now holds the image under."""
-    from stepbuild.distribution.push import push as push_image
-
-    result = push_image(store, image, destination, compression=options.compression,
-                        connection=connection, display=_display(options))
-    if stdout:
-        print(result.digest)
-    return result.digest
+def _stream(options: argparse.Namespace) -> TextIO | None:
+    """Where push and pull show their transfers: stderr, or nowhere with -q."""
+    return None if getattr(options, "quiet", False) else sys.stderr
 
 
 def push(options: argparse.Namespace) -> int:
     """`stepbuild push IMAGE [REF]`: a line per blob on stderr, the digest on stdout."""
-    _push(open_store(options), options.image, options.destination, options,
-          _connection(options))
+    from stepbuild.api.registry import push as push_image
+
+    result = push_image(options.image, options.destination, root=options.root,
+                        connection=_connection(options), compression=options.compression,
+                        stream=_stream(options))
+    print(result.digest)
     return 0
 
 
 def pull(options: argparse.Namespace) -> int:
     """`stepbuild pull REF`: a line per layer on stderr, the registry's digest on stdout."""
-    from stepbuild.distribution.pull import pull as pull_image
+    from stepbuild.api.registry import pull as pull_image
 
-    result = pull_image(open_store(options, layers=True), options.image,
-                        connection=_connection(options),
-                        display=_display(options))
+    result = pull_image(options.image, root=options.root, connection=_connection(options),
+                        stream=_stream(options))
     print(result.digest)
     return 0
 
@@ -679,6 +437,7 @@ def _report_dead_work(root: Path, leftovers: list[StaleWork]) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
+    from stepbuild.api.build import enter_build_namespace
     from stepbuild.build.runner import run_image
 
     isolation = _isolation(options)
@@ -691,3 +450,10 @@ def run(options: argparse.Namespace) -> int:
         return int(run_image(store, options.image, options.command, options.network,
                              limit_flags.limits(options), seccomp=_seccomp(options),
                              isolation=isolation.mode))
+
+
+def _seccomp(options: argparse.Namespace) -> str:
+    """--security-opt: the seccomp setting of the container (see sandbox/seccomp.py)."""
+    from stepbuild.sandbox.seccomp import parse_security_opts
+
+    return parse_security_opts(getattr(options, "security_opt", None) or [])

@@ -1,0 +1,113 @@
+"""What a build is asked to do (`BuildRequest`) and where the store is (`store_root`).
+
+Plain data, checked by `BuildRequest.check()` before anything heavy is imported: a bad value
+is a `UsageError` naming the field, as a bad flag is on the command line. Option strings
+(`outputs`, `cache_from`, `secrets`, ...) are the command line's own forms, parsed by the same
+code, so one spelling works in a shell and in Python.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stepbuild.distribution.connection import Connection
+from stepbuild.errors import UsageError
+
+if TYPE_CHECKING:
+    from stepbuild.sandbox.limits import Limits
+
+__all__ = ["BuildRequest", "NETWORKS", "PULL_POLICIES", "store_root"]
+
+NETWORKS = ("default", "none", "host")
+PULL_POLICIES = ("missing", "always", "never")  # distribution/pull.py's (not imported: requests)
+ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
+COMPRESSIONS = ("gzip", "zstd", "none")
+_SEQUENCES = ("tags", "allow", "security_opts", "secrets", "ssh", "outputs", "cache_from",
+              "cache_to")
+
+
+def store_root(option: str | os.PathLike[str] | None) -> Path:
+    """`option`, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir.
+
+    A rootless command asks as the user, before it enters its user namespace (where its
+    euid is 0), and keeps the answer in `options.root` (cli/rootless.py)."""
+    if option:
+        return Path(option)
+    if os.environ.get("STEPBUILD_ROOT"):
+        return Path(os.environ["STEPBUILD_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/stepbuild")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "stepbuild"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """One build, as `stepbuild build` takes it (each field names its flag).
+
+    `context`: the build context directory. `file`: the Stepfile (default: Stepfile, then
+    Dockerfile, in the context). `tags`: -t names. `build_args`: --build-arg values (taken
+    as given: no lookup in the environment). `target`, `no_cache`, `network` (default, none,
+    host), `allow` (--allow entitlements), `security_opts` (--security-opt), `isolation`
+    (auto, namespaces, userns, chroot), `reproducible`, `secrets` (--secret forms),
+    `ssh` (--ssh forms), `jobs` (stages built at once), `outputs` (--output forms),
+    `compression` (of outputs and pushes), `push` (push to every tag), `iidfile`,
+    `metadata_file`, `pull` (missing, always, never), `cache_from` / `cache_to` (--cache-from
+    and --cache-to forms), `connection` (how registries are reached: auth file, TLS, CA),
+    `limits` (--memory, --cpus, ... of every RUN; None: none), `root` (the store; None:
+    $STEPBUILD_ROOT, else the default for this user).
+    """
+
+    context: str | os.PathLike[str] = "."
+    file: str | None = None
+    tags: tuple[str, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    network: str = "default"
+    allow: tuple[str, ...] = ()
+    security_opts: tuple[str, ...] = ()
+    isolation: str = "auto"
+    reproducible: bool = False
+    secrets: tuple[str, ...] = ()
+    ssh: tuple[str, ...] = ()
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    outputs: tuple[str, ...] = ()
+    compression: str = "gzip"
+    push: bool = False
+    iidfile: str | None = None
+    metadata_file: str | None = None
+    pull: str = "missing"
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+    connection: Connection = field(default_factory=Connection)
+    limits: Limits | None = None
+    root: str | os.PathLike[str] | None = None
+
+    def check(self) -> None:
+        """UsageError for a value no build could take (before anything is started)."""
+        for name in _SEQUENCES:
+            value = getattr(self, name)
+            if isinstance(value, str | bytes) or not all(isinstance(v, str) for v in value):
+                raise UsageError(f"BuildRequest.{name} must be a sequence of strings, not"
+                                 f" {value!r}", hint=f"{name}=({value!r},) for one value")
+        for name, value, choices in (("network", self.network, NETWORKS),
+                                     ("pull", self.pull, PULL_POLICIES),
+                                     ("isolation", self.isolation, ISOLATIONS),
+                                     ("compression", self.compression, COMPRESSIONS)):
+            if value not in choices:
+                raise UsageError(f"invalid BuildRequest.{name} {value!r}",
+                                 hint=f"one of {', '.join(choices)}")
+        if not all(isinstance(k, str) and isinstance(v, str)
+                   for k, v in self.build_args.items()):
+            raise UsageError("BuildRequest.build_args must map names to strings",
+                             hint="build_args={'VERSION': '1.2'}")
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise UsageError(f"invalid BuildRequest.jobs {self.jobs!r}",
+                             hint="a number of stages, 1 or more")
+        if not Path(self.context).is_dir():
+            raise UsageError(f"the build context {self.context} is not a directory")
