@@ -8,6 +8,7 @@ build of the API runs here, as root.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -116,15 +117,42 @@ def test_a_failing_run_raises_step_failed_after_the_callback_saw_the_error(
     assert log == ["about to fail"]
 
 
-def test_a_stream_gets_the_plain_log(root: Path, work: Path) -> None:
-    import io
-
+def test_a_stream_gets_the_plain_log_and_the_result_the_warnings_and_outputs(
+        root: Path, work: Path) -> None:
     context = write_context(work / "logged", "FROM base\nRUN echo shown\n")
     stream = io.StringIO()
-    result = api.build(api.BuildRequest(context, build_args=EPOCH, root=root), stream=stream)
+    archive = work / "logged.tar"
+    result = api.build(api.BuildRequest(context, build_args={**EPOCH, "UNUSED": "1"},
+                                        outputs=(f"type=oci,dest={archive}",), root=root),
+                       stream=stream)
     text = stream.getvalue()
     assert "#2   RUN echo shown" in text and "  | shown" in text
     assert f"built {result.digest} (2 steps, 0 cached)" in text
+    unused = "build-args UNUSED were not consumed by any ARG in the Stepfile"
+    assert result.warnings == result.stepfile_warnings == (unused,)
+    assert f"warning: {unused}" in text
+    ((kind, dest, digest),) = result.exported
+    assert (kind, dest) == ("oci", str(archive)) and digest is not None
+    assert f"oci {archive} {digest}" in text
+    out = subprocess.run(["skopeo", "inspect", f"oci-archive:{archive}"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    assert json.loads(out)["Digest"] == digest
+
+
+def test_chroot_isolation_mounts_nothing_and_moves_no_thread(root: Path, work: Path) -> None:
+    context = write_context(work / "chroot", "FROM base\nRUN echo chrooted > /c\n")
+    events: list[Event] = []
+    request = api.BuildRequest(context, build_args=EPOCH, isolation="chroot", no_cache=True,
+                               root=root)
+
+    def build() -> tuple[str, api.BuildResult, str]:  # in a thread that never built
+        return mount_namespace(), api.build(request, on_event=events.append), mount_namespace()
+
+    with ThreadPoolExecutor(1) as pool:
+        before, result, after = pool.submit(build).result()
+    assert after == before
+    assert events[0].text == "isolation: chroot"
+    assert [s.status for s in result.steps] == ["done", "done"]
 
 
 def test_build_push_gives_the_registry_digest(
