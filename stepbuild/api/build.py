@@ -176,7 +176,7 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
     context_dir = Path(request.context)
     if isolation is None:
         isolation = _isolation(request.isolation)
-    text, name = read_stepfile(request.file, str(context_dir))
+    text, name = read_stepfile(request.file, os.fspath(request.context))
     outputs = _outputs(request)  # a bad --output fails now, not after the build
     pushes = _push_targets(request)  # so does a bad --push target
     cache_from, cache_to = _cache_specs(request)  # and a bad --cache-from/--cache-to

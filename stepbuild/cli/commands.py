@@ -94,8 +94,9 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     return 0
 
 
-def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path) -> BuildRequest:
-    """The build the flags ask for."""
+def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path
+             ) -> BuildRequest:
+    """The build the flags ask for, of the context in `context_dir`."""
     from stepbuild.api.request import BuildRequest
 
     build_args = read_build_arg_files(options.build_arg_file)
