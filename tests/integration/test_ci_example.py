@@ -357,9 +357,27 @@ def test_github_logs_in_from_a_secret() -> None:
                 assert str(value).startswith("${{ secrets."), (key, value)
 
 
+def ci_commands() -> list[str]:
+    """Every shell command of the two CI files (GitLab's lines, GitHub's `run` blocks)."""
+    job = next(iter(gitlab_jobs().values()))
+    _, github_job = github_workflow()
+    return [*job["before_script"], *job["script"], *job["after_script"],
+            *(step["run"] for step in github_job["steps"] if "run" in step)]
+
+
+def test_the_shell_passes_shellcheck(tmp_path: Path) -> None:
+    """pipeline.sh, the sample's scripts, and every command of the CI files (bash on both)."""
+    commands = tmp_path / "ci-commands.sh"
+    commands.write_text("#!/bin/bash\n" + "\n".join(ci_commands()) + "\n")
+    scripts = [PIPELINE, *sorted((EXAMPLE / "app" / "src").glob("*.sh")), commands]
+    done = subprocess.run(["shellcheck", "--shell=bash", *map(str, scripts)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + commands.read_text()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _tools() -> Iterator[None]:
-    for tool in ("skopeo", "git"):
+    for tool in ("skopeo", "git", "shellcheck"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} missing: run scripts/setup.sh")
     yield
