@@ -332,7 +332,8 @@ class _Run:
         progress = self.builder.progress
         try:
             return base_image(whole_store(self.builder.store), name, self.options.pull, found=found,
-                              display=TransferDisplay(progress.stream, quiet=progress.quiet),
+                              display=TransferDisplay(progress.stream, quiet=progress.quiet,
+                                                      verbose=progress.verbose),
                               connection=self.options.connection)
         except StepbuildError as exc:
             kind = PlanError if exc.exit_code == 2 else BaseImageError  # a bad reference: 2

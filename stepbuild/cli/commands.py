@@ -418,11 +418,12 @@ def load(options: argparse.Namespace) -> int:
 
 def _connection(options: argparse.Namespace) -> Connection:
     """--authfile, --tls-verify, --ca-file and --stall-timeout as one
-    connection.Connection."""
+    connection.Connection, with the registry rules of the configuration files."""
+    from stepbuild.config import registry_rules
     from stepbuild.distribution.connection import Connection
 
     connection = Connection(authfile=options.authfile, tls_verify=options.tls_verify,
-                            ca_file=options.ca_file)
+                            ca_file=options.ca_file, registries=registry_rules())
     stall: float | None = options.stall_timeout or _stall_timeout_from_environment()
     if stall is None:
         return connection
@@ -448,7 +449,8 @@ def _stall_timeout_from_environment() -> float | None:
 def _display(options: argparse.Namespace) -> TransferDisplay:
     from stepbuild.distribution.display import TransferDisplay
 
-    return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
+    quiet = getattr(options, "quiet", False)  # pull's notes (a mirror skipped) show unless -q
+    return TransferDisplay(sys.stderr, quiet=quiet, verbose=not quiet)
 
 
 def _pull_policy(options: argparse.Namespace) -> str:

@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from stepbuild.cli import config_defaults
 from stepbuild.errors import StepbuildError
 from stepbuild.frontend.source import read_stepfile
 
@@ -45,6 +46,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _argument_parser()
+    config_defaults.install(parser)  # config.toml's [defaults]; a flag given wins
     options = parser.parse_args(argv)
     if not hasattr(options, "run"):
         parser.print_help(sys.stderr)
