@@ -153,7 +153,8 @@ _BASH_HEAD = """\
 # Load it with: source <(stepbuild completion bash)
 
 _stepbuild_images() {
-    stepbuild images 2>/dev/null | { read -r _; while read -r name _; do
+    # the NAME column (the first) of each row after the header
+    stepbuild images 2>/dev/null | { read -r _; while IFS=$' \\t' read -r name _; do
         printf '%s\\n' "$name"; done; }
 }
 
@@ -326,18 +327,21 @@ fi
 
 def _zsh_option(option: Option) -> str:
     text = option.help.replace("\\", "\\\\").replace("[", "(").replace("]", ")")
+    names = option.names
     value = ""
     if option.takes_value:
-        action = _zsh_action(option.kind, option.choices)
-        value = f":{option.names[-1].lstrip('-')}:{action}"
+        # --opt=VALUE or --opt VALUE; -o VALUE or -oVALUE (argparse takes all four)
+        names = tuple(n + ("=" if n.startswith("--") else "+") for n in option.names)
+        value = f":{option.names[-1].lstrip('-')}:{_zsh_action(option.kind, option.choices)}"
     if option.names[-1] in ("--help", "--version"):
-        return _zsh_quote(f"(- *){option.names[-1]}[{text}]") if len(option.names) == 1 else (
-            _zsh_quote("(- *)") + "{" + ",".join(option.names) + "}" + _zsh_quote(f"[{text}]"))
-    head = "*" if option.repeatable else (
-        f"({' '.join(option.names)})" if len(option.names) > 1 else "")
-    if len(option.names) == 1:
-        return _zsh_quote(f"{head}{option.names[0]}[{text}]{value}")
-    return _zsh_quote(head) + "{" + ",".join(option.names) + "}" + _zsh_quote(f"[{text}]{value}")
+        head = "(- *)"  # nothing else after these
+    elif option.repeatable:
+        head = "*"
+    else:
+        head = f"({' '.join(option.names)})" if len(option.names) > 1 else ""
+    if len(names) == 1:
+        return _zsh_quote(f"{head}{names[0]}[{text}]{value}")
+    return _zsh_quote(head) + "{" + ",".join(names) + "}" + _zsh_quote(f"[{text}]{value}")
 
 
 def _zsh_action(kind: str, choices: tuple[str, ...] = ()) -> str:

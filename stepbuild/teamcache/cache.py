@@ -91,8 +91,9 @@ class CacheExportError(BuildError):
         where = "ref" if spec.type == "registry" else "dest"
         super().__init__(f"--cache-to type={spec.type},{where}={spec.location}: cannot export"
                          f" the cache: {cause}",
-                         hint="the image was built and is tagged all the same; add"
-                              " ignore-error=true to --cache-to to let a failed export pass")
+                         hint="the image was built all the same, and tagged with any -t"
+                              " names; add ignore-error=true to --cache-to to let a failed"
+                              " export pass")
         self.spec = spec
         self.cause = cause
 
@@ -131,10 +132,12 @@ def parse_cache_spec(text: str, direction: str) -> CacheSpec:
 
 def _fields(text: str, flag: str) -> dict[str, str]:
     fields: dict[str, str] = {}
-    for part in text.split(","):
+    for index, part in enumerate(text.split(",")):
         name, sep, value = part.partition("=")
         if not sep or not name.strip():
-            raise UsageError(f"invalid {flag} {text!r}: {part!r} is not KEY=VALUE")
+            hint = f"a reference with options is type=registry,ref={part},..." if (
+                index == 0 and part) else None
+            raise UsageError(f"invalid {flag} {text!r}: {part!r} is not KEY=VALUE", hint=hint)
         fields[name.strip()] = value.strip()
     return fields
 
@@ -150,10 +153,13 @@ def _registry_ref(ref: str, flag: str, *, bare: bool) -> str:
         parse_reference(ref)
     except InvalidReference as exc:
         # A bare value is read as buildx reads it: a registry reference, never a directory.
-        hint = (f"a bare {flag} value is a registry reference; a directory is"
-                f" type=local,{'src' if flag.endswith('from') else 'dest'}=DIR" if bare
-                else exc.hint)
-        raise UsageError(f"invalid {flag} {ref!r}: {exc.problem}", hint=hint) from None
+        if not bare:
+            raise UsageError(f"invalid {flag} ref {ref!r}: {exc.problem}",
+                             hint=exc.hint) from None
+        raise UsageError(f"invalid {flag} {ref!r}: not a registry reference ({exc.problem})",
+                         hint=f"a bare {flag} value is a registry reference; a directory is"
+                              f" type=local,{'src' if flag.endswith('from') else 'dest'}=DIR"
+                         ) from None
     return ref
 
 
