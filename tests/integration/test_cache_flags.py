@@ -9,6 +9,8 @@
 - `--no-cache-filter STAGE`: that stage's RUN runs again (its output shows), the other stage
   is CACHED.
 - Completion of image names from `stepbuild images` (bash, the real CLI on PATH).
+- A context with only a Containerfile builds, and its .containerignore applies (before a
+  .dockerignore), as Buildah reads them.
 """
 
 from __future__ import annotations
@@ -166,3 +168,16 @@ def test_completion_offers_the_store_images(work: Path, store: Stepbuild) -> Non
     done = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.split() == ["base"], done.stderr
+
+
+def test_a_containerfile_and_its_containerignore_are_found(work: Path, store: Stepbuild) -> None:
+    context = work / "ctx-containerfile"
+    context.mkdir()
+    (context / "Containerfile").write_text("FROM base\nCOPY . /ctx/\n")
+    for name in ("kept", "secret", "docker-only"):
+        (context / name).write_text(name)
+    (context / ".containerignore").write_text("secret\n.*ignore\n")
+    (context / ".dockerignore").write_text("docker-only\n")  # .containerignore wins
+    store.build(context, *EPOCH, "-t", "containerfile")
+    listed = store.run("containerfile", "ls", "-A", "/ctx").split()
+    assert listed == ["Containerfile", "docker-only", "kept"]
