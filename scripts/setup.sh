@@ -25,9 +25,11 @@ cd "$(dirname "$0")/.."
 # fuse-overlayfs: rootless overlay where the kernel refuses one in a user namespace
 # (stepbuild/sandbox/fuse_overlay.py); procps (pgrep): its tests look for a daemon left.
 # shellcheck: tests/integration/test_ci_example.py lints examples/ci's shell.
+# zsh, fish: the completion scripts of `stepbuild completion` are checked by each shell.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
-              libc6-dev slirp4netns uidmap python3-venv fuse-overlayfs procps shellcheck)
+              libc6-dev slirp4netns uidmap python3-venv fuse-overlayfs procps shellcheck zsh
+              fish)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

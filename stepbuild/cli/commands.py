@@ -71,8 +71,10 @@ def open_store(options: argparse.Namespace,
 
 
 def build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import build_flags
     from stepbuild.cli import noop as fingerprint
 
+    build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -138,6 +140,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
+                          no_cache_filter=getattr(options, "no_cache_filter", ()),
                           source_date_epoch=epoch, target=options.target,
                           pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
                           connection=connection)
