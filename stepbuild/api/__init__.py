@@ -17,12 +17,12 @@ Importing this package is cheap: the builder is imported by the first build.
 
 from stepbuild.api.build import BuildResult, build, run_build
 from stepbuild.api.registry import ImageInfo, PullResult, PushResult, images, pull, push
-from stepbuild.api.request import BuildRequest, store_root
+from stepbuild.api.request import BuildRequest, default_connection, store_root
 from stepbuild.api.steps import StepRecord
 from stepbuild.distribution.connection import Connection
 from stepbuild.errors import StepbuildError, StepFailed
 from stepbuild.progress.events import Event
 
 __all__ = ["BuildRequest", "BuildResult", "Connection", "Event", "ImageInfo", "PullResult",
-           "PushResult", "StepFailed", "StepRecord", "StepbuildError", "build", "images",
-           "pull", "push", "run_build", "store_root"]
+           "PushResult", "StepFailed", "StepRecord", "StepbuildError", "build",
+           "default_connection", "images", "pull", "push", "run_build", "store_root"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from stepbuild.api.request import BuildRequest, store_root
+from stepbuild.api.request import BuildRequest, default_connection, store_root
 from stepbuild.api.steps import StepCollector, StepRecord
 from stepbuild.errors import IsolationUnavailable, StepbuildError
 from stepbuild.progress.events import Event, EventCallback
@@ -180,7 +180,8 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
     outputs = _outputs(request)  # a bad --output fails now, not after the build
     pushes = _push_targets(request)  # so does a bad --push target
     cache_from, cache_to = _cache_specs(request)  # and a bad --cache-from/--cache-to
-    connection = request.connection  # FROM, --push and the team cache all reach out with it
+    # FROM, --push and the team cache all reach out with it
+    connection = request.connection or default_connection()
     store = open_store(request.root, on_resolve=on_resolve, layers=True)
     stepfile = parse_cached(store.layout.parse_cache, text, name)
     build_args = dict(request.build_args)
@@ -202,6 +203,7 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(request.tags), build_args=build_args,
                           no_cache=request.no_cache, network=request.network,
+                          no_cache_filter=request.no_cache_filter,
                           source_date_epoch=epoch, target=request.target,
                           pull=request.pull, cache_from=cache_from, cache_to=cache_to,
                           connection=connection)
@@ -448,6 +450,6 @@ def _push(store: Store, image: str, destination: str, compression: str,
     from stepbuild.distribution.display import TransferDisplay
     from stepbuild.distribution.push import push as push_image
 
-    display = TransferDisplay(progress.stream, quiet=progress.quiet)
+    display = TransferDisplay(progress.stream, quiet=progress.quiet, verbose=not progress.quiet)
     return push_image(store, image, destination, compression=compression,
                       connection=connection, display=display).digest

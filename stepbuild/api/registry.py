@@ -2,8 +2,9 @@
 holds): what `stepbuild push`, `pull` and `images` run.
 
 Registries are reached as `connection` says (`Connection`: auth file, TLS verification, CA
-file, retries, stall timeout). Progress goes to `stream` (one line per blob; None: nowhere),
-never to stdout; errors are raised (`RegistryError`, `InvalidReference`, `ImageNotFound`, ...).
+file, retries, stall timeout, registry rules; None: `default_connection()`, the CLI's).
+Progress goes to `stream` (one line per blob; None: nowhere), never to stdout; errors are
+raised (`RegistryError`, `InvalidReference`, `ImageNotFound`, ...).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from stepbuild.api.build import open_store
-from stepbuild.distribution.connection import Connection
+from stepbuild.api.request import default_connection
 
 if TYPE_CHECKING:
+    from stepbuild.distribution.connection import Connection
     from stepbuild.distribution.display import TransferDisplay
 
 __all__ = ["ImageInfo", "PullResult", "PushResult", "images", "pull", "push"]
@@ -70,7 +72,8 @@ def push(image: str, destination: str | None = None, *, root: str | os.PathLike[
     from stepbuild.distribution.push import push as push_image
 
     result = push_image(open_store(root), image, destination, compression=compression,
-                        connection=connection or Connection(), display=display(stream))
+                        connection=connection or default_connection(),
+                        display=display(stream))
     return PushResult(str(result.reference), result.digest, result.size,
                       result.count("uploaded"), result.count("mounted"),
                       result.count("exists"))
@@ -83,7 +86,8 @@ def pull(reference: str, *, root: str | os.PathLike[str] | None = None,
     from stepbuild.distribution.pull import pull as pull_image
 
     result = pull_image(open_store(root, layers=True), reference,
-                        connection=connection or Connection(), display=display(stream))
+                        connection=connection or default_connection(),
+                        display=display(stream))
     return PullResult(str(result.reference), result.digest, result.manifest_digest,
                       result.local.digest, result.name, result.downloaded)
 
@@ -105,4 +109,4 @@ def display(stream: TextIO | None, *, quiet: bool = False) -> TransferDisplay:
 
     if stream is None:
         return TransferDisplay(io.StringIO(), quiet=True)
-    return TransferDisplay(stream, quiet=quiet)
+    return TransferDisplay(stream, quiet=quiet, verbose=not quiet)  # notes: a mirror skipped

@@ -20,14 +20,14 @@ from stepbuild.errors import UsageError
 if TYPE_CHECKING:
     from stepbuild.sandbox.limits import Limits
 
-__all__ = ["BuildRequest", "NETWORKS", "PULL_POLICIES", "store_root"]
+__all__ = ["BuildRequest", "NETWORKS", "PULL_POLICIES", "default_connection", "store_root"]
 
 NETWORKS = ("default", "none", "host")
 PULL_POLICIES = ("missing", "always", "never")  # distribution/pull.py's (not imported: requests)
 ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
 COMPRESSIONS = ("gzip", "zstd", "none")
-_SEQUENCES = ("tags", "allow", "security_opts", "secrets", "ssh", "outputs", "cache_from",
-              "cache_to")
+_SEQUENCES = ("tags", "no_cache_filter", "allow", "security_opts", "secrets", "ssh", "outputs",
+              "cache_from", "cache_to")
 
 
 def store_root(option: str | os.PathLike[str] | None) -> Path:
@@ -45,19 +45,30 @@ def store_root(option: str | os.PathLike[str] | None) -> Path:
     return Path(data) / "stepbuild"
 
 
+def default_connection() -> Connection:
+    """What the CLI uses without --authfile, --tls-verify or --ca-file: the default auth
+    file and TLS, with the registry rules of the configuration files (mirrors, per-registry
+    TLS and CA, blocked registries; docs/configuration.md). `ConfigError` if one is wrong."""
+    from stepbuild.config import registry_rules
+
+    return Connection(registries=registry_rules())
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     """One build, as `stepbuild build` takes it (each field names its flag).
 
     `context`: the build context directory. `file`: the Stepfile (default: Stepfile, then
     Dockerfile, in the context). `tags`: -t names. `build_args`: --build-arg values (taken
-    as given: no lookup in the environment). `target`, `no_cache`, `network` (default, none,
+    as given: no lookup in the environment). `target`, `no_cache`, `no_cache_filter` (the
+    stages whose steps run again without a cache lookup), `network` (default, none,
     host), `allow` (--allow entitlements), `security_opts` (--security-opt), `isolation`
     (auto, namespaces, userns, chroot), `reproducible`, `secrets` (--secret forms),
     `ssh` (--ssh forms), `jobs` (stages built at once), `outputs` (--output forms),
     `compression` (of outputs and pushes), `push` (push to every tag), `iidfile`,
     `metadata_file`, `pull` (missing, always, never), `cache_from` / `cache_to` (--cache-from
-    and --cache-to forms), `connection` (how registries are reached: auth file, TLS, CA),
+    and --cache-to forms), `connection` (how registries are reached: auth file, TLS, CA;
+    None: `default_connection()`),
     `limits` (--memory, --cpus, ... of every RUN; None: none), `root` (the store; None:
     $STEPBUILD_ROOT, else the default for this user).
     """
@@ -68,6 +79,7 @@ class BuildRequest:
     build_args: Mapping[str, str] = field(default_factory=dict)
     target: str | None = None
     no_cache: bool = False
+    no_cache_filter: tuple[str, ...] = ()
     network: str = "default"
     allow: tuple[str, ...] = ()
     security_opts: tuple[str, ...] = ()
@@ -84,7 +96,7 @@ class BuildRequest:
     pull: str = "missing"
     cache_from: tuple[str, ...] = ()
     cache_to: tuple[str, ...] = ()
-    connection: Connection = field(default_factory=Connection)
+    connection: Connection | None = None
     limits: Limits | None = None
     root: str | os.PathLike[str] | None = None
 

@@ -44,8 +44,10 @@ def open_store(options: argparse.Namespace,
 
 
 def build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import build_flags
     from stepbuild.cli import noop as fingerprint
 
+    build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -112,6 +114,7 @@ def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path
         metadata_file=options.metadata_file, pull=pull_policy,
         cache_from=tuple(getattr(options, "cache_from", [])),
         cache_to=tuple(getattr(options, "cache_to", [])), connection=_connection(options),
+        no_cache_filter=tuple(getattr(options, "no_cache_filter", ())),
         limits=limit_flags.limits(options), root=options.root)
 
 
@@ -202,11 +205,12 @@ def load(options: argparse.Namespace) -> int:
 
 def _connection(options: argparse.Namespace) -> Connection:
     """--authfile, --tls-verify, --ca-file and --stall-timeout as one
-    connection.Connection."""
+    connection.Connection, with the registry rules of the configuration files."""
+    from stepbuild.config import registry_rules
     from stepbuild.distribution.connection import Connection
 
     connection = Connection(authfile=options.authfile, tls_verify=options.tls_verify,
-                            ca_file=options.ca_file)
+                            ca_file=options.ca_file, registries=registry_rules())
     stall: float | None = options.stall_timeout or _stall_timeout_from_environment()
     if stall is None:
         return connection

@@ -20,13 +20,16 @@ class TransferDisplay:
     On a terminal the lines are redrawn in place (at most 10 times a second) and show byte
     counts; otherwise each change of state (`compressing`, `pushed`, `exists`, `mounted from
     …`, `downloaded`, `applied`, …) is printed once, as a line of its own. `events` keeps
-    every state change (key, state) for callers and tests. Thread-safe.
+    every state change (key, state) for callers and tests; `notes` every `note` (printed only
+    when `verbose`). Thread-safe.
     """
 
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, verbose: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
+        self.verbose = verbose
+        self.notes: list[str] = []
         self.tty = (self.stream.isatty() if tty is None else tty) and not quiet
         self.events: list[tuple[str, str]] = []
         self._lock = threading.Lock()
@@ -66,6 +69,12 @@ class TransferDisplay:
                 self._lines.clear()
                 self._drawn = 0
             self._write(text + "\n")
+
+    def note(self, text: str) -> None:
+        """A detail (a mirror skipped): a line of its own when `verbose`, else kept only."""
+        self.notes.append(text)
+        if self.verbose:
+            self.message(text)
 
     def _draw(self) -> None:
         up = f"\x1b[{self._drawn}A" if self._drawn else ""

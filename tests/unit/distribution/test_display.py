@@ -46,3 +46,14 @@ def test_quiet_prints_nothing_but_keeps_the_events() -> None:
     assert out.getvalue() == ""
     assert not display.tty
     assert display.events == [("aaa", "exists")]
+
+
+def test_notes_are_kept_and_shown_only_when_verbose() -> None:
+    quiet_stream, loud_stream = io.StringIO(), io.StringIO()
+    quiet = TransferDisplay(quiet_stream, tty=False)
+    loud = TransferDisplay(loud_stream, tty=False, verbose=True)
+    for display in (quiet, loud):
+        display.note("mirror m.example/a skipped: 503")
+    assert quiet.notes == loud.notes == ["mirror m.example/a skipped: 503"]
+    assert quiet_stream.getvalue() == ""
+    assert loud_stream.getvalue() == "mirror m.example/a skipped: 503\n"
