@@ -1,16 +1,23 @@
 """Exporters: an image in the store → the files other tools read.
 
 `stepbuild build --output SPEC` (after the build) and `stepbuild export IMAGE --output SPEC`;
-SPEC is `type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, or a bare path for
-`type=local` (as `docker buildx build -o DIR`). Paths containing commas cannot be given.
+the specs are parsed in `outputs.py` (`type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, a
+bare path for `type=local`, `dest=-` and a bare `-` for standard output; `type=image` and
+`type=registry` are the CLI's business: they write no file).
 
-| type       | dest | what is written                                                   |
-|------------|------|-------------------------------------------------------------------|
-| oci        | file | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
-| oci-layout | dir  | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
-| docker     | file | a docker-archive (`docker load`, `podman load`)                   |
-| local      | dir  | the image's root filesystem, flattened (`layers/flatten.py`)             |
-| tar        | file | that same tree as one deterministic tar                           |
+| type       | dest     | what is written                                                   |
+|------------|----------|-------------------------------------------------------------------|
+| oci        | file, -  | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
+| oci-layout | dir      | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
+| docker     | file, -  | a docker-archive (`docker load`, `podman load`)                   |
+| local      | dir      | the image's root filesystem, flattened (`layers/flatten.py`)      |
+| tar        | file, -  | that same tree as one deterministic tar                           |
+
+Standard output (`-`): the archive is written straight to the stream the caller gives
+(`export_image(stdout=...)`), as it is made, with the bytes of the file form; at most one output
+goes there. A failure midway leaves a truncated archive on the stream (the command then fails).
+`--annotation index:`/`manifest-descriptor:` annotations (oci/annotations.py) go into the
+index.json that oci and oci-layout outputs write.
 
 Layers: oci and oci-layout carry them compressed with `--compression` (gzip by default;
 `compression=` per output wins), each compressed once per store (`layers/compress.py`), so every
