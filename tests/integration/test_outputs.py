@@ -56,7 +56,9 @@ def sb(work: Path) -> Stepbuild:
 
 @pytest.fixture(scope="module")
 def context(work: Path) -> Path:
-    return write_context(work / "ctx", "FROM base\nRUN echo streamed > /hello\n")
+    """A RUN that prints to its stdout and stderr: neither may reach the build's stdout."""
+    return write_context(work / "ctx", "FROM base\nRUN echo streamed > /hello"
+                                       " && echo run-stdout-marker && echo run-stderr-marker >&2\n")
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +92,8 @@ def test_dash_writes_the_root_filesystem_tar_to_the_pipe(sb: Stepbuild, context:
         member = tar.extractfile("hello")
         assert member is not None and member.read() == b"streamed\n"
         assert "bin/busybox" in tar.getnames()
+    for marker in (b"run-stdout-marker", b"run-stderr-marker"):  # the RUN ran, shown on stderr
+        assert marker in streamed.stderr and marker not in streamed.stdout
     # The digest went to stderr (buildx's summary), as its last line.
     digest = streamed.stderr.decode().strip().splitlines()[-1]
     assert digest.startswith("sha256:") and digest.encode() not in streamed.stdout
