@@ -162,7 +162,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
         fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
                            warnings=warnings, outside=result.outside, keys=result.keys)
-    progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
+    progress.summary(result.steps, result.cached, result.manifest_digest, list(plan.tags))
     # After --push the digest a pipeline signs and deploys is the registry's (ours may name
     # other layer blobs: the store keeps them uncompressed); every -t got the same one.
     # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to stderr.
