@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from stepbuild.build.config import apply_config, arg_text, onbuild_triggers
+from stepbuild.build.config import apply_config, arg_text, onbuild_triggers, with_labels
 from stepbuild.build.images import (
     base_descriptor,
     import_archive,
@@ -77,6 +77,10 @@ class BuildOptions:
     # For every registry the build reaches (FROM and the team cache); None: the defaults
     # (the default auth file, TLS verified against the system's CAs).
     connection: Connection | None = None
+    # --label: the final image's config Labels, over the Stepfile's (no step key has them:
+    # a new label changes the config and manifest only). --annotation manifest: annotations.
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,9 @@ class Builder:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
             run.need_layers(state)
-            descriptor = save_state(self.store, state, run.bases.get(target.index))
+            state = with_labels(state, options.labels)
+            descriptor = save_state(self.store, state, run.bases.get(target.index),
+                                    options.annotations)
             for tag in options.tags:
                 self.store.tag(tag, descriptor)
             if run.team is not None and run.team.exporting:  # the final image's stages (min)
