@@ -71,6 +71,13 @@ def open_store(options: argparse.Namespace,
 
 
 def build(options: argparse.Namespace) -> int:
+    from stepbuild.cli.context_flags import fetched
+
+    with fetched(options, lambda: open_store(options)):  # `-`, git, URLs, --build-context
+        return _build(options)
+
+
+def _build(options: argparse.Namespace) -> int:
     from stepbuild.cli import noop as fingerprint
 
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
@@ -140,7 +147,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                           no_cache=options.no_cache, network=options.network,
                           source_date_epoch=epoch, target=options.target,
                           pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
-                          connection=connection)
+                          connection=connection,
+                          contexts=getattr(options, "named_contexts", {}))
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
