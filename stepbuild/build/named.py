@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stepbuild.build.images import import_archive, load_state
+from stepbuild.build.images import load_state
 from stepbuild.build.plan import located
-from stepbuild.errors import BaseImageError, PlanError, StepbuildError
+from stepbuild.errors import BaseImageError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.sources.named import NamedContext, lookup
 
 if TYPE_CHECKING:
@@ -94,8 +94,15 @@ class NamedSources:
         from stepbuild.build.builder import whole_store
 
         if named.kind == "oci-layout":
-            return import_archive(whole_store(self.store), named.value, self.filename,
-                                  instruction)
+            from stepbuild.archive.load import import_base
+
+            try:
+                return import_base(whole_store(self.store), named.value)
+            except StepbuildError as exc:  # as images.import_archive, naming the context
+                usage = exc.exit_code == 2 or isinstance(exc, ImageNotFound)
+                raise located(PlanError if usage else BaseImageError, self.filename,
+                              instruction, f"--build-context {named.name}: {exc.message}",
+                              hint=exc.hint) from None
         local = self.store.resolve(named.value)
         if local is not None and self.pull != "always":
             return local.digest
