@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from stepbuild.frontend import instructions as ins
     from stepbuild.progress import Progress
     from stepbuild.sources.context import BuildContext
+    from stepbuild.store.store import Store
 
 __all__ = ["NamedSources"]
 
@@ -91,13 +92,11 @@ class NamedSources:
 
     def _resolve_image(self, named: NamedContext, instruction: ins.Instruction) -> str:
         """The local manifest digest of the image, imported or pulled as needed."""
-        from stepbuild.build.builder import whole_store
-
         if named.kind == "oci-layout":
             from stepbuild.archive.load import import_base
 
             try:
-                return import_base(whole_store(self.store), named.value)
+                return import_base(_whole(self.store), named.value)
             except StepbuildError as exc:  # as images.import_archive, naming the context
                 usage = exc.exit_code == 2 or isinstance(exc, ImageNotFound)
                 raise located(PlanError if usage else BaseImageError, self.filename,
@@ -110,7 +109,7 @@ class NamedSources:
         from stepbuild.distribution.pull import base_image
 
         try:
-            pulled = base_image(whole_store(self.store), named.value, self.pull,
+            pulled = base_image(_whole(self.store), named.value, self.pull,
                                 found=local is not None,
                                 display=TransferDisplay(self.progress.stream,
                                                         quiet=self.progress.quiet),
@@ -127,3 +126,13 @@ class NamedSources:
                           f"--build-context {named.name}: image {named.value!r} not found",
                           hint="with --pull=never it must be in the store already")
         return pulled
+
+
+def _whole(store: BuildStore) -> Store:
+    """`store` as the `store.Store` that importing and pulling take (as `builder.whole_store`:
+    the builder's in-memory fakes never get here)."""
+    from stepbuild.store.store import Store
+
+    if not isinstance(store, Store):
+        raise TypeError(f"{type(store).__name__} is not a store.Store")
+    return store
