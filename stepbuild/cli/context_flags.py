@@ -59,6 +59,9 @@ def fetched(options: argparse.Namespace, open_store: Callable[[], Store]) -> Ite
     if kind == "stdin" and options.file == "-":
         raise UsageError("the context and the Stepfile cannot both come from standard input",
                          hint="give the context as a directory, or -f a file in the tar")
+    if kind == "stdin" and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("the build context is '-' but standard input is a terminal",
+                         hint="stepbuild build - < context.tar (or < Stepfile)")
     to_fetch = [n for n in named.values() if n.kind in ("git", "url")]
     for context in named.values():
         if context.kind == "path" and not Path(context.value).is_dir():

@@ -421,3 +421,14 @@ def test_a_killed_builder_leaves_its_context_to_the_next_command(sb: Stepbuild,
     build.wait()
     assert any(p.name.startswith("context-@") for p in (sb.root / "tmp").iterdir())
     ok(cli(sb, "build", "-", stdin=b"FROM base\n"))  # locks the store: removes dead work
+
+
+def test_run_mount_from_a_named_image_and_not_from_a_directory(sb: Stepbuild, tmp_path: Path
+                                                               ) -> None:
+    ok(cli(sb, "build", "-t", "other", "-", stdin=b"FROM base\nRUN echo other > /who\n"))
+    ctx = write_context(tmp_path / "ctx", "FROM base\n"
+                        "RUN --mount=type=bind,from=src,target=/m cat /m/who > /copy\n")
+    ok(cli(sb, "build", "-t", "img", "--build-context=src=docker-image://other", str(ctx)))
+    assert cat(sb, "img", "/copy") == "other\n"
+    out = cli(sb, "build", f"--build-context=src={tmp_path}", str(ctx))
+    failed(out, 2, "RUN --mount from=src: a directory --build-context cannot be mounted")

@@ -122,3 +122,15 @@ def test_a_hostile_tarball_is_refused_naming_the_url(work: Path, served: tuple[s
         fetch(f"{url}/evil.tar.gz", work)
     assert raised.value.message.startswith(f"the context {url}/evil.tar.gz: entry '../../x'")
     assert not (work.parent / "x").exists()
+
+
+def test_git_contexts_allow_more_transports_than_add() -> None:
+    from stepbuild.sources import git
+    from stepbuild.sources.remote import CONTEXT_PROTOCOLS
+
+    source = git.parse("git@example.com:team/repo.git#v1:sub/dir", CONTEXT_PROTOCOLS)
+    assert (source.remote, source.ref, source.subdir) == ("git@example.com:team/repo.git",
+                                                         "v1", "sub/dir")
+    assert source.protocols == "http:https:git:ssh"
+    assert git.parse("https://example.com/r.git#main").protocols == "http:https"  # ADD's
+    assert not git.is_git_url("git@example.com:team/repo.git")  # ADD takes http(s) only
