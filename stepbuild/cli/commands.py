@@ -73,9 +73,16 @@ def open_store(options: argparse.Namespace,
 
 def build(options: argparse.Namespace) -> int:
     from stepbuild.cli import build_flags
-    from stepbuild.cli import noop as fingerprint
+    from stepbuild.cli.context_flags import fetched
 
     build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
+    with fetched(options, lambda: open_store(options)):  # `-`, git, URLs, --build-context
+        return _build(options)
+
+
+def _build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import noop as fingerprint
+
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -146,7 +153,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                           source_date_epoch=epoch, target=options.target,
                           pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
                           connection=connection, labels=plan.labels,
-                          annotations=plan.annotations.manifest)
+                          annotations=plan.annotations.manifest,
+                          contexts=getattr(options, "named_contexts", {}))
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)

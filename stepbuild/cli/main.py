@@ -117,7 +117,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
-    from stepbuild.cli import build_flags, limit_flags, output_flags
+    from stepbuild.cli import build_flags, context_flags, limit_flags, output_flags
     from stepbuild.cli import commands as impl
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
@@ -174,9 +174,13 @@ def _add_store_commands(commands: Subcommands) -> None:
     limit_flags.add_arguments(build)
     build_flags.add_arguments(build)  # --no-cache-filter
     output_flags.add_arguments(build)  # --label, --annotation
+    context_flags.add_arguments(build)  # --build-context
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
-    build.add_argument("context", nargs="?", default=".", help="the build context directory")
+    build.add_argument("context", nargs="?", default=".",
+                       help="the build context: a directory, '-' (a tar or a Stepfile on"
+                            " stdin), a git URL (URL.git#ref:subdir, git@host:repo.git) or"
+                            " an http(s) URL of a tarball")
     build.set_defaults(run=impl.build)
 
     for name, helptext, func in (("images", "list tagged images", impl.images),
