@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,19 +26,22 @@ from stepbuild.errors import IsolationUnavailable, StepbuildError
 from stepbuild.progress.events import Event, EventCallback
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
-    from stepbuild.archive.export import Exported, Output
+    from stepbuild.archive.export import Exported
+    from stepbuild.archive.outputs import Output
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.build.builder import BuildResult as Built
     from stepbuild.build.execute import Executor
     from stepbuild.build.mounts.secrets import SecretSource
     from stepbuild.distribution.connection import Connection
     from stepbuild.frontend.instructions import Stepfile
+    from stepbuild.oci.annotations import Annotations
     from stepbuild.progress import Progress
     from stepbuild.sandbox.isolation import Isolation
     from stepbuild.sandbox.limits import Limits
     from stepbuild.sources.context import BuildContext
+    from stepbuild.sources.named import NamedContext
     from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
@@ -97,15 +101,19 @@ def build(request: BuildRequest, *, on_event: EventCallback | None = None,
 
 
 def run_build(request: BuildRequest, progress: Progress, *, isolation: Isolation | None = None,
-              on_resolve: Callable[[str], None] | None = None) -> BuildResult:
+              on_resolve: Callable[[str], None] | None = None,
+              contexts: Mapping[str, NamedContext] | None = None) -> BuildResult:
     """`build` with a view of the caller's own (the CLI's). `isolation`: a mode chosen
     already (cli/rootless.py chose it before entering a user namespace); `on_resolve` is
-    told every name the build looked up in the store (the no-op fingerprint's inputs)."""
+    told every name the build looked up in the store (the no-op fingerprint's inputs);
+    `contexts`: the named contexts, resolved already (the CLI fetched its git and URL ones:
+    cli/context_flags.py); None: `request.build_contexts`."""
     collector = StepCollector()
     progress.listeners.insert(0, collector)
     try:
         request.check()
-        return _full_build(request, progress, collector, isolation, on_resolve)
+        named = contexts if contexts is not None else _named_contexts(request)
+        return _full_build(request, progress, collector, isolation, on_resolve, named)
     except StepbuildError as exc:
         _report_failure(progress, collector, exc)
         raise
@@ -166,9 +174,29 @@ def open_store(root: str | os.PathLike[str] | None,
     return store
 
 
+def _named_contexts(request: BuildRequest) -> dict[str, NamedContext]:
+    """`request.build_contexts` parsed: directories, images and OCI layouts. A git or URL
+    context is the command line's to fetch (cli/context_flags.py): refused here."""
+    if not request.build_contexts:
+        return {}
+    from stepbuild.errors import UsageError
+    from stepbuild.sources.named import parse_all
+
+    named = parse_all(request.build_contexts)
+    for context in named.values():
+        if context.kind in ("git", "url"):
+            raise UsageError(f"--build-context {context.name}={context.value}: the API takes"
+                             " no git or URL context", hint="clone or download it, then give"
+                             " its directory")
+        if context.kind == "path" and not Path(context.value).is_dir():
+            raise UsageError(f"--build-context {context.name}={context.value}: not a directory")
+    return named
+
+
 def _full_build(request: BuildRequest, progress: Progress, collector: StepCollector,
-                isolation: Isolation | None,
-                on_resolve: Callable[[str], None] | None) -> BuildResult:
+                isolation: Isolation | None, on_resolve: Callable[[str], None] | None,
+                named: Mapping[str, NamedContext]) -> BuildResult:
+    from stepbuild.api.outputs import plan as output_plan
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.frontend.cache import parse_cached
     from stepbuild.frontend.source import read_stepfile
@@ -177,8 +205,10 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
     if isolation is None:
         isolation = _isolation(request.isolation)
     text, name = read_stepfile(request.file, os.fspath(request.context))
-    outputs = _outputs(request)  # a bad --output fails now, not after the build
-    pushes = _push_targets(request)  # so does a bad --push target
+    # A bad --output, --push target, --label or --annotation fails now, not after the build.
+    plan = output_plan(request.outputs, request.tags, push=request.push, labels=request.labels,
+                       annotations=request.annotations)
+    outputs, pushes = plan.files, plan.pushes
     cache_from, cache_to = _cache_specs(request)  # and a bad --cache-from/--cache-to
     # FROM, --push and the team cache all reach out with it
     connection = request.connection or default_connection()
@@ -201,12 +231,13 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
                          isolation=isolation.mode)
     builder = Builder(store, executor, progress, jobs=request.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
-    wanted = BuildOptions(tags=tuple(request.tags), build_args=build_args,
+    wanted = BuildOptions(tags=plan.tags, build_args=build_args,
                           no_cache=request.no_cache, network=request.network,
                           no_cache_filter=request.no_cache_filter,
                           source_date_epoch=epoch, target=request.target,
                           pull=request.pull, cache_from=cache_from, cache_to=cache_to,
-                          connection=connection)
+                          connection=connection, labels=plan.labels,
+                          annotations=plan.annotations.manifest, contexts=named)
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -217,28 +248,29 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
         exported = []
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
             exported = _export(store, result.manifest_digest, outputs, request.compression,
-                               list(request.tags), None if progress.quiet else progress.stream)
+                               list(plan.tags), None if progress.quiet else progress.stream,
+                               plan.annotations)
         pushed = {target: _push(store, result.manifest_digest, target, request.compression,
                                 connection, progress) for target in pushes}  # build --push
-        _write_build_files(request, store, result.manifest_digest, pushed)
+        _write_build_files(request, store, result.manifest_digest, pushed, plan.tags)
         config_digest = _config_digest(store, result.manifest_digest)
     context.save()
-    progress.summary(result.steps, result.cached, result.manifest_digest, list(request.tags))
-    return _result(result, collector, pushed, config_digest, exported, request, warnings)
+    progress.summary(result.steps, result.cached, result.manifest_digest, list(plan.tags))
+    return _result(result, collector, pushed, config_digest, exported, plan.tags, warnings)
 
 
 def _result(built: Built, collector: StepCollector, pushed: dict[str, str],
-            config_digest: str, exported: list[Exported], request: BuildRequest,
+            config_digest: str, exported: list[Exported], tags: tuple[str, ...],
             stepfile_warnings: list[str]) -> BuildResult:
     # After --push the digest a pipeline signs and deploys is the registry's (ours may name
     # other layer blobs: the store keeps them uncompressed); every -t got the same one.
     return BuildResult(
         digest=next(iter(pushed.values())) if pushed else built.manifest_digest,
         local_digest=built.manifest_digest, config_digest=config_digest, pushed=pushed,
-        tags=tuple(request.tags), steps=collector.records(succeeded=True),
+        tags=tags, steps=collector.records(succeeded=True),
         cached=built.cached, warnings=collector.warnings(),
         stepfile_warnings=tuple(stepfile_warnings),
-        exported=tuple((e.output.type, str(e.output.dest), e.digest) for e in exported),
+        exported=tuple((e.output.type, e.output.where, e.digest) for e in exported),
         outside=built.outside, keys=built.keys)
 
 
@@ -249,7 +281,7 @@ def _config_digest(store: Store, local: str) -> str:
 
 
 def _write_build_files(request: BuildRequest, store: Store, local: str,
-                       pushed: dict[str, str]) -> None:
+                       pushed: dict[str, str], names: tuple[str, ...]) -> None:
     """--iidfile and --metadata-file, each written atomically (temp file, then rename), under
     the build's store lock (an untagged result cannot be pruned meanwhile)."""
     from stepbuild.fs.durable import write_file
@@ -261,7 +293,7 @@ def _write_build_files(request: BuildRequest, store: Store, local: str,
         metadata = {
             "containerimage.digest": digest,
             "containerimage.config.digest": _config_digest(store, local),
-            "image.name": ",".join(request.tags),
+            "image.name": ",".join(names),
             "stepbuild.local.digest": local,
             "stepbuild.pushed": pushed,
         }
@@ -400,48 +432,19 @@ def _mount_options(request: BuildRequest
 # --- export and push ---------------------------------------------------------------------------
 
 
-def _outputs(request: BuildRequest) -> list[Output]:
-    """The parsed --output values, their destinations checked (UsageError)."""
-    return parse_outputs(request.outputs)
-
-
-def parse_outputs(values: tuple[str, ...] | list[str]) -> list[Output]:
-    """--output values parsed, their destinations checked (UsageError)."""
-    if not values:
-        return []
-    from stepbuild.archive.export import check_destination, parse_output
-
-    outputs = [parse_output(value) for value in values]
-    for output in outputs:
-        check_destination(output)
-    return outputs
-
-
 def _export(store: Store, image: str, outputs: list[Output], compression: str,
-            names: list[str] | None, stream: TextIO | None) -> list[Exported]:
-    """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
+            names: list[str] | None, stream: TextIO | None,
+            annotations: Annotations | None = None) -> list[Exported]:
+    """Export, then one line per output to `stream` (None: silent): type, dest, digest.
+    An output with dest=- is written to stdout (the only thing the API writes there, and
+    only when asked)."""
     from stepbuild.archive.export import export_image
 
-    results = export_image(store, image, outputs, compression=compression, names=names)
+    results = export_image(store, image, outputs, compression=compression, names=names,
+                           annotations=annotations, stdout=sys.stdout.buffer)
     for result in results if stream is not None else ():
-        print(f"{result.output.type} {result.output.dest} {result.digest or '-'}", file=stream)
+        print(f"{result.output.type} {result.output.where} {result.digest or '-'}", file=stream)
     return results
-
-
-def _push_targets(request: BuildRequest) -> list[str]:
-    """build --push: the -t names, each read as a registry reference (checked before the
-    build starts)."""
-    if not request.push:
-        return []
-    from stepbuild.distribution.reference import parse_reference
-    from stepbuild.errors import UsageError
-
-    if not request.tags:
-        raise UsageError("--push needs a name to push to",
-                         hint="add -t REGISTRY/REPOSITORY:TAG")
-    for name in request.tags:
-        parse_reference(name)
-    return list(request.tags)
 
 
 def _push(store: Store, image: str, destination: str, compression: str,

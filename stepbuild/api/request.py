@@ -27,7 +27,7 @@ PULL_POLICIES = ("missing", "always", "never")  # distribution/pull.py's (not im
 ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
 COMPRESSIONS = ("gzip", "zstd", "none")
 _SEQUENCES = ("tags", "no_cache_filter", "allow", "security_opts", "secrets", "ssh", "outputs",
-              "cache_from", "cache_to")
+              "labels", "annotations", "build_contexts", "cache_from", "cache_to")
 
 
 def store_root(option: str | os.PathLike[str] | None) -> Path:
@@ -65,7 +65,9 @@ class BuildRequest:
     host), `allow` (--allow entitlements), `security_opts` (--security-opt), `isolation`
     (auto, namespaces, userns, chroot), `reproducible`, `secrets` (--secret forms),
     `ssh` (--ssh forms), `jobs` (stages built at once), `outputs` (--output forms),
-    `compression` (of outputs and pushes), `push` (push to every tag), `iidfile`,
+    `compression` (of outputs and pushes), `labels` (--label KEY=VALUE), `annotations`
+    (--annotation [TYPE:]KEY=VALUE), `build_contexts` (--build-context NAME=PATH,
+    docker-image://REF or oci-layout://DIR forms), `push` (push to every tag), `iidfile`,
     `metadata_file`, `pull` (missing, always, never), `cache_from` / `cache_to` (--cache-from
     and --cache-to forms), `connection` (how registries are reached: auth file, TLS, CA;
     None: `default_connection()`),
@@ -90,6 +92,9 @@ class BuildRequest:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     outputs: tuple[str, ...] = ()
     compression: str = "gzip"
+    labels: tuple[str, ...] = ()
+    annotations: tuple[str, ...] = ()
+    build_contexts: tuple[str, ...] = ()
     push: bool = False
     iidfile: str | None = None
     metadata_file: str | None = None

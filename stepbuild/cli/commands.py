@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from stepbuild.api.request import store_root
-from stepbuild.cli import limit_flags
+from stepbuild.cli import limit_flags, output_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
@@ -45,9 +45,16 @@ def open_store(options: argparse.Namespace,
 
 def build(options: argparse.Namespace) -> int:
     from stepbuild.cli import build_flags
-    from stepbuild.cli import noop as fingerprint
+    from stepbuild.cli.context_flags import fetched
 
     build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
+    with fetched(options, lambda: open_store(options)):  # `-`, git, URLs, --build-context
+        return _build(options)
+
+
+def _build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import noop as fingerprint
+
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -85,14 +92,17 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
     progress = _progress(options)
     result = run_build(_request(options, pull_policy, context_dir), progress,
-                       isolation=isolation, on_resolve=names_read.add)
+                       isolation=isolation, on_resolve=names_read.add,
+                       contexts=getattr(options, "named_contexts", None))
     if witness is not None:
         fingerprint.record(witness, digest=result.local_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
                            warnings=list(result.stepfile_warnings), outside=result.outside,
                            keys=result.keys)
     # After --push the digest a pipeline signs and deploys is the registry's.
-    print(result.digest)
+    # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to stderr.
+    to_stdout = any(dest == "-" for _, dest, _ in result.exported)
+    print(result.digest, file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
@@ -115,6 +125,8 @@ def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path
         cache_from=tuple(getattr(options, "cache_from", [])),
         cache_to=tuple(getattr(options, "cache_to", [])), connection=_connection(options),
         no_cache_filter=tuple(getattr(options, "no_cache_filter", ())),
+        labels=tuple(getattr(options, "label", [])),
+        annotations=tuple(getattr(options, "annotation", [])),
         limits=limit_flags.limits(options), root=options.root)
 
 
@@ -162,11 +174,13 @@ def _progress(options: argparse.Namespace) -> Progress:
 
 
 def export(options: argparse.Namespace) -> int:
-    """`stepbuild export IMAGE -o ...`: one line per output on stdout (type, dest, digest)."""
-    from stepbuild.api.build import _export, parse_outputs
+    """`stepbuild export IMAGE -o ...`: one line per output (type, dest, digest), on stdout
+    unless an archive goes there (-o -): then on stderr."""
+    from stepbuild.api.build import _export
 
-    outputs = parse_outputs(options.output)
-    _export(open_store(options), options.image, outputs, options.compression, None, sys.stdout)
+    outputs = output_flags.file_outputs(options)
+    stream = sys.stderr if any(output.to_stdout for output in outputs) else sys.stdout
+    _export(open_store(options), options.image, outputs, options.compression, None, stream)
     return 0
 
 
@@ -331,15 +345,26 @@ def logout(options: argparse.Namespace) -> int:
 
 
 def images(options: argparse.Namespace) -> int:
+    """`stepbuild images`: NAME, DIGEST (12 digits of the local manifest's), SIZE. With
+    --digests: NAME, LOCAL DIGEST (the store's manifest, in full), SIZE, then PUSHED DIGEST
+    and PUSHED TO, a row per reference the image was pushed to (the registry's manifest
+    digest: what `stepbuild build --push` printed), "-" for an image never pushed."""
     store = open_store(options)
-    rows = [("NAME", "DIGEST", "SIZE")]
+    digests = getattr(options, "digests", False)
+    rows = [("NAME", "LOCAL DIGEST", "SIZE", "PUSHED DIGEST", "PUSHED TO") if digests
+            else ("NAME", "DIGEST", "SIZE")]
     for name, descriptor in sorted(store.images()):
         manifest = store.manifest(descriptor)
-        size = sum(layer.size for layer in manifest.layers)
-        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], human_size(size)))
-    width = max(len(r[0]) for r in rows)
+        size = human_size(sum(layer.size for layer in manifest.layers))
+        if not digests:
+            rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], size))
+            continue
+        pushed = sorted(store.push_records.get(descriptor.digest).items()) or [("-", "-")]
+        rows += [(name, descriptor.digest, size, digest, ref) for ref, digest in pushed]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print(f"{row[0]:<{width}}  {row[1]:<12}  {row[2]}")
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False))
+              + "  " + row[-1])
     return 0
 
 
