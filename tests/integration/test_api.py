@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from stepbuild import api
-from stepbuild.errors import ImageNotFound, StepFailed
+from stepbuild.errors import ImageNotFound, StepFailed, UsageError
 from stepbuild.progress.events import Event
 from stepbuild.store.store import Store
 from tests.integration import registry_fixture
@@ -218,3 +218,26 @@ def test_a_build_moves_its_own_thread_only_and_once(root: Path, work: Path) -> N
     assert after_first != before  # the builder's thread left the caller's namespace...
     assert after_second == after_first  # ...once
     assert mount_namespace() == here  # this thread did not move
+
+
+def test_labels_annotations_and_a_named_context(root: Path, work: Path) -> None:
+    tools = write_context(work / "named-tools", "unused\n", {"tool.sh": "echo named\n"})
+    context = write_context(work / "named", "FROM base\nCOPY --from=tools tool.sh /tool.sh\n")
+    request = api.BuildRequest(context, tags=("named",), build_args=EPOCH, root=root,
+                               labels=("org.opencontainers.image.revision=abc",),
+                               annotations=("org.example.built-by=api",),
+                               build_contexts=(f"tools={tools}",))
+    result = api.build(request)
+    store = Store(root)
+    described = store.resolve("named")
+    assert described is not None and described.digest == result.digest
+    manifest = store.manifest(described)
+    assert manifest.annotations["org.example.built-by"] == "api"
+    config = store.config(manifest).to_json()
+    assert config["config"]["Labels"] == {"org.opencontainers.image.revision": "abc"}
+    assert Stepbuild(root).run("named", "cat", "/tool.sh") == "echo named\n"  # from `tools`
+
+    with pytest.raises(UsageError) as caught:
+        api.build(api.BuildRequest(context, root=root, build_contexts=(
+            "tools=https://example.invalid/tools.git",)))
+    assert "git or URL" in caught.value.message
