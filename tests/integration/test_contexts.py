@@ -143,7 +143,8 @@ def test_a_tar_without_a_stepfile_says_so(sb: Stepbuild, tmp_path: Path) -> None
     (ctx / "Stepfile").unlink()
     (ctx / "file").write_text("x")
     out = cli(sb, "build", "-", stdin=tar_of(ctx))
-    failed(out, 2, "no Stepfile or Containerfile or Dockerfile at the top of the context on standard input")
+    failed(out, 2, "no Stepfile or Containerfile or Dockerfile at the top of the context on"
+                   " standard input")
 
 
 def test_a_stepfile_on_stdin_builds_with_an_empty_context(sb: Stepbuild, tmp_path: Path
