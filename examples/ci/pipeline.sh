@@ -25,6 +25,8 @@
 #   BASE_IMAGE    if set, passed as --build-arg BASE=... (the sample Stepfile's FROM)
 #   CACHE_REF     the team cache (default: REGISTRY/IMAGE:cache)
 #   OUT_DIR       where the files above go (default: build)
+#   CI_PROJECT_URL, or GITHUB_SERVER_URL and GITHUB_REPOSITORY: the source repository, stamped
+#                 as the label org.opencontainers.image.source (revision: ...revision)
 #   STEPBUILD     the command to call, split on spaces (default: stepbuild)
 #   STEPBUILD_TLS_VERIFY  false: --tls-verify=false (a plain-HTTP or self-signed registry)
 #   STEPBUILD_NETWORK     if set, --network of RUN steps (none where the runner has no
@@ -53,6 +55,11 @@ if [ -z "$revision" ]; then
     revision=$(git -C "$context" rev-parse HEAD 2>/dev/null) || revision=unknown
 fi
 
+source_url=${CI_PROJECT_URL:-}
+if [ -z "$source_url" ] && [ -n "${GITHUB_SERVER_URL:-}" ] && [ -n "$github_image" ]; then
+    source_url=$GITHUB_SERVER_URL/$github_image
+fi
+
 read -r -a stepbuild <<<"${STEPBUILD:-stepbuild}"
 [ "${#stepbuild[@]}" -gt 0 ] || die "STEPBUILD is empty (the command to call, e.g. stepbuild)"
 
@@ -63,7 +70,12 @@ case ${STEPBUILD_TLS_VERIFY:-true} in
     *) die "STEPBUILD_TLS_VERIFY must be true or false, not '$STEPBUILD_TLS_VERIFY'" ;;
 esac
 
-build_flags=()
+# Stamped on the image without editing the Stepfile (only the image config changes: every
+# step stays cached across revisions).
+build_flags=(--label "org.opencontainers.image.revision=$revision")
+if [ -n "$source_url" ]; then
+    build_flags+=(--label "org.opencontainers.image.source=$source_url")
+fi
 if [ -n "${BASE_IMAGE:-}" ]; then
     build_flags+=(--build-arg "BASE=$BASE_IMAGE")
 fi

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,24 +56,6 @@ class Command:
     options: tuple[Option, ...]
     positionals: tuple[Word, ...]  # in order
     rest: str | None = None  # the kind of every word after them (run's COMMAND), or None
-
-
-def add_command(parser: argparse.ArgumentParser, commands: Subcommands) -> None:
-    """The `completion` command; it reads `parser` (whole, by then) when it runs."""
-    sub = commands.add_parser(
-        "completion", help="print a shell completion script (bash, zsh or fish)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="install:\n"
-               "  bash: source <(stepbuild completion bash)        (in ~/.bashrc)\n"
-               "  zsh:  stepbuild completion zsh > \"${fpath[1]}/_stepbuild\"\n"
-               "  fish: stepbuild completion fish > ~/.config/fish/completions/stepbuild.fish")
-    sub.add_argument("shell", choices=SHELLS)
-
-    def run(options: argparse.Namespace) -> int:
-        sys.stdout.write(script(parser, options.shell))
-        return 0
-
-    sub.set_defaults(run=run)
 
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:

@@ -51,6 +51,10 @@ def fetched(options: argparse.Namespace, open_store: Callable[[], Store]) -> Ite
     """Around a build: fetch the contexts that are not local directories, as the module
     docstring says; remove them on the way out. UsageError for bad --build-context values
     and for standard input asked for twice (context `-` and `-f -`)."""
+    if not getattr(options, "build_context", None) and _plain_directory(options.context):
+        options.named_contexts = {}  # the common case: nothing to fetch, nothing to import
+        yield
+        return
     from stepbuild.sources import named as named_contexts
     from stepbuild.sources import remote
 
@@ -80,6 +84,13 @@ def fetched(options: argparse.Namespace, open_store: Callable[[], Store]) -> Ite
             named[context.name] = _as_path(context, where)
         options.named_contexts = named
         yield
+
+
+def _plain_directory(context: str) -> bool:
+    """A context argument that names a local directory and cannot be read as `-` or a URL
+    (what `sources/remote.kind` would call "dir", without importing it)."""
+    return (context != "-" and "://" not in context and not context.startswith("git@")
+            and os.path.isdir(context))
 
 
 def _fetch(store: Store, context: str, cleanup: ExitStack) -> Fetched:

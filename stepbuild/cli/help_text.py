@@ -8,6 +8,7 @@ readable there; nothing here is imported by anything but main.py.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -170,3 +171,24 @@ def decorate(commands: Subcommands) -> None:
 def _print_version(options: argparse.Namespace) -> int:
     print(version_line())
     return 0
+
+
+def add_completion_command(parser: argparse.ArgumentParser, commands: Subcommands) -> None:
+    """The `completion` command; it reads `parser` (whole, by then) when it runs. Here, not
+    in cli/completion.py, so that only `stepbuild completion` imports the generator."""
+    sub = commands.add_parser(
+        "completion", help="print a shell completion script (bash, zsh or fish)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="install:\n"
+               "  bash: source <(stepbuild completion bash)        (in ~/.bashrc)\n"
+               "  zsh:  stepbuild completion zsh > \"${fpath[1]}/_stepbuild\"\n"
+               "  fish: stepbuild completion fish > ~/.config/fish/completions/stepbuild.fish")
+    sub.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+    def run(options: argparse.Namespace) -> int:
+        from stepbuild.cli.completion import script
+
+        sys.stdout.write(script(parser, options.shell))
+        return 0
+
+    sub.set_defaults(run=run)

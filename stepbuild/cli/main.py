@@ -87,7 +87,7 @@ def _run(options: argparse.Namespace) -> int:
 
 
 def _argument_parser() -> argparse.ArgumentParser:
-    from stepbuild.cli import completion, help_text
+    from stepbuild.cli import help_text
 
     parser = help_text.top_parser()  # what stepbuild is, examples, exit statuses, environment
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -105,7 +105,7 @@ def _argument_parser() -> argparse.ArgumentParser:
     parse.set_defaults(run=_parse_command)
     _add_store_commands(commands)
     help_text.add_version(parser, commands)  # --version and `stepbuild version`
-    completion.add_command(parser, commands)
+    help_text.add_completion_command(parser, commands)
     help_text.decorate(commands)  # each command's examples, in its --help
     from stepbuild.cli.rootless import OUTSIDE
 

@@ -5,8 +5,10 @@ The busybox base is pushed to the test registry first and the sample Stepfile ta
 serve the digest of its metadata.json, under both tags, and that digest, pulled into another
 store, runs. A second run from a new empty store (a fresh CI runner) finds every step in the
 registry cache, and so do runs from the first store: every step that makes a layer is
-`CACHED`, none runs, and the pushed digest never changes. The revision comes from GitLab's or
-GitHub's variable, else the context's git commit, else "unknown". The GitLab and GitHub files
+`CACHED`, none runs, and the pushed image has the same layers: only its
+`org.opencontainers.image.revision` label (--label) differs, the revision of each run. The
+revision comes from GitLab's or GitHub's variable, else the context's git commit, else
+"unknown". The GitLab and GitHub files
 cannot run here: they are parsed, and must call pipeline.sh with what it needs, log in with
 --password-stdin from a CI secret and keep metadata.json.
 """
@@ -84,10 +86,24 @@ def pipeline(workdir: Path, store: Path, **env: str) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def skopeo_digest(reference: str) -> str:
+def skopeo_inspect(reference: str) -> dict[str, Any]:
     done = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{reference}"],
                           capture_output=True, text=True, check=True, timeout=60)
-    return str(json.loads(done.stdout)["Digest"])
+    return dict(json.loads(done.stdout))
+
+
+def skopeo_digest(reference: str) -> str:
+    return str(skopeo_inspect(reference)["Digest"])
+
+
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+def assert_same_image_but_revision(reference: str, first: str, revision: str) -> None:
+    """`reference` holds the layers of `first`, and `revision` in its revision label."""
+    image, before = skopeo_inspect(reference), skopeo_inspect(first)
+    assert image["Layers"] == before["Layers"]
+    assert image["Labels"][REVISION_LABEL] == revision
 
 
 _LABELLED = re.compile(r"\[([^]]+)\] (.*)")
@@ -122,7 +138,6 @@ def assert_all_cached(run: Run, first: Run) -> None:
         step for step, outcome in made.items() if outcome is not None}
     assert {outcome for outcome in again.values() if outcome is not None} == {"CACHED"}
     assert "self-test passed" not in run.result.stderr  # the sample's RUN printed nothing
-    assert run.digest == first.digest  # the same image, so the same registry digest
 
 
 # --- the real pipeline -----------------------------------------------------------------------
@@ -153,7 +168,7 @@ def registry_env(plain_registry: RunningRegistry, base_ref: str) -> dict[str, st
 def first(work: Path, registry_env: dict[str, str]) -> Run:
     """The first run, as in GitLab: a fresh store, an empty registry cache."""
     return run_pipeline(work / "runner-1", work / "store-1", CI_COMMIT_SHA=GITLAB_SHA,
-                        **registry_env)
+                        CI_PROJECT_URL="https://gitlab.example/team/app", **registry_env)
 
 
 def test_the_metadata_digest_is_what_the_registry_serves(first: Run,
@@ -165,6 +180,9 @@ def test_the_metadata_digest_is_what_the_registry_serves(first: Run,
     assert digest.startswith("sha256:")
     assert skopeo_digest(f"{name}:{GITLAB_SHA}") == digest
     assert skopeo_digest(f"{name}:latest") == digest
+    labels = skopeo_inspect(f"{name}@{digest}")["Labels"]
+    assert labels[REVISION_LABEL] == GITLAB_SHA
+    assert labels["org.opencontainers.image.source"] == "https://gitlab.example/team/app"
     assert metadata["stepbuild.pushed"] == {f"{name}:{GITLAB_SHA}": digest,
                                             f"{name}:latest": digest}
     assert metadata["image.name"] == f"{name}:{GITLAB_SHA},{name}:latest"
@@ -198,10 +216,15 @@ def test_a_fresh_runner_gets_every_step_from_the_registry_cache(
         plain_registry: RunningRegistry) -> None:
     outputs = work / "github-output"
     second = run_pipeline(work / "runner-2", work / "store-2", GITHUB_SHA=GITHUB_SHA,
-                          GITHUB_OUTPUT=str(outputs), **registry_env)
+                          GITHUB_OUTPUT=str(outputs), GITHUB_SERVER_URL="https://github.example",
+                          GITHUB_REPOSITORY="team/app", **registry_env)
     assert_all_cached(second, first)
     name = f"{plain_registry.host}/{IMAGE}"
     assert skopeo_digest(f"{name}:{GITHUB_SHA}") == second.digest
+    assert_same_image_but_revision(f"{name}@{second.digest}", f"{name}@{first.digest}",
+                                   GITHUB_SHA)
+    source = skopeo_inspect(f"{name}@{second.digest}")["Labels"]["org.opencontainers.image.source"]
+    assert source == "https://github.example/team/app"
     assert outputs.read_text() == (f"image={name}\ndigest={second.digest}\n"
                                    f"ref={name}@{second.digest}\n")
 
@@ -221,7 +244,9 @@ def test_the_same_store_again_from_a_git_checkout_elsewhere(
     again = run_pipeline(tmp_path / "runner", first.store, CONTEXT=str(checkout / "app"),
                          **registry_env)
     assert_all_cached(again, first)
-    assert skopeo_digest(f"{plain_registry.host}/{IMAGE}:{head}") == again.digest
+    name = f"{plain_registry.host}/{IMAGE}"
+    assert skopeo_digest(f"{name}:{head}") == again.digest
+    assert_same_image_but_revision(f"{name}@{again.digest}", f"{name}@{first.digest}", head)
 
 
 def test_without_a_revision_the_tag_is_unknown(first: Run, tmp_path: Path,
@@ -231,7 +256,10 @@ def test_without_a_revision_the_tag_is_unknown(first: Run, tmp_path: Path,
     again = run_pipeline(tmp_path / "runner", first.store, CONTEXT=str(tmp_path / "app"),
                          GIT_CEILING_DIRECTORIES=str(tmp_path), **registry_env)
     assert_all_cached(again, first)
-    assert skopeo_digest(f"{plain_registry.host}/{IMAGE}:unknown") == again.digest
+    name = f"{plain_registry.host}/{IMAGE}"
+    assert skopeo_digest(f"{name}:unknown") == again.digest
+    assert_same_image_but_revision(f"{name}@{again.digest}", f"{name}@{first.digest}",
+                                   "unknown")
 
 
 def test_a_failed_build_leaves_no_digest_of_an_earlier_run(tmp_path: Path,

@@ -22,12 +22,14 @@ import io
 import lzma
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -73,10 +75,11 @@ def sb(tmp_path: Path, base_store: Path) -> Iterator[Stepbuild]:
     assert list((tmp_path / "store" / "tmp").iterdir()) == []  # fetched contexts removed
 
 
-def cli(sb: Stepbuild, *args: str, stdin: bytes = b"", cwd: Path | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def cli(sb: Stepbuild, *args: str, stdin: bytes = b"", cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`stepbuild ARGS` with `stdin` as its (binary) standard input."""
-    env = {**os.environ, "STEPBUILD_ROOT": str(sb.root), "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "STEPBUILD_ROOT": str(sb.root), "PYTHONPATH": str(PROJECT),
+           **(extra_env or {})}
     result = subprocess.run([sys.executable, "-m", "stepbuild", *args], input=stdin, env=env,
                             capture_output=True, timeout=300, check=False, cwd=cwd)
     return subprocess.CompletedProcess(result.args, result.returncode,
@@ -143,7 +146,8 @@ def test_a_tar_without_a_stepfile_says_so(sb: Stepbuild, tmp_path: Path) -> None
     (ctx / "Stepfile").unlink()
     (ctx / "file").write_text("x")
     out = cli(sb, "build", "-", stdin=tar_of(ctx))
-    failed(out, 2, "no Stepfile or Dockerfile at the top of the context on standard input")
+    failed(out, 2, "no Stepfile or Containerfile or Dockerfile at the top of the context on"
+                   " standard input")
 
 
 def test_a_stepfile_on_stdin_builds_with_an_empty_context(sb: Stepbuild, tmp_path: Path
@@ -286,6 +290,49 @@ def test_tarball_url_and_cache(sb: Stepbuild, tmp_path: Path, served: tuple[str,
     assert cat(sb, "img", "/f") == "downloaded\n"
     again = ok(cli(sb, "build", "-t", "img", f"{url}/ctx.tar.zst"))
     assert step_lines(again.stderr) == ["CACHED"] and again.stdout == first.stdout
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+        pass
+
+
+@pytest.fixture
+def served_tls(tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """An HTTPS file server on 127.0.0.1 whose certificate a CA made now signed: (its URL, the
+    directory it serves, the CA file)."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca_file, cert, key = registry_fixture.make_server_cert(certs)
+    directory = tmp_path / "served-tls"
+    directory.mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.2,), daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}", directory, ca_file
+    finally:
+        httpd.shutdown()
+        thread.join()
+        httpd.server_close()
+
+
+def test_https_tarball_verified_against_the_trusted_cas(sb: Stepbuild, tmp_path: Path,
+                                                        served_tls: tuple[str, Path, str]
+                                                        ) -> None:
+    """The issue's https tarball: fetched over TLS when its CA is trusted (SSL_CERT_FILE, as
+    curl and git take it), refused with the URL and the certificate error when not."""
+    url, directory, ca_file = served_tls
+    ctx = write_context(tmp_path / "ctx", "FROM base\nCOPY f /f\n", {"f": "over https\n"})
+    (directory / "ctx.tar.gz").write_bytes(tar_of(ctx, "gzip"))
+    untrusted = cli(sb, "build", "-t", "img", f"{url}/ctx.tar.gz")
+    failed(untrusted, 1, f"{url}/ctx.tar.gz", "CERTIFICATE_VERIFY_FAILED")
+    ok(cli(sb, "build", "-t", "img", f"{url}/ctx.tar.gz", extra_env={"SSL_CERT_FILE": ca_file}))
+    assert cat(sb, "img", "/f") == "over https\n"
 
 
 def test_stepfile_url(sb: Stepbuild, served: tuple[str, Path]) -> None:

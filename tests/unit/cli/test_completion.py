@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stepbuild.cli import completion
+from stepbuild.cli import completion, help_text
 from stepbuild.cli.main import _argument_parser
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -125,7 +125,7 @@ def test_the_script_is_made_from_the_parser(tmp_path: Path) -> None:
     frob.add_argument("--level", choices=("low", "high"))
     frob.add_argument("--config", dest="file")
     frob.add_argument("context")
-    completion.add_command(parser, commands)
+    help_text.add_completion_command(parser, commands)
     script = tmp_path / "frob.bash"
     script.write_text(completion.script(parser, "bash"))
     assert bash_complete(script, "stepbuild", "") == ["frob", "completion"]
