@@ -1,4 +1,5 @@
-"""What a build is asked to do (`BuildRequest`) and where the store is (`store_root`).
+"""What a build is asked to do (`BuildRequest`); where the store is (`store_root`, from
+store/layout.py) and how registries are reached by default (`default_connection`).
 
 Plain data, checked by `BuildRequest.check()` before anything heavy is imported: a bad value
 is a `UsageError` naming the field, as a bad flag is on the command line. Option strings
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stepbuild.distribution.connection import Connection
 from stepbuild.errors import UsageError
+from stepbuild.store.layout import store_root
 
 if TYPE_CHECKING:
+    from stepbuild.distribution.connection import Connection
     from stepbuild.sandbox.limits import Limits
 
 __all__ = ["BuildRequest", "NETWORKS", "PULL_POLICIES", "default_connection", "store_root"]
@@ -30,26 +32,12 @@ _SEQUENCES = ("tags", "no_cache_filter", "allow", "security_opts", "secrets", "s
               "labels", "annotations", "build_contexts", "cache_from", "cache_to")
 
 
-def store_root(option: str | os.PathLike[str] | None) -> Path:
-    """`option`, else $STEPBUILD_ROOT, else /var/lib/stepbuild (root) or the XDG data dir.
-
-    A rootless command asks as the user, before it enters its user namespace (where its
-    euid is 0), and keeps the answer in `options.root` (cli/rootless.py)."""
-    if option:
-        return Path(option)
-    if os.environ.get("STEPBUILD_ROOT"):
-        return Path(os.environ["STEPBUILD_ROOT"])
-    if os.geteuid() == 0:
-        return Path("/var/lib/stepbuild")
-    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data) / "stepbuild"
-
-
 def default_connection() -> Connection:
     """What the CLI uses without --authfile, --tls-verify or --ca-file: the default auth
     file and TLS, with the registry rules of the configuration files (mirrors, per-registry
     TLS and CA, blocked registries; docs/configuration.md). `ConfigError` if one is wrong."""
     from stepbuild.config import registry_rules
+    from stepbuild.distribution.connection import Connection
 
     return Connection(registries=registry_rules())
 

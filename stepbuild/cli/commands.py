@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from stepbuild.api.request import store_root
 from stepbuild.cli import limit_flags, output_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
+from stepbuild.store.layout import store_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable

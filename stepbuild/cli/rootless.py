@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from stepbuild.api.request import store_root
+from stepbuild.store.layout import store_root
 
 __all__ = ["ISOLATED", "OUTSIDE", "reenter"]
 

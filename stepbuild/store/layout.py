@@ -18,16 +18,34 @@
     fingerprints/               whole-build fingerprints of no-op rebuilds (cli/noop.py)
     cache-writer-id, cache-writer.lock   this store as a team cache writer (teamcache/registry.py)
 
-Only names live here, no formats: those belong to store.py (blobs, layers, index.json),
-records.py (the records) and the modules named above. Cheap to import (pathlib only), because
-`cli/noop.py` reads the store through it before anything heavy is imported.
+`store_root` says where the root itself is by default. Only names live here, no formats:
+those belong to store.py (blobs, layers, index.json), records.py (the records) and the
+modules named above. Cheap to import (pathlib only), because `cli/noop.py` reads the store
+through it before anything heavy is imported.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+
+def store_root(option: str | os.PathLike[str] | None) -> Path:
+    """Where the store is: `option` (--root, `BuildRequest.root`), else $STEPBUILD_ROOT,
+    else /var/lib/stepbuild (root) or the XDG data dir.
+
+    A rootless command asks as the user, before it enters its user namespace (where its
+    euid is 0), and keeps the answer in `options.root` (cli/rootless.py)."""
+    if option:
+        return Path(option)
+    if os.environ.get("STEPBUILD_ROOT"):
+        return Path(os.environ["STEPBUILD_ROOT"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/stepbuild")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data) / "stepbuild"
 
 
 class StoreLayout:

@@ -200,3 +200,13 @@ def test_importing_the_api_imports_no_builder() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True,
                          text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_command_line_imports_the_api_only_to_build() -> None:
+    """The no-op rebuild's path (cli/noop.py) stays as cheap as it was."""
+    code = ("import sys, stepbuild.cli.main, stepbuild.cli.commands, stepbuild.cli.noop,"
+            " stepbuild.cli.rootless; print(sorted(m for m in sys.modules"
+            " if m.startswith('stepbuild.api')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
