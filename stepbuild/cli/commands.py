@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from stepbuild.cli import limit_flags
+from stepbuild.cli import limit_flags, progress_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
@@ -82,8 +82,8 @@ def build(options: argparse.Namespace) -> int:
     options.isolation_chosen = isolation.mode
     # Nothing changed since the last build? Then say so before importing the builder.
     witness = fingerprint.take(options, pull_policy, store_root(options.root))
-    if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
-                                                  verbose=options.verbose):
+    if witness is not None and fingerprint.replay(witness,
+                                                  **progress_flags.replay_view(options)):
         return 0
     return _full_build(options, pull_policy, context_dir, witness, isolation)
 
@@ -299,10 +299,7 @@ def enter_build_namespace(isolation: str, upper_dirs: Path,
 
 
 def _progress(options: argparse.Namespace) -> Progress:
-    from stepbuild.progress import Progress
-
-    return Progress(quiet=getattr(options, "quiet", False),
-                    verbose=getattr(options, "verbose", False))
+    return progress_flags.progress(options)  # --progress's view, closed by cli/main.py
 
 
 def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildContext:
@@ -448,7 +445,7 @@ def _stall_timeout_from_environment() -> float | None:
 def _display(options: argparse.Namespace) -> TransferDisplay:
     from stepbuild.distribution.display import TransferDisplay
 
-    return TransferDisplay(sys.stderr, quiet=getattr(options, "quiet", False))
+    return TransferDisplay(progress_flags.progress(options).emit)
 
 
 def _pull_policy(options: argparse.Namespace) -> str:
@@ -486,6 +483,7 @@ def _push(store: Store, image: str, destination: str | None, options: argparse.N
     result = push_image(store, image, destination, compression=options.compression,
                         connection=connection, display=_display(options))
     if stdout:
+        progress_flags.progress(options).close()  # the live view ends before stdout is used
         print(result.digest)
     return result.digest
 
@@ -504,6 +502,7 @@ def pull(options: argparse.Namespace) -> int:
     result = pull_image(open_store(options, layers=True), options.image,
                         connection=_connection(options),
                         display=_display(options))
+    progress_flags.progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
 
