@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["TAIL", "TtyView"]
 
 TAIL = 6  # output lines shown under each running step
+REFRESH_PER_SECOND = 8  # timers move in tenths of a second
 _FAILED_TAIL = 20  # lines of a failed step's output kept above the error
 
 
@@ -75,9 +76,17 @@ class TtyView:
         self._tasks: dict[str, TaskID] = {}  # blob key → its bar
         self._ending = threading.Lock()  # one thread stops the live area
         self._stopped = False
+        # Stray writes to stderr (an export's lines) go above the live area; stdout is the
+        # digest's, never redirected (it may be a pipe while stderr is the terminal).
         self._live = Live(get_renderable=self._frame, console=self.console,
-                          refresh_per_second=8, redirect_stdout=False, redirect_stderr=True)
+                          auto_refresh=False, redirect_stdout=False, redirect_stderr=True)
         self._live.start()
+        # Our own refresh thread rather than rich's, which its stop() does not join: the
+        # view's end leaves no thread behind.
+        self._stop_refresh = threading.Event()
+        self._refresher = threading.Thread(target=self._refresh, name="stepbuild-tty",
+                                           daemon=True)
+        self._refresher.start()
 
     def __call__(self, event: Event) -> None:
         if self._stopped:
@@ -98,7 +107,9 @@ class TtyView:
         elif kind in ("build.done", "build.error"):
             self.close()
             if kind == "build.done":
-                self.console.print(Text(line_of(event) or "", style="bold green"))
+                # whole, for a terminal to wrap and a reader to copy the digest from
+                self.console.print(Text(line_of(event) or "", style="bold green"),
+                                   soft_wrap=True)
         elif kind == "warning":
             self._print(Text(f"warning: {event.text}", style="yellow"))
         elif kind in ("build.started", "notice") or (kind == "note" and self.verbose):
@@ -111,7 +122,13 @@ class TtyView:
             if self._stopped:
                 return
             self._stopped = True
-            self._live.stop()
+            self._stop_refresh.set()
+            self._refresher.join()
+            self._live.stop()  # the final frame, the cursor shown again
+
+    def _refresh(self) -> None:
+        while not self._stop_refresh.wait(1 / REFRESH_PER_SECOND):
+            self._live.refresh()
 
     def _finished(self, event: Event) -> None:
         with self._state:
