@@ -93,8 +93,7 @@ class TtyView:
             return
         kind = event.kind
         if kind == "step.started":
-            with self._state:
-                self._running[event.stage] = _Running(event, time.monotonic())
+            self._started(event)
         elif kind == "step.log":
             with self._state:
                 running = self._running.get(event.stage)
@@ -105,11 +104,7 @@ class TtyView:
         elif kind == "transfer":
             self._transfer(event)
         elif kind in ("build.done", "build.error"):
-            self.close()
-            if kind == "build.done":
-                # whole, for a terminal to wrap and a reader to copy the digest from
-                self.console.print(Text(line_of(event) or "", style="bold green"),
-                                   soft_wrap=True)
+            self._end(event)
         elif kind == "warning":
             self._print(Text(f"warning: {event.text}", style="yellow"))
         elif kind in ("build.started", "notice") or (kind == "note" and self.verbose):
@@ -129,6 +124,26 @@ class TtyView:
     def _refresh(self) -> None:
         while not self._stop_refresh.wait(1 / REFRESH_PER_SECOND):
             self._live.refresh()
+
+    def _started(self, event: Event) -> None:
+        with self._state:
+            before = self._running.get(event.stage)
+            self._running[event.stage] = _Running(event, time.monotonic())
+        if before is not None:  # FROM, ENV, ...: done when the next step starts
+            self._print(Text(before.heading()))
+
+    def _end(self, event: Event) -> None:
+        """The build is over: the final frame (what still ran when it failed), then the
+        summary line."""
+        if event.kind == "build.done":  # the last steps without an outcome (CMD, ...)
+            with self._state:
+                left, self._running = list(self._running.values()), {}
+            for running in sorted(left, key=lambda r: r.event.step or 0):
+                self._print(Text(running.heading()))
+        self.close()
+        if event.kind == "build.done":
+            # whole, for a terminal to wrap and a reader to copy the digest from
+            self.console.print(Text(line_of(event) or "", style="bold green"), soft_wrap=True)
 
     def _finished(self, event: Event) -> None:
         with self._state:
@@ -163,7 +178,11 @@ class TtyView:
                           completed=event.current or 0, total=event.total or None)
 
     def _print(self, text: Text) -> None:
+        """A line above the live area, which is drawn again below it: first brought up to
+        date (rich draws again what it drew last), so a finished step is not shown twice."""
         text.no_wrap, text.overflow = True, "ellipsis"
+        if not self._stopped:
+            self._live.refresh()
         self.console.print(text)
 
     def _frame(self) -> RenderableType:
