@@ -150,7 +150,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
             executor.close()
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
             _export(store, result.manifest_digest, outputs, options, options.tag,
-                    None if options.quiet else sys.stderr)
+                    None if options.quiet else progress_flags.notices(progress))
         pushed = {target: _push(store, result.manifest_digest, target, options, connection,
                                 stdout=False) for target in pushes}  # build --push
         _write_build_files(options, store, result.manifest_digest, pushed)

@@ -18,15 +18,16 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from stepbuild.errors import StepbuildError, UsageError
 
 if TYPE_CHECKING:
     from stepbuild.progress import Progress
 
-__all__ = ["ENV", "add_arguments", "mode", "progress", "replay_view", "reported", "reporting"]
+__all__ = ["ENV", "add_arguments", "mode", "notices", "progress", "replay_view", "reported",
+           "reporting"]
 
 ENV = "STEPBUILD_PROGRESS"
 CHOICES = ("auto", "tty", "plain", "rawjson", "quiet")
@@ -80,7 +81,8 @@ def reporting(options: argparse.Namespace) -> Iterator[None]:
     except StepbuildError as exc:
         made = getattr(options, _SESSION, None)
         if made is None and hasattr(options, "progress") and _safe_mode(options) == "rawjson":
-            made = progress(options)  # an error before the build started: still an event
+            with suppress(StepbuildError):  # (a bad $STEPBUILD_HEARTBEAT: printed as text)
+                made = progress(options)  # an error before the build started: still an event
         if made is not None:
             made.build_failed(exc.render(), exc.exit_code)
             if _safe_mode(options) == "rawjson":
@@ -108,6 +110,30 @@ def replay_view(options: argparse.Namespace) -> dict[str, Any]:
         emit = RawJsonView(sys.stderr)
     return {"quiet": chosen == "quiet", "verbose": getattr(options, "verbose", False),
             "emit": emit}
+
+
+def notices(progress: Progress) -> TextIO:
+    """A text stream whose lines become `notice` events of `progress`: what a command prints
+    to stderr besides its progress (one line per --output) reaches every view in its form
+    (the plain log prints the very line; rawjson stays JSON)."""
+    return cast("TextIO", _Notices(progress))
+
+
+class _Notices:
+    """The `write`/`flush` of a text stream; complete lines go out as notices."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self.progress.notice(line)
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines go out when complete; a partial one waits for its newline."""
 
 
 def _safe_mode(options: argparse.Namespace) -> str:

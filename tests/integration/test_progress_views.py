@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -102,11 +103,14 @@ def test_rawjson_of_a_failing_multi_stage_build(sb: Stepbuild, work: Path) -> No
 
 def test_rawjson_of_a_build(sb: Stepbuild, work: Path) -> None:
     context = write_context(work / "fine", "FROM base\nRUN echo fine > /fine\n")
-    built = sb.build(context, "--progress=rawjson", "-t", "fine", "--no-cache")
+    archive = work / "fine.tar"
+    built = sb.build(context, "--progress=rawjson", "-t", "fine", "--no-cache",
+                     "-o", f"type=oci,dest={archive}")
     stream = events(built.stderr)
     assert [(e["kind"], e.get("step")) for e in stream] == [
         ("build.started", None), ("step.started", 1), ("step.started", 2), ("step.done", 2),
-        ("build.done", None)]
+        ("notice", None), ("build.done", None)]
+    assert stream[-2]["text"].startswith(f"oci {archive} sha256:")  # the --output's line
     done = stream[-1]
     assert done["text"] == built.stdout.strip()
     assert (done["steps"], done["cached"], done["tags"]) == (2, 0, ["fine"])
@@ -207,6 +211,24 @@ def test_the_tty_view_renders_and_ends_cleanly(sb: Stepbuild, work: Path, mode: 
     assert shown[:2] == ["isolation: namespaces", "#1 FROM base"]
     assert re.fullmatch(rf"#2 RUN for i in .* {mode} line .*  DONE \d+\.\ds", shown[2])
     assert shown[3:] == [f"built {digest} (2 steps, 0 cached)"]
+
+
+def test_the_tty_view_of_a_build_push(sb: Stepbuild, work: Path,
+                                      plain_registry: registry_fixture.RunningRegistry) -> None:
+    context = write_context(work / "live-push", "FROM base\nRUN echo pushed > /live\n")
+    ref = f"{plain_registry.host}/progress/live:1"
+    status, drawn, stdout = on_a_terminal(sb, "build", "--progress=tty", "--push", "-t", ref,
+                                          "--tls-verify=false", str(context))
+    assert status == 0, drawn
+    shown = [line for line in screen_lines(drawn) if line]
+    assert any(re.fullmatch(r"[0-9a-f]{12}: (pushed|exists).*", line) for line in shown)
+    pushed = next(line for line in shown if line.startswith(f"pushed {ref}"))
+    assert shown.index(pushed) < len(shown) - 1
+    assert shown[-1].startswith("built sha256:")
+    assert drawn.rindex(SHOW_CURSOR) > drawn.rindex(HIDE_CURSOR)
+    inspected = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                                f"docker://{ref}"], capture_output=True, check=True)
+    assert stdout.strip() == "sha256:" + hashlib.sha256(inspected.stdout).hexdigest()
 
 
 def test_the_tty_view_keeps_the_failed_steps_lines_above_the_error(

@@ -128,3 +128,20 @@ def test_the_replay_of_each_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert progress_flags.replay_view(parsed("build", "-q", "."))["quiet"] is True
     assert isinstance(progress_flags.replay_view(parsed("build", "--progress=rawjson", "."))
                       ["emit"], RawJsonView)
+
+
+def test_lines_printed_beside_the_progress_become_notices() -> None:
+    from stepbuild.progress import make_progress
+
+    plain, raw = io.StringIO(), io.StringIO()
+    for mode, out in (("plain", plain), ("rawjson", raw)):
+        progress = make_progress(mode, out)
+        stream = progress_flags.notices(progress)
+        print("oci out.tar sha256:1", file=stream)
+        stream.write("tar ")
+        stream.flush()
+        stream.write("rootfs.tar -\n")
+        progress.close()
+    assert plain.getvalue() == "oci out.tar sha256:1\ntar rootfs.tar -\n"
+    assert [(e["kind"], e["text"]) for e in map(json.loads, raw.getvalue().splitlines())] == [
+        ("notice", "oci out.tar sha256:1"), ("notice", "tar rootfs.tar -")]
