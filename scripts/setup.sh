@@ -24,9 +24,12 @@ cd "$(dirname "$0")/.."
 # python3-venv: tests/integration/test_rootless.py makes a venv its test users can run.
 # fuse-overlayfs: rootless overlay where the kernel refuses one in a user namespace
 # (stepbuild/sandbox/fuse_overlay.py); procps (pgrep): its tests look for a daemon left.
+# shellcheck: tests/integration/test_ci_example.py lints examples/ci's shell.
+# zsh, fish: the completion scripts of `stepbuild completion` are checked by each shell.
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
-              libc6-dev slirp4netns uidmap python3-venv fuse-overlayfs procps)
+              libc6-dev slirp4netns uidmap python3-venv fuse-overlayfs procps shellcheck zsh
+              fish)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

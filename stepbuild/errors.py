@@ -284,6 +284,28 @@ class InvalidReference(UsageError, ValueError):
         self.problem = problem
 
 
+class ConfigError(UsageError):
+    """A configuration file (config.toml, registries.conf) is unreadable or says something
+    wrong. Exit status 2. `path` is the file, `key` the dotted key (None for a syntax error),
+    `line` the line when known."""
+
+    def __init__(self, path: str, problem: str, *, key: str | None = None,
+                 line: int | None = None, hint: str | None = None) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key + ' ' if key else ''}{problem}", hint=hint)
+        self.path, self.key, self.line, self.problem = path, key, line, problem
+
+
+class RegistryBlocked(StepbuildError):
+    """A configuration file blocks the registry (or the prefix) of `name`: `source` names it."""
+
+    def __init__(self, name: str, prefix: str, source: str) -> None:
+        where = f" by {source}" if source else ""
+        super().__init__(f"{name} is blocked{where} (blocked = true for {prefix!r})",
+                         hint="pull from another registry, or remove the block there")
+        self.name, self.prefix, self.source = name, prefix, source
+
+
 class RegistryError(StepbuildError):
     """A registry refused or failed a request, or could not be reached (exit status 1).
 

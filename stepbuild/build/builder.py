@@ -66,6 +66,9 @@ class BuildOptions:
     tags: tuple[str, ...] = ()
     build_args: Mapping[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    # --no-cache-filter: stages (names or indices) whose steps run again; the others use the
+    # cache as usual.
+    no_cache_filter: tuple[str, ...] = ()
     network: str = "default"  # of RUN steps: default (private), none or host
     source_date_epoch: int | None = None
     target: str | None = None
@@ -154,11 +157,12 @@ class Builder:
         needed = needed_stages(target.index, graph)
         check_platforms(stages, needed, globals_, stepfile.escape)
         check_entitlements(stages, needed, self.executor.allow)
+        uncached = no_cache_stages(stages, options.no_cache_filter)
         team = None
         if options.cache_from or options.cache_to:
             team = self.team_cache(self.store, options, self.progress.warn, misses)
         run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1, team,
-                   outside)
+                   outside, uncached)
         run.target = target.index
         try:
             self._run_stages(run, needed, graph)
@@ -215,6 +219,20 @@ def _final_stages(run: _Run, target: int) -> set[int]:
     return final
 
 
+def no_cache_stages(stages: Stages, names: tuple[str, ...]) -> frozenset[int]:
+    """The indices of the stages --no-cache-filter names (by name or index). An unknown
+    name is a PlanError listing the stages: a typo must not quietly leave the cache on."""
+    found = set()
+    for name in names:
+        stage = stages.find(name)
+        if stage is None:
+            known = ", ".join(s.name for s in stages.stages if s.name) or "none"
+            raise PlanError(f"--no-cache-filter: no stage named {name!r}",
+                            hint=f"stages: {known} (or an index from 0)")
+        found.add(stage.index)
+    return frozenset(found)
+
+
 def _target_stage(stages: Stages, target: str | None) -> Stage:
     if target is None:
         return stages.stages[-1]
@@ -230,7 +248,8 @@ class _Run:
 
     def __init__(self, builder: Builder, stages: Stages, options: BuildOptions,
                  globals_: dict[str, str], escape: str, labelled: bool,
-                 team: TeamCacheView | None, outside: list[str]) -> None:
+                 team: TeamCacheView | None, outside: list[str],
+                 uncached: frozenset[int] = frozenset()) -> None:
         self.builder = builder
         self.stages = stages
         self.options = options
@@ -248,7 +267,8 @@ class _Run:
         self.outside = outside  # what the build read from outside the context (read_outside)
         self.lifecycle = StepLifecycle(builder.store, builder.executor, builder.progress,
                                        builder.clock, team, no_cache=options.no_cache,
-                                       source_date_epoch=options.source_date_epoch)
+                                       source_date_epoch=options.source_date_epoch,
+                                       no_cache_stages=uncached)
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
         self._lock = threading.Lock()
@@ -349,7 +369,8 @@ class _Run:
         progress = self.builder.progress
         try:
             return base_image(whole_store(self.builder.store), name, self.options.pull, found=found,
-                              display=TransferDisplay(progress.emit),
+                              display=TransferDisplay(progress.emit,
+                                                      verbose=progress.verbose),
                               connection=self.options.connection)
         except StepbuildError as exc:
             kind = PlanError if exc.exit_code == 2 else BaseImageError  # a bad reference: 2

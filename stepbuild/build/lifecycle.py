@@ -61,8 +61,9 @@ class StepResult:
 @dataclass(frozen=True, slots=True)
 class StepLifecycle:
     """Builds the cached steps of one build attempt. It keeps no state of its own, so the
-    stage threads share it. `no_cache`: every step is a miss; `source_date_epoch`: the time
-    of every step's history entry."""
+    stage threads share it. `no_cache`: every step is a miss; `no_cache_stages`: every step
+    of these stages (indices; --no-cache-filter) is; `source_date_epoch`: the time of every
+    step's history entry."""
 
     store: BuildStore
     executor: StepExecutor
@@ -71,6 +72,7 @@ class StepLifecycle:
     team: TeamCacheView | None
     no_cache: bool = False
     source_date_epoch: int | None = None
+    no_cache_stages: frozenset[int] = frozenset()
 
     def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
              state: ImageState, scope: Scope, *, stage: int, label: str,
@@ -99,20 +101,19 @@ class StepLifecycle:
               state: ImageState, scope: Scope, *, stage: int, label: str,
               eager: bool) -> tuple[ImageState, bool, str]:
         step = self.executor.prepare(instruction, state, scope, build)
-        record = self._look_up(step.key, state, eager)
+        uncached = self.no_cache or stage in self.no_cache_stages
+        record = None if uncached else self._look_up(step.key, state, eager)
         if record is not None:
             self.progress.cached(label)
             result = self._reuse(record)
         else:
-            result = self._run(build, step, state, label)
+            result = self._run(build, step, state, label, uncached)
         if self.team is not None:
             self.team.note(step.key, stage, result.diff_id, result.recorded, step.created_by)
         hit = record is not None
         return state.with_layer(result.diff_id, step.created_by, result.created), hit, step.key
 
     def _look_up(self, key: str, state: ImageState, eager: bool) -> CacheRecord | None:
-        if self.no_cache:
-            return None
         record = self.store.cache_records.get(key)
         if record is None and self.team is not None:
             # a hit; its layer imported now in the target stage, elsewhere once needed
@@ -125,8 +126,9 @@ class StepLifecycle:
         return StepResult(record.diff_id, created, record.created)
 
     def _run(self, build: BuildRun, step: PreparedStep, state: ImageState,
-             label: str) -> StepResult:
-        """perform → capture → commit → record, for a step no cache has."""
+             label: str, uncached: bool) -> StepResult:
+        """perform → capture → commit → record, for a step no cache has (or, `uncached`,
+        that --no-cache or --no-cache-filter runs again)."""
         started = self.clock()
         epoch = self.source_date_epoch
         created = timestamp(epoch if epoch is not None else started)
@@ -148,15 +150,16 @@ class StepLifecycle:
                                inputs=step.inputs, started=started, finished=finished)
             # The first record of a key wins (`StepRecords.add`), so a fully cached rebuild of
             # an earlier image gives the digest it gave. A build that raced another over this
-            # step takes the record in force, as a rebuild would; a --no-cache build keeps its
-            # own result for its own image, without replacing the record.
+            # step takes the record in force, as a rebuild would; a --no-cache build (or a
+            # --no-cache-filter stage) keeps its own result for its own image, without
+            # replacing the record.
             recorded = self.store.cache_records.add(step.key, ours)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise _out_of_space(build, step.instruction) from exc
         self.progress.done(label, finished - started)
-        if recorded is ours or self.no_cache:
+        if recorded is ours or uncached:
             return StepResult(diff_id, created, created)
         return self._reuse(recorded)
 

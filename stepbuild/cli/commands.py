@@ -71,8 +71,10 @@ def open_store(options: argparse.Namespace,
 
 
 def build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import build_flags
     from stepbuild.cli import noop as fingerprint
 
+    build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -138,6 +140,7 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
     wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
+                          no_cache_filter=getattr(options, "no_cache_filter", ()),
                           source_date_epoch=epoch, target=options.target,
                           pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
                           connection=connection)
@@ -415,11 +418,12 @@ def load(options: argparse.Namespace) -> int:
 
 def _connection(options: argparse.Namespace) -> Connection:
     """--authfile, --tls-verify, --ca-file and --stall-timeout as one
-    connection.Connection."""
+    connection.Connection, with the registry rules of the configuration files."""
+    from stepbuild.config import registry_rules
     from stepbuild.distribution.connection import Connection
 
     connection = Connection(authfile=options.authfile, tls_verify=options.tls_verify,
-                            ca_file=options.ca_file)
+                            ca_file=options.ca_file, registries=registry_rules())
     stall: float | None = options.stall_timeout or _stall_timeout_from_environment()
     if stall is None:
         return connection
@@ -445,7 +449,8 @@ def _stall_timeout_from_environment() -> float | None:
 def _display(options: argparse.Namespace) -> TransferDisplay:
     from stepbuild.distribution.display import TransferDisplay
 
-    return TransferDisplay(progress_flags.progress(options).emit)
+    quiet = getattr(options, "quiet", False)  # pull's notes (a mirror skipped) show unless -q
+    return TransferDisplay(progress_flags.progress(options).emit, verbose=not quiet)
 
 
 def _pull_policy(options: argparse.Namespace) -> str:

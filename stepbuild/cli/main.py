@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from stepbuild.cli import progress_flags
+from stepbuild.cli import config_defaults, progress_flags
 from stepbuild.errors import StepbuildError
 from stepbuild.frontend.source import read_stepfile
 
@@ -46,6 +46,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _argument_parser()
+    config_defaults.install(parser)  # config.toml's [defaults]; a flag given wins
     options = parser.parse_args(argv)
     if not hasattr(options, "run"):
         parser.print_help(sys.stderr)
@@ -88,21 +89,26 @@ def _run(options: argparse.Namespace) -> int:
 
 
 def _argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepbuild", description=__doc__.splitlines()[0])
+    from stepbuild.cli import completion, help_text
+
+    parser = help_text.top_parser()  # what stepbuild is, examples, exit statuses, environment
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--root", help="the store directory (default: $STEPBUILD_ROOT, else"
                         " /var/lib/stepbuild as root, else $XDG_DATA_HOME/stepbuild)")
-    commands = parser.add_subparsers(title="commands")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     parse = commands.add_parser("parse", help="parse a Stepfile and print its instructions")
     parse.add_argument("-f", "--file", help="the Stepfile ('-' for standard input); default:"
-                       " Stepfile, then Dockerfile, in the context directory")
+                       " Stepfile, then Containerfile, then Dockerfile, in the context directory")
     parse.add_argument("--json", action="store_true", help="one JSON object per instruction")
     parse.add_argument("--syntax-tree", action="store_true",
                        help="print BuildKit's syntax-tree dump (no flag or argument checks)")
     parse.add_argument("context", nargs="?", default=".", help="the context directory")
     parse.set_defaults(run=_parse_command)
     _add_store_commands(commands)
+    help_text.add_version(parser, commands)  # --version and `stepbuild version`
+    completion.add_command(parser, commands)
+    help_text.decorate(commands)  # each command's examples, in its --help
     from stepbuild.cli.rootless import OUTSIDE
 
     for name, sub in commands.choices.items():
@@ -113,11 +119,12 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
+    from stepbuild.cli import build_flags, limit_flags
     from stepbuild.cli import commands as impl
-    from stepbuild.cli import limit_flags
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
-    build.add_argument("-f", "--file", help="the Stepfile ('-' for stdin)")
+    build.add_argument("-f", "--file", help="the Stepfile ('-' for stdin; default: Stepfile,"
+                       " then Containerfile, then Dockerfile, in the context)")
     build.add_argument("-t", "--tag", action="append", default=[], help="name:tag (repeatable)")
     build.add_argument("--build-arg", action="append", default=[], metavar="K[=V]",
                        help="set a build ARG; K alone takes the value from the environment")
@@ -159,12 +166,15 @@ def _add_store_commands(commands: Subcommands) -> None:
                             " the store (default), always, or never (bare --pull: always)")
     build.add_argument("--cache-to", action="append", default=[],
                        metavar="type=local,dest=DIR|type=registry,ref=REF[,mode=min|max]",
-                       help="export the build cache (repeatable)")
+                       help="export the build cache (repeatable); ignore-error=true: a failed"
+                            " export only warns")
     build.add_argument("--cache-from", action="append", default=[],
-                       metavar="type=local,src=DIR|type=registry,ref=REF",
-                       help="import the build cache on a miss, sources in order (repeatable)")
+                       metavar="REF|type=local,src=DIR|type=registry,ref=REF",
+                       help="import the build cache on a miss, sources in order (repeatable;"
+                            " a bare REF is type=registry,ref=REF)")
     _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
     limit_flags.add_arguments(build)
+    build_flags.add_arguments(build)  # --no-cache-filter
     progress_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")

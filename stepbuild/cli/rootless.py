@@ -9,8 +9,8 @@ store of a rootless user holds files owned by its subordinate ids, which only th
 root may remove or chown (prune, rmi, a dead builder's leftovers cleared at the next lock),
 and reading them as the namespace's root sees the same ids a rootful store holds; and the
 layer dirs of a store used from a user namespace carry overlay's `user.overlay.*` xattrs,
-which every command writing one (pull, load, build) must agree on. `parse`, `login` and
-`logout` need no store and run as they are.
+which every command writing one (pull, load, build) must agree on. `parse`, `login`,
+`logout`, `version` and `completion` need no store and run as they are.
 
 Where no mode is possible (root without CAP_SYS_ADMIN whose user namespaces are refused
 too), the commands whose steps need one (`ISOLATED`) stop with the reasons; the others run
@@ -26,7 +26,8 @@ from stepbuild.cli.commands import store_root
 
 __all__ = ["ISOLATED", "OUTSIDE", "reenter"]
 
-OUTSIDE = frozenset({"parse", "login", "logout"})  # the commands that never need it
+# the commands that never need it
+OUTSIDE = frozenset({"parse", "login", "logout", "version", "completion"})
 ISOLATED = frozenset({"build", "run"})  # the commands that run steps or containers
 
 

@@ -25,12 +25,17 @@ __all__ = ["TransferDisplay", "blob_key"]
 class TransferDisplay:
     """Reports parallel transfers, keyed by a blob's short digest, to `emit` (usually
     `Progress.emit`; None or `quiet`: to nobody). `events` keeps every change of state
-    (key, state) for callers and tests. Thread-safe (transfers report from worker threads).
+    (key, state) for callers and tests, `notes` every `note`: a `notice` when `verbose`,
+    else a `note` event (which the plain log shows with -v only). Thread-safe (transfers
+    report from worker threads).
     """
 
-    def __init__(self, emit: EventCallback | None = None, *, quiet: bool = False) -> None:
+    def __init__(self, emit: EventCallback | None = None, *, quiet: bool = False,
+                 verbose: bool = False) -> None:
         self.emit = None if quiet else emit
+        self.verbose = verbose
         self.events: list[tuple[str, str]] = []
+        self.notes: list[str] = []
         self._lock = threading.Lock()
 
     def status(self, key: str, text: str) -> None:
@@ -46,6 +51,12 @@ class TransferDisplay:
     def message(self, text: str) -> None:
         """A line of its own about the whole transfer (`pushed REF (...)`)."""
         self._send(Event("notice", text=text))
+
+    def note(self, text: str) -> None:
+        """A detail (a mirror skipped)."""
+        with self._lock:
+            self.notes.append(text)
+        self._send(Event("notice" if self.verbose else "note", text=text))
 
     def _send(self, event: Event) -> None:
         if self.emit is not None:

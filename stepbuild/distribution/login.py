@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stepbuild.distribution.connection import Connection, system_ca
+from stepbuild.distribution.connection import Connection
 from stepbuild.errors import InvalidReference, StepbuildError
 
 __all__ = ["login", "logout", "registry_host"]
@@ -23,8 +23,8 @@ def login(host: str, username: str, password: str, *,
     connection = connection or Connection()
     credentials = Credentials(username, password)
     host = registry_host(host)
-    with Registry(host, auth=credentials, tls_verify=connection.tls_verify,
-                  ca_file=connection.ca_file or system_ca(host, connection.tls_verify),
+    verify, ca_file = connection.tls(connection.registries.endpoint(host, ""))
+    with Registry(host, auth=credentials, tls_verify=verify, ca_file=ca_file,
                   retries=connection.retries, backoff=connection.backoff,
                   stall_timeout=connection.stall_timeout) as registry:
         registry.ping()

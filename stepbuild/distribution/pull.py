@@ -12,6 +12,14 @@ same local manifest digest there; the image is tagged with the reference's famil
 (`127.0.0.1:5000/app:1`, `busybox:latest`). Every blob pulled, or found present, gets a remote
 record (push.py explains them): a later push to that registry mounts instead of uploading.
 
+Mirrors (the registry rules of connection.py, stepbuild/config/rules.py): the image is pulled
+from the first of the rules' endpoints that serves it, mirrors first, the registry last. A
+mirror that fails with a registry error (unreachable, TLS, 5xx, 404, refused access) is
+skipped with a note (shown with -v); its retries are cut to `MIRROR_RETRIES`. What a mirror
+sends is verified as anything else is (digests); a tag it resolves is trusted as its answer,
+as Podman does. The image keeps the reference's name in the store; the remote records name
+the endpoint it came from, which is what holds the blobs.
+
 Nothing half-done gets a real name: downloads go to the store's tmp/ and are removed on any
 error; layers are committed only after their diff_id checked out; the tag is written last.
 `registry` (and so `requests`) is imported only when a registry is really contacted.
@@ -43,12 +51,14 @@ from stepbuild.progress import human_size
 from stepbuild.store.received import put_received
 
 if TYPE_CHECKING:
+    from stepbuild.config.rules import Endpoint
     from stepbuild.distribution.client import Registry
     from stepbuild.store.store import Store
 
 __all__ = ["PULL_POLICIES", "PullResult", "base_image", "pull"]
 
 PULL_POLICIES = ("missing", "always", "never")
+MIRROR_RETRIES = 1  # a mirror that fails twice is skipped: the registry itself is next
 MAX_CONFIG = 16 << 20  # image configs (long histories); archive/load.py has the same limit
 # Layer media types we can unpack (foreign, non-distributable and encrypted ones we cannot).
 _PULLABLE_LAYERS = oci.LAYER_TYPES - {oci.DOCKER_LAYER_FOREIGN}
@@ -72,6 +82,7 @@ class PullResult:
     downloaded: int
     present: int = 0
     layers: tuple[str, ...] = field(default=())
+    source: str = ""
 
 
 def pull(store: Store, reference: str, *, connection: Connection | None = None,
@@ -87,27 +98,56 @@ def pull(store: Store, reference: str, *, connection: Connection | None = None,
     ref = parse_reference(reference)
     display = display or TransferDisplay(quiet=True)
     connection = connection or Connection()
-    with store.lock(exclusive=False), connection.open(ref.registry, ref.repository) as registry:
-        try:
-            result = _Puller(store, registry, ref, display, jobs).run()
-        except OSError as exc:
-            raise StepbuildError(f"pull of {ref} failed: {exc.strerror or exc}"
-                                 + (f": {exc.filename}" if exc.filename else "")) from exc
+    endpoints = connection.pull_endpoints(ref.registry, ref.repository,
+                                          by_digest=ref.digest is not None)
+    with store.lock(exclusive=False):
+        result = _from_endpoints(store, ref, endpoints, connection, display, jobs)
         name = local_name(ref) if tag else None
         if name is not None:
             store.tag(name, result.local)
-    result = PullResult(result.reference, result.digest, result.manifest_digest, result.local,
-                        name, result.downloaded, result.present, result.layers)
-    display.message(f"pulled {result.reference}" + (f" as {name}" if name and name != str(ref)
-                                                     else ""))
+    result = replace(result, name=name)
+    origin = f"{ref.registry}/{ref.repository}"
+    display.message(f"pulled {result.reference}"
+                    + (f" as {name}" if name and name != str(ref) else "")
+                    + (f" from {result.source}" if result.source != origin else ""))
     return result
 
 
+def _from_endpoints(store: Store, ref: Reference, endpoints: list[Endpoint],
+                    connection: Connection, display: TransferDisplay, jobs: int) -> PullResult:
+    """Pull from the first endpoint that serves `ref` (see the module docstring). The last
+    endpoint's error is raised, with the mirrors' failures in its message."""
+    skipped: list[str] = []
+    for endpoint in endpoints:
+        source = f"{endpoint.host}/{endpoint.repository}"
+        with connection.open_endpoint(
+                endpoint, retries=MIRROR_RETRIES if endpoint.mirror else None) as registry:
+            try:
+                result = _Puller(store, registry, ref, endpoint.repository, display, jobs).run()
+                return replace(result, source=source)
+            except OSError as exc:
+                raise StepbuildError(f"pull of {ref} failed: {exc.strerror or exc}"
+                                     + (f": {exc.filename}" if exc.filename else "")) from exc
+            except RegistryError as exc:
+                if endpoint is endpoints[-1]:
+                    if not skipped:
+                        raise
+                    raise RegistryError(exc.status, exc.codes, f"{exc.message} (mirrors tried"
+                                        f" first: {'; '.join(skipped)})", exc.temporary,
+                                        hint=exc.hint) from exc
+                skipped.append(f"{source}: {exc.message}")
+                display.note(f"mirror {source} skipped: {exc.message}")
+    raise AssertionError("unreachable: the registry itself is the last endpoint")
+
+
 class _Puller:
-    def __init__(self, store: Store, registry: Registry, ref: Reference,
+    """One pull of `ref` from `registry`, where the image is `repo` (a mirror's path may
+    differ from the reference's)."""
+
+    def __init__(self, store: Store, registry: Registry, ref: Reference, repo: str,
                  display: TransferDisplay, jobs: int) -> None:
         self.store, self.registry, self.ref = store, registry, ref
-        self.repo, self.display, self.jobs = ref.repository, display, jobs
+        self.repo, self.display, self.jobs = repo, display, jobs
 
     def run(self) -> PullResult:
         data, media_type, digest = self.registry.get_manifest(self.repo, self.ref.identifier)
@@ -153,7 +193,7 @@ class _Puller:
         finally:
             with suppress(FileNotFoundError):
                 tmp.unlink()
-        self.store.remote_records.add(desc.digest, desc, self.ref.registry, self.repo)
+        self.store.remote_records.add(desc.digest, desc, self.registry.host, self.repo)
         return data
 
     def _layers(self, layers: tuple[oci.Descriptor, ...], diff_ids: tuple[str, ...]) -> int:
@@ -179,7 +219,7 @@ class _Puller:
                                 path.unlink()
                     downloaded += 1
                     self.display.status(key, "pulled")
-                store.remote_records.add(diff_id, blob, self.ref.registry, self.repo)
+                store.remote_records.add(diff_id, blob, self.registry.host, self.repo)
                 lowers.insert(0, store.layer_dir(diff_id))
         return downloaded
 

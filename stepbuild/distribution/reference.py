@@ -34,6 +34,7 @@ LEGACY_DOCKER_HUB = "index.docker.io"
 OFFICIAL_PREFIX = "library/"
 DEFAULT_TAG = "latest"
 NAME_MAX = 255  # distribution's NameTotalLengthMax, over "registry/repository"
+TAG_MAX = 128
 
 # distribution/reference regexp.go, ASCII only (Go's \w is ASCII; Python's is not).
 _ALNUM = r"[a-z0-9]+"
@@ -75,7 +76,7 @@ class Reference:
         if self.tag is None and self.digest is None:
             raise InvalidReference(text, "neither a tag nor a digest")
         if self.tag is not None and not _TAG.fullmatch(self.tag):
-            raise InvalidReference(text, f"invalid tag {self.tag!r}")
+            raise InvalidReference(text, _tag_problem(self.tag))
         if self.digest is not None and not is_digest(self.digest):
             raise InvalidReference(text, _digest_problem(self.digest))
 
@@ -186,7 +187,7 @@ def _split_tag(text: str, rest: str) -> tuple[str, str | None]:
         return rest, None
     repository, _, tag = rest.partition(":")
     if not _TAG.fullmatch(tag):
-        raise InvalidReference(text, f"invalid tag {tag!r}")
+        raise InvalidReference(text, _tag_problem(tag))
     return repository, tag
 
 
@@ -208,6 +209,16 @@ def _repository_problem(repository: str) -> str:
         f"invalid repository name {repository!r}: components are lower-case letters and "
         "digits, separated by '/', and inside a component by '.', '_', '__' or dashes"
     )
+
+
+def _tag_problem(tag: str) -> str:
+    if not tag:
+        return "an empty tag after ':'"
+    if len(tag) > TAG_MAX:
+        return f"invalid tag {tag[:16]!r}...: longer than {TAG_MAX} characters"
+    if tag[:1] in (".", "-"):
+        return f"invalid tag {tag!r}: it cannot start with '.' or '-'"
+    return f"invalid tag {tag!r}: letters, digits, '_', '.' and '-' only"
 
 
 def _digest_problem(digest: str) -> str:

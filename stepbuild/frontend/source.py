@@ -11,7 +11,8 @@ from pathlib import Path
 
 from stepbuild.errors import UsageError
 
-STEPFILE_NAMES = ("Stepfile", "Dockerfile")
+# Looked for in this order. Containerfile before Dockerfile, as Buildah and Podman prefer it.
+STEPFILE_NAMES = ("Stepfile", "Containerfile", "Dockerfile")
 
 
 def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
@@ -24,7 +25,7 @@ def read_stepfile(file: str | None, context: str) -> tuple[str, str]:
         candidates = [Path(context) / name for name in STEPFILE_NAMES]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise UsageError(f"no Stepfile or Dockerfile in {context}",
+            raise UsageError(f"no Stepfile, Containerfile or Dockerfile in {context}",
                              hint="name one with -f FILE")
         path = found
     else:

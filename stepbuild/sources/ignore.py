@@ -1,9 +1,11 @@
 """Which ignore file applies to a build, and its patterns.
 
-Docker's rules, with stepbuild's own names first: a file beside the build file named after it
-(`Stepfile.stepignore`, `Dockerfile.dockerignore`, `app.Stepfile.stepignore`...) wins; else
-the context's `.stepignore`, else its `.dockerignore`. Ignored files are never read or hashed,
-so changing them never misses the cache (context.py applies the patterns).
+Docker's rules, with stepbuild's own names first and Buildah's between: a file beside the
+build file named after it (`Stepfile.stepignore`, `Containerfile.containerignore`,
+`Dockerfile.dockerignore`, `app.Stepfile.stepignore`...) wins; else the context's
+`.stepignore`, else its `.containerignore` (Buildah and Podman read it before
+`.dockerignore`), else its `.dockerignore`. Ignored files are never read or hashed, so
+changing them never misses the cache (context.py applies the patterns).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ def candidates(context: Path, stepfile: Path | None) -> list[Path]:
     """Where an ignore file may be, in the order the first one found applies."""
     found: list[Path] = []
     if stepfile is not None:
-        found += [stepfile.with_name(stepfile.name + ".stepignore"),
-                  stepfile.with_name(stepfile.name + ".dockerignore")]
-    return found + [context / ".stepignore", context / ".dockerignore"]
+        found += [stepfile.with_name(stepfile.name + suffix) for suffix in SUFFIXES]
+    return found + [context / suffix for suffix in SUFFIXES]
+
+
+SUFFIXES = (".stepignore", ".containerignore", ".dockerignore")  # in the order they win
 
 
 def ignore_file(context: Path, stepfile: Path | None) -> Path | None:

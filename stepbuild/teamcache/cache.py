@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stepbuild.errors import LazyLayerError, StepbuildError, UsageError
+from stepbuild.errors import BuildError, LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
 from stepbuild.store.layout import cache_mount_name
 from stepbuild.store.records import CacheRecord
@@ -65,7 +65,8 @@ if TYPE_CHECKING:
     from stepbuild.store.store import Store
     from stepbuild.teamcache.backend import CacheBackend
 
-__all__ = ["CacheMount", "CacheSpec", "LazyLayerError", "TeamCache", "parse_cache_spec"]
+__all__ = ["CacheExportError", "CacheMount", "CacheSpec", "LazyLayerError", "TeamCache",
+           "parse_cache_spec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,46 +77,96 @@ class CacheSpec:
     location: str  # DIR or REF
     mode: str = "min"
     cache_mounts: bool = False  # export RUN --mount=type=cache contents too (cache-to)
+    ignore_error: bool = False  # cache-to: a failed export warns instead of failing the build
 
     def describe(self) -> str:
         return f"type={self.type},{'ref' if self.type == 'registry' else 'dir'}={self.location}"
 
 
+class CacheExportError(BuildError):
+    """A --cache-to destination could not be written (without ignore-error=true). The image
+    was built and tagged before the export began, and stays so."""
+
+    def __init__(self, spec: CacheSpec, cause: str) -> None:
+        where = "ref" if spec.type == "registry" else "dest"
+        super().__init__(f"--cache-to type={spec.type},{where}={spec.location}: cannot export"
+                         f" the cache: {cause}",
+                         hint="the image was built all the same, and tagged with any -t"
+                              " names; add ignore-error=true to --cache-to to let a failed"
+                              " export pass")
+        self.spec = spec
+        self.cause = cause
+
+
+_BOOLEAN_OPTIONS = ("cache-mounts", "ignore-error")
+
+
 def parse_cache_spec(text: str, direction: str) -> CacheSpec:
     """`type=local,dest=DIR` (to) / `type=local,src=DIR` (from) /
-    `type=registry,ref=REF[,mode=min|max]`. `direction` is "to" or "from"."""
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(f"invalid --cache-{direction} {text!r}: {part!r} is not KEY=VALUE")
-        fields[name.strip()] = value.strip()
+    `type=registry,ref=REF[,mode=min|max]`, plus `cache-mounts=` and `ignore-error=`
+    (true|false). A bare value without `=` is a registry reference, as buildx reads it
+    (`--cache-from REG/app:cache`). `direction` is "to" or "from"."""
+    flag = f"--cache-{direction}"
+    if "=" not in text:
+        return CacheSpec("registry", _registry_ref(text, flag, bare=True))
+    fields = _fields(text, flag)
     kind = fields.pop("type", "local" if ("src" in fields or "dest" in fields) else "registry")
     mode = fields.pop("mode", "min")
     if mode not in ("min", "max"):
-        raise UsageError(f"invalid --cache-{direction} mode {mode!r}", hint="mode=min|max")
+        raise UsageError(f"invalid {flag} mode {mode!r}", hint="mode=min|max")
     if kind == "local":
         name = "dest" if direction == "to" else "src"
         location = fields.pop(name, None)
         if not location:
-            raise UsageError(f"--cache-{direction} type=local needs {name}=DIR")
+            raise UsageError(f"{flag} type=local needs {name}=DIR")
     elif kind == "registry":
-        location = fields.pop("ref", None)
-        if not location:
-            raise UsageError(f"--cache-{direction} type=registry needs ref=REGISTRY/REPO:TAG")
-        from stepbuild.distribution.reference import parse_reference
-
-        parse_reference(location)
+        location = _registry_ref(fields.pop("ref", ""), flag, bare=False)
     else:
-        raise UsageError(f"unknown --cache-{direction} type {kind!r}", hint="type=local|registry")
+        raise UsageError(f"unknown {flag} type {kind!r}", hint="type=local|registry")
     fields.pop("compression", None)
-    mounts = fields.pop("cache-mounts", "false").lower()
-    if mounts not in ("true", "false"):
-        raise UsageError(f"invalid --cache-{direction} cache-mounts={mounts!r}",
-                         hint="cache-mounts=true|false")
+    flags = {name: _boolean(fields.pop(name, "false"), name, flag) for name in _BOOLEAN_OPTIONS}
     if fields:
-        raise UsageError(f"--cache-{direction}: unknown option(s) {', '.join(sorted(fields))}")
-    return CacheSpec(kind, location, mode, mounts == "true")
+        raise UsageError(f"{flag}: unknown option(s) {', '.join(sorted(fields))}")
+    return CacheSpec(kind, location, mode, flags["cache-mounts"], flags["ignore-error"])
+
+
+def _fields(text: str, flag: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for index, part in enumerate(text.split(",")):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            hint = f"a reference with options is type=registry,ref={part},..." if (
+                index == 0 and part) else None
+            raise UsageError(f"invalid {flag} {text!r}: {part!r} is not KEY=VALUE", hint=hint)
+        fields[name.strip()] = value.strip()
+    return fields
+
+
+def _registry_ref(ref: str, flag: str, *, bare: bool) -> str:
+    """`ref` if it is an image reference; a clear UsageError otherwise."""
+    from stepbuild.distribution.reference import parse_reference
+    from stepbuild.errors import InvalidReference
+
+    if not ref:
+        raise UsageError(f"{flag} type=registry needs ref=REGISTRY/REPO:TAG")
+    try:
+        parse_reference(ref)
+    except InvalidReference as exc:
+        # A bare value is read as buildx reads it: a registry reference, never a directory.
+        if not bare:
+            raise UsageError(f"invalid {flag} ref {ref!r}: {exc.problem}",
+                             hint=exc.hint) from None
+        raise UsageError(f"invalid {flag} {ref!r}: not a registry reference ({exc.problem})",
+                         hint=f"a bare {flag} value is a registry reference; a directory is"
+                              f" type=local,{'src' if flag.endswith('from') else 'dest'}=DIR"
+                         ) from None
+    return ref
+
+
+def _boolean(value: str, name: str, flag: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise UsageError(f"invalid {flag} {name}={value!r}", hint=f"{name}=true|false")
+    return value.lower() == "true"
 
 
 # --- the build's view ---------------------------------------------------------------------------
@@ -415,7 +466,10 @@ class TeamCache:
 
     def export(self, final_stages: set[int]) -> int:
         """Write the noted steps to every destination; return how many records were written
-        (to the last one). mode=min: only steps of `final_stages`."""
+        (to the last one that took them). mode=min: only steps of `final_stages`.
+
+        A destination that fails raises `CacheExportError` naming it and the cause; one with
+        ignore-error=true is reported through `warn` instead, and the others still run."""
         from stepbuild.layers.compress import compressed_layer
 
         written = 0
@@ -429,9 +483,11 @@ class TeamCache:
                 try:
                     written = self._export_to(backend, steps, compressed_layer,
                                               mounts if spec.cache_mounts else [])
-                except OSError as exc:
-                    raise CacheError(f"cannot export the cache to {spec.describe()}: "
-                                     f"{exc.strerror or exc}") from None
+                except (StepbuildError, OSError) as exc:
+                    failed = CacheExportError(spec, _cause(exc))
+                    if not spec.ignore_error:
+                        raise failed from None
+                    self.warn(f"{failed.message} (ignored: ignore-error=true)")
         finally:
             for _name, _record, blob in mounts:
                 blob.unlink(missing_ok=True)
@@ -466,6 +522,14 @@ class TeamCache:
                                                      used.created, used.created_by))
         backend.finish()
         return len(steps)
+
+
+def _cause(exc: StepbuildError | OSError) -> str:
+    """One line of why an export failed: the error's own message, or an OSError's reason."""
+    if isinstance(exc, StepbuildError):
+        return exc.message.splitlines()[0] if exc.message else type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _empty_dir(path: Path) -> None:

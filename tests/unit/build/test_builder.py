@@ -259,6 +259,39 @@ def test_a_second_image_builds_on_the_first_from_the_store() -> None:
     assert "MODE=release" in config.to_json()["config"]["Env"]
 
 
+NAMED_STAGES = ("FROM scratch AS deps\nRUN fetch deps\nFROM scratch AS app\nRUN compile\n"
+                "COPY --from=deps /deps /deps\n")
+
+
+def test_no_cache_filter_runs_the_steps_of_that_stage_and_the_others_hit() -> None:
+    world = World()
+    world.build(NAMED_STAGES)
+    records = dict(world.store.cache)
+    world.executor.ran.clear()
+    world.script.writes["RUN fetch deps"] = b"newer deps"
+    result = world.build(NAMED_STAGES, no_cache_filter=("deps",))
+    # deps ran again; app's RUN hit, and its COPY of the new /deps is a new step.
+    assert world.executor.ran == ["RUN fetch deps", "COPY --from=deps /deps /deps"]
+    assert result.cached == 1
+    assert {k: world.store.cache[k] for k in records} == records  # the first record wins
+
+
+def test_no_cache_filter_takes_stage_indices_and_leaves_unnamed_stages_cached() -> None:
+    world = World()
+    world.build(NAMED_STAGES)
+    world.executor.ran.clear()
+    world.build(NAMED_STAGES, no_cache_filter=("1",))
+    assert world.executor.ran == ["RUN compile", "COPY --from=deps /deps /deps"]
+
+
+def test_no_cache_filter_naming_no_stage_is_refused_before_any_step() -> None:
+    world = World()
+    with pytest.raises(PlanError) as caught:
+        world.build(NAMED_STAGES, no_cache_filter=("dpes",))
+    assert "deps, app" in (caught.value.hint or "")
+    assert world.executor.ran == []
+
+
 def test_stages_built_at_the_same_time_make_the_image_built_one_after_the_other() -> None:
     stepfile = ("FROM scratch AS a\nRUN build a\nFROM scratch AS b\nRUN build b\n"
                 "FROM scratch\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n")

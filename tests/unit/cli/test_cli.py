@@ -29,7 +29,8 @@ def test_stepfile_is_preferred_then_dockerfile(tmp_path: Path) -> None:
 def test_missing_stepfile_is_a_usage_error(tmp_path: Path) -> None:
     result = stepbuild("parse", str(tmp_path))
     assert result.returncode == 2
-    assert "no Stepfile or Dockerfile" in result.stderr and "Traceback" not in result.stderr
+    assert "no Stepfile, Containerfile or Dockerfile" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_reads_standard_input() -> None:

@@ -56,3 +56,15 @@ def test_quiet_sends_nothing_but_keeps_the_states() -> None:
     assert sent == []
     assert display.events == [("aaa", "exists")]
     assert TransferDisplay().events == []  # no receiver at all
+
+
+def test_notes_are_kept_and_shown_by_the_plain_log_only_when_verbose() -> None:
+    quiet_stream, loud_stream = io.StringIO(), io.StringIO()
+    for stream, verbose in ((quiet_stream, False), (loud_stream, True)):
+        progress = make_progress("plain", stream)
+        display = TransferDisplay(progress.emit, verbose=verbose)
+        display.note("mirror m.example/a skipped: 503")
+        progress.close()
+        assert display.notes == ["mirror m.example/a skipped: 503"]
+    assert quiet_stream.getvalue() == ""
+    assert loud_stream.getvalue() == "mirror m.example/a skipped: 503\n"
