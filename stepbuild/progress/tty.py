@@ -151,11 +151,12 @@ class TtyView:
         heading = running.heading() if running is not None else prefixed(
             event.stage, f"#{event.step}")
         if event.kind == "step.cached":
-            self._print(Text.assemble(heading, ("  CACHED", "blue")))
+            self._print(self._step_line(heading, "", "  CACHED", "blue"))
         elif event.kind == "step.done":
-            self._print(Text.assemble(heading, (f"  DONE {event.seconds or 0:.1f}s", "green")))
+            self._print(self._step_line(heading, "", f"  DONE {event.seconds or 0:.1f}s",
+                                        "green"))
         else:  # the failed step and its last lines stay above the error
-            self._print(Text.assemble(heading, ("  ERROR", "bold red")))
+            self._print(self._step_line(heading, "", "  ERROR", "bold red"))
             for line in list(running.tail) if running is not None else ():
                 self._print(Text("  | " + line, style="red"))
 
@@ -185,6 +186,15 @@ class TtyView:
             self._live.refresh()
         self.console.print(text)
 
+    def _step_line(self, heading: str, style: str, outcome: str, outcome_style: str) -> Text:
+        """A step's line: its heading cut to the terminal's width, so that the outcome or
+        the timer after it always shows."""
+        head = Text(heading, style=style)
+        head.truncate(max(self.console.width - len(outcome), 10), overflow="ellipsis")
+        line = Text.assemble(head, (outcome, outcome_style))
+        line.no_wrap = True
+        return line
+
     def _frame(self) -> RenderableType:
         """What the live area shows now: running steps (timer, last lines), then the bars."""
         now = time.monotonic()
@@ -194,8 +204,7 @@ class TtyView:
             bars = bool(self._tasks)
         parts: list[RenderableType] = []
         for heading, seconds, tail in running:
-            parts.append(Text.assemble((heading, "bold"), (f"  {seconds:.1f}s", "cyan"),
-                                       no_wrap=True, overflow="ellipsis"))
+            parts.append(self._step_line(heading, "bold", f"  {seconds:.1f}s", "cyan"))
             parts.extend(Text("  | " + line, style="dim", no_wrap=True, overflow="ellipsis")
                          for line in tail)
         if bars:

@@ -111,3 +111,12 @@ def test_events_after_the_end_are_ignored_and_close_is_idempotent() -> None:
     view(Event("warning", text="late"))
     view.close()
     assert out.getvalue() == end
+
+
+def test_a_long_instruction_is_cut_so_its_outcome_shows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "40")
+    text = "RUN " + "x" * 100
+    shown = lines(drawn([Event("step.started", step=7, text=text),
+                         Event("step.done", step=7, seconds=2.0)]))
+    [line] = [line for line in shown if line.startswith("#7 ")]
+    assert line.endswith("…  DONE 2.0s") and len(line) == 40
