@@ -49,7 +49,7 @@ def mode(options: argparse.Namespace) -> str:
     if chosen is None and getattr(options, "quiet", False):
         return "quiet"
     if chosen is None:
-        chosen = os.environ.get("STEPBUILD_PROGRESS", "")  # ENV: the --help names it or "auto"
+        chosen = os.environ.get("STEPBUILD_PROGRESS", "") or "auto"  # (ENV)
         if chosen not in CHOICES:
             raise UsageError(f"{ENV}={chosen!r}: not a progress mode",
                              hint=f"one of {', '.join(CHOICES)}")

@@ -30,7 +30,7 @@ ENV = "STEPBUILD_HEARTBEAT"  # seconds; tests set a short one
 
 def interval_from_environment() -> float:
     """$STEPBUILD_HEARTBEAT (seconds), else DEFAULT_INTERVAL; UsageError if not a number."""
-    text = os.environ.get("STEPBUILD_HEARTBEAT", "")  # ENV: the --help names it
+    text = os.environ.get("STEPBUILD_HEARTBEAT", "")  # (ENV)
     if not text:
         return DEFAULT_INTERVAL
     try:
