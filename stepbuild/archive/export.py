@@ -1,16 +1,23 @@
 """Exporters: an image in the store → the files other tools read.
 
 `stepbuild build --output SPEC` (after the build) and `stepbuild export IMAGE --output SPEC`;
-SPEC is `type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, or a bare path for
-`type=local` (as `docker buildx build -o DIR`). Paths containing commas cannot be given.
+the specs are parsed in `outputs.py` (`type=TYPE,dest=PATH[,compression=C][,name=NAME]...`, a
+bare path for `type=local`, `dest=-` and a bare `-` for standard output; `type=image` and
+`type=registry` are the CLI's business: they write no file).
 
-| type       | dest | what is written                                                   |
-|------------|------|-------------------------------------------------------------------|
-| oci        | file | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
-| oci-layout | dir  | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
-| docker     | file | a docker-archive (`docker load`, `podman load`)                   |
-| local      | dir  | the image's root filesystem, flattened (`layers/flatten.py`)             |
-| tar        | file | that same tree as one deterministic tar                           |
+| type       | dest     | what is written                                                   |
+|------------|----------|-------------------------------------------------------------------|
+| oci        | file, -  | an OCI image layout in a tar (`skopeo … oci-archive:D`, `podman load`) |
+| oci-layout | dir      | an OCI image layout (`skopeo … oci:D:NAME`, `umoci unpack`)       |
+| docker     | file, -  | a docker-archive (`docker load`, `podman load`)                   |
+| local      | dir      | the image's root filesystem, flattened (`layers/flatten.py`)      |
+| tar        | file, -  | that same tree as one deterministic tar                           |
+
+Standard output (`-`): the archive is written straight to the stream the caller gives
+(`export_image(stdout=...)`), as it is made, with the bytes of the file form; at most one output
+goes there. A failure midway leaves a truncated archive on the stream (the command then fails).
+`--annotation index:`/`manifest-descriptor:` annotations (oci/annotations.py) go into the
+index.json that oci and oci-layout outputs write.
 
 Layers: oci and oci-layout carry them compressed with `--compression` (gzip by default;
 `compression=` per output wins), each compressed once per store (`layers/compress.py`), so every
@@ -49,14 +56,22 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import tempfile
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
+from stepbuild.archive.outputs import (
+    COMPRESSED_TYPES,
+    FILE_TYPES,
+    OUTPUT_TYPES,
+    STDOUT,
+    Output,
+    check_outputs,
+    parse_output,
+)
 from stepbuild.archive.write import (
     ImageSource,
     OciImage,
@@ -74,34 +89,16 @@ from stepbuild.fs.owner import is_dead_work, owner_tag
 from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
+from stepbuild.oci.annotations import Annotations
 from stepbuild.oci.digest import sha256_bytes
 
 if TYPE_CHECKING:
     from stepbuild.store.store import Store
 
-__all__ = ["OUTPUT_TYPES", "Exported", "Output", "check_destination", "export_image",
-           "parse_output"]
+__all__ = ["OUTPUT_TYPES", "STDOUT", "Exported", "Output", "check_destination",
+           "check_outputs", "export_image", "parse_output"]
 
-OUTPUT_TYPES = ("oci", "oci-layout", "docker", "local", "tar")
-FILE_TYPES = frozenset({"oci", "docker", "tar"})
-COMPRESSED_TYPES = frozenset({"oci", "oci-layout"})
 EXPORT_XATTR = "user.stepbuild.export"
-
-_KEYS = frozenset({"type", "dest", "compression", "name"})
-# image-layout.md, "ref.name": component ("/" component)*, separators -._:@+ and "--".
-_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
-_REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One `--output`: where to write what. `compression` None: the command's choice;
-    `names` empty: the default names (see the module docstring)."""
-
-    type: str
-    dest: Path
-    compression: str | None = None
-    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,55 +110,20 @@ class Exported:
     digest: str | None
 
 
-# --- specs -------------------------------------------------------------------------------------
-
-
-def parse_output(text: str) -> Output:
-    """Parse an `--output` value; `UsageError` for anything wrong with it."""
-    if "=" not in text:
-        if not text:
-            raise UsageError("--output needs a value", hint="type=oci,dest=image.tar")
-        return Output("local", Path(text))
-    fields: dict[str, str] = {}
-    names: list[str] = []
-    for part in text.split(","):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in _KEYS:
-            raise UsageError(f"--output {text!r}: unknown or malformed field {part!r}",
-                             hint="type=TYPE,dest=PATH[,compression=gzip|zstd|none][,name=N]")
-        if key == "name":
-            names.append(_check_name(value))
-        elif key in fields:
-            raise UsageError(f"--output {text!r}: {key} given twice")
-        else:
-            fields[key] = value
-    kind, dest = fields.get("type", ""), fields.get("dest", "")
-    if kind not in OUTPUT_TYPES:
-        raise UsageError(f"--output {text!r}: unknown type {kind!r}",
-                         hint=f"one of {', '.join(OUTPUT_TYPES)}")
-    if not dest:
-        raise UsageError(f"--output {text!r}: dest=PATH is required")
-    compression = fields.get("compression")
-    if compression is not None:
-        check_compression(compression)
-        if kind not in COMPRESSED_TYPES:
-            raise UsageError(f"--output {text!r}: compression applies to oci and oci-layout",
-                             hint="docker archives always hold uncompressed layers")
-    return Output(kind, Path(dest), compression, tuple(names))
-
-
-def _check_name(name: str) -> str:
-    if not _REF_NAME.fullmatch(name):
-        raise UsageError(f"invalid image name {name!r}",
-                         hint="letters, digits and . _ - : @ + / between them, e.g. app:1.0")
-    return name
+def _path(output: Output) -> Path:
+    """The destination of an output that writes one (not an image type)."""
+    if output.dest is None:
+        raise UsageError(f"type={output.type} writes no file",
+                         hint="type=image and type=registry are build outputs")
+    return output.dest
 
 
 def check_destination(output: Output) -> None:
     """Refuse now (`UsageError`) an output that could not be written, so that a build does
-    not run for nothing. Called again when writing."""
-    dest = output.dest
+    not run for nothing. Called again when writing. Standard output is always writable."""
+    dest = _path(output)
+    if output.to_stdout:
+        return
     _missing_parents(dest)
     if output.type in FILE_TYPES:
         if dest.is_dir():
@@ -236,32 +198,53 @@ def _layout_state(dest: Path) -> str:
 
 def export_image(store: Store, image: str, outputs: Sequence[Output], *,
                  compression: str = DEFAULT_COMPRESSION,
-                 names: Sequence[str] | None = None) -> list[Exported]:
+                 names: Sequence[str] | None = None,
+                 annotations: Annotations | None = None,
+                 stdout: BinaryIO | None = None) -> list[Exported]:
     """Write image `image` (a tag or digest in `store`) to every output, in order.
 
     `compression` applies to outputs that do not name their own. `names` are the image's
     names for index entries and RepoTags (None: `[image]` if it is a tag, else none); an
-    output's `name=` fields win. Holds the store lock shared (prune waits). Each output is
-    complete or untouched when this returns or raises; outputs already written stay.
+    output's `name=` fields win. `annotations`: the index and manifest-descriptor ones go
+    into the index.json of oci and oci-layout outputs (oci/annotations.py). `stdout`: where
+    an output with dest=- is written, straight (at most one; the caller refuses a terminal),
+    the same bytes as the file form; a failure midway leaves a truncated stream, which tar
+    readers reject. Holds the store lock shared (prune waits). Each file output is complete
+    or untouched when this returns or raises; outputs already written stay.
     """
     check_compression(compression)
+    check_outputs(outputs, stdout_is_terminal=False)
     for output in outputs:
         check_destination(output)
+        if output.to_stdout and stdout is None:
+            raise UsageError("dest=- needs a standard output to write to")
     with store.lock(exclusive=False):
         if names is None:
             names = [image] if any(name == image for name, _ in store.images()) else []
-        source = load_image(store, image)
-        return [_export_or_say_why(store, source, output, compression,
-                                   output.names or tuple(names))
+        job = _Job(store, load_image(store, image), compression, annotations or Annotations(),
+                   stdout)
+        return [_export_or_say_why(job, output, output.names or tuple(names))
                 for output in outputs]
 
 
-def _export_or_say_why(store: Store, source: ImageSource, output: Output, compression: str,
-                       names: Sequence[str]) -> Exported:
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What every output of one `export_image` call shares."""
+
+    store: Store
+    source: ImageSource
+    compression: str
+    annotations: Annotations
+    stdout: BinaryIO | None
+
+
+def _export_or_say_why(job: _Job, output: Output, names: Sequence[str]) -> Exported:
     """`_export_one`, with a full disk said as one error. Nothing half-written stays: each
     writer removes its temp file or dir on the way out (`replacing`, `_write_local`)."""
     try:
-        return _export_one(store, source, output, compression, names)
+        if output.to_stdout:
+            return _stream(job, output, names)
+        return _export_one(job, output, names)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -271,18 +254,17 @@ def _export_or_say_why(store: Store, source: ImageSource, output: Output, compre
                  " choose another dest") from exc
 
 
-def _export_one(store: Store, source: ImageSource, output: Output, compression: str,
-                names: Sequence[str]) -> Exported:
-    kind, dest = output.type, output.dest
+def _export_one(job: _Job, output: Output, names: Sequence[str]) -> Exported:
+    kind, dest, store, source = output.type, _path(output), job.store, job.source
     _make_parents(dest)
     _clear_dead_leftovers(dest)
     if kind in COMPRESSED_TYPES:
-        image = oci_image(store, source, output.compression or compression)
+        image = oci_image(store, source, output.compression or job.compression)
         if kind == "oci":
             with replacing(dest, 0o666 & ~umask()) as f:
-                write_oci_archive(f, store, image, names)
+                write_oci_archive(f, store, image, names, job.annotations)
         else:
-            _write_oci_layout(dest, store, image, names)
+            _write_oci_layout(dest, store, image, names, job.annotations)
         return Exported(output, image.manifest.digest)
     if kind == "docker":
         with replacing(dest, 0o666 & ~umask()) as f:
@@ -294,20 +276,40 @@ def _export_one(store: Store, source: ImageSource, output: Output, compression: 
     return Exported(output, _write_tar(dest, store, source))
 
 
-def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence[str]) -> None:
+def _stream(job: _Job, output: Output, names: Sequence[str]) -> Exported:
+    """An archive output to standard output: written as it is made, never to a temp file
+    first (a root filesystem can be bigger than the disk has room for twice)."""
+    out, store, source = job.stdout, job.store, job.source
+    assert out is not None  # export_image checked
+    digest: str
+    if output.type == "oci":
+        image = oci_image(store, source, output.compression or job.compression)
+        write_oci_archive(out, store, image, names, job.annotations)
+        digest = image.manifest.digest
+    elif output.type == "docker":
+        write_docker_archive(out, store, source, names)
+        digest = source.manifest.config.digest
+    else:
+        digest = _stream_tar(out, store, source)
+    out.flush()
+    return Exported(output, digest)
+
+
+def _write_oci_layout(dest: Path, store: Store, image: OciImage, names: Sequence[str],
+                      annotations: Annotations | None = None) -> None:
     state = _layout_state(dest)
     if state == "layout":
         with flocked(dest, exclusive=True, directory=True):  # other writers of it wait
-            fill_layout(dest, store, image, names)
+            fill_layout(dest, store, image, names, annotations)
         return
     tmp = _temp_dir(dest, ".tmp")
     try:
         os.chmod(tmp, 0o777 & ~umask())
-        fill_layout(tmp, store, image, names)
+        fill_layout(tmp, store, image, names, annotations)
         _rename_dir(tmp, dest)
     except _DestinationTaken:  # another export made a layout there meanwhile: add to it
         remove_tree(tmp, best_effort=True)
-        _write_oci_layout(dest, store, image, names)
+        _write_oci_layout(dest, store, image, names, annotations)
         return
     except BaseException:
         remove_tree(tmp, best_effort=True)
@@ -392,16 +394,35 @@ def _write_tar(dest: Path, store: Store, source: ImageSource) -> str:
     """The flattened tree as one tar (`layer.capture` of it: sorted, PAX, numeric ids,
     xattrs, hard links kept); returns its sha256."""
     from stepbuild.layers.capture import capture
+
+    with _flattened(store, source) as work, replacing_path(dest, 0o666 & ~umask()) as tmp:
+        blob = capture(work, [], tmp)  # capture writes by path
+        if blob is not None:
+            return blob.diff_id
+        tmp.write_bytes(END_OF_ARCHIVE)
+        return sha256_bytes(END_OF_ARCHIVE)
+
+
+def _stream_tar(out: BinaryIO, store: Store, source: ImageSource) -> str:
+    """`_write_tar` to a stream: the same bytes; returns their sha256."""
+    from stepbuild.layers.capture import capture_stream
+
+    with _flattened(store, source) as work:
+        diff_id = capture_stream(work, [], out)
+    if diff_id is not None:
+        return diff_id
+    out.write(END_OF_ARCHIVE)
+    return sha256_bytes(END_OF_ARCHIVE)
+
+
+@contextmanager
+def _flattened(store: Store, source: ImageSource) -> Iterator[Path]:
+    """The image's root filesystem in a temp dir of the store, removed afterwards."""
     from stepbuild.layers.flatten import flatten
 
     work = store.tmp_dir("flatten-")
     try:
         flatten(store, source.config.diff_ids, work)
-        with replacing_path(dest, 0o666 & ~umask()) as tmp:  # capture writes by path
-            blob = capture(work, [], tmp)
-            if blob is not None:
-                return blob.diff_id
-            tmp.write_bytes(END_OF_ARCHIVE)
-            return sha256_bytes(END_OF_ARCHIVE)
+        yield work
     finally:
         remove_tree(work, best_effort=True)

@@ -272,7 +272,8 @@ def _choose(images: list[tuple[_Image, tuple[str, ...]]], transport: Transport,
             name: str) -> _Image:
     """The image FROM means: the one matching REF, or the only one (buildah's rule)."""
     ref, where = transport.ref, transport.path
-    known = sorted({n for image, names in images for n in (*names, *image.names)})
+    known = sorted({n for image, names in images for n in (*names, *image.names)
+                    if not is_digest(n)})
     if ref is None:
         if len(images) != 1:
             raise ImportNotFound(name, f"{len(images)} images in {where}",
@@ -320,7 +321,10 @@ def _oci_images(source: Source) -> list[tuple[_Image, tuple[str, ...]]]:
                 raise InvalidDocument(f"manifest {manifest_desc.digest}: layers[{i}]",
                                       f"cannot unpack a layer of media type {desc.media_type}")
             layers.append(_Layer(_blob_name(desc.digest), desc, diff_id))
-        image = _Image(config, diff_ids, tuple(layers), manifest.annotations, names)
+        # Its digests too, for `oci-layout:DIR:sha256:…` (buildx's oci-layout://DIR@sha256:…).
+        digests = tuple(dict.fromkeys((entry.digest, manifest_desc.digest)))
+        image = _Image(config, diff_ids, tuple(layers), manifest.annotations,
+                       (*names, *digests))
         images.append((image, tuple(dict.fromkeys(_familiar(n) for n in tags))))
     return images
 

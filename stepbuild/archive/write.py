@@ -21,7 +21,9 @@ what goes in them:
 
 Index entries: one per name, `org.opencontainers.image.ref.name` = the name as given
 (`app:1.0`, the store's own convention, which skopeo and umoci read as `DIR:app:1.0`), with the
-config's platform; none named: one entry without a ref name. RepoTags: the names, `:latest`
+config's platform; none named: one entry without a ref name. `--annotation
+manifest-descriptor:` annotations go on every entry, `index:` ones on index.json itself
+(oci/annotations.py). RepoTags: the names, `:latest`
 added to one without a tag, digest references left out.
 
 Archives are deterministic: members root-owned, mtime 0, 0644 files, 0755 dirs, a fixed
@@ -61,6 +63,7 @@ from stepbuild.oci.documents import (
 )
 
 if TYPE_CHECKING:
+    from stepbuild.oci.annotations import Annotations
     from stepbuild.store.store import Store
 
 __all__ = ["ImageSource", "OciImage", "fill_layout", "load_image", "oci_image",
@@ -147,11 +150,21 @@ def _layer(store: Store, layer: Descriptor, diff_id: str, compression: str) -> D
     return compressed_layer(store, diff_id, compression)
 
 
-def _index_entries(image: OciImage, names: Sequence[str]) -> list[Descriptor]:
-    entry = replace(image.manifest, platform=image.platform or None)
+def _index_entries(image: OciImage, names: Sequence[str],
+                   annotations: Annotations | None) -> list[Descriptor]:
+    """One entry per name (one without a name if none), each with the manifest-descriptor
+    annotations; the ref name is set last, so an annotation cannot rename an entry."""
+    extra = dict(annotations.manifest_descriptor) if annotations else {}
+    entry = replace(image.manifest, platform=image.platform or None, annotations=extra or None)
     if not names:
         return [entry]
-    return [replace(entry, annotations={ANNOTATION_REF_NAME: name}) for name in names]
+    return [replace(entry, annotations={**extra, ANNOTATION_REF_NAME: name}) for name in names]
+
+
+def _index(image: OciImage, names: Sequence[str], annotations: Annotations | None) -> Index:
+    """The index.json of a new layout: its entries, and the index annotations."""
+    notes = dict(annotations.index) if annotations else {}
+    return Index(tuple(_index_entries(image, names, annotations)), notes or None)
 
 
 def _copy_blob(store: Store, desc: Descriptor, write: Callable[[bytes], Any]) -> None:
@@ -201,12 +214,12 @@ class _Archive:
         self._out.write(END_OF_ARCHIVE)
 
 
-def write_oci_archive(out: BinaryIO, store: Store, image: OciImage,
-                      names: Sequence[str]) -> None:
+def write_oci_archive(out: BinaryIO, store: Store, image: OciImage, names: Sequence[str],
+                      annotations: Annotations | None = None) -> None:
     """oci-layout, index.json, blobs/, blobs/sha256/, then the blobs in digest order."""
     tar = _Archive(out)
     tar.file("oci-layout", layout_header())
-    tar.file("index.json", Index(tuple(_index_entries(image, names))).to_bytes())
+    tar.file("index.json", _index(image, names, annotations).to_bytes())
     tar.directory("blobs")
     tar.directory("blobs/sha256")
     blobs = {d.digest: d for d in image.blobs}
@@ -220,9 +233,10 @@ def write_oci_archive(out: BinaryIO, store: Store, image: OciImage,
     tar.close()
 
 
-def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str]) -> None:
+def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str],
+                annotations: Annotations | None = None) -> None:
     """Add the image to the layout at `root`: blobs first, index.json last
-    (docs/security.md rule 5)."""
+    (docs/security.md rule 5). Index annotations are added to those already there."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(mode=0o777, parents=True, exist_ok=True)
     for desc in image.blobs:
@@ -231,10 +245,10 @@ def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str])
     fsync_dir(blobs)
     if not (root / "oci-layout").exists():
         _put_file(root / "oci-layout", layout_header())
-    entries = _index_entries(image, names)
+    entries = _index_entries(image, names, annotations)
     index_path = root / "index.json"
     if not index_path.exists():
-        _put_file(index_path, Index(tuple(entries)).to_bytes())
+        _put_file(index_path, _index(image, names, annotations).to_bytes())
         return
     # Another tool's index: edit its JSON, not our model of it (which drops what it does not
     # know, e.g. artifactType); checked by our parser first.
@@ -249,6 +263,8 @@ def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str])
             if not (d.ref_name in ours or (not names and not d.ref_name
                                            and d.digest == image.manifest.digest))]
     document["manifests"] = [*kept, *(e.to_json() for e in entries)]
+    if annotations and annotations.index:
+        document["annotations"] = {**(index.annotations or {}), **annotations.index}
     _put_file(index_path, canonical_json(document))
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from stepbuild.build.config import apply_config, arg_text, onbuild_triggers
+from stepbuild.build.config import apply_config, arg_text, onbuild_triggers, with_labels
 from stepbuild.build.images import (
     base_descriptor,
     import_archive,
@@ -27,6 +27,7 @@ from stepbuild.build.images import (
     save_state,
 )
 from stepbuild.build.lifecycle import StepLifecycle
+from stepbuild.build.named import NamedSources
 from stepbuild.build.plan import (
     Scope,
     Stage,
@@ -50,11 +51,14 @@ from stepbuild.errors import (
     StepbuildError,
 )
 from stepbuild.frontend import instructions as ins
+from stepbuild.sources.named import lookup
 
 if TYPE_CHECKING:
     from stepbuild.build.seams import BuildStore, OpenTeamCache, StepExecutor, TeamCacheView
     from stepbuild.distribution.connection import Connection
     from stepbuild.progress import Progress
+    from stepbuild.sources.context import BuildContext
+    from stepbuild.sources.named import NamedContext
     from stepbuild.store.store import Store
     from stepbuild.teamcache.cache import CacheSpec
 
@@ -78,6 +82,12 @@ class BuildOptions:
     # For every registry the build reaches (FROM and the team cache); None: the defaults
     # (the default auth file, TLS verified against the system's CAs).
     connection: Connection | None = None
+    # --label: the final image's config Labels, over the Stepfile's (no step key has them:
+    # a new label changes the config and manifest only). --annotation manifest: annotations.
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    # --build-context, by canonical name (sources/named.py; resolved by build/named.py).
+    contexts: Mapping[str, NamedContext] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +164,9 @@ class Builder:
         target = _target_stage(stages, options.target)
         globals_ = global_args(stages, options.build_args, stepfile.escape)
         graph = stage_dependencies(stages, globals_, stepfile.escape)
+        for stage in stages.stages:  # a stage a named context replaces needs nothing
+            if stage.name and lookup(options.contexts, stage.name) is not None:
+                graph[stage.index] = frozenset()
         needed = needed_stages(target.index, graph)
         check_platforms(stages, needed, globals_, stepfile.escape)
         check_entitlements(stages, needed, self.executor.allow)
@@ -168,7 +181,9 @@ class Builder:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
             run.need_layers(state)
-            descriptor = save_state(self.store, state, run.bases.get(target.index))
+            state = with_labels(state, options.labels)
+            descriptor = save_state(self.store, state, run.bases.get(target.index),
+                                    options.annotations)
             for tag in options.tags:
                 self.store.tag(tag, descriptor)
             if run.team is not None and run.team.exporting:  # the final image's stages (min)
@@ -272,6 +287,9 @@ class _Run:
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
         self._lock = threading.Lock()
+        self.named = NamedSources(options.contexts, builder.store, builder.progress,
+                                  stages.filename, pull=options.pull,
+                                  connection=options.connection, read_outside=self.read_outside)
 
     def read_outside(self, reason: str) -> None:
         """A step read something from outside the context (`BuildRun.read_outside`)."""
@@ -296,12 +314,14 @@ class _Run:
         return (stage.name or str(stage.index)) if self.labelled else ""
 
     def stage(self, stage: Stage) -> ImageState:
-        state, triggers = self.base(stage)
+        named = self.named.find(stage.name)  # --build-context NAME replaces stage NAME
+        state, triggers = self.base(stage) if named is None else self.named_base(stage, named)
+        instructions = stage.instructions if named is None else ()
         state = replace(state, cmd_set=False)  # a CMD of an earlier stage is its base's
         if self.options.source_date_epoch is not None:
             state = replace(state, created=timestamp(self.options.source_date_epoch))
         scope = Scope(self.escape, env=state.env)
-        for instruction in (*triggers, *stage.instructions):
+        for instruction in (*triggers, *instructions):
             if self.failed:
                 raise BuildError("stopped: another stage failed")
             self.builder.progress.step(self.label(stage), self.count(), instruction)
@@ -332,6 +352,9 @@ class _Run:
                          stage.base.image)
         if name == "scratch":
             return scratch(), ()
+        named = self.named.find(name)
+        if named is not None:
+            return self.named_base(stage, named, shown=False)
         earlier = self.stages.find(name)
         if earlier is not None and earlier.index < stage.index:
             self.from_stage[stage.index] = earlier.index
@@ -359,6 +382,31 @@ class _Run:
         if base is not None:
             self.bases[stage.index] = base
         return onbuild_triggers(state, self.stages.filename, stage.base)
+
+    def named_base(self, stage: Stage, named: NamedContext, shown: bool = True
+                   ) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
+        """FROM a named context: its image, or for a directory an image of its files alone
+        (buildx: FROM a local context is its tree), made by a `COPY --from=NAME . /` on
+        scratch, which the stage runs first. `shown`: its FROM line was printed already."""
+        if shown:
+            self.builder.progress.step(self.label(stage), self.count(), stage.base)
+        if named.kind == "path":
+            copy = ins.Copy(stage.base.loc, stage.base.text, (".",), "/", from_=named.name)
+            return scratch(), (copy,)
+        state, base = self.named.image(named, stage.base)
+        self.bases[stage.index] = base
+        return onbuild_triggers(state, self.stages.filename, stage.base)
+
+    def named_source(self, name: str, instruction: ins.Instruction
+                     ) -> ImageState | BuildContext | None:
+        """What `COPY --from=NAME` or `RUN --mount from=NAME` reads when NAME is a named
+        context (`BuildRun.named_source`): an image's state, or a directory; None if not."""
+        named = self.named.find(name)
+        if named is None:
+            return None
+        if named.kind == "path":
+            return self.named.context(named)
+        return self.named.image(named, instruction)[0]
 
     def from_registry(self, stage: Stage, name: str, found: bool) -> str | None:
         """FROM a registry reference: the local digest of the base, pulled (or found under its

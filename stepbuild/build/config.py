@@ -8,7 +8,7 @@ of the child build here. Pure functions of (instruction, state, scope): no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,7 @@ from stepbuild.errors import BuildError, ParseError, PlanError
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import go_quote
 
-__all__ = ["apply_config", "arg_text", "onbuild_triggers", "workdir_path"]
+__all__ = ["apply_config", "arg_text", "onbuild_triggers", "with_labels", "workdir_path"]
 
 
 def onbuild_triggers(state: ImageState, filename: str, base: ins.From
@@ -77,6 +77,15 @@ def _label(instruction: ins.Label, state: ImageState, scope: Scope) -> ImageStat
     labels.update(pairs)
     text = " ".join(f"{k}={v}" for k, v in pairs.items())
     return state.with_config(f"LABEL {text}", Labels=labels)
+
+
+def with_labels(state: ImageState, labels: Mapping[str, str]) -> ImageState:
+    """`build --label`s over the config's Labels, with no history entry (as BuildKit's
+    Dockerfile frontend applies them to the final image only)."""
+    if not labels:
+        return state
+    config = {**state.config, "Labels": {**(state.config.get("Labels") or {}), **labels}}
+    return replace(state, config=config)
 
 
 def workdir_path(instruction: ins.Workdir, state: ImageState, scope: Scope) -> str:

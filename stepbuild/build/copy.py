@@ -106,6 +106,7 @@ class CopyWork:
     unpack: bool
     where: str
     origin: str = ""
+    context: BuildContext | None = None  # a named context the selection is of (--from)
 
 
 def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, scope: Scope,
@@ -120,10 +121,8 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     sources = [s for s in expanded if not fetch.is_url(s)]
     excludes = [scope.expand(e) for e in copy.excludes]
     parents = isinstance(copy, ins.Copy) and copy.parents
-    source = _from(executor, copy, scope, run)
-    selection = layout = None
-    if sources and source is None:
-        selection, layout = select(executor.context, sources, excludes, parents)
+    named, source, selection, layout = _sources(executor, copy, scope, run, sources,
+                                                excludes, parents)
     checksum = scope.expand(copy.checksum) if isinstance(copy, ins.Add) and (
         copy.checksum) else None
     if checksum is not None and (sources or copy.inline):
@@ -183,7 +182,7 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         downloads=tuple(downloads), git=tuple(repos), keep_git_dir=keep_git_dir, chown=chown,
         owner=owner, chmod=chmod,
         unpack=isinstance(copy, ins.Add) and copy.unpack is not False,
-        where=where, origin=_origin(copy, scope, run) if source else "")
+        where=where, origin=_origin(copy, scope, run) if source else "", context=named)
     return PreparedStep(copy, key, inputs, created_by, work, (source,) if source else (),
                         link=copy.link)
 
@@ -251,6 +250,10 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
     if not isinstance(copy, ins.Copy) or not copy.from_:
         return None
     name = scope.expand(copy.from_)
+    named = run.named_source(name, copy)  # --build-context NAME wins over stages and images
+    if named is not None:
+        assert isinstance(named, ImageState), name  # _named_context took the directories
+        return named
     stage = run.stages.find(name)
     if stage is not None:
         built: ImageState = run.results[stage.index]  # the stage graph made sure it is built
@@ -264,6 +267,45 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
                       f"COPY --from={name}: no stage or image of that name",
                       hint="name an earlier stage, or build or load the image first")
     return state
+
+
+def _named_context(copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
+                   ) -> BuildContext | None:
+    """The directory a `COPY --from=NAME` reads when NAME is a directory --build-context."""
+    if not isinstance(copy, ins.Copy) or not copy.from_:
+        return None
+    named = run.named_source(scope.expand(copy.from_), copy)
+    return named if isinstance(named, BuildContext) else None
+
+
+def _sources(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun,
+             sources: Sequence[str], excludes: Sequence[str], parents: bool
+             ) -> tuple[BuildContext | None, ImageState | None, Selection | None,
+                        tuple[_Kept, ...] | None]:
+    """Where the files come from: a directory --build-context (`COPY --from=NAME`), else a
+    `--from` stage or image, else the build context; and the selection of a directory."""
+    named = _named_context(copy, scope, run)
+    source = _from(executor, copy, scope, run) if named is None else None
+    if sources and named is not None:
+        return (named, None, *_select_named(named, sources, excludes, parents, copy, scope))
+    if sources and source is None:
+        return (None, None, *select(executor.context, sources, excludes, parents))
+    return named, source, None, None
+
+
+def _select_named(context: BuildContext, sources: Sequence[str], excludes: Sequence[str],
+                  parents: bool, copy: ins.Copy | ins.Add, scope: Scope
+                  ) -> tuple[Selection, tuple[_Kept, ...] | None]:
+    """`select` in a directory --build-context; its errors name that context, not the main
+    one (whose ignore-file hints would mislead)."""
+    try:
+        return select(context, sources, excludes, parents)
+    except ContextChanged:
+        raise  # the lifecycle prepares the step again
+    except ContextError as exc:
+        name = scope.expand(copy.from_) if isinstance(copy, ins.Copy) and copy.from_ else ""
+        raise ContextError(f"{exc.message} in --build-context {name} ({context.root})"
+                           ) from None
 
 
 def _origin(copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun) -> str:
@@ -302,7 +344,8 @@ def perform(executor: Executor, work: CopyWork, merged: Path, tmp: Path,
     overlay whose upper dir is `upper`, or (chroot isolation, `upper` None) a plain copy."""
     source = work.source
     if source is None:
-        _copy_all(executor.context, work.selection, work.layout, work, merged, tmp, upper)
+        _copy_all(work.context or executor.context, work.selection, work.layout, work, merged,
+                  tmp, upper)
         return
     lowers = [executor.store.layer_dir(d) for d in reversed(source.diff_ids)]
     with executor.readonly_root(tmp / "from", lowers) as root:

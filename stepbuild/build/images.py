@@ -17,6 +17,8 @@ from stepbuild.errors import BaseImageError, ImageNotFound, PlanError, Stepbuild
 from stepbuild.oci import documents as oci
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from stepbuild.build.seams import ImageStore
     from stepbuild.frontend import instructions as ins
     from stepbuild.store.store import Store
@@ -72,12 +74,13 @@ ANNOTATION_BASE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_DIGEST = "org.opencontainers.image.base.digest"
 
 
-def save_state(store: ImageStore, state: ImageState, base: tuple[str, str] | None = None
-               ) -> oci.Descriptor:
+def save_state(store: ImageStore, state: ImageState, base: tuple[str, str] | None = None,
+               extra: Mapping[str, str] | None = None) -> oci.Descriptor:
     """Write the config and manifest of `state`; return the manifest descriptor.
 
     The manifest is annotated with the creation time and, when the image was built on an
-    image (not scratch), that base's name and manifest digest (image-spec annotations.md).
+    image (not scratch), that base's name and manifest digest (image-spec annotations.md),
+    then with `extra` (`build --annotation`), which wins for the same key.
     """
     diff_ids = state.diff_ids
     if not diff_ids:
@@ -90,4 +93,5 @@ def save_state(store: ImageStore, state: ImageState, base: tuple[str, str] | Non
     annotations = {ANNOTATION_CREATED: state.created}
     if base is not None:
         annotations[ANNOTATION_BASE_NAME], annotations[ANNOTATION_BASE_DIGEST] = base
+    annotations.update(extra or {})
     return store.put_image(config, layers, annotations)

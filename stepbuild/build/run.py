@@ -129,6 +129,13 @@ def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources
         return PlanError(message, SourcePosition(filename, loc.line, loc.column, text))
 
     def state(name: str) -> ImageState | None:
+        find = getattr(build, "named_source", None)
+        named = find(name, run) if find is not None else None  # --build-context NAME wins
+        if isinstance(named, ImageState):
+            return named
+        if named is not None:
+            raise error(f"RUN --mount from={name}: a directory --build-context cannot be"
+                        " mounted here (use COPY --from)")
         stage = stages.find(name) if stages is not None else None
         if stage is not None and stage.index in results:
             return results[stage.index]

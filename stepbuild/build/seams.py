@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from stepbuild.frontend import instructions as ins
     from stepbuild.layers.capture import LayerBlob
     from stepbuild.oci.documents import Descriptor, ImageConfig, Manifest
+    from stepbuild.sources.context import BuildContext
     from stepbuild.store.records import CacheRecord
 
 
@@ -101,6 +102,11 @@ class BuildRun(Protocol):
     def read_outside(self, reason: str) -> None:
         """A step read something from outside the build context (a URL, a git repository):
         its result may differ next time although no local input changed."""
+
+    def named_source(self, name: str, instruction: ins.Instruction
+                     ) -> ImageState | BuildContext | None:
+        """What NAME means when a --build-context names it (`build/named.py`): an image's
+        state, or a directory to select in; None when no named context is called NAME."""
 
 
 class StepExecutor(Protocol):

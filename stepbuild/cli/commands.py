@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from stepbuild.cli import limit_flags, progress_flags
+from stepbuild.cli import limit_flags, output_flags, progress_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from stepbuild.distribution.connection import Connection
     from stepbuild.distribution.display import TransferDisplay
     from stepbuild.frontend.instructions import Stepfile
+    from stepbuild.oci.annotations import Annotations
     from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
     from stepbuild.sandbox.isolation import Isolation
@@ -72,9 +73,16 @@ def open_store(options: argparse.Namespace,
 
 def build(options: argparse.Namespace) -> int:
     from stepbuild.cli import build_flags
-    from stepbuild.cli import noop as fingerprint
+    from stepbuild.cli.context_flags import fetched
 
     build_flags.check(options)  # a bad -t or --no-cache-filter fails before anything starts
+    with fetched(options, lambda: open_store(options)):  # `-`, git, URLs, --build-context
+        return _build(options)
+
+
+def _build(options: argparse.Namespace) -> int:
+    from stepbuild.cli import noop as fingerprint
+
     pull_policy = _pull_policy(options)  # before the context: `build --pull DIR`
     context_dir = Path(options.context)
     if not context_dir.is_dir():
@@ -112,8 +120,9 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
     from stepbuild.frontend.source import read_stepfile
 
     text, name = read_stepfile(options.file, options.context)
-    outputs = _outputs(options)  # a bad --output fails now, not after the build
-    pushes = _push_targets(options)  # so does a bad --push target
+    # A bad --output, --push target, --label or --annotation fails now, not after the build.
+    plan = output_flags.plan(options)
+    outputs, pushes = plan.files, plan.pushes
     cache_from, cache_to = _cache_specs(options)  # and a bad --cache-from/--cache-to
     connection = _connection(options)  # FROM, --push and the team cache all reach out with it
     names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
@@ -138,12 +147,14 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                          isolation=isolation.mode)
     builder = Builder(store, executor, progress, jobs=options.jobs)
     # A shared store lock for the whole build: `prune` (exclusive) waits until we are done.
-    wanted = BuildOptions(tags=tuple(options.tag), build_args=build_args,
+    wanted = BuildOptions(tags=plan.tags, build_args=build_args,
                           no_cache=options.no_cache, network=options.network,
                           no_cache_filter=getattr(options, "no_cache_filter", ()),
                           source_date_epoch=epoch, target=options.target,
                           pull=pull_policy, cache_from=cache_from, cache_to=cache_to,
-                          connection=connection)
+                          connection=connection, labels=plan.labels,
+                          annotations=plan.annotations.manifest,
+                          contexts=getattr(options, "named_contexts", {}))
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -152,25 +163,28 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
         finally:
             executor.close()
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
-            _export(store, result.manifest_digest, outputs, options, options.tag,
-                    None if options.quiet else progress_flags.notices(progress))
+            _export(store, result.manifest_digest, outputs, options, list(plan.tags),
+                    None if options.quiet else progress_flags.notices(progress),
+                    plan.annotations)
         pushed = {target: _push(store, result.manifest_digest, target, options, connection,
                                 stdout=False) for target in pushes}  # build --push
-        _write_build_files(options, store, result.manifest_digest, pushed)
+        _write_build_files(options, store, result.manifest_digest, pushed, plan.tags)
     context.save()
     if witness is not None:
         fingerprint.record(witness, digest=result.manifest_digest, names=options.tag,
                            resolved=names_read, transcript=progress.transcript,
                            warnings=warnings, outside=result.outside, keys=result.keys)
-    progress.summary(result.steps, result.cached, result.manifest_digest, options.tag)
+    progress.summary(result.steps, result.cached, result.manifest_digest, list(plan.tags))
     # After --push the digest a pipeline signs and deploys is the registry's (ours may name
     # other layer blobs: the store keeps them uncompressed); every -t got the same one.
-    print(next(iter(pushed.values())) if pushed else result.manifest_digest)
+    # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to stderr.
+    print(next(iter(pushed.values())) if pushed else result.manifest_digest,
+          file=sys.stderr if plan.stdout else sys.stdout)
     return 0
 
 
 def _write_build_files(options: argparse.Namespace, store: Store, local: str,
-                       pushed: dict[str, str]) -> None:
+                       pushed: dict[str, str], names: tuple[str, ...]) -> None:
     """--iidfile and --metadata-file, each written atomically (temp file, then rename), under
     the build's store lock (an untagged result cannot be pruned meanwhile)."""
     from stepbuild.fs.durable import write_file
@@ -185,7 +199,7 @@ def _write_build_files(options: argparse.Namespace, store: Store, local: str,
         metadata = {
             "containerimage.digest": digest,
             "containerimage.config.digest": manifest.config.digest,
-            "image.name": ",".join(options.tag),
+            "image.name": ",".join(names),
             "stepbuild.local.digest": local,
             "stepbuild.pushed": pushed,
         }
@@ -354,32 +368,25 @@ def _mount_options(options: argparse.Namespace
 # --- export ------------------------------------------------------------------------------------
 
 
-def _outputs(options: argparse.Namespace) -> list[Output]:
-    """The parsed --output values, their destinations checked (UsageError)."""
-    if not getattr(options, "output", None):
-        return []
-    from stepbuild.archive.export import check_destination, parse_output
-
-    outputs = [parse_output(value) for value in options.output]
-    for output in outputs:
-        check_destination(output)
-    return outputs
-
-
 def _export(store: Store, image: str, outputs: list[Output], options: argparse.Namespace,
-            names: list[str] | None, stream: TextIO | None) -> None:
-    """Export, then one line per output to `stream` (None: silent): type, dest, digest."""
+            names: list[str] | None, stream: TextIO | None,
+            annotations: Annotations | None = None) -> None:
+    """Export, then one line per output to `stream` (None: silent): type, dest, digest.
+    An output with dest=- is written to stdout."""
     from stepbuild.archive.export import export_image
 
-    results = export_image(store, image, outputs, compression=options.compression, names=names)
+    results = export_image(store, image, outputs, compression=options.compression, names=names,
+                           annotations=annotations, stdout=sys.stdout.buffer)
     for result in results if stream is not None else ():
-        print(f"{result.output.type} {result.output.dest} {result.digest or '-'}", file=stream)
+        print(f"{result.output.type} {result.output.where} {result.digest or '-'}", file=stream)
 
 
 def export(options: argparse.Namespace) -> int:
-    """`stepbuild export IMAGE -o ...`: one line per output on stdout (type, dest, digest)."""
-    outputs = _outputs(options)
-    _export(open_store(options), options.image, outputs, options, None, sys.stdout)
+    """`stepbuild export IMAGE -o ...`: one line per output (type, dest, digest), on stdout
+    unless an archive goes there (-o -): then on stderr."""
+    outputs = output_flags.file_outputs(options)
+    stream = sys.stderr if any(output.to_stdout for output in outputs) else sys.stdout
+    _export(open_store(options), options.image, outputs, options, None, stream)
     return 0
 
 
@@ -463,21 +470,6 @@ def _pull_policy(options: argparse.Namespace) -> str:
         raise UsageError(f"invalid --pull value {value!r}", hint="--pull=missing|always|never")
     options.context = value
     return "always"
-
-
-def _push_targets(options: argparse.Namespace) -> list[str]:
-    """build --push: the -t names, each read as a registry reference (checked before the
-    build starts)."""
-    if not getattr(options, "push", False):
-        return []
-    from stepbuild.distribution.reference import parse_reference
-
-    if not options.tag:
-        raise UsageError("--push needs a name to push to",
-                         hint="add -t REGISTRY/REPOSITORY:TAG")
-    for name in options.tag:
-        parse_reference(name)
-    return list(options.tag)
 
 
 def _push(store: Store, image: str, destination: str | None, options: argparse.Namespace,
@@ -572,15 +564,26 @@ def logout(options: argparse.Namespace) -> int:
 
 
 def images(options: argparse.Namespace) -> int:
+    """`stepbuild images`: NAME, DIGEST (12 digits of the local manifest's), SIZE. With
+    --digests: NAME, LOCAL DIGEST (the store's manifest, in full), SIZE, then PUSHED DIGEST
+    and PUSHED TO, a row per reference the image was pushed to (the registry's manifest
+    digest: what `stepbuild build --push` printed), "-" for an image never pushed."""
     store = open_store(options)
-    rows = [("NAME", "DIGEST", "SIZE")]
+    digests = getattr(options, "digests", False)
+    rows = [("NAME", "LOCAL DIGEST", "SIZE", "PUSHED DIGEST", "PUSHED TO") if digests
+            else ("NAME", "DIGEST", "SIZE")]
     for name, descriptor in sorted(store.images()):
         manifest = store.manifest(descriptor)
-        size = sum(layer.size for layer in manifest.layers)
-        rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], human_size(size)))
-    width = max(len(r[0]) for r in rows)
+        size = human_size(sum(layer.size for layer in manifest.layers))
+        if not digests:
+            rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], size))
+            continue
+        pushed = sorted(store.push_records.get(descriptor.digest).items()) or [("-", "-")]
+        rows += [(name, descriptor.digest, size, digest, ref) for ref, digest in pushed]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print(f"{row[0]:<{width}}  {row[1]:<12}  {row[2]}")
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False))
+              + "  " + row[-1])
     return 0
 
 

@@ -119,7 +119,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
-    from stepbuild.cli import build_flags, limit_flags
+    from stepbuild.cli import build_flags, context_flags, limit_flags, output_flags
     from stepbuild.cli import commands as impl
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
@@ -175,10 +175,15 @@ def _add_store_commands(commands: Subcommands) -> None:
     _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
     limit_flags.add_arguments(build)
     build_flags.add_arguments(build)  # --no-cache-filter
+    output_flags.add_arguments(build)  # --label, --annotation
+    context_flags.add_arguments(build)  # --build-context
     progress_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
-    build.add_argument("context", nargs="?", default=".", help="the build context directory")
+    build.add_argument("context", nargs="?", default=".",
+                       help="the build context: a directory, '-' (a tar or a Stepfile on"
+                            " stdin), a git URL (URL.git#ref:subdir, git@host:repo.git) or"
+                            " an http(s) URL of a tarball")
     build.set_defaults(run=impl.build)
 
     for name, helptext, func in (("images", "list tagged images", impl.images),
@@ -186,6 +191,8 @@ def _add_store_commands(commands: Subcommands) -> None:
                                  ("check", "verify the store's consistency", impl.check)):
         sub = commands.add_parser(name, help=helptext)
         sub.set_defaults(run=func)
+        if name == "images":
+            output_flags.add_images_arguments(sub)
         if name == "prune":
             sub.add_argument("--cache-mounts", action="store_true",
                              help="also delete the RUN --mount=type=cache directories")
@@ -318,7 +325,10 @@ def _add_output_arguments(parser: argparse.ArgumentParser, *, required: bool) ->
     parser.add_argument("-o", "--output", action="append", default=[], required=required,
                         metavar="type=TYPE,dest=PATH",
                         help="write the image: TYPE oci, oci-layout, docker, local or tar"
-                             " (repeatable; a bare PATH means type=local)")
+                             " (repeatable; a bare PATH means type=local; dest=- writes an"
+                             " oci, docker or tar archive to stdout, and a bare - is"
+                             " type=tar,dest=-); build also takes type=image[,name=REF]"
+                             "[,push=true] and type=registry,name=REF (push to REF)")
     parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                         help="layer compression of oci and oci-layout outputs (default: gzip)")
 

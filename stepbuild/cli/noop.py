@@ -118,6 +118,7 @@ def _eligible(options: argparse.Namespace, pull_policy: str) -> bool:
     return not (options.no_cache or getattr(options, "no_cache_filter", None)
                 or options.reproducible or options.push or options.output
                 or options.cache_to or options.file == "-"
+                or getattr(options, "fetched_context", None)  # cli/context_flags.py
                 or getattr(options, "iidfile", None) or getattr(options, "metadata_file", None)
                 or pull_policy not in ("missing", "never"))
 

@@ -15,8 +15,9 @@ line each):
    downloaded (verified) from where it is known to be.
 
 Then the config blob the same way, then the manifest under the tag (skipped when the tag already
-names that exact manifest). Pushing the same image twice uploads nothing; pushing it to
-another repository of the same registry mounts every blob.
+names that exact manifest), and a push record (`store.push_records`: the registry digest the
+local image was pushed as, for `stepbuild images --digests`). Pushing the same image twice
+uploads nothing; pushing it to another repository of the same registry mounts every blob.
 
 **Remote records** (`store.remote_records`: `<store>/remote-blobs/<hex>.json`, one per layer
 diff_id or config digest; store/records.py owns the format): which blob (descriptor) holds
@@ -112,6 +113,7 @@ def push(store: Store, image: str, destination: str | None = None, *, compressio
             uploaded = current is None or current[0] != digest
             if uploaded:
                 registry.put_manifest(ref.repository, tag, data, remote.media_type)
+    store.push_records.add(local.digest, f"{ref.registry}/{ref.repository}:{tag}", digest)
     blobs = (*((d.digest, o) for d, o in layers), (manifest.config.digest, config_outcome))
     result = PushResult(ref.with_digest(digest), digest, len(data), blobs, uploaded)
     display.message(f"pushed {result.reference} ({_summary(result)})")

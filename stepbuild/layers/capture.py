@@ -25,6 +25,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from stepbuild.errors import LayerError
 from stepbuild.fs.trees import UNLIMITED, move_dir_fd, walk_tree
@@ -54,6 +55,7 @@ from stepbuild.layers.tar import (
 __all__ = [
     "LayerBlob",
     "capture",
+    "capture_stream",
     "clamp_mtimes",
 ]
 
@@ -104,28 +106,44 @@ def capture(
     Both overlay xattr namespaces are read as overlay state whatever the mount used, so a
     step's own `user.overlay.*` xattrs are dropped (and a `user.overlay.redirect` refused).
     """
-    out = _HashedOutput(tar_path)
+    out = _HashedOutput(open(tar_path, "wb", buffering=_CHUNK))  # noqa: SIM115 - closed below
     try:
-        walk = _Capture(out, [os.fsencode(p) for p in lowers], source_date_epoch)
-        walk.run(os.fsencode(upper))
-        if walk.entries:
-            out.write(END_OF_ARCHIVE)
+        entries = _walk(out, upper, lowers, source_date_epoch)
         out.close()
     except BaseException:
         out.close()
         tar_path.unlink(missing_ok=True)
         raise
-    if not walk.entries:
+    if not entries:
         tar_path.unlink()
         return None
     return LayerBlob(diff_id=out.diff_id(), size=out.size, path=tar_path)
 
 
+def capture_stream(upper: Path, lowers: Sequence[Path], stream: BinaryIO, *,
+                   source_date_epoch: int | None = None) -> str | None:
+    """`capture` written to an open `stream` (`stepbuild build -o -`: a pipe), the same
+    bytes; returns their sha256, or None when there was nothing to record (then nothing was
+    written). The stream is left open; on error it holds a truncated tar."""
+    out = _HashedOutput(stream)
+    return out.diff_id() if _walk(out, upper, lowers, source_date_epoch) else None
+
+
+def _walk(out: _HashedOutput, upper: Path, lowers: Sequence[Path],
+          source_date_epoch: int | None) -> int:
+    """Write the tar of `upper` over `lowers` to `out`; return its number of entries."""
+    walk = _Capture(out, [os.fsencode(p) for p in lowers], source_date_epoch)
+    walk.run(os.fsencode(upper))
+    if walk.entries:
+        out.write(END_OF_ARCHIVE)
+    return walk.entries
+
+
 class _HashedOutput:
     """A file written once, hashed on the way: the tar is never read back to hash it."""
 
-    def __init__(self, path: Path) -> None:
-        self._file = open(path, "wb", buffering=_CHUNK)  # noqa: SIM115 - closed by close()
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
         self._sha = hashlib.sha256()
         self.size = 0
 

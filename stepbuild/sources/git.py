@@ -2,8 +2,10 @@
 
 Which sources are git repositories (BuildKit's `gitutil.ParseGitRef`): an http(s) URL whose
 path ends in `.git`; its fragment is `#<ref>[:<subdir>]` (a branch, a tag or a full commit
-sha; a directory of the repository). `git@host:…` and `ssh://` are not supported here, nor
-BuildKit's `##ref=…,subdir=…` form, nor submodules (BuildKit fetches them; we do not).
+sha; a directory of the repository). `git@host:…`, `ssh://` and `git://` are build
+contexts only (`is_context_git_url`, `sources/remote.py`: the transports allowed are the
+source's `protocols`), as in docker, whose ADD takes http(s) only. Not supported: BuildKit's
+`##ref=…,subdir=…` form, submodules (BuildKit fetches them; we do not).
 
 How (BuildKit's git source, `source/git`, does the same steps):
 
@@ -52,6 +54,9 @@ from stepbuild.errors import BuildError
 
 TIMEOUT_SECONDS = 600
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# What ssh needs of the user's environment (their agent, their own ssh command); ssh reads
+# its keys and known_hosts from the user's passwd home, not from $HOME.
+_SSH_ENV = ("SSH_AUTH_SOCK", "GIT_SSH", "GIT_SSH_COMMAND")
 
 
 class GitError(BuildError):
@@ -63,6 +68,9 @@ class GitSource:
     remote: str   # the URL to fetch, as written (credentials included), without fragment
     ref: str      # branch, tag or commit sha; "" for the remote's HEAD
     subdir: str   # a clean relative path inside the repository; "" for the whole tree
+    # git's transports allowed (GIT_ALLOW_PROTOCOL): ADD takes http(s) only; a build
+    # context also git:// and ssh (`git@host:repo.git`), as docker's does.
+    protocols: str = "http:https"
 
     @property
     def shown(self) -> str:
@@ -78,7 +86,13 @@ def is_git_url(source: str) -> bool:
     return urllib.parse.urlsplit(source.partition("#")[0]).path.endswith(".git")
 
 
-def parse(source: str) -> GitSource:
+def is_context_git_url(source: str) -> bool:
+    """A build context that is a git repository (docker's `urlutil.IsGitURL`, plus BuildKit's
+    ssh://): an http(s) URL ending in `.git`, or a `git://`, `ssh://` or `git@host:` one."""
+    return is_git_url(source) or source.startswith(("git://", "ssh://", "git@"))
+
+
+def parse(source: str, protocols: str = "http:https") -> GitSource:
     remote, _, fragment = source.partition("#")
     ref, _, subdir = fragment.partition(":")
     if fragment.startswith("#"):
@@ -94,7 +108,7 @@ def parse(source: str) -> GitSource:
         parts.append(part)
     if ref.startswith("-") or any(ch.isspace() or ch == "\0" for ch in ref):
         raise GitError(f"git source {redact(remote)}: invalid ref {ref!r}")
-    return GitSource(remote, ref, "/".join(parts))
+    return GitSource(remote, ref, "/".join(parts), protocols)
 
 
 def redact(url: str) -> str:
@@ -239,11 +253,11 @@ def _git(args: list[str], home: Path, source: GitSource, why: str) -> str:
     """Run the host's git with no configuration of its own; GitError with git's last line."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-           "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": "http:https",
+           "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": source.protocols,
            "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "60", "LC_ALL": "C"}
     for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "HTTP_PROXY",
                  "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "GIT_SSL_CAINFO", "SSL_CERT_FILE",
-                 "SSL_CERT_DIR"):
+                 "SSL_CERT_DIR", *_SSH_ENV * ("ssh" in source.protocols)):
         if name in os.environ:
             env[name] = os.environ[name]
     try:
@@ -251,7 +265,7 @@ def _git(args: list[str], home: Path, source: GitSource, why: str) -> str:
                                 capture_output=True, text=True, errors="replace",
                                 timeout=TIMEOUT_SECONDS, close_fds=True, umask=0o022)
     except FileNotFoundError:
-        raise GitError("ADD of a git repository needs git on the build host",
+        raise GitError("a git source needs git on the build host",
                        hint="install it (apt-get install git)") from None
     except subprocess.TimeoutExpired:
         raise GitError(f"{why} {redact(source.remote)}: git did not finish within"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,37 +41,49 @@ def is_url(source: str) -> bool:
 
 def download(url: str, target: Path, checksum: str | None = None) -> Download:
     """Fetch `url` to `target`; raise BuildError on HTTP errors or a checksum mismatch."""
+    _check_checksum(checksum)
+    hasher = hashlib.new(_algorithm(checksum))
+    sha256 = hashlib.sha256()
+    modified = fetch(url, target, (hasher, sha256), what="ADD failed to download")
+    if checksum is not None and checksum.partition(":")[2] != hasher.hexdigest():
+        raise BuildError(f"ADD checksum mismatch for {url}: expected {checksum},"
+                         f" got {_algorithm(checksum)}:{hasher.hexdigest()}")
+    return Download(url, target, "sha256:" + sha256.hexdigest(), _file_name(url),
+                    _mtime(modified))
+
+
+def fetch(url: str, target: Path, hashers: Sequence[Any] = (), *, what: str,
+          max_size: int | None = None) -> str | None:
+    """Stream `url`'s body to the file `target`, feeding `hashers` on the way; return its
+    Last-Modified header. BuildError "<what> <url>: <reason>" on HTTP errors (404...), a body
+    cut short, or one over `max_size` bytes (the file is left for the caller to remove)."""
     import http.client
     import urllib.error  # imported here: it costs ~10 ms and most builds fetch nothing
 
-    _check_checksum(checksum)
     request = _request(url)
-    hasher = hashlib.new(_algorithm(checksum))
-    sha256 = hashlib.sha256()
     try:
         with _opener().open(request, timeout=TIMEOUT_SECONDS) as response, \
                 open(target, "wb") as out:
             received = 0
             while chunk := response.read(_CHUNK):
                 out.write(chunk)
-                hasher.update(chunk)
-                sha256.update(chunk)
+                for hasher in hashers:
+                    hasher.update(chunk)
                 received += len(chunk)
+                if max_size is not None and received > max_size:
+                    raise BuildError(f"{what} {url}: larger than the limit of {max_size}"
+                                     " bytes")
             # read(n) returns b"" when the server closes early, even with bytes still due
             # (http.client: "Ideally, we would raise IncompleteRead..."): check it here.
             if response.length:
-                raise BuildError(f"ADD failed to download {url}: the connection closed after"
+                raise BuildError(f"{what} {url}: the connection closed after"
                                  f" {received} bytes, {response.length} more expected")
-            modified = response.headers.get("Last-Modified")
+            modified: str | None = response.headers.get("Last-Modified")
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         # HTTPException: a body cut short (IncompleteRead), a garbled status line...;
         # ValueError: a URL urllib cannot use (port out of range, control characters).
-        raise BuildError(f"ADD failed to download {url}: {_reason(exc)}") from None
-    if checksum is not None and checksum.partition(":")[2] != hasher.hexdigest():
-        raise BuildError(f"ADD checksum mismatch for {url}: expected {checksum},"
-                         f" got {_algorithm(checksum)}:{hasher.hexdigest()}")
-    return Download(url, target, "sha256:" + sha256.hexdigest(), _file_name(url),
-                     _mtime(modified))
+        raise BuildError(f"{what} {url}: {_reason(exc)}") from None
+    return modified
 
 
 def _request(url: str) -> Any:

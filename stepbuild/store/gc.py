@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -79,8 +80,17 @@ def prune(store: Store, *, keep_cache: bool = True) -> PruneStats:
         swept_blobs, bytes_freed = _sweep_blobs(store, blobs, cutoff)
         tmp_entries = _sweep_dir(store.layout.tmp, cutoff, lambda name: True)
         remote_records = _sweep_remote(store, blobs)  # after the blobs they name
+        _sweep_pushed(store)  # hints of images gone: not counted
     return PruneStats(swept_blobs, swept_layers, cache_records, tmp_entries,
                       compressed_records, remote_records, bytes_freed)
+
+
+def _sweep_pushed(store: Store) -> None:
+    """Remove the push records (`images --digests`) of manifests no longer in the store."""
+    for path, image in store.push_records.scan():
+        if not store.has_blob(image):
+            with suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _mark(store: Store, include_cache: bool = True) -> tuple[set[str], set[str]]:

@@ -8,6 +8,7 @@
     compressed/<hex>.<c>.json   compressed-blob records (records.py)
     remote-blobs/<hex>.json     remote-blob records (records.py)
     import-cache/<key>.json     import records of FROM archives (records.py)
+    pushed/<hex>.json           push records: registry digests of local manifests (records.py)
     tmp/                        every write starts here, then rename(2)s
     lock, index.lock            flock(2) files: the store lock and the index.json lock
     parse-cache/                parsed Stepfiles (frontend/cache.py)
@@ -91,6 +92,10 @@ class StoreLayout:
         return self.root / "import-cache"
 
     @property
+    def pushed(self) -> Path:
+        return self.root / "pushed"
+
+    @property
     def tmp(self) -> Path:
         return self.root / "tmp"
 
@@ -126,7 +131,7 @@ class StoreLayout:
         """Every dir directly under the root (and blobs/sha256, cache/corrupt): the dirs the
         store refuses to use unless they are its own (store.check_owned)."""
         return (self.root / "blobs", self.blobs, self.layers, self.cache, self.corrupt,
-                self.compressed, self.remote_blobs, self.import_cache, self.tmp,
+                self.compressed, self.remote_blobs, self.import_cache, self.pushed, self.tmp,
                 self.parse_cache, self.context_cache, self.cache_mounts, self.fingerprints)
 
     @property

@@ -4,10 +4,12 @@
     compressed/<hex>.<c>.json   the compressed blob made of layer <hex> with compression <c>
     remote-blobs/<hex>.json     registry repositories known to hold blobs of layer/config <hex>
     import-cache/<key>.json     the manifest an archive named in a FROM was imported as
+    pushed/<hex>.json           the registry digests local manifest <hex> was pushed as
 
 One class per kind owns its file format, its reads and writes and the listing of its files; a
 `Store` holds one of each (`store.cache_records`, `store.compressed_records`,
-`store.remote_records`, `store.import_records`). Which records to delete is gc.py's call.
+`store.remote_records`, `store.import_records`, `store.push_records`). Which records to
+delete is gc.py's call.
 
 Every write is atomic (a temp file in tmp/, renamed). Cache and compressed records are also
 durable (fsynced): they are prune roots or let an export skip recompressing. Remote-blob and
@@ -455,6 +457,54 @@ class ImportRecords:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         _write_hint(self.store, self.path(identity),
                     canonical_json({"identity": identity, "digest": digest}), "import-record-")
+
+
+class PushRecords:
+    """`pushed/<hex>.json`: the registry digests the local image whose manifest is <hex> was
+    pushed as (`stepbuild images --digests`). The registry holds another manifest than the
+    store (compressed layers), so its digest cannot be computed from the store's alone.
+
+    Format: `{"image": local manifest digest, "pushed": {"host/repository:tag": digest}}`,
+    one entry per reference, the latest push of each. Hints: atomic, not fsynced; a record
+    that does not parse reads as no pushes; `prune` removes those of manifests gone.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dir = store.layout.pushed  # made by the first `add`
+        self._lock = threading.Lock()  # one read-modify-write at a time in this process
+
+    def path(self, image: str) -> Path:
+        return self.dir / f"{digest_hex(image)}.json"
+
+    def get(self, image: str) -> dict[str, str]:
+        """Reference → registry digest of every recorded push of local manifest `image`."""
+        try:
+            record = load_json(self.path(image).read_bytes(), "push record")
+        except (OSError, InvalidDocument):
+            return {}
+        pushed = record.get("pushed") if isinstance(record, dict) else None
+        if record.get("image") != image or not isinstance(pushed, dict):
+            return {}
+        return {str(ref): digest for ref, digest in pushed.items() if is_digest(digest)}
+
+    def add(self, image: str, reference: str, digest: str) -> None:
+        """Record that local manifest `image` was pushed to `reference` (with its tag) and
+        the registry holds it as `digest`. Best effort: a failed write is skipped."""
+        with self._lock:
+            pushed = {**self.get(image), reference: digest}
+            with suppress(OSError):
+                self.dir.mkdir(mode=0o700, exist_ok=True)
+                _write_hint(self.store, self.path(image),
+                            canonical_json({"image": image, "pushed": pushed}), "push-record-")
+
+    def scan(self) -> Iterator[tuple[Path, str]]:
+        """Every record file with the local manifest digest its name says."""
+        with suppress(FileNotFoundError), os.scandir(self.dir) as entries:
+            for entry in list(entries):
+                name = entry.name.removesuffix(".json")
+                if entry.name.endswith(".json") and is_digest(PREFIX + name):
+                    yield Path(entry.path), PREFIX + name
 
 
 def _write_hint(store: Store, final: Path, data: bytes, prefix: str) -> None:

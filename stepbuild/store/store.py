@@ -67,6 +67,7 @@ from stepbuild.store.records import (
     CacheRecords,
     CompressedRecords,
     ImportRecords,
+    PushRecords,
     RemoteRecords,
 )
 from stepbuild.store.stale import clear_dead_work
@@ -84,7 +85,8 @@ _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 
 class Store:
     """A content-addressed store of blobs, layer dirs and tags, with its records
-    (`cache_records`, `compressed_records`, `remote_records`, `import_records`: records.py).
+    (`cache_records`, `compressed_records`, `remote_records`, `import_records`,
+    `push_records`: records.py).
 
     Glossary: a *digest* (`sha256:<hex>`) names a blob by its bytes; a *diff_id* is the
     digest of an uncompressed layer tar and names the unpacked layer dir; a *key* is a
@@ -152,6 +154,7 @@ class Store:
         self.compressed_records = CompressedRecords(self)
         self.remote_records = RemoteRecords(self)
         self.import_records = ImportRecords(self)
+        self.push_records = PushRecords(self)
 
     def _create_layout(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -109,6 +109,25 @@ def test_a_rebuild_hits_every_step_and_makes_the_same_image() -> None:
     assert world.lines().count("CACHED") == 3 and not any("DONE" in x for x in world.lines())
 
 
+def test_labels_and_annotations_change_the_final_config_and_manifest_only() -> None:
+    """--label: over the Stepfile's LABEL, no history entry, no step run again, no key
+    changed; --annotation manifest: in the manifest, over our own annotations."""
+    world = World()
+    stepfile = STEPFILE + "LABEL a=stepfile b=kept\n"
+    plain = world.build(stepfile)
+    records = dict(world.store.cache)
+    world.executor.ran.clear()
+    labelled = world.build(stepfile, labels={"a": "cli", "c": "new"},
+                           annotations={"org.opencontainers.image.created": "mine", "x": "y"})
+    assert world.executor.ran == [] and world.store.cache == records
+    assert labelled.keys == plain.keys and labelled.manifest_digest != plain.manifest_digest
+    manifest, config = world.store.image("app")
+    document = config.to_json()
+    assert document["config"]["Labels"] == {"a": "cli", "b": "kept", "c": "new"}
+    assert len(document["history"]) == len(plain.state.history)
+    assert manifest.annotations == {"org.opencontainers.image.created": "mine", "x": "y"}
+
+
 def test_no_cache_runs_every_step_again() -> None:
     world = World()
     world.build(STEPFILE)

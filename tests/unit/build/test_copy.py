@@ -132,7 +132,8 @@ def prepared_inputs(text: str) -> dict[str, Any]:
     assert isinstance(copy, ins.Copy)
     stages = SimpleNamespace(filename="Stepfile",
                              find=lambda name: SimpleNamespace(index=0) if name == "src" else None)
-    run = SimpleNamespace(stages=stages, results={0: ImageState()})
+    run = SimpleNamespace(stages=stages, results={0: ImageState()},
+                          named_source=lambda name, instruction: None)
     executor = SimpleNamespace(context=None, source_date_epoch=None)
     return dict(prepare(executor, copy, ImageState(), Scope(), run).inputs)
 

@@ -30,6 +30,7 @@ NAMES = {
     "compressed": "compressed",
     "remote_blobs": "remote-blobs",
     "import_cache": "import-cache",
+    "pushed": "pushed",
     "tmp": "tmp",
     "lock": "lock",
     "index_lock": "index.lock",

@@ -202,3 +202,28 @@ def test_a_bad_import_record_is_a_miss(store: Store, data: bytes) -> None:
     path.parent.mkdir()
     path.write_bytes(data.replace(b"IDENTITY", canonical_json(IDENTITY)))
     assert store.import_records.get(IDENTITY) is None
+
+
+# --- push records ------------------------------------------------------------------------------
+
+
+def test_push_records(tmp_path: Path) -> None:
+    from stepbuild.store.gc import prune
+
+    store = Store(tmp_path / "store")
+    image, _ = store.put_blob(b"a manifest, as far as records care")
+    other = "sha256:" + "1" * 64
+    records = store.push_records
+    assert records.get(image) == {}
+    records.add(image, "r.example/app:1", other)
+    records.add(image, "r.example/app:2", "sha256:" + "2" * 64)
+    records.add(image, "r.example/app:1", "sha256:" + "3" * 64)  # pushed again: the latest
+    assert records.get(image) == {"r.example/app:1": "sha256:" + "3" * 64,
+                                  "r.example/app:2": "sha256:" + "2" * 64}
+    assert [name for _, name in records.scan()] == [image]
+    records.path(other).write_text("{not json")
+    assert records.get(other) == {}  # a bad record is no pushes, never an error
+    store.grace_period = 0
+    prune(store, keep_cache=False)  # nothing tags either: the blob goes, and so do the records
+    assert not store.has_blob(image)
+    assert list(records.scan()) == []
