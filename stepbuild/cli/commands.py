@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from stepbuild.cli import limit_flags, output_flags
+from stepbuild.cli import limit_flags, output_flags, progress_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 
@@ -92,8 +92,8 @@ def _build(options: argparse.Namespace) -> int:
     options.isolation_chosen = isolation.mode
     # Nothing changed since the last build? Then say so before importing the builder.
     witness = fingerprint.take(options, pull_policy, store_root(options.root))
-    if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
-                                                  verbose=options.verbose):
+    if witness is not None and fingerprint.replay(witness,
+                                                  **progress_flags.replay_view(options)):
         return 0
     return _full_build(options, pull_policy, context_dir, witness, isolation)
 
@@ -164,7 +164,8 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
             executor.close()
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
             _export(store, result.manifest_digest, outputs, options, list(plan.tags),
-                    None if options.quiet else sys.stderr, plan.annotations)
+                    None if options.quiet else progress_flags.notices(progress),
+                    plan.annotations)
         pushed = {target: _push(store, result.manifest_digest, target, options, connection,
                                 stdout=False) for target in pushes}  # build --push
         _write_build_files(options, store, result.manifest_digest, pushed, plan.tags)
@@ -315,10 +316,7 @@ def enter_build_namespace(isolation: str, upper_dirs: Path,
 
 
 def _progress(options: argparse.Namespace) -> Progress:
-    from stepbuild.progress import Progress
-
-    return Progress(quiet=getattr(options, "quiet", False),
-                    verbose=getattr(options, "verbose", False))
+    return progress_flags.progress(options)  # --progress's view, closed by cli/main.py
 
 
 def _context(store: Store, context_dir: Path, stepfile: Path | None) -> BuildContext:
@@ -459,7 +457,7 @@ def _display(options: argparse.Namespace) -> TransferDisplay:
     from stepbuild.distribution.display import TransferDisplay
 
     quiet = getattr(options, "quiet", False)  # pull's notes (a mirror skipped) show unless -q
-    return TransferDisplay(sys.stderr, quiet=quiet, verbose=not quiet)
+    return TransferDisplay(progress_flags.progress(options).emit, verbose=not quiet)
 
 
 def _pull_policy(options: argparse.Namespace) -> str:
@@ -482,6 +480,7 @@ def _push(store: Store, image: str, destination: str | None, options: argparse.N
     result = push_image(store, image, destination, compression=options.compression,
                         connection=connection, display=_display(options))
     if stdout:
+        progress_flags.progress(options).close()  # the live view ends before stdout is used
         print(result.digest)
     return result.digest
 
@@ -500,6 +499,7 @@ def pull(options: argparse.Namespace) -> int:
     result = pull_image(open_store(options, layers=True), options.image,
                         connection=_connection(options),
                         display=_display(options))
+    progress_flags.progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
 
