@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, TextIO
 from stepbuild.api.request import BuildRequest, default_connection, store_root
 from stepbuild.api.steps import StepCollector, StepRecord
 from stepbuild.errors import IsolationUnavailable, StepbuildError
-from stepbuild.progress.events import Event, EventCallback
+from stepbuild.progress.events import EventCallback
+from stepbuild.progress.notices import notices
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -93,11 +94,21 @@ def build(request: BuildRequest, *, on_event: EventCallback | None = None,
     raises fails the build. `stream`: where the plain progress log goes (None: nowhere);
     `verbose`: -v detail in it. Raises `StepbuildError`s (docs/api.md lists them), after
     `on_event` has seen `build.error`."""
+    progress = quiet_progress(on_event, stream, verbose=verbose)
+    try:
+        return run_build(request, progress)
+    finally:
+        progress.close()
+
+
+def quiet_progress(on_event: EventCallback | None, stream: TextIO | None, *,
+                   verbose: bool = False) -> Progress:
+    """The Progress of an API call: the plain log on `stream` (None: nowhere), every event
+    to `on_event`."""
     from stepbuild.progress import Progress
 
-    progress = Progress(stream or _Discard(), quiet=stream is None, verbose=verbose,
-                        listeners=[on_event] if on_event is not None else [])
-    return run_build(request, progress)
+    return Progress(stream or _Discard(), quiet=stream is None, verbose=verbose,
+                    listeners=[on_event] if on_event is not None else [])
 
 
 def run_build(request: BuildRequest, progress: Progress, *, isolation: Isolation | None = None,
@@ -115,27 +126,11 @@ def run_build(request: BuildRequest, progress: Progress, *, isolation: Isolation
         named = contexts if contexts is not None else _named_contexts(request)
         return _full_build(request, progress, collector, isolation, on_resolve, named)
     except StepbuildError as exc:
-        _report_failure(progress, collector, exc)
+        # The failed step said so itself (step.error: build/builder.py); the build ends here.
+        progress.build_failed(exc.render(), exc.exit_code)
         raise
     finally:
         progress.listeners.remove(collector)
-
-
-def _report_failure(progress: Progress, collector: StepCollector, exc: StepbuildError) -> None:
-    """`step.error` for the step that failed, unless it was reported already, then
-    `build.error` (`exit_code`: the command line's exit status)."""
-    running = collector.running()
-    position = getattr(exc, "position", None)
-    line = getattr(position, "line", None)
-    if line is not None:
-        failed = [r for r in running if r.line == line]
-    else:  # no location: the step then running, if only one was
-        failed = running if len(running) == 1 else []
-    for record in failed[:1]:
-        progress.flush_output(record.stage)
-        progress.emit(Event("step.error", stage=record.stage, step=record.step,
-                            text=exc.message, exit_code=getattr(exc, "status", None)))
-    progress.emit(Event("build.error", text=exc.message, exit_code=exc.exit_code))
 
 
 def _isolation(requested: str) -> Isolation:
@@ -248,7 +243,7 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
         exported = []
         if outputs:  # under the same lock: prune cannot take an untagged result meanwhile
             exported = _export(store, result.manifest_digest, outputs, request.compression,
-                               list(plan.tags), None if progress.quiet else progress.stream,
+                               list(plan.tags), None if progress.quiet else notices(progress),
                                plan.annotations)
         pushed = {target: _push(store, result.manifest_digest, target, request.compression,
                                 connection, progress) for target in pushes}  # build --push
@@ -453,6 +448,6 @@ def _push(store: Store, image: str, destination: str, compression: str,
     from stepbuild.distribution.display import TransferDisplay
     from stepbuild.distribution.push import push as push_image
 
-    display = TransferDisplay(progress.stream, quiet=progress.quiet, verbose=not progress.quiet)
+    display = TransferDisplay(progress.emit, verbose=not progress.quiet)
     return push_image(store, image, destination, compression=compression,
                       connection=connection, display=display).digest

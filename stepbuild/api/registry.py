@@ -3,23 +3,28 @@ holds): what `stepbuild push`, `pull` and `images` run.
 
 Registries are reached as `connection` says (`Connection`: auth file, TLS verification, CA
 file, retries, stall timeout, registry rules; None: `default_connection()`, the CLI's).
-Progress goes to `stream` (one line per blob; None: nowhere), never to stdout; errors are
-raised (`RegistryError`, `InvalidReference`, `ImageNotFound`, ...).
+Transfers are events (`transfer`, `notice`) for `on_event`, and the plain log of them goes
+to `stream` (None: nowhere), never to stdout; errors are raised (`RegistryError`,
+`InvalidReference`, `ImageNotFound`, ...) after `build.error`, as a build's are.
 """
 
 from __future__ import annotations
 
-import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from stepbuild.api.build import open_store
+from stepbuild.api.build import open_store, quiet_progress
 from stepbuild.api.request import default_connection
+from stepbuild.errors import StepbuildError
 
 if TYPE_CHECKING:
     from stepbuild.distribution.connection import Connection
     from stepbuild.distribution.display import TransferDisplay
+    from stepbuild.progress import Progress
+    from stepbuild.progress.events import EventCallback
 
 __all__ = ["ImageInfo", "PullResult", "PushResult", "images", "pull", "push"]
 
@@ -64,32 +69,56 @@ class ImageInfo:
     size: int
 
 
-def push(image: str, destination: str | None = None, *, root: str | os.PathLike[str] | None = None,
-         connection: Connection | None = None, compression: str = "gzip",
-         stream: TextIO | None = None) -> PushResult:
+def push(image: str, destination: str | None = None, *,
+         root: str | os.PathLike[str] | None = None, connection: Connection | None = None,
+         compression: str = "gzip", on_event: EventCallback | None = None,
+         stream: TextIO | None = None, progress: Progress | None = None) -> PushResult:
     """Push `image` (a tag or digest in the store at `root`) to `destination`
-    (`REGISTRY/REPOSITORY[:TAG]`; default: `image` read as a reference)."""
+    (`REGISTRY/REPOSITORY[:TAG]`; default: `image` read as a reference). `on_event` gets
+    its `transfer` and `notice` events, `stream` the plain log of them; `progress`: a view
+    of the caller's own instead (the CLI's)."""
     from stepbuild.distribution.push import push as push_image
 
-    result = push_image(open_store(root), image, destination, compression=compression,
-                        connection=connection or default_connection(),
-                        display=display(stream))
+    with _reporting(progress, on_event, stream) as told:
+        result = push_image(open_store(root), image, destination, compression=compression,
+                            connection=connection or default_connection(),
+                            display=_display(told))
     return PushResult(str(result.reference), result.digest, result.size,
                       result.count("uploaded"), result.count("mounted"),
                       result.count("exists"))
 
 
 def pull(reference: str, *, root: str | os.PathLike[str] | None = None,
-         connection: Connection | None = None, stream: TextIO | None = None) -> PullResult:
+         connection: Connection | None = None, on_event: EventCallback | None = None,
+         stream: TextIO | None = None, progress: Progress | None = None) -> PullResult:
     """Pull `reference` (`[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`) into the store at `root`
-    and tag it there. Needs what a build needs to write layer dirs (docs/api.md)."""
+    and tag it there; events, `stream` and `progress` as for `push`. Needs what a build
+    needs to write layer dirs (docs/api.md)."""
     from stepbuild.distribution.pull import pull as pull_image
 
-    result = pull_image(open_store(root, layers=True), reference,
-                        connection=connection or default_connection(),
-                        display=display(stream))
+    with _reporting(progress, on_event, stream) as told:
+        result = pull_image(open_store(root, layers=True), reference,
+                            connection=connection or default_connection(),
+                            display=_display(told))
     return PullResult(str(result.reference), result.digest, result.manifest_digest,
                       result.local.digest, result.name, result.downloaded)
+
+
+@contextmanager
+def _reporting(progress: Progress | None, on_event: EventCallback | None,
+               stream: TextIO | None) -> Iterator[Progress]:
+    """The caller's Progress, or one of this call's (closed with it); a failure is
+    `build.error` to it before it is raised, as a build's is."""
+    own = progress is None
+    told = quiet_progress(on_event, stream) if progress is None else progress
+    try:
+        yield told
+    except StepbuildError as exc:
+        told.build_failed(exc.render(), exc.exit_code)
+        raise
+    finally:
+        if own:
+            told.close()
 
 
 def images(*, root: str | os.PathLike[str] | None = None) -> list[ImageInfo]:
@@ -103,10 +132,8 @@ def images(*, root: str | os.PathLike[str] | None = None) -> list[ImageInfo]:
     return found
 
 
-def display(stream: TextIO | None, *, quiet: bool = False) -> TransferDisplay:
-    """Transfer lines to `stream` (None: nowhere)."""
+def _display(progress: Progress) -> TransferDisplay:
+    """Transfers as events of `progress`; notes (a mirror skipped) shown unless quiet."""
     from stepbuild.distribution.display import TransferDisplay
 
-    if stream is None:
-        return TransferDisplay(io.StringIO(), quiet=True)
-    return TransferDisplay(stream, quiet=quiet, verbose=not quiet)  # notes: a mirror skipped
+    return TransferDisplay(progress.emit, verbose=not progress.quiet)

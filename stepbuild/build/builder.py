@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -324,13 +325,30 @@ class _Run:
             if self.failed:
                 raise BuildError("stopped: another stage failed")
             self.builder.progress.step(self.label(stage), self.count(), instruction)
-            state, scope = self.apply(instruction, state, scope, stage)
+            with self.reporting_failure(stage):
+                state, scope = self.apply(instruction, state, scope, stage)
             scope = scope.with_env(state.env)
         return state
+
+    @contextmanager
+    def reporting_failure(self, stage: Stage) -> Iterator[None]:
+        """The step started last in `stage` failed: say so (`step.error`), then raise on."""
+        try:
+            yield
+        except LazyLayerError:
+            raise  # not a failure: the build starts again (Builder.build)
+        except StepbuildError as exc:
+            self.builder.progress.failed(self.label(stage), exc.render(),
+                                         getattr(exc, "status", None))  # StepFailed's
+            raise
 
     def base(self, stage: Stage) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
         """The stage's starting state, and the ONBUILD triggers it must run first."""
         self.builder.progress.step(self.label(stage), self.count(), stage.base)
+        with self.reporting_failure(stage):
+            return self._base(stage)
+
+    def _base(self, stage: Stage) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
         name = expand_at(Scope(self.escape, self.globals), self.stages.filename, stage.base,
                          stage.base.image)
         if name == "scratch":
@@ -400,7 +418,7 @@ class _Run:
         progress = self.builder.progress
         try:
             return base_image(whole_store(self.builder.store), name, self.options.pull, found=found,
-                              display=TransferDisplay(progress.stream, quiet=progress.quiet,
+                              display=TransferDisplay(progress.emit,
                                                       verbose=progress.verbose),
                               connection=self.options.connection)
         except StepbuildError as exc:

@@ -111,8 +111,8 @@ class NamedSources:
         try:
             pulled = base_image(_whole(self.store), named.value, self.pull,
                                 found=local is not None,
-                                display=TransferDisplay(self.progress.stream,
-                                                        quiet=self.progress.quiet),
+                                display=TransferDisplay(self.progress.emit,
+                                                        verbose=self.progress.verbose),
                                 connection=self.connection)
         except StepbuildError as exc:
             kind = PlanError if exc.exit_code == 2 else BaseImageError

@@ -12,9 +12,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from stepbuild.cli import limit_flags, output_flags
+from stepbuild.cli import limit_flags, output_flags, progress_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 from stepbuild.store.layout import store_root
@@ -64,8 +64,8 @@ def _build(options: argparse.Namespace) -> int:
     options.isolation_chosen = isolation.mode
     # Nothing changed since the last build? Then say so before importing the builder.
     witness = fingerprint.take(options, pull_policy, store_root(options.root))
-    if witness is not None and fingerprint.replay(witness, quiet=options.quiet,
-                                                  verbose=options.verbose):
+    if witness is not None and fingerprint.replay(witness,
+                                                  **progress_flags.replay_view(options)):
         return 0
     return _full_build(options, pull_policy, context_dir, witness, isolation)
 
@@ -164,10 +164,7 @@ def read_build_arg_files(paths: list[str]) -> dict[str, str]:
 
 
 def _progress(options: argparse.Namespace) -> Progress:
-    from stepbuild.progress import Progress
-
-    return Progress(quiet=getattr(options, "quiet", False),
-                    verbose=getattr(options, "verbose", False))
+    return progress_flags.progress(options)  # --progress's view, closed by cli/main.py
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -259,9 +256,6 @@ def _pull_policy(options: argparse.Namespace) -> str:
     return "always"
 
 
-def _stream(options: argparse.Namespace) -> TextIO | None:
-    """Where push and pull show their transfers: stderr, or nowhere with -q."""
-    return None if getattr(options, "quiet", False) else sys.stderr
 
 
 def push(options: argparse.Namespace) -> int:
@@ -270,7 +264,8 @@ def push(options: argparse.Namespace) -> int:
 
     result = push_image(options.image, options.destination, root=options.root,
                         connection=_connection(options), compression=options.compression,
-                        stream=_stream(options))
+                        progress=_progress(options))
+    _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
 
@@ -280,7 +275,8 @@ def pull(options: argparse.Namespace) -> int:
     from stepbuild.api.registry import pull as pull_image
 
     result = pull_image(options.image, root=options.root, connection=_connection(options),
-                        stream=_stream(options))
+                        progress=_progress(options))
+    _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
 

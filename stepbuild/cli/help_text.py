@@ -43,6 +43,8 @@ exit status:
 environment:
   STEPBUILD_ROOT           the store directory (--root wins)
   STEPBUILD_STALL_TIMEOUT  seconds a registry transfer may make no progress (default 60)
+  STEPBUILD_PROGRESS       the default of --progress (auto, tty, plain, rawjson, quiet)
+  STEPBUILD_HEARTBEAT      seconds of silence before a heartbeat line (default 10)
   SOURCE_DATE_EPOCH        the time of every layer and history entry (reproducible builds)
   REGISTRY_AUTH_FILE       registry credentials (--authfile wins; default
                            $DOCKER_CONFIG/config.json, else ~/.docker/config.json)

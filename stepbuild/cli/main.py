@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from stepbuild.cli import config_defaults
+from stepbuild.cli import config_defaults, progress_flags
 from stepbuild.errors import StepbuildError
 from stepbuild.frontend.source import read_stepfile
 
@@ -69,11 +69,13 @@ def _run(options: argparse.Namespace) -> int:
             from stepbuild.cli.rootless import reenter
 
             reenter(options)  # no CAP_SYS_ADMIN: go on as root of a user namespace
-        return int(options.run(options))
+        with progress_flags.reporting(options):  # a rawjson build.error; the view closed
+            return int(options.run(options))
     except StepbuildError as exc:
         if options.debug:
             raise
-        print(f"stepbuild: error: {exc.render()}", file=sys.stderr)
+        if not progress_flags.reported(exc):
+            print(f"stepbuild: error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -175,6 +177,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     build_flags.add_arguments(build)  # --no-cache-filter
     output_flags.add_arguments(build)  # --label, --annotation
     context_flags.add_arguments(build)  # --build-context
+    progress_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
     build.add_argument("context", nargs="?", default=".",
@@ -245,6 +248,7 @@ def _add_registry_commands(commands: Subcommands) -> None:
     pull.add_argument("image", metavar="REF", help="[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
     for sub, func in ((push, impl.push), (pull, impl.pull)):
         _add_registry_arguments(sub)
+        progress_flags.add_arguments(sub)
         sub.add_argument("-q", "--quiet", action="store_true",
                          help="no progress, only the digest")
         sub.set_defaults(run=func)

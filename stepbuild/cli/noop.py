@@ -55,6 +55,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Iterable, Sequence
 
+    from stepbuild.progress.events import EventCallback
+
 __all__ = ["Witness", "record", "replay", "take"]
 
 FORMAT = "stepbuild-build-fingerprint/2"  # 2: the step records it used
@@ -63,7 +65,8 @@ MAX_ENTRIES = 50_000  # a bigger context is left to the build's own walk (~5 µs
 CACHED_LINE = "     CACHED"  # progress.py's line for a cached step
 ISOLATION_LINE = "isolation: "  # the build's first line (sandbox/isolation.py)
 # Options that change what is printed, not what is built.
-_PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run"})
+_PRESENTATION = frozenset({"quiet", "verbose", "jobs", "debug", "run", "progress",
+                           "progress_session"})  # cli/progress_flags.py
 # Environment entries that differ between shells without meaning anything to a build.
 _VOLATILE_ENV = frozenset({"_", "OLDPWD", "PWD", "SHLVL"})
 
@@ -218,9 +221,11 @@ def _feed_tree(digest: xxhash.xxh3_128, root: Path, skipped: set[str]) -> int | 
 # --- a rebuild with nothing changed ---------------------------------------------------------
 
 
-def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
+def replay(witness: Witness, *, quiet: bool, verbose: bool,
+           emit: EventCallback | None = None) -> bool:
     """If the last build with this identity had this fingerprint and its result is intact,
-    print what a full no-op rebuild would print and return True."""
+    print what a full no-op rebuild would print and return True. `emit`: the progress as
+    events instead (--progress=rawjson)."""
     saved = _load(witness)
     if saved is None:
         return False
@@ -237,7 +242,10 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool) -> bool:
             return False
         if _step_records(layout, saved["records"]) != saved["records"]:
             return False  # a full build would read other step records
-        _print(saved, quiet=quiet, verbose=verbose)
+        if emit is not None:
+            _emit(saved, emit)
+        else:
+            _print(saved, quiet=quiet, verbose=verbose)
     return True
 
 
@@ -264,6 +272,15 @@ def _load(witness: Witness) -> dict[str, Any] | None:
           and isinstance(saved.get("transcript"), list) and isinstance(saved.get("digest"), str)
           and isinstance(saved.get("warnings"), list) and isinstance(saved.get("names"), list))
     return saved if ok else None
+
+
+def _emit(saved: dict[str, Any], emit: EventCallback) -> None:
+    from stepbuild.progress.replay import replayed_events
+
+    for event in replayed_events(saved["transcript"], saved["warnings"], saved["digest"],
+                                 saved["names"]):
+        emit(event)
+    print(saved["digest"])
 
 
 def _print(saved: dict[str, Any], *, quiet: bool, verbose: bool) -> None:

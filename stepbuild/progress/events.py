@@ -10,10 +10,13 @@ Kinds (`Event.kind`):
 - `build.started`: `text` names the isolation mode;
 - `step.started`: `stage`, `step` (the build's 1-based step number), `text` (the instruction's
   first line), `line` (its line in the Stepfile, when known);
-- `step.cached` / `step.done` (`seconds`) / `step.error` (`text`: the message);
-- `step.log`: one line a RUN printed (`text`, without its newline);
+- `step.cached` / `step.done` (`seconds`) / `step.error` (`text`: the message,
+  `exit_code`: a RUN's exit status);
+- `step.log`: one line a RUN printed (`text`, without its newline; present even when empty);
 - `transfer`: a blob moving to or from a registry (`key`: the short digest, `text`: its
-  state, `current`/`total`: bytes, when known);
+  state, `current`/`total`: bytes, when known). A state that is a verb in -ing
+  (`compressing (gzip)`, `pushing`, `downloading 3.4MB`) is work under way; any other
+  (`pushed 3.4MB`, `exists`, `mounted from …`) ends that blob's transfer;
 - `heartbeat`: nothing was heard from `stage`/`step` (or the whole build) for a while
   (`seconds`: since when);
 - `note` (-v detail), `notice`, `warning`;
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "Event", "EventCallback", "KINDS", "now"]
+__all__ = ["SCHEMA_VERSION", "Event", "EventCallback", "KINDS", "now", "under_way"]
 
 SCHEMA_VERSION = 1
 KINDS = frozenset({
@@ -68,7 +71,7 @@ class Event:
         for name in ("stage", "step", "text", "line", "seconds", "key", "current", "total",
                      "steps", "cached", "exit_code"):
             value = getattr(self, name)
-            if value not in (None, ""):
+            if value not in (None, "") or (name == "text" and self.kind == "step.log"):
                 data[name] = value
         if self.tags:
             data["tags"] = list(self.tags)
@@ -76,3 +79,10 @@ class Event:
 
 
 EventCallback = Callable[[Event], None]
+
+
+def under_way(event: Event) -> bool:
+    """A `transfer` event whose blob is still moving: bytes are counted, or its state is a
+    verb in -ing (the convention of distribution/display.py's states)."""
+    verb = event.text.split(" ", 1)[0]
+    return event.kind == "transfer" and (event.current is not None or verb.endswith("ing"))

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from stepbuild import api
-from stepbuild.api.build import _isolation, _report_failure
+from stepbuild.api.build import _isolation
 from stepbuild.api.steps import StepCollector, StepRecord
 from stepbuild.errors import (
-    BuildError,
     IsolationUnavailable,
     SourcePosition,
     StepFailed,
@@ -126,53 +125,19 @@ def test_records_of_stages_reporting_in_turn() -> None:
     )
 
 
-# --- the failure events ------------------------------------------------------------------------
+# --- the failure event ------------------------------------------------------------------------
 
 
-def failing_build(*events: Event) -> tuple[Progress, StepCollector, list[Event]]:
+def test_build_error_is_said_once() -> None:
+    """The API reports a failed build, then the CLI's `reporting` (cli/progress_flags.py)
+    reports the same error again: one `build.error` reaches the views and listeners."""
     seen: list[Event] = []
-    collector = StepCollector()
-    progress = Progress(io.StringIO(), listeners=[collector, seen.append])
-    for event in events:
-        progress.emit(event)
-    return progress, collector, seen
-
-
-def step_failed(line: int, status: int) -> StepFailed:
-    return StepFailed(SourcePosition("Stepfile", line, 1), "RUN false", status, ("oops",))
-
-
-def test_the_failed_step_and_the_build_error_reach_the_callback() -> None:
-    progress, collector, seen = failing_build(
-        Event("step.started", stage="a", step=1, text="FROM base", line=1),
-        Event("step.started", stage="b", step=2, text="FROM base", line=4),
-        Event("step.started", stage="a", step=3, text="RUN sleep 9", line=2),
-        Event("step.started", stage="b", step=4, text="RUN exit 7", line=5))
-    _report_failure(progress, collector, step_failed(5, 7))
-    error, done = seen[-2:]
-    assert (error.kind, error.stage, error.step, error.exit_code) == ("step.error", "b", 4, 7)
-    assert (done.kind, done.exit_code) == ("build.error", 1)
-    assert done.text == error.text == "Stepfile:5: step failed with exit code 7"
-
-
-def test_a_step_error_already_reported_is_not_reported_again() -> None:
-    progress, collector, seen = failing_build(
-        Event("step.started", step=1, text="RUN exit 7", line=2),
-        Event("step.error", step=1, text="failed", exit_code=7))
-    _report_failure(progress, collector, step_failed(2, 7))
-    assert [e.kind for e in seen] == ["step.started", "step.error", "build.error"]
-
-
-def test_an_error_without_a_location_names_no_step_when_several_ran() -> None:
-    progress, collector, seen = failing_build(
-        Event("step.started", stage="a", step=1, text="RUN a", line=2),
-        Event("step.started", stage="b", step=2, text="RUN b", line=4))
-    _report_failure(progress, collector, BuildError("no space left"))
-    assert [e.kind for e in seen[2:]] == ["build.error"]
-    progress, collector, seen = failing_build(
-        Event("step.started", step=1, text="COPY x /", line=2))
-    _report_failure(progress, collector, BuildError("no space left"))
-    assert [(e.kind, e.step) for e in seen[1:]] == [("step.error", 1), ("build.error", None)]
+    progress = Progress(io.StringIO(), listeners=[seen.append])
+    error = StepFailed(SourcePosition("Stepfile", 2, 1), "RUN false", 7, ("oops",))
+    progress.build_failed(error.render(), error.exit_code)
+    progress.build_failed(error.render(), error.exit_code)
+    assert [(e.kind, e.exit_code) for e in seen] == [("build.error", 1)]
+    assert seen[0].text.startswith("Stepfile:2: step failed with exit code 7")
 
 
 # --- isolation ---------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""display.py: a progress line per blob, printed once per state off a terminal, redrawn in
-place on one; nothing but the events when quiet."""
+"""display.py: a transfer's states and bytes become `transfer` events, its summary a
+`notice`; quiet (or no receiver) sends nothing but keeps the states."""
 
 from __future__ import annotations
 
 import io
 
 from stepbuild.distribution.display import TransferDisplay, blob_key
+from stepbuild.progress import make_progress
+from stepbuild.progress.events import Event, under_way
 
 DIFF_ID = "sha256:" + "0123456789ab" + "cd" * 26
 
@@ -14,46 +16,55 @@ def test_the_key_of_a_blob_is_twelve_hex_digits() -> None:
     assert blob_key(DIFF_ID) == "0123456789ab"
 
 
-def test_off_a_terminal_each_state_is_a_line_and_bytes_are_not_shown() -> None:
-    out = io.StringIO()
-    display = TransferDisplay(out, tty=False)
+def test_states_bytes_and_the_summary_are_events() -> None:
+    sent: list[Event] = []
+    display = TransferDisplay(sent.append)
     display.status("aaa", "compressing (gzip)")
     display.bytes("aaa", "pushing", 10, 100)
-    display.status("aaa", "pushed 100 B")
+    display.bytes("bbb", "downloading", 10, 0)
+    display.status("aaa", "pushed 100B")
     display.message("pushed reg/app:1")
-    assert out.getvalue() == ("aaa: compressing (gzip)\naaa: pushed 100 B\n"
-                              "pushed reg/app:1\n")
-    assert display.events == [("aaa", "compressing (gzip)"), ("aaa", "pushed 100 B")]
+    assert [(e.kind, e.key, e.text, e.current, e.total) for e in sent] == [
+        ("transfer", "aaa", "compressing (gzip)", None, None),
+        ("transfer", "aaa", "pushing", 10, 100),
+        ("transfer", "bbb", "downloading", 10, None),  # the size unknown
+        ("transfer", "aaa", "pushed 100B", None, None),
+        ("notice", "", "pushed reg/app:1", None, None),
+    ]
+    assert [under_way(e) for e in sent] == [True, True, True, False, False]
+    assert display.events == [("aaa", "compressing (gzip)"), ("aaa", "pushed 100B")]
 
 
-def test_on_a_terminal_the_lines_are_redrawn_in_place() -> None:
+def test_in_the_plain_log_each_state_is_a_line_and_bytes_are_not() -> None:
     out = io.StringIO()
-    display = TransferDisplay(out, tty=True)
-    display.status("aaa", "downloading")
-    display.status("bbb", "downloading")
-    display.status("aaa", "downloaded")
-    written = out.getvalue()
-    assert written.endswith("\x1b[2A\r\x1b[2Kaaa: downloaded\n\r\x1b[2Kbbb: downloading\n")
-    display.message("pulled reg/app:1")
-    assert out.getvalue().endswith("pulled reg/app:1\n")
+    progress = make_progress("plain", out)
+    display = TransferDisplay(progress.emit)
+    display.status("aaa", "compressing (gzip)")
+    display.bytes("aaa", "pushing", 10, 100)
+    display.status("aaa", "pushed 100B")
+    display.message("pushed reg/app:1")
+    progress.close()
+    assert out.getvalue() == "aaa: compressing (gzip)\naaa: pushed 100B\npushed reg/app:1\n"
 
 
-def test_quiet_prints_nothing_but_keeps_the_events() -> None:
-    out = io.StringIO()
-    display = TransferDisplay(out, quiet=True, tty=True)
+def test_quiet_sends_nothing_but_keeps_the_states() -> None:
+    sent: list[Event] = []
+    display = TransferDisplay(sent.append, quiet=True)
     display.status("aaa", "exists")
+    display.bytes("aaa", "pushing", 1, 2)
     display.message("pushed reg/app:1")
-    assert out.getvalue() == ""
-    assert not display.tty
+    assert sent == []
     assert display.events == [("aaa", "exists")]
+    assert TransferDisplay().events == []  # no receiver at all
 
 
-def test_notes_are_kept_and_shown_only_when_verbose() -> None:
+def test_notes_are_kept_and_shown_by_the_plain_log_only_when_verbose() -> None:
     quiet_stream, loud_stream = io.StringIO(), io.StringIO()
-    quiet = TransferDisplay(quiet_stream, tty=False)
-    loud = TransferDisplay(loud_stream, tty=False, verbose=True)
-    for display in (quiet, loud):
+    for stream, verbose in ((quiet_stream, False), (loud_stream, True)):
+        progress = make_progress("plain", stream)
+        display = TransferDisplay(progress.emit, verbose=verbose)
         display.note("mirror m.example/a skipped: 503")
-    assert quiet.notes == loud.notes == ["mirror m.example/a skipped: 503"]
+        progress.close()
+        assert display.notes == ["mirror m.example/a skipped: 503"]
     assert quiet_stream.getvalue() == ""
     assert loud_stream.getvalue() == "mirror m.example/a skipped: 503\n"

@@ -1,4 +1,4 @@
-"""progress.human_size: byte counts in the progress lines, `images` and `prune`."""
+"""progress.units.human_size: byte counts in the progress lines, `images` and `prune`."""
 
 from __future__ import annotations
 
