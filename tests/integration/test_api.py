@@ -174,8 +174,12 @@ def test_push_and_pull_through_the_api(
         root: Path, work: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
     connection = api.Connection(tls_verify=False)
     ref = f"{plain_registry.host}/api/base:1"
-    pushed = api.push("base", ref, root=root, connection=connection)
+    events: list[Event] = []
+    pushed = api.push("base", ref, root=root, connection=connection, on_event=events.append)
     assert pushed.digest == skopeo_digest(ref)
+    moved = {e.key for e in events if e.kind == "transfer"}
+    assert len(moved) == 2  # its layer and its config, each with its states
+    assert events[-1].kind == "notice" and events[-1].text.startswith(f"pushed {ref}@")
     assert pushed.reference == f"{ref}@{pushed.digest}"
     assert pushed.uploaded + pushed.mounted + pushed.existing == 2  # its layer, its config
     again = api.push("base", ref, root=root, connection=connection)
@@ -190,8 +194,10 @@ def test_push_and_pull_through_the_api(
     assert listed == {ref: pulled.local_digest}
     assert pulled.local_digest == Store(root).resolve("base").digest  # type: ignore[union-attr]
 
+    events.clear()
     with pytest.raises(ImageNotFound):
-        api.push("no-such-image", ref, root=root, connection=connection)
+        api.push("no-such-image", ref, root=root, connection=connection, on_event=events.append)
+    assert [(e.kind, e.exit_code) for e in events] == [("build.error", 1)]
 
 
 def mount_namespace() -> str:
