@@ -94,14 +94,14 @@ def build(request: BuildRequest, *, on_event: EventCallback | None = None,
     raises fails the build. `stream`: where the plain progress log goes (None: nowhere);
     `verbose`: -v detail in it. Raises `StepbuildError`s (docs/api.md lists them), after
     `on_event` has seen `build.error`."""
-    progress = quiet_progress(on_event, stream, verbose=verbose)
+    progress = caller_progress(on_event, stream, verbose=verbose)
     try:
         return run_build(request, progress)
     finally:
         progress.close()
 
 
-def quiet_progress(on_event: EventCallback | None, stream: TextIO | None, *,
+def caller_progress(on_event: EventCallback | None, stream: TextIO | None, *,
                    verbose: bool = False) -> Progress:
     """The Progress of an API call: the plain log on `stream` (None: nowhere), every event
     to `on_event`."""

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from stepbuild.api.build import open_store, quiet_progress
+from stepbuild.api.build import caller_progress, open_store
 from stepbuild.api.request import default_connection
 from stepbuild.errors import StepbuildError
 
@@ -110,7 +110,7 @@ def _reporting(progress: Progress | None, on_event: EventCallback | None,
     """The caller's Progress, or one of this call's (closed with it); a failure is
     `build.error` to it before it is raised, as a build's is."""
     own = progress is None
-    told = quiet_progress(on_event, stream) if progress is None else progress
+    told = caller_progress(on_event, stream) if progress is None else progress
     try:
         yield told
     except StepbuildError as exc:
