@@ -100,9 +100,13 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                            warnings=list(result.stepfile_warnings), outside=result.outside,
                            keys=result.keys)
     # After --push the digest a pipeline signs and deploys is the registry's.
-    # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to stderr.
+    # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to
+    # stderr, unless that is a rawjson stream (build.done and image.pushed carry it there).
     to_stdout = any(dest == "-" for _, dest, _ in result.exported)
-    print(result.digest, file=sys.stderr if to_stdout else sys.stdout)
+    if not to_stdout:
+        print(result.digest)
+    elif progress_flags.mode(options) != "rawjson":
+        print(result.digest, file=sys.stderr)
     return 0
 
 

@@ -52,6 +52,10 @@ class TransferDisplay:
         """A line of its own about the whole transfer (`pushed REF (...)`)."""
         self._send(Event("notice", text=text))
 
+    def pushed(self, reference: str, digest: str) -> None:
+        """An image is now in a registry under `digest`."""
+        self._send(Event("image.pushed", ref=reference, text=digest))
+
     def note(self, text: str) -> None:
         """A detail (a mirror skipped)."""
         with self._lock:

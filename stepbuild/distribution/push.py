@@ -116,6 +116,7 @@ def push(store: Store, image: str, destination: str | None = None, *, compressio
     store.push_records.add(local.digest, f"{ref.registry}/{ref.repository}:{tag}", digest)
     blobs = (*((d.digest, o) for d, o in layers), (manifest.config.digest, config_outcome))
     result = PushResult(ref.with_digest(digest), digest, len(data), blobs, uploaded)
+    display.pushed(f"{ref.registry}/{ref.repository}:{tag}", digest)
     display.message(f"pushed {result.reference} ({_summary(result)})")
     return result
 

@@ -20,6 +20,8 @@ Kinds (`Event.kind`):
 - `heartbeat`: nothing was heard from `stage`/`step` (or the whole build) for a while
   (`seconds`: since when);
 - `note` (-v detail), `notice`, `warning`;
+- `image.pushed`: an image is in a registry (`ref`: where, `text`: the digest the registry
+  serves it under: what a pipeline signs and deploys);
 - `build.done` (`text`: the image digest, `steps`, `cached`, `tags`) / `build.error`
   (`text`: the message, `exit_code`).
 """
@@ -37,6 +39,7 @@ SCHEMA_VERSION = 1
 KINDS = frozenset({
     "build.started", "step.started", "step.cached", "step.done", "step.error", "step.log",
     "transfer", "heartbeat", "note", "notice", "warning", "build.done", "build.error",
+    "image.pushed",
 })
 
 
@@ -64,12 +67,13 @@ class Event:
     cached: int | None = None
     tags: tuple[str, ...] = ()
     exit_code: int | None = None
+    ref: str = ""            # image.pushed: the registry reference pushed to
 
     def as_json(self) -> dict[str, Any]:
         """The rawjson object: `v` (schema version), `kind`, `time`, and every field set."""
         data: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": self.kind, "time": self.time}
         for name in ("stage", "step", "text", "line", "seconds", "key", "current", "total",
-                     "steps", "cached", "exit_code"):
+                     "steps", "cached", "exit_code", "ref"):
             value = getattr(self, name)
             if value not in (None, "") or (name == "text" and self.kind == "step.log"):
                 data[name] = value

@@ -288,3 +288,35 @@ def test_push_and_pull_in_rawjson_are_transfer_events(
     states = [e["text"] for e in pulled if e["kind"] == "transfer" and "current" not in e]
     assert any(s.startswith("downloading") for s in states) and "pulled" in states
     assert pull.stdout == push.stdout  # the registry's digest, both ways
+
+
+def test_rawjson_of_a_build_push_names_the_registrys_digest(
+        sb: Stepbuild, work: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
+    """image.pushed carries what a pipeline deploys: the registry's digest, which skopeo
+    serves, while build.done keeps the store's own."""
+    context = write_context(work / "pushed-build", "FROM base\nRUN echo p > /p\n")
+    ref = f"{plain_registry.host}/progress/built:1"
+    built = sb.build(context, "--progress=rawjson", "--push", "--tls-verify=false", "-t", ref)
+    stream = events(built.stderr)
+    pushes = [e for e in stream if e["kind"] == "image.pushed"]
+    assert [(e["ref"], e["text"]) for e in pushes] == [(ref, built.stdout.strip())]
+    assert stream[-1]["kind"] == "build.done"
+    assert stream.index(pushes[0]) < len(stream) - 1
+    served = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout
+    assert json.loads(served)["Digest"] == pushes[0]["text"]
+
+
+def test_rawjson_with_the_archive_on_stdout_stays_all_json(sb: Stepbuild, work: Path) -> None:
+    """-o - puts the archive on stdout; stderr stays a pure event stream (the digest is in
+    build.done, not a plain line)."""
+    context = write_context(work / "streamed", "FROM base\nRUN echo s > /s\n")
+    built = subprocess.run([sys.executable, "-m", "stepbuild", "build", "--progress=rawjson",
+                            "-o", "-", str(context)], capture_output=True, timeout=300,
+                           env={**os.environ, "STEPBUILD_ROOT": str(sb.root),
+                                "PYTHONPATH": str(PROJECT)}, check=False)
+    assert built.returncode == 0, built.stderr
+    stream = events(built.stderr.decode())
+    assert stream[-1]["kind"] == "build.done"
+    assert stream[-1]["text"].startswith("sha256:")
+    assert built.stdout[257:262] == b"ustar"  # stdout is the tar

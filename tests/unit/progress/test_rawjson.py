@@ -70,6 +70,7 @@ def typical(kind: str) -> Event:
         "notice": Event(kind, text="pushed r"),
         "warning": Event(kind, text="w"),
         "build.done": Event(kind, text=DIGEST, steps=2, cached=0, tags=("a:1",)),
+        "image.pushed": Event(kind, ref="registry.example/a:1", text=DIGEST),
         "build.error": Event(kind, text="bad", exit_code=2),
     }[kind]
 
