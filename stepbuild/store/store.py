@@ -55,6 +55,7 @@ from stepbuild.oci.documents import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MEDIA_TYPE_CONFIG,
+    MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,
     Descriptor,
     ImageConfig,
@@ -504,6 +505,31 @@ class Store:
             )
             digest, size = self.put_blob(manifest.to_bytes())
         return Descriptor(MEDIA_TYPE_MANIFEST, digest, size, platform=config.platform)
+
+    def put_index(self, manifests: Sequence[Descriptor],
+                  annotations: dict[str, str] | None = None) -> Descriptor:
+        """Write an image index of `manifests` (one per platform, each with its `platform`:
+        `put_image` gives them so); return its descriptor (untagged, to `tag` like a
+        manifest). Every manifest must be in the store (`BlobNotFound`); a manifest without
+        a platform, or two of one platform, is `InvalidDocument`. Idempotent."""
+        from stepbuild.oci.platform import Platform
+
+        seen: set[Platform] = set()
+        for entry in manifests:
+            if entry.media_type not in MANIFEST_TYPES or not entry.platform:
+                raise InvalidDocument(f"index entry {entry.digest}",
+                                      "an image index holds image manifests with a platform")
+            platform = Platform.from_oci(entry.platform)
+            if platform in seen:
+                raise InvalidDocument(f"index entry {entry.digest}", f"a second {platform}")
+            seen.add(platform)
+        index = Index(tuple(replace(m, annotations=None) for m in manifests),
+                      annotations or None)
+        with self.lock(exclusive=False):
+            for entry in manifests:
+                self.require_blob(entry)
+            digest, size = self.put_blob(index.to_bytes())
+        return Descriptor(MEDIA_TYPE_INDEX, digest, size)
 
     def require_blob(self, desc: Descriptor) -> None:
         """The blob `desc` names is in the store with its size: else `BlobNotFound` or

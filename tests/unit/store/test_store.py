@@ -101,3 +101,28 @@ def test_the_first_lock_clears_the_work_of_dead_builders_only(tmp_path: Path) ->
     assert sorted(p.name for p in (root / "tmp").iterdir()) == sorted(
         [live.name, untagged.name])
     assert dead_work(store.layout) == []
+
+
+def test_an_index_of_two_platforms_is_tagged_like_an_image(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from stepbuild.errors import InvalidDocument
+    from stepbuild.oci.documents import MEDIA_TYPE_INDEX
+
+    store = Store(tmp_path / "store")
+    amd64 = build_image(store, b"amd64")
+    arm64 = replace(build_image(store, b"arm64"), platform={"architecture": "arm64",
+                                                             "os": "linux"})
+    index = store.put_index([amd64, arm64])
+    assert index.media_type == MEDIA_TYPE_INDEX
+    assert store.put_index([amd64, arm64]) == index  # idempotent
+    store.tag("multi:1", index)
+    resolved = store.resolve("multi:1")
+    assert resolved is not None and resolved.digest == index.digest
+    entries = store.index(resolved).manifests
+    assert [e.platform for e in entries] == [{"architecture": "amd64", "os": "linux"},
+                                             {"architecture": "arm64", "os": "linux"}]
+    with pytest.raises(InvalidDocument, match="a second linux/amd64"):
+        store.put_index([amd64, amd64])
+    with pytest.raises(InvalidDocument, match="with a platform"):
+        store.put_index([replace(amd64, platform=None)])
