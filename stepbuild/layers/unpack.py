@@ -110,7 +110,7 @@ def decompressor(raw: BinaryIO, kind: str) -> _Decompressed:
 
     errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
     stream: _Decompressor
-    # The decompressors do not own `raw`; _open_archive closes both.
+    # The decompressors do not own `raw`; open_archive closes both.
     if kind == "gzip":
         import gzip
 
@@ -132,13 +132,17 @@ def decompressor(raw: BinaryIO, kind: str) -> _Decompressed:
     return _Decompressed(stream, kind, errors)
 
 
+def compression(head: bytes) -> str | None:
+    """"gzip", "bzip2", "xz", "zstd" or None (not compressed) for a file's first bytes."""
+    return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
+
+
 @contextmanager
-def _open_archive(path: Path) -> Iterator[Readable]:
+def open_archive(path: Path) -> Iterator[Readable]:
     """The archive's tar bytes, decompressed by its magic bytes (not by its file name)."""
     with open(path, "rb") as raw:
-        head = raw.read(6)
+        kind = compression(raw.read(6))
         raw.seek(0)
-        kind = next((name for magic, name in _MAGICS if head.startswith(magic)), None)
         if kind is None:
             yield raw
             return
@@ -156,7 +160,7 @@ def is_archive(path: Path) -> bool:
     is not an archive (ADD then copies it as it is). OSError if `path` cannot be opened.
     """
     try:
-        with _open_archive(path) as stream:
+        with open_archive(path) as stream:
             return TarReader(stream).first_is_header()
     except LayerError:
         return False
@@ -190,7 +194,7 @@ def unpack_archive(
     """
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with _open_archive(archive) as stream:
+        with open_archive(archive) as stream:
             Unpacker(root_fd, dest, uid, gid, label or str(archive)).run(TarReader(stream))
     finally:
         os.close(root_fd)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +43,9 @@ from stepbuild.layers.tar import (
     FIFOTYPE,
     LNKTYPE,
     Header,
-    Readable,
     TarReader,
 )
+from stepbuild.layers.unpack import compression, open_archive
 
 if TYPE_CHECKING:
     from stepbuild.fs.rootpath import NonDirRule
@@ -55,17 +54,6 @@ __all__ = ["compression", "extract", "sniff"]
 
 # (magic, name), as layers/unpack.py tells archives apart: gzip RFC 1952, bzip2 "BZh", xz,
 # zstd RFC 8878 frame magic.
-_MAGICS = (
-    (b"\x1f\x8b", "gzip"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-)
-
-
-def compression(head: bytes) -> str | None:
-    """"gzip", "bzip2", "xz", "zstd" or None (not compressed) for a file's first bytes."""
-    return next((name for magic, name in _MAGICS if head.startswith(magic)), None)
 
 
 def sniff(path: Path, label: str) -> str:
@@ -77,7 +65,7 @@ def sniff(path: Path, label: str) -> str:
         raise ContextError(f"{label} is empty: expected a tar archive or a Stepfile")
     kind = compression(head)
     try:
-        with _tar_stream(path, label) as stream:
+        with open_archive(path) as stream:
             block = read_up_to(stream, BLOCK)
     except LayerError as exc:  # corrupt compressed data
         raise ContextError(f"{label}: {exc.message}") from None
@@ -105,7 +93,7 @@ def extract(path: Path, target: Path, label: str) -> None:
 
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        with _tar_stream(path, label) as stream:
+        with open_archive(path) as stream:
             reader = _Checked(TarReader(stream), label)
             ContextUnpacker(root_fd, "", 0, 0, label).run(reader)  # type: ignore[arg-type]
     except LayerError as exc:
@@ -150,21 +138,3 @@ class _Checked:
 def _escapes(name: str) -> bool:
     """An absolute name, or one with a `..` component."""
     return name.startswith("/") or ".." in name.split("/")
-
-
-@contextmanager
-def _tar_stream(path: Path, label: str) -> Iterator[Readable]:
-    """The tar bytes of `path`, decompressed by its magic bytes."""
-    from stepbuild.layers.unpack import decompressor
-
-    with open(path, "rb") as raw:
-        kind = compression(raw.read(6))
-        raw.seek(0)
-        if kind is None:
-            yield raw
-            return
-        stream = decompressor(raw, kind)
-        try:
-            yield stream
-        finally:
-            stream.close()
