@@ -161,12 +161,14 @@ def plan(platform: Platform, name: str, registration: Registration | None,
         raise _unavailable(platform, f"no QEMU for {platform.architecture} ({where} is missing"
                            f" or has no registration line)", INSTALL_HINT)
     if table is None or not table.writable:
-        seen = "binfmt_misc is not mounted" if table is None else f"{name} is not registered"
+        seen = ("binfmt_misc is not mounted here" if table is None
+                else f"{name} is not registered in binfmt_misc")
         raise _unavailable(
             platform, f"{seen}, and registering it needs CAP_SYS_ADMIN",
-            f"on the host, as root: mount -t binfmt_misc binfmt_misc {PROC_TABLE} (if it is"
-            f" not), then write the line of {where} with the F flag to {PROC_TABLE}/register"
-            f" (update-binfmts --enable {name} does it); or build with --isolation=userns")
+            f"register it with the F flag on the host, as root (mount -t binfmt_misc"
+            f" binfmt_misc {PROC_TABLE}; update-binfmts --enable {name}) and, in a container,"
+            f" show it there (-v {PROC_TABLE}:{PROC_TABLE}:ro); or build where user"
+            f" namespaces are allowed (--isolation=userns)")
     return REGISTER
 
 

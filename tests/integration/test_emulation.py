@@ -28,6 +28,7 @@ from stepbuild.sandbox.binfmt import Registration, Table
 from stepbuild.store.store import Store
 from tests.integration import test_rootless
 from tests.integration.builds import PROJECT, Stepbuild, assert_clear_error, write_context
+from tests.integration.containers import Container, Volume
 from tests.integration.test_rootless import User
 
 ARM64_SCRIPT = PROJECT / "scripts" / "make-arm64-busybox-rootfs.sh"
@@ -55,13 +56,24 @@ def arm64_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tarball
 
 
-def make_arm64_image(sb: Stepbuild, context: Path, rootfs: Path, *flags: str) -> str:
-    """Build FROM scratch + ADD of the arm64 rootfs (no RUN: nothing to emulate), then tag
-    `arm64` the same image with its config saying linux/arm64. Returns "arm64"."""
+def base_context(context: Path, rootfs: Path) -> Path:
+    """FROM scratch + ADD of the arm64 rootfs: no RUN, nothing to emulate."""
     write_context(context, BASE)
     (context / rootfs.name).write_bytes(rootfs.read_bytes())
-    sb.build(context, "-q", "-t", "arm64-unmarked", *flags)
-    store = Store(sb.root)
+    return context
+
+
+def make_arm64_image(sb: Stepbuild, context: Path, rootfs: Path, *flags: str) -> str:
+    """Build `base_context`, then tag `arm64` the same image with its config saying
+    linux/arm64. Returns "arm64"."""
+    sb.build(base_context(context, rootfs), "-q", "-t", "arm64-unmarked", *flags)
+    return mark_arm64(sb.root)
+
+
+def mark_arm64(root: Path) -> str:
+    """Tag `arm64` the image `arm64-unmarked` of the store at `root`, its config saying
+    linux/arm64 (as `build --platform` will)."""
+    store = Store(root)
     descriptor = store.resolve("arm64-unmarked")
     assert descriptor is not None
     manifest = store.manifest(descriptor)
@@ -235,3 +247,40 @@ def test_rootless_registers_in_its_user_namespace_and_not_the_hosts(
         assert _table_listing(host) == before
     finally:
         host.close()
+
+
+# --- the unprivileged CI pod (tests/integration/containers.py) ---------------------------------
+
+
+def _container_arm64(container: Container, store: Path, context: Path) -> None:
+    """`arm64` in the container's store, built inside (no RUN), marked from the host."""
+    built = container.stepbuild("build", "-q", "-t", "arm64-unmarked", "/ctx", store=store,
+                                volumes=[Volume(context, "/ctx")])
+    assert built.returncode == 0, built.stderr
+    mark_arm64(store)
+
+
+def test_in_the_default_ci_pod_the_builders_user_namespace_registers(
+        container_default: Container, container_store: Path, arm64_rootfs: Path,
+        tmp_path: Path) -> None:
+    """Root without CAP_SYS_ADMIN takes userns isolation: its own table, no host set-up."""
+    context = base_context(tmp_path / "ctx", arm64_rootfs)
+    _container_arm64(container_default, container_store, context)
+    result = container_default.stepbuild("run", "--network", "none", "arm64", "uname", "-m",
+                                         store=container_store)
+    assert (result.returncode, result.stdout) == (0, "aarch64\n"), result.stderr
+
+
+def test_chroot_isolation_without_cap_sys_admin_is_one_line_naming_the_hosts_fix(
+        container_no_userns: Container, container_store: Path, arm64_rootfs: Path,
+        tmp_path: Path) -> None:
+    """No user namespace, no CAP_SYS_ADMIN, no binfmt_misc visible: nothing to use."""
+    context = base_context(tmp_path / "ctx", arm64_rootfs)
+    _container_arm64(container_no_userns, container_store, context)
+    result = container_no_userns.stepbuild("run", "arm64", "uname", "-m",
+                                           store=container_store)
+    assert_clear_error(result, 1, "cannot run linux/arm64 steps here: binfmt_misc is not"
+                       " mounted here, and registering it needs CAP_SYS_ADMIN",
+                       "update-binfmts --enable qemu-aarch64",
+                       "-v /proc/sys/fs/binfmt_misc:/proc/sys/fs/binfmt_misc:ro")
+    assert len(result.stderr.strip().splitlines()) == 2
