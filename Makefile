@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 samples/%/busybox-rootfs.tar: scripts/make-busybox-rootfs.sh | setup
 	bash scripts/make-busybox-rootfs.sh $@
 
+# The same for linux/arm64, from Debian's busybox-static:arm64 (setup adds the architecture).
+samples/%/arm64-busybox-rootfs.tar: scripts/make-arm64-busybox-rootfs.sh | setup
+	bash scripts/make-arm64-busybox-rootfs.sh $@
+
 # The main job on a built-in default: build the hello sample, then run the result.
 demo: setup samples/hello/busybox-rootfs.tar
 	$(VENV)/bin/stepbuild build -t hello:latest samples/hello

@@ -26,20 +26,35 @@ cd "$(dirname "$0")/.."
 # (stepbuild/sandbox/fuse_overlay.py); procps (pgrep): its tests look for a daemon left.
 # shellcheck: tests/integration/test_ci_example.py lints examples/ci's shell.
 # zsh, fish: the completion scripts of `stepbuild completion` are checked by each shell.
+# qemu-user-static: RUN steps of foreign platforms (linux/arm64, ...), registered in binfmt_misc
+# on demand by stepbuild/sandbox/binfmt.py; its qemu-aarch64-static also lists the applets of
+# scripts/make-arm64-busybox-rootfs.sh, which downloads busybox-static:arm64 (so arm64 is a
+# dpkg foreign architecture, below).
 APT_PACKAGES=(busybox-static skopeo umoci git docker-registry apache2-utils openssl podman runc
               buildah debootstrap iproute2 golang-github-containers-common libseccomp2 gcc
               libc6-dev slirp4netns uidmap python3-venv fuse-overlayfs procps shellcheck zsh
-              fish)
+              fish qemu-user-static)
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to $1" >&2
+    exit 1
+  fi
+}
+
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  need_root "add arm64 as a dpkg foreign architecture"
+  echo "setup: dpkg --add-architecture arm64"
+  dpkg --add-architecture arm64
+  apt-get update -qq
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: need root to install: ${missing[*]}" >&2
-    exit 1
-  fi
+  need_root "install: ${missing[*]}"
   echo "setup: apt-get install ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

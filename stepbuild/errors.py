@@ -240,6 +240,18 @@ class IsolationUnavailable(StepbuildError):
     environment; the message names what is missing, the hint the options."""
 
 
+class EmulationUnavailable(StepbuildError):
+    """A step of a foreign platform (linux/arm64 on amd64) cannot run here: no QEMU for it, or
+    its binfmt_misc entry cannot be made or is unusable (no fix-binary flag, disabled).
+    `platform` is the platform's short form; the message is "cannot run <platform> steps
+    here: <why>", the hint the fix (sandbox/binfmt.py)."""
+
+    def __init__(self, platform: str, why: str, *, hint: str | None = None) -> None:
+        super().__init__(f"cannot run {platform} steps here: {why}", hint=hint)
+        self.platform = platform
+        self.why = why
+
+
 class ContextError(StepbuildError):
     """A COPY/ADD source cannot be taken from the build context: it does not exist, it lies
     outside the context (`..`, a symlink leading out), it is a fifo/device/socket, or the

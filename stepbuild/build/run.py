@@ -40,6 +40,8 @@ from stepbuild.errors import (
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.syntax import chomp_heredoc, heredoc_marker
 from stepbuild.fs import rootpath
+from stepbuild.oci.platform import Platform
+from stepbuild.sandbox.binfmt import ensure_emulation
 
 if TYPE_CHECKING:
     import threading
@@ -162,6 +164,7 @@ def perform(executor: Executor, step: PreparedStep, work: RunWork, state: ImageS
     step uses; once `cancel` is set the command is killed (`Cancelled`)."""
     from stepbuild.sandbox.spec import SandboxSpec
 
+    ensure_emulation(Platform.of(state.os, state.architecture))  # QEMU for a foreign one
     loc = step.instruction.loc
     where = f"{filename}:{loc.line}:{loc.column}"
     ids = _step_ids(merged, state, step, filename)
@@ -313,6 +316,7 @@ def perform_chrooted(executor: Executor, step: PreparedStep, work: RunWork,
     the host's network. Fails as `perform` does."""
     from stepbuild.sandbox.spec import SandboxSpec
 
+    ensure_emulation(Platform.of(state.os, state.architecture))  # QEMU for a foreign one
     ids = _step_ids(root, state, step, filename)
     loc = step.instruction.loc
     try:

@@ -17,7 +17,9 @@ from stepbuild.build.images import load_state
 from stepbuild.build.run import user_ids, with_home, write_etc_files
 from stepbuild.errors import ContainerOutOfMemory, StepbuildError, UsageError
 from stepbuild.fs.trees import remove_tree
+from stepbuild.oci.platform import Platform
 from stepbuild.sandbox import host as overlay
+from stepbuild.sandbox.binfmt import ensure_emulation
 
 if TYPE_CHECKING:
     from stepbuild.build.state import ImageState
@@ -49,6 +51,7 @@ def run_image(store: Store, name: str, command: list[str], network: str = "defau
                                                        or [])]
     if not argv:
         raise StepbuildError(f"image {name!r} has no CMD or ENTRYPOINT: give a command")
+    ensure_emulation(Platform.of(state.os, state.architecture))  # QEMU for a foreign image
     lowers = [store.layer_dir(d) for d in reversed(state.diff_ids)]
     if isolation == "chroot":
         return _run_chrooted(store, lowers, state, argv, network, limits, seccomp, name)
