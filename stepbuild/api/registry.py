@@ -62,7 +62,8 @@ class PullResult:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """A tagged image of the store: its name, local manifest digest and layers' size."""
+    """A tagged image of the store: its name, local manifest digest (an image index's, for
+    a multi-platform image) and layers' size (of every platform's, each layer once)."""
 
     name: str
     digest: str
@@ -123,13 +124,11 @@ def _reporting(progress: Progress | None, on_event: EventCallback | None,
 
 def images(*, root: str | os.PathLike[str] | None = None) -> list[ImageInfo]:
     """The tagged images of the store at `root`, sorted by name."""
+    from stepbuild.store.images import summary
+
     store = open_store(root)
-    found = []
-    for name, descriptor in sorted(store.images()):
-        manifest = store.manifest(descriptor)
-        found.append(ImageInfo(name, descriptor.digest,
-                               sum(layer.size for layer in manifest.layers)))
-    return found
+    return [ImageInfo(name, descriptor.digest, summary(store, descriptor)[0])
+            for name, descriptor in sorted(store.images())]
 
 
 def _display(progress: Progress) -> TransferDisplay:
