@@ -274,7 +274,7 @@ def push(options: argparse.Namespace) -> int:
 
     result = push_image(options.image, options.destination, root=options.root,
                         connection=_connection(options), compression=options.compression,
-                        progress=_progress(options))
+                        progress=_progress(options), platform=options.platform)
     _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
@@ -285,7 +285,8 @@ def pull(options: argparse.Namespace) -> int:
     from stepbuild.api.registry import pull as pull_image
 
     result = pull_image(options.image, root=options.root, connection=_connection(options),
-                        progress=_progress(options))
+                        progress=_progress(options), platform=options.platform,
+                        all_platforms=options.all_platforms)
     _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
