@@ -12,7 +12,7 @@ Two entry points:
   no name is loaded untagged, and the CLI prints its digest), each in Docker's familiar form
   (`docker.io/library/foo:1` → `foo:1`). An index entry (a multi-platform image, as
   `skopeo copy --all … oci-archive:` and `stepbuild export` of an index write) is loaded
-  whole: every platform's image, and an index of them tagged with its names.
+  whole: every platform's image it holds, and an index of them tagged with its names.
 - `import_base(store, name)`: FROM `oci-archive:PATH[:REF]`, `oci-layout:DIR[:REF]`,
   `docker-archive:PATH[:NAME:TAG|:@INDEX]`. The syntax and the choice of image are buildah's
   (containers/image transports; checked with buildah 1.28 here): PATH ends at the first `:`;
@@ -346,7 +346,8 @@ def _oci_image(source: Source, entry: oci.Descriptor, manifest_desc: oci.Descrip
 def _load_oci(store: Store, source: Source) -> list[tuple[str, _Image | None, tuple[str, ...]]]:
     """`load` of an OCI archive: each index.json entry imported (untagged) — an image, or
     an image index whole (every platform's image, then an index of them in the store's
-    form: `Store.put_index`, platforms, order and annotations kept). Returns (the local
+    form: `Store.put_index`, platforms, order and annotations kept; a platform whose
+    manifest the archive lacks is left out). Returns (the local
     manifest or index digest, the image (None for an index), the names)."""
     loaded: list[tuple[str, _Image | None, tuple[str, ...]]] = []
     for entry, names in _layout_entries(source):
@@ -358,6 +359,8 @@ def _load_oci(store: Store, source: Source) -> list[tuple[str, _Image | None, tu
                                      f"index {entry.digest}")
         locals_ = []
         for child in _platform_entries(index):
+            if source.size(_blob_name(child.digest)) is None:
+                continue  # a partial index: containerd's export of some platforms writes those
             digest = _import_image(store, source, _oci_image(source, entry, child))
             local = store.resolve(digest)
             assert local is not None  # just put there, under the lock

@@ -237,3 +237,17 @@ def test_podman_pulls_the_other_platform_from_our_index(
     out = subprocess.run(podman.command("image", "inspect", ref), check=True,
                          capture_output=True, text=True, timeout=60).stdout
     assert json.loads(out)[0]["Architecture"] == OTHER.architecture
+
+
+def test_load_of_skopeos_copy_all_archive(multi: Multi, tmp_path: Path,
+                                          plain_registry: RunningRegistry) -> None:
+    ref = f"{plain_registry.host}/idx/skopeo:1"
+    multi.sb("push", "multi:1", ref)
+    archive = tmp_path / "all.tar"
+    skopeo("copy", "-q", "--all", "--src-tls-verify=false", f"docker://{ref}",
+           f"oci-archive:{archive}:{ref}")
+    fresh = Stepbuild(tmp_path / "fresh")
+    assert fresh("load", "-i", str(archive)).stdout == f"Loaded image: {ref}\n"
+    # gzip layers in the archive, uncompressed in the store: the store's documents again
+    assert inspect(fresh, ref)["digest"] == multi.index
+    assert fresh("run", "--platform", str(OTHER), ref).stdout == "there\n"
