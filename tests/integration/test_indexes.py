@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from stepbuild.api.registry import images as api_images
 from stepbuild.api.registry import push as api_push
 from stepbuild.oci.digest import sha256_bytes
 from stepbuild.oci.documents import MEDIA_TYPE_INDEX
@@ -103,6 +104,9 @@ def test_images_shows_an_index_as_one_row(multi: Multi) -> None:
     assert rows["multi:1"][1] == multi.index.removeprefix("sha256:")[:12]
     assert rows["multi:1"][-1] == f"{HOST},{OTHER}"
     assert rows["here"][-1] == str(HOST)
+    listed = {image.name: image for image in api_images(root=multi.sb.root)}
+    assert listed["multi:1"].digest == multi.index
+    assert listed["here"].size < listed["multi:1"].size < 2 * listed["here"].size  # base once
 
 
 def test_inspect_prints_the_index_and_each_platform_or_one(multi: Multi) -> None:
@@ -180,6 +184,7 @@ def test_load_of_an_index_archive_keeps_every_platform(multi: Multi, tmp_path: P
     assert fresh("load", "-i", str(archive)).stdout == "Loaded image: multi:1\n"
     loaded = inspect(fresh, "multi:1")
     assert loaded["digest"] == multi.index  # the store's form: the same documents
+    fresh("prune")  # the tag keeps the index, its manifests and their layers
     assert fresh("run", "--platform", str(OTHER), "multi:1").stdout == "there\n"
     assert fresh("check").stdout == "store is consistent\n"
 
