@@ -178,6 +178,18 @@ class ImageNotFound(StoreError):
         self.name = name
 
 
+class PlatformNotFound(StoreError):
+    """An image index has no manifest of the platform asked for (or of this machine's), or a
+    single image is of another platform than asked. `available`: the platforms it has."""
+
+    def __init__(self, name: str, wanted: str, available: tuple[str, ...]) -> None:
+        super().__init__(f"image {name!r} has no {wanted} image (it has: "
+                         f"{', '.join(available) or 'none'})",
+                         hint="pick one with --platform, e.g. --platform "
+                              f"{available[0] if available else wanted}")
+        self.name, self.wanted, self.available = name, wanted, available
+
+
 class InvalidDigest(StoreError, ValueError):
     """A string that should be a digest is not `sha256:` + 64 lower-case hex digits."""
 

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, TextIO
 
 from stepbuild.api.build import caller_progress, open_store
 from stepbuild.api.request import default_connection
-from stepbuild.errors import StepbuildError
+from stepbuild.errors import StepbuildError, UsageError
 
 if TYPE_CHECKING:
     from stepbuild.distribution.connection import Connection
     from stepbuild.distribution.display import TransferDisplay
+    from stepbuild.oci.platform import Platform
     from stepbuild.progress import Progress
     from stepbuild.progress.events import EventCallback
 
@@ -62,7 +63,8 @@ class PullResult:
 
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """A tagged image of the store: its name, local manifest digest and layers' size."""
+    """A tagged image of the store: its name, local manifest digest (an image index's, for
+    a multi-platform image) and layers' size (of every platform's, each layer once)."""
 
     name: str
     digest: str
@@ -72,17 +74,20 @@ class ImageInfo:
 def push(image: str, destination: str | None = None, *,
          root: str | os.PathLike[str] | None = None, connection: Connection | None = None,
          compression: str = "gzip", on_event: EventCallback | None = None,
-         stream: TextIO | None = None, progress: Progress | None = None) -> PushResult:
+         stream: TextIO | None = None, progress: Progress | None = None,
+         platform: str | None = None) -> PushResult:
     """Push `image` (a tag or digest in the store at `root`) to `destination`
     (`REGISTRY/REPOSITORY[:TAG]`; default: `image` read as a reference). `on_event` gets
     its `transfer` and `notice` events, `stream` the plain log of them; `progress`: a view
-    of the caller's own instead (the CLI's)."""
+    of the caller's own instead (the CLI's). An image index is pushed whole (each
+    platform's manifest, then the index under the tag), unless `platform`
+    (`os/arch[/variant]`) picks one of its images."""
     from stepbuild.distribution.push import push as push_image
 
     with _reporting(progress, on_event, stream) as told:
         result = push_image(open_store(root), image, destination, compression=compression,
                             connection=connection or default_connection(),
-                            display=_display(told))
+                            display=_display(told), platform=_platform(platform))
     return PushResult(str(result.reference), result.digest, result.size,
                       result.count("uploaded"), result.count("mounted"),
                       result.count("exists"))
@@ -90,16 +95,20 @@ def push(image: str, destination: str | None = None, *,
 
 def pull(reference: str, *, root: str | os.PathLike[str] | None = None,
          connection: Connection | None = None, on_event: EventCallback | None = None,
-         stream: TextIO | None = None, progress: Progress | None = None) -> PullResult:
+         stream: TextIO | None = None, progress: Progress | None = None,
+         platform: str | None = None, all_platforms: bool = False) -> PullResult:
     """Pull `reference` (`[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`) into the store at `root`
     and tag it there; events, `stream` and `progress` as for `push`. Needs what a build
-    needs to write layer dirs (docs/api.md)."""
-    from stepbuild.distribution.pull import pull as pull_image
+    needs to write layer dirs (docs/api.md). Of an image index, the image of `platform`
+    (`os/arch[/variant]`; None: this machine's) is pulled, or with `all_platforms` every
+    image, kept as an index (`local_digest` is then the local index's)."""
+    from stepbuild.distribution.pull_index import pull_platforms
 
     with _reporting(progress, on_event, stream) as told:
-        result = pull_image(open_store(root, layers=True), reference,
-                            connection=connection or default_connection(),
-                            display=_display(told))
+        result = pull_platforms(open_store(root, layers=True), reference,
+                                platform=_platform(platform), all_platforms=all_platforms,
+                                connection=connection or default_connection(),
+                                display=_display(told))
     return PullResult(str(result.reference), result.digest, result.manifest_digest,
                       result.local.digest, result.name, result.downloaded)
 
@@ -123,13 +132,24 @@ def _reporting(progress: Progress | None, on_event: EventCallback | None,
 
 def images(*, root: str | os.PathLike[str] | None = None) -> list[ImageInfo]:
     """The tagged images of the store at `root`, sorted by name."""
+    from stepbuild.store.images import summary
+
     store = open_store(root)
-    found = []
-    for name, descriptor in sorted(store.images()):
-        manifest = store.manifest(descriptor)
-        found.append(ImageInfo(name, descriptor.digest,
-                               sum(layer.size for layer in manifest.layers)))
-    return found
+    return [ImageInfo(name, descriptor.digest, summary(store, descriptor)[0])
+            for name, descriptor in sorted(store.images())]
+
+
+def _platform(text: str | None) -> Platform | None:
+    """One platform from its text (`UsageError` for anything else); None stays None."""
+    from stepbuild.oci.platform import parse_platforms
+
+    if text is None:
+        return None
+    platforms = parse_platforms([text])
+    if len(platforms) != 1:
+        raise UsageError(f"platform {text!r}: one platform here, not {len(platforms)}",
+                         hint="e.g. linux/arm64")
+    return platforms[0]
 
 
 def _display(progress: Progress) -> TransferDisplay:

@@ -13,6 +13,12 @@ bare path for `type=local`, `dest=-` and a bare `-` for standard output; `type=i
 | local      | dir      | the image's root filesystem, flattened (`layers/flatten.py`)      |
 | tar        | file, -  | that same tree as one deterministic tar                           |
 
+An image index (several platforms, `store.put_index`): oci and oci-layout write it whole, the
+layout's index.json pointing at the index blob, which names each platform's manifest (as
+BuildKit and `skopeo copy --all` lay it out); docker, local and tar write one platform's
+image, `--platform`'s or this machine's. `--platform` with oci/oci-layout writes that
+platform's image alone.
+
 Standard output (`-`): the archive is written straight to the stream the caller gives
 (`export_image(stdout=...)`), as it is made, with the bytes of the file form; at most one output
 goes there. A failure midway leaves a truncated archive on the stream (the command then fails).
@@ -78,6 +84,7 @@ from stepbuild.archive.write import (
     fill_layout,
     load_image,
     oci_image,
+    oci_index,
     umask,
     write_docker_archive,
     write_oci_archive,
@@ -91,8 +98,11 @@ from stepbuild.layers.compress import DEFAULT_COMPRESSION, check_compression
 from stepbuild.layers.tar import END_OF_ARCHIVE
 from stepbuild.oci.annotations import Annotations
 from stepbuild.oci.digest import sha256_bytes
+from stepbuild.store.images import entry_for, is_index, resolve_image
 
 if TYPE_CHECKING:
+    from stepbuild.oci.documents import Descriptor
+    from stepbuild.oci.platform import Platform
     from stepbuild.store.store import Store
 
 __all__ = ["OUTPUT_TYPES", "STDOUT", "Exported", "Output", "check_destination",
@@ -103,8 +113,9 @@ EXPORT_XATTR = "user.stepbuild.export"
 
 @dataclass(frozen=True, slots=True)
 class Exported:
-    """What one output wrote. `digest`: oci/oci-layout the manifest written, docker the
-    config (the image ID docker and podman show), local None, tar the sha256 of the tar."""
+    """What one output wrote. `digest`: oci/oci-layout the manifest (or image index)
+    written, docker the config (the image ID docker and podman show), local None, tar the
+    sha256 of the tar."""
 
     output: Output
     digest: str | None
@@ -200,8 +211,14 @@ def export_image(store: Store, image: str, outputs: Sequence[Output], *,
                  compression: str = DEFAULT_COMPRESSION,
                  names: Sequence[str] | None = None,
                  annotations: Annotations | None = None,
-                 stdout: BinaryIO | None = None) -> list[Exported]:
+                 stdout: BinaryIO | None = None,
+                 platform: Platform | None = None) -> list[Exported]:
     """Write image `image` (a tag or digest in `store`) to every output, in order.
+
+    An image index (multi-platform): oci and oci-layout outputs carry the whole index
+    (index.json → the index → its manifests), unless `platform` picks one; docker, local
+    and tar outputs carry one platform's image, `platform`'s or else this machine's
+    (store/images.entry_for; `PlatformNotFound` lists what there is).
 
     `compression` applies to outputs that do not name their own. `names` are the image's
     names for index entries and RepoTags (None: `[image]` if it is a tag, else none); an
@@ -221,8 +238,8 @@ def export_image(store: Store, image: str, outputs: Sequence[Output], *,
     with store.lock(exclusive=False):
         if names is None:
             names = [image] if any(name == image for name, _ in store.images()) else []
-        job = _Job(store, load_image(store, image), compression, annotations or Annotations(),
-                   stdout)
+        job = _Job(store, image, resolve_image(store, image), platform, compression,
+                   annotations or Annotations(), stdout)
         return [_export_or_say_why(job, output, output.names or tuple(names))
                 for output in outputs]
 
@@ -232,10 +249,23 @@ class _Job:
     """What every output of one `export_image` call shares."""
 
     store: Store
-    source: ImageSource
+    name: str
+    found: Descriptor  # a manifest or an index
+    platform: Platform | None
     compression: str
     annotations: Annotations
     stdout: BinaryIO | None
+
+    def source(self) -> ImageSource:
+        """The one image (of an index: the platform's) that docker, local and tar write."""
+        entry = entry_for(self.store, self.found, self.name, self.platform)
+        return load_image(self.store, entry.digest)
+
+    def oci(self, compression: str) -> OciImage:
+        """What oci and oci-layout write: the whole index, unless a platform was asked."""
+        if is_index(self.found) and self.platform is None:
+            return oci_index(self.store, self.found, compression)
+        return oci_image(self.store, self.source(), compression)
 
 
 def _export_or_say_why(job: _Job, output: Output, names: Sequence[str]) -> Exported:
@@ -255,17 +285,18 @@ def _export_or_say_why(job: _Job, output: Output, names: Sequence[str]) -> Expor
 
 
 def _export_one(job: _Job, output: Output, names: Sequence[str]) -> Exported:
-    kind, dest, store, source = output.type, _path(output), job.store, job.source
+    kind, dest, store = output.type, _path(output), job.store
     _make_parents(dest)
     _clear_dead_leftovers(dest)
     if kind in COMPRESSED_TYPES:
-        image = oci_image(store, source, output.compression or job.compression)
+        image = job.oci(output.compression or job.compression)
         if kind == "oci":
             with replacing(dest, 0o666 & ~umask()) as f:
                 write_oci_archive(f, store, image, names, job.annotations)
         else:
             _write_oci_layout(dest, store, image, names, job.annotations)
         return Exported(output, image.manifest.digest)
+    source = job.source()
     if kind == "docker":
         with replacing(dest, 0o666 & ~umask()) as f:
             write_docker_archive(f, store, source, names)
@@ -279,18 +310,19 @@ def _export_one(job: _Job, output: Output, names: Sequence[str]) -> Exported:
 def _stream(job: _Job, output: Output, names: Sequence[str]) -> Exported:
     """An archive output to standard output: written as it is made, never to a temp file
     first (a root filesystem can be bigger than the disk has room for twice)."""
-    out, store, source = job.stdout, job.store, job.source
+    out, store = job.stdout, job.store
     assert out is not None  # export_image checked
     digest: str
     if output.type == "oci":
-        image = oci_image(store, source, output.compression or job.compression)
+        image = job.oci(output.compression or job.compression)
         write_oci_archive(out, store, image, names, job.annotations)
         digest = image.manifest.digest
     elif output.type == "docker":
+        source = job.source()
         write_docker_archive(out, store, source, names)
         digest = source.manifest.config.digest
     else:
-        digest = _stream_tar(out, store, source)
+        digest = _stream_tar(out, store, job.source())
     out.flush()
     return Exported(output, digest)
 

@@ -10,8 +10,9 @@ Two entry points:
   names: a docker archive's `RepoTags`, an OCI archive's `org.opencontainers.image.ref.name`
   annotations that are references (`app:1`, not a bare tag such as `latest`: an image with
   no name is loaded untagged, and the CLI prints its digest), each in Docker's familiar form
-  (`docker.io/library/foo:1` → `foo:1`). An index entry (a multi-platform image) gives the
-  manifest of this machine's platform.
+  (`docker.io/library/foo:1` → `foo:1`). An index entry (a multi-platform image, as
+  `skopeo copy --all … oci-archive:` and `stepbuild export` of an index write) is loaded
+  whole: every platform's image it holds, and an index of them tagged with its names.
 - `import_base(store, name)`: FROM `oci-archive:PATH[:REF]`, `oci-layout:DIR[:REF]`,
   `docker-archive:PATH[:NAME:TAG|:@INDEX]`. The syntax and the choice of image are buildah's
   (containers/image transports; checked with buildah 1.28 here): PATH ends at the first `:`;
@@ -78,6 +79,7 @@ from stepbuild.errors import (
 from stepbuild.layers.decompress import decompress_to
 from stepbuild.oci import documents as oci
 from stepbuild.oci.digest import PREFIX, is_digest, sha256_bytes
+from stepbuild.store.images import resolve_image
 from stepbuild.store.received import put_received
 
 if TYPE_CHECKING:
@@ -122,7 +124,8 @@ _RELATIVE_HINT = ("a relative path is relative to the current directory (as in b
 
 @dataclass(frozen=True, slots=True)
 class LoadedImage:
-    """One image imported into the store: its (new) manifest digest, the refs tagged."""
+    """One image imported into the store: its (new) manifest digest, the refs tagged, its
+    layers. For an image index: the index's (new) digest, and no diff_ids."""
 
     digest: str
     names: tuple[str, ...]
@@ -167,21 +170,20 @@ def load(store: Store, stream: BinaryIO) -> list[LoadedImage]:
             _os_errors("archive"):
         archive = ArchiveSource(path, "archive")
         try:
+            imported: list[tuple[str, _Image | None, tuple[str, ...]]]
             if archive.has("manifest.json"):
-                images = _docker_images(archive)
+                imported = [(_import_image(store, archive, image), image, names)
+                            for image, names in _docker_images(archive)]
             else:
-                images = _oci_images(archive)
-            imported = [(_import_image(store, archive, image), image, names)
-                        for image, names in images]
+                imported = _load_oci(store, archive)
         finally:
             archive.close()
         loaded = []
         for digest, image, names in imported:
-            manifest = store.resolve(digest)
-            assert manifest is not None  # just put there, and the lock keeps prune off it
+            manifest = resolve_image(store, digest)  # the lock keeps prune off it
             for name in names:
                 store.tag(name, manifest)
-            loaded.append(LoadedImage(digest, names, image.diff_ids))
+            loaded.append(LoadedImage(digest, names, image.diff_ids if image else ()))
         return loaded
 
 
@@ -295,7 +297,15 @@ def _choose(images: list[tuple[_Image, tuple[str, ...]]], transport: Transport,
 
 
 def _oci_images(source: Source) -> list[tuple[_Image, tuple[str, ...]]]:
-    """Every image of an OCI layout (index.json's entries), with the names to tag it with."""
+    """Every image of an OCI layout (index.json's entries; an index entry gives this
+    machine's platform's image), with the names to tag it with."""
+    return [(_oci_image(source, entry, _platform_manifest(source, entry, 0)), names)
+            for entry, names in _layout_entries(source)]
+
+
+def _layout_entries(source: Source) -> list[tuple[oci.Descriptor, tuple[str, ...]]]:
+    """index.json's entries, each with the names to tag its image with (familiar forms of
+    the ref names that are references); the oci-layout header checked first."""
     where = f"{source.label}: oci-layout"
     if not source.has("oci-layout"):
         raise InvalidDocument(source.label, "neither manifest.json (docker archive) nor "
@@ -305,28 +315,69 @@ def _oci_images(source: Source) -> list[tuple[_Image, tuple[str, ...]]]:
         raise InvalidDocument(where, f"imageLayoutVersion must be {oci.LAYOUT_VERSION}")
     index = oci.Index.from_bytes(source.read("index.json", MAX_DOCUMENT),
                                  f"{source.label}: index.json")
-    images = []
-    for entry in index.manifests:
-        annotations = entry.annotations or {}
-        names = tuple(n for n in (annotations.get(_CONTAINERD_NAME), entry.ref_name) if n)
-        tags = tuple(n for n in names if _is_image_name(n))
-        manifest_desc = _platform_manifest(source, entry, 0)
-        manifest = oci.Manifest.from_bytes(
-            _read_blob(source, manifest_desc, MAX_DOCUMENT), f"manifest {manifest_desc.digest}")
-        config = _read_blob(source, manifest.config, MAX_CONFIG)
-        diff_ids = _diff_ids(config, manifest.config.digest, len(manifest.layers))
-        layers = []
-        for i, (desc, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
-            if desc.media_type not in _LAYER_TYPES:
-                raise InvalidDocument(f"manifest {manifest_desc.digest}: layers[{i}]",
-                                      f"cannot unpack a layer of media type {desc.media_type}")
-            layers.append(_Layer(_blob_name(desc.digest), desc, diff_id))
-        # Its digests too, for `oci-layout:DIR:sha256:…` (buildx's oci-layout://DIR@sha256:…).
-        digests = tuple(dict.fromkeys((entry.digest, manifest_desc.digest)))
-        image = _Image(config, diff_ids, tuple(layers), manifest.annotations,
-                       (*names, *digests))
-        images.append((image, tuple(dict.fromkeys(_familiar(n) for n in tags))))
-    return images
+    return [(entry, tuple(dict.fromkeys(_familiar(n) for n in _ref_names(entry)
+                                        if _is_image_name(n))))
+            for entry in index.manifests]
+
+
+def _ref_names(entry: oci.Descriptor) -> tuple[str, ...]:
+    annotations = entry.annotations or {}
+    return tuple(n for n in (annotations.get(_CONTAINERD_NAME), entry.ref_name) if n)
+
+
+def _oci_image(source: Source, entry: oci.Descriptor, manifest_desc: oci.Descriptor) -> _Image:
+    """The image of `manifest_desc`, reached from index.json's `entry`, read and checked."""
+    manifest = oci.Manifest.from_bytes(
+        _read_blob(source, manifest_desc, MAX_DOCUMENT), f"manifest {manifest_desc.digest}")
+    config = _read_blob(source, manifest.config, MAX_CONFIG)
+    diff_ids = _diff_ids(config, manifest.config.digest, len(manifest.layers))
+    layers = []
+    for i, (desc, diff_id) in enumerate(zip(manifest.layers, diff_ids, strict=True)):
+        if desc.media_type not in _LAYER_TYPES:
+            raise InvalidDocument(f"manifest {manifest_desc.digest}: layers[{i}]",
+                                  f"cannot unpack a layer of media type {desc.media_type}")
+        layers.append(_Layer(_blob_name(desc.digest), desc, diff_id))
+    # Its digests too, for `oci-layout:DIR:sha256:…` (buildx's oci-layout://DIR@sha256:…).
+    digests = tuple(dict.fromkeys((entry.digest, manifest_desc.digest)))
+    return _Image(config, diff_ids, tuple(layers), manifest.annotations,
+                  (*_ref_names(entry), *digests))
+
+
+def _load_oci(store: Store, source: Source) -> list[tuple[str, _Image | None, tuple[str, ...]]]:
+    """`load` of an OCI archive: each index.json entry imported (untagged) — an image, or
+    an image index whole (every platform's image, then an index of them in the store's
+    form: `Store.put_index`, platforms, order and annotations kept; a platform whose
+    manifest the archive lacks is left out). Returns (the local
+    manifest or index digest, the image (None for an index), the names)."""
+    loaded: list[tuple[str, _Image | None, tuple[str, ...]]] = []
+    for entry, names in _layout_entries(source):
+        if entry.media_type not in oci.INDEX_TYPES:
+            image = _oci_image(source, entry, _platform_manifest(source, entry, 0))
+            loaded.append((_import_image(store, source, image), image, names))
+            continue
+        index = oci.Index.from_bytes(_read_blob(source, entry, MAX_DOCUMENT),
+                                     f"index {entry.digest}")
+        locals_ = []
+        for child in _platform_entries(index):
+            if source.size(_blob_name(child.digest)) is None:
+                continue  # a partial index: containerd's export of some platforms writes those
+            digest = _import_image(store, source, _oci_image(source, entry, child))
+            local = store.resolve(digest)
+            assert local is not None  # just put there, under the lock
+            locals_.append(local)
+        if not locals_:
+            raise InvalidDocument(f"{source.label}: index {entry.digest}",
+                                  "no image of a platform in it")
+        loaded.append((store.put_index(locals_, index.annotations).digest, None, names))
+    return loaded
+
+
+def _platform_entries(index: oci.Index) -> list[oci.Descriptor]:
+    """An index's images of a platform: not its nested indexes, nor the attestation
+    manifests BuildKit adds (platform unknown/unknown), which are no images to run."""
+    return [child for child in index.manifests
+            if child.media_type in oci.MANIFEST_TYPES and child.platform
+            and child.platform.get("os") != "unknown"]
 
 
 def _is_image_name(ref_name: str) -> bool:

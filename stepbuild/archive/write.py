@@ -9,6 +9,9 @@ what goes in them:
   blobs compressed once per store by `compress.compressed_layer` (a layer already stored in
   the asked form is used as it is); the manifest is the store's own bytes when nothing
   changes (compression none), else a new OCI manifest with the same annotations.
+- `oci_index`: the same for an image index (multi-platform): each platform's `oci_image`,
+  and the index of their manifests, which index.json then points at (nested, as BuildKit's
+  and skopeo's `--all` layouts have it).
 - `write_oci_archive`: an OCI image layout as a tar — `oci-layout`, `index.json`, `blobs/`,
   `blobs/sha256/`, then the blobs in digest order.
 - `fill_layout`: adds an image to an OCI layout directory: blobs first (temp + rename each,
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
     from stepbuild.oci.annotations import Annotations
     from stepbuild.store.store import Store
 
-__all__ = ["ImageSource", "OciImage", "fill_layout", "load_image", "oci_image",
+__all__ = ["ImageSource", "OciImage", "fill_layout", "load_image", "oci_image", "oci_index",
            "umask", "write_docker_archive", "write_oci_archive"]
 
 _CHUNK = 1 << 20
@@ -111,12 +114,14 @@ def load_image(store: Store, image: str) -> ImageSource:
 
 @dataclass(frozen=True, slots=True)
 class OciImage:
-    """What an OCI export writes: the manifest and the blobs it names."""
+    """What an OCI export writes: the manifest (or image index) that index.json points at,
+    the store blobs it names, and for an index its manifests (written from memory)."""
 
     manifest: Descriptor
     manifest_bytes: bytes
-    blobs: tuple[Descriptor, ...]  # config and layers, each once
-    platform: dict[str, Any]
+    blobs: tuple[Descriptor, ...]  # configs and layers, each once
+    platform: dict[str, Any]  # empty for an index: its entries carry the platforms
+    documents: tuple[tuple[Descriptor, bytes], ...] = ()  # an index's manifests
 
 
 def oci_image(store: Store, source: ImageSource, compression: str) -> OciImage:
@@ -136,6 +141,26 @@ def oci_image(store: Store, source: ImageSource, compression: str) -> OciImage:
     blobs = tuple({d.digest: d for d in (config, *layers)}.values())
     return OciImage(Descriptor(MEDIA_TYPE_MANIFEST, digest, len(data)), data, blobs,
                     source.config.platform)
+
+
+def oci_index(store: Store, index_desc: Descriptor, compression: str) -> OciImage:
+    """An image index exported with `compression`: each platform's `oci_image`, and the
+    index of their manifests (the store's own bytes when no manifest changed), platforms
+    and order kept."""
+    index = store.index(index_desc)
+    images = [oci_image(store, load_image(store, entry.digest), compression)
+              for entry in index.manifests]
+    entries = tuple(replace(entry, media_type=image.manifest.media_type,
+                            digest=image.manifest.digest, size=image.manifest.size)
+                    for entry, image in zip(index.manifests, images, strict=True))
+    if entries == index.manifests:
+        data = store.read_blob(index_desc.digest)
+    else:
+        data = replace(index, manifests=entries).to_bytes()
+    blobs = tuple({d.digest: d for image in images for d in image.blobs}.values())
+    documents = tuple((image.manifest, image.manifest_bytes) for image in images)
+    return OciImage(Descriptor(index.media_type, sha256_bytes(data), len(data)), data, blobs,
+                    {}, documents)
 
 
 def _layer(store: Store, layer: Descriptor, diff_id: str, compression: str) -> Descriptor:
@@ -223,14 +248,21 @@ def write_oci_archive(out: BinaryIO, store: Store, image: OciImage, names: Seque
     tar.directory("blobs")
     tar.directory("blobs/sha256")
     blobs = {d.digest: d for d in image.blobs}
-    blobs[image.manifest.digest] = image.manifest
-    for digest in sorted(blobs):
+    documents = _documents(image)
+    for digest in sorted({*blobs, *documents}):
         name = f"blobs/sha256/{digest_hex(digest)}"
-        if digest == image.manifest.digest:
-            tar.file(name, image.manifest_bytes)
+        if digest in documents:
+            tar.file(name, documents[digest][1])
         else:
             tar.blob(name, store, blobs[digest])
     tar.close()
+
+
+def _documents(image: OciImage) -> dict[str, tuple[Descriptor, bytes]]:
+    """The blobs an export writes from memory: the manifest (or index) and an index's
+    manifests."""
+    return {d.digest: (d, data)
+            for d, data in ((image.manifest, image.manifest_bytes), *image.documents)}
 
 
 def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str],
@@ -241,7 +273,9 @@ def fill_layout(root: Path, store: Store, image: OciImage, names: Sequence[str],
     blobs.mkdir(mode=0o777, parents=True, exist_ok=True)
     for desc in image.blobs:
         _put_layout_blob(blobs, desc, partial(_copy_blob, store, desc))
-    _put_layout_blob(blobs, image.manifest, lambda write: write(image.manifest_bytes))
+    # The index (if it is one) last: whoever reads the layout finds its manifests first.
+    for desc, data in reversed(_documents(image).values()):
+        _put_layout_blob(blobs, desc, partial(_write_bytes, data))
     fsync_dir(blobs)
     if not (root / "oci-layout").exists():
         _put_file(root / "oci-layout", layout_header())
@@ -276,6 +310,10 @@ def _put_layout_blob(blobs: Path, desc: Descriptor,
             return  # already there (an earlier export, or another image sharing it)
     with replacing(final, 0o666 & ~umask(), sync_dir=False) as f:  # the caller syncs blobs/
         copy(f.write)
+
+
+def _write_bytes(data: bytes, write: Callable[[bytes], Any]) -> None:
+    write(data)
 
 
 def _put_file(path: Path, data: bytes) -> None:

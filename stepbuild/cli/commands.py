@@ -176,12 +176,18 @@ def _progress(options: argparse.Namespace) -> Progress:
 
 def export(options: argparse.Namespace) -> int:
     """`stepbuild export IMAGE -o ...`: one line per output (type, dest, digest), on stdout
-    unless an archive goes there (-o -): then on stderr."""
-    from stepbuild.api.build import _export
+    unless an archive goes there (-o -): then on stderr. --platform picks an image index's
+    entry (archive/export.py)."""
+    from stepbuild.archive.export import export_image
+    from stepbuild.cli import platform_select
 
     outputs = output_flags.file_outputs(options)
     stream = sys.stderr if any(output.to_stdout for output in outputs) else sys.stdout
-    _export(open_store(options), options.image, outputs, options.compression, None, stream)
+    results = export_image(open_store(options), options.image, outputs,
+                           compression=options.compression, stdout=sys.stdout.buffer,
+                           platform=platform_select.chosen(options))
+    for result in results:  # as api/build._export says them
+        print(f"{result.output.type} {result.output.where} {result.digest or '-'}", file=stream)
     return 0
 
 
@@ -268,7 +274,7 @@ def push(options: argparse.Namespace) -> int:
 
     result = push_image(options.image, options.destination, root=options.root,
                         connection=_connection(options), compression=options.compression,
-                        progress=_progress(options))
+                        progress=_progress(options), platform=options.platform)
     _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
@@ -279,7 +285,8 @@ def pull(options: argparse.Namespace) -> int:
     from stepbuild.api.registry import pull as pull_image
 
     result = pull_image(options.image, root=options.root, connection=_connection(options),
-                        progress=_progress(options))
+                        progress=_progress(options), platform=options.platform,
+                        all_platforms=options.all_platforms)
     _progress(options).close()  # the live view ends before stdout is used
     print(result.digest)
     return 0
@@ -345,22 +352,26 @@ def logout(options: argparse.Namespace) -> int:
 
 
 def images(options: argparse.Namespace) -> int:
-    """`stepbuild images`: NAME, DIGEST (12 digits of the local manifest's), SIZE. With
+    """`stepbuild images`: NAME, DIGEST (12 digits of the local manifest's), SIZE, PLATFORMS
+    (an image index is one row: its digest, the size of its layers, each platform). With
     --digests: NAME, LOCAL DIGEST (the store's manifest, in full), SIZE, then PUSHED DIGEST
     and PUSHED TO, a row per reference the image was pushed to (the registry's manifest
     digest: what `stepbuild build --push` printed), "-" for an image never pushed."""
+    from stepbuild.store.images import summary
+
     store = open_store(options)
     digests = getattr(options, "digests", False)
     rows = [("NAME", "LOCAL DIGEST", "SIZE", "PUSHED DIGEST", "PUSHED TO") if digests
-            else ("NAME", "DIGEST", "SIZE")]
+            else ("NAME", "DIGEST", "SIZE", "PLATFORMS")]
     for name, descriptor in sorted(store.images()):
-        manifest = store.manifest(descriptor)
-        size = human_size(sum(layer.size for layer in manifest.layers))
+        size, platforms = summary(store, descriptor)
         if not digests:
-            rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], size))
+            rows.append((name, descriptor.digest.removeprefix("sha256:")[:12], human_size(size),
+                         ",".join(platforms)))
             continue
         pushed = sorted(store.push_records.get(descriptor.digest).items()) or [("-", "-")]
-        rows += [(name, descriptor.digest, size, digest, ref) for ref, digest in pushed]
+        rows += [(name, descriptor.digest, human_size(size), digest, ref)
+                 for ref, digest in pushed]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False))
@@ -368,29 +379,39 @@ def images(options: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(store: Store, name: str) -> Descriptor:
-    descriptor = store.resolve(name)
-    if descriptor is None:
-        raise StepbuildError(f"image {name!r} not found in the store",
-                             hint="stepbuild images lists them")
-    return descriptor
-
-
 def inspect(options: argparse.Namespace) -> int:
+    """`stepbuild inspect IMAGE`: the manifest and config as JSON; of an image index (without
+    --platform), the index and, per platform, its manifest and config."""
+    from stepbuild.cli import platform_select
+    from stepbuild.store.images import is_index, resolve_image
+
     store = open_store(options)
-    descriptor = _resolve(store, options.image)
-    manifest = store.manifest(descriptor)
-    config = store.config(manifest)
-    document = {"digest": descriptor.digest, "manifest": manifest.to_json(),
-                "config": config.to_json()}
+    found = resolve_image(store, options.image)
+    document: dict[str, object]
+    if is_index(found) and platform_select.chosen(options) is None:
+        index = store.index(found)
+        document = {"digest": found.digest, "index": index.to_json(),
+                    "manifests": [_image_json(store, entry) for entry in index.manifests]}
+    else:
+        document = _image_json(store, platform_select.image(store, options.image, options))
     json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0
 
 
+def _image_json(store: Store, descriptor: Descriptor) -> dict[str, object]:
+    manifest = store.manifest(descriptor)
+    out: dict[str, object] = {"digest": descriptor.digest}
+    if descriptor.platform:
+        out["platform"] = descriptor.platform
+    return {**out, "manifest": manifest.to_json(), "config": store.config(manifest).to_json()}
+
+
 def history(options: argparse.Namespace) -> int:
+    from stepbuild.cli import platform_select
+
     store = open_store(options)
-    config = store.config(store.manifest(_resolve(store, options.image)))
+    config = store.config(store.manifest(platform_select.image(store, options.image, options)))
     for entry in reversed(config.to_json().get("history", [])):
         layer = "-" if entry.get("empty_layer") else "layer"
         print(f"{entry.get('created', ''):<21} {layer:<6} {entry.get('created_by', '')}")
@@ -469,6 +490,7 @@ def _report_dead_work(root: Path, leftovers: list[StaleWork]) -> None:
 def run(options: argparse.Namespace) -> int:
     from stepbuild.api.build import enter_build_namespace
     from stepbuild.build.runner import run_image
+    from stepbuild.cli import platform_select
 
     isolation = _isolation(options)
     progress = _progress(options) if options.verbose else None
@@ -477,7 +499,8 @@ def run(options: argparse.Namespace) -> int:
     store = open_store(options, layers=True)
     enter_build_namespace(isolation.mode, store.layout.tmp, progress)
     with store.lock(exclusive=False):  # prune waits while a container uses the layers
-        return int(run_image(store, options.image, options.command, options.network,
+        image = platform_select.image(store, options.image, options).digest  # an index's entry
+        return int(run_image(store, image, options.command, options.network,
                              limit_flags.limits(options), seccomp=_seccomp(options),
                              isolation=isolation.mode))
 

@@ -67,7 +67,8 @@ examples:
     "run": """\
 examples:
   stepbuild run app:1
-  stepbuild run --network none app:1 sh -c 'id; ls /'""",
+  stepbuild run --network none app:1 sh -c 'id; ls /'
+  stepbuild run --platform linux/arm64 multi:1 uname -m   # an index's arm64 image""",
     "push": """\
 examples:
   stepbuild push registry.example/app:1
@@ -75,7 +76,9 @@ examples:
     "pull": """\
 examples:
   stepbuild pull busybox
-  stepbuild pull registry.example/app@sha256:<digest>""",
+  stepbuild pull registry.example/app@sha256:<digest>
+  stepbuild pull --platform linux/arm64 registry.example/app:1
+  stepbuild pull --all-platforms registry.example/app:1   # keep the image index""",
     "images": """\
 example:
   stepbuild images""",
@@ -94,7 +97,8 @@ example:
     "export": """\
 examples:
   stepbuild export app:1 -o type=oci,dest=app.tar
-  stepbuild export app:1 -o type=local,dest=rootfs/""",
+  stepbuild export app:1 -o type=local,dest=rootfs/
+  stepbuild export --platform linux/arm64 multi:1 -o type=docker,dest=arm64.tar""",
     "load": """\
 examples:
   stepbuild load -i app.tar

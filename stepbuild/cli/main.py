@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 EXIT_TERMINATED = 128 + signal.SIGTERM  # what a shell reports for a process SIGTERM killed
 NETWORKS = ("default", "none", "host")
 ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
+_PLATFORM_HELP = {"inspect": "of an image index, inspect that platform's image only (default:"
+                            " the index and each platform's manifest and config)",
+                  "history": "of an image index, the platform whose history to print"}
 NETWORK_HELP = ("default: a private network with outbound access through slirp4netns, no"
                 " host loopback; none: loopback only; host: the host's own")
 
@@ -119,7 +122,13 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
-    from stepbuild.cli import build_flags, context_flags, limit_flags, output_flags
+    from stepbuild.cli import (
+        build_flags,
+        context_flags,
+        limit_flags,
+        output_flags,
+        platform_select,
+    )
     from stepbuild.cli import commands as impl
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
@@ -209,9 +218,14 @@ def _add_store_commands(commands: Subcommands) -> None:
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("image")
         sub.set_defaults(run=func)
+        if name in _PLATFORM_HELP:
+            platform_select.add_argument(sub, _PLATFORM_HELP[name])
     export = commands.add_parser("export", help="write an image as an OCI or docker archive,"
                                  " an OCI layout, or its root filesystem")
     export.add_argument("image")
+    platform_select.add_argument(export, "of an image index, export that platform's image"
+                                 " only (oci and oci-layout write the whole index without"
+                                 " it; docker, local and tar write one platform)")
     _add_output_arguments(export, required=True)
     export.set_defaults(run=impl.export)
     load = commands.add_parser("load", help="import the images of an OCI or docker archive"
@@ -227,6 +241,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     limit_flags.add_arguments(run)
     _add_security_opt(run)
     _add_isolation(run)
+    platform_select.add_argument(run, "of an image index, the platform's image to run")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="say which isolation the container gets, and why")
     run.add_argument("image")
@@ -238,6 +253,7 @@ def _add_store_commands(commands: Subcommands) -> None:
 def _add_registry_commands(commands: Subcommands) -> None:
     """push, pull, tag, login, logout (stepbuild/distribution/ does the work)."""
     from stepbuild.cli import commands as impl  # imported already by _add_store_commands
+    from stepbuild.cli import platform_select
     push = commands.add_parser("push", help="push an image to a registry")
     push.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                       help="layer compression (default: gzip)")
@@ -246,6 +262,11 @@ def _add_registry_commands(commands: Subcommands) -> None:
                       help="REGISTRY/REPOSITORY[:TAG] (default: IMAGE read as a reference)")
     pull = commands.add_parser("pull", help="pull an image from a registry into the store")
     pull.add_argument("image", metavar="REF", help="[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+    platform_select.add_argument(pull, "of an image index, the platform to pull")
+    pull.add_argument("--all-platforms", action="store_true",
+                      help="of an image index, pull every platform and keep the index")
+    platform_select.add_argument(push, "of an image index, push that platform's image only"
+                                 " (default: the whole index)")
     for sub, func in ((push, impl.push), (pull, impl.pull)):
         _add_registry_arguments(sub)
         progress_flags.add_arguments(sub)

@@ -28,13 +28,18 @@ refused mount and an upload, a corrupt one is ignored (`stepbuild check` reports
 records layers it knows to be in a registry without downloading them, and sends its blobs
 with `BlobPusher`.
 
+An image index (several platforms) goes as registries want it: each platform's image as
+above, its manifest put by digest, one platform after the other (a layer they share is sent
+once; the next finds it there), then the index of those manifests under the tag. The index's
+digest is the one printed and recorded; `--platform` pushes one platform's image alone.
+
 `registry` (and so `requests`) is imported only when a registry is really contacted.
 """
 
 from __future__ import annotations
 
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from stepbuild.distribution.connection import Connection
@@ -42,13 +47,15 @@ from stepbuild.distribution.display import TransferDisplay, blob_key
 from stepbuild.distribution.local_names import find_local
 from stepbuild.distribution.reference import Reference, parse_reference
 from stepbuild.distribution.workers import DEFAULT_JOBS, in_order
-from stepbuild.errors import BlobNotFound, UsageError
+from stepbuild.errors import BlobNotFound, ImageNotFound, UsageError
 from stepbuild.oci import documents as oci
-from stepbuild.oci.digest import sha256_bytes
+from stepbuild.oci.digest import is_digest, sha256_bytes
 from stepbuild.progress import human_size
+from stepbuild.store.images import entry_for, is_index, resolve_image
 
 if TYPE_CHECKING:
     from stepbuild.distribution.client import Registry
+    from stepbuild.oci.platform import Platform
     from stepbuild.store.store import Store
 
 __all__ = ["BlobPusher", "PushResult", "push"]
@@ -73,11 +80,15 @@ class PushResult:
 
 def push(store: Store, image: str, destination: str | None = None, *, compression: str = "gzip",
          connection: Connection | None = None, display: TransferDisplay | None = None,
-         jobs: int = DEFAULT_JOBS) -> PushResult:
+         jobs: int = DEFAULT_JOBS, platform: Platform | None = None) -> PushResult:
     """Push the local image `image` to `destination` (default: `image` read as a reference).
 
-    Raises ImageNotFound, InvalidReference, UsageError (a digest as destination, a bad
-    compression), RegistryError (authentication, network, refused), DigestMismatch.
+    An image index goes whole (`_IndexPush`), unless `platform` picks one of its images;
+    `platform` with a single image must be its platform (store/images.entry_for).
+
+    Raises ImageNotFound, PlatformNotFound, InvalidReference, UsageError (a digest as
+    destination, a bad compression), RegistryError (authentication, network, refused),
+    DigestMismatch.
     """
     from stepbuild.layers.compress import check_compression
 
@@ -88,37 +99,94 @@ def push(store: Store, image: str, destination: str | None = None, *, compressio
     check_compression(compression)
     display = display or TransferDisplay(quiet=True)
     connection = connection or Connection()
+    tag = ref.tag or "latest"
     with store.lock(exclusive=False):
-        local = find_local(store, image)
-        if local.media_type in oci.INDEX_TYPES:
-            raise UsageError(f"{image} is an image index; only single images can be pushed")
-        manifest = store.manifest(local)
-        config = store.config(manifest)
-        annotations: list[dict[str, str] | None] = (
-            [d.annotations for d in manifest.layers]
-            if len(manifest.layers) == len(config.diff_ids) else [None] * len(config.diff_ids))
+        found = _find(store, image)
+        local = found if is_index(found) and platform is None else entry_for(
+            store, found, image, platform)
         with connection.open(ref.registry, ref.repository) as registry:
             pusher = BlobPusher(store, registry, ref, compression, display)
-            layers = in_order(pusher.layer, list(config.diff_ids), jobs)
-            config_outcome = pusher.send(manifest.config.digest, manifest.config, "config")
-            remote = oci.Manifest(
-                manifest.config,
-                tuple(oci.Descriptor(desc.media_type, desc.digest, desc.size, annotations=a)
-                      for (desc, _), a in zip(layers, annotations, strict=True)),
-                manifest.annotations)
-            data = remote.to_bytes()
-            digest = sha256_bytes(data)
-            tag = ref.tag or "latest"
-            current = registry.head_manifest(ref.repository, tag)
-            uploaded = current is None or current[0] != digest
-            if uploaded:
-                registry.put_manifest(ref.repository, tag, data, remote.media_type)
+            if is_index(local):
+                sent = _push_index(store, pusher, local, jobs)
+            else:
+                sent = _push_image(store, pusher, local, jobs)
+            uploaded = _put_manifest(registry, ref.repository, tag, sent.data, sent.media_type)
+    digest = sha256_bytes(sent.data)
     store.push_records.add(local.digest, f"{ref.registry}/{ref.repository}:{tag}", digest)
-    blobs = (*((d.digest, o) for d, o in layers), (manifest.config.digest, config_outcome))
-    result = PushResult(ref.with_digest(digest), digest, len(data), blobs, uploaded)
+    result = PushResult(ref.with_digest(digest), digest, len(sent.data), sent.blobs, uploaded)
     display.pushed(f"{ref.registry}/{ref.repository}:{tag}", digest)
     display.message(f"pushed {result.reference} ({_summary(result)})")
     return result
+
+
+def _find(store: Store, image: str) -> oci.Descriptor:
+    """`find_local`, and also an untagged image index by its digest (store/images.py)."""
+    try:
+        return find_local(store, image)
+    except ImageNotFound:
+        if not is_digest(image):
+            raise
+        return resolve_image(store, image)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A manifest or index whose blobs (and, for an index, manifests) are in the registry:
+    its bytes as the registry gets them, and each blob's outcome."""
+
+    data: bytes
+    media_type: str
+    blobs: tuple[tuple[str, str], ...]
+
+
+def _push_image(store: Store, pusher: BlobPusher, local: oci.Descriptor, jobs: int) -> _Sent:
+    """Send the layers (in parallel) and config of one image; return its remote manifest
+    (compressed layers; the local one names uncompressed ones), not yet put."""
+    manifest = store.manifest(local)
+    config = store.config(manifest)
+    annotations: list[dict[str, str] | None] = (
+        [d.annotations for d in manifest.layers]
+        if len(manifest.layers) == len(config.diff_ids) else [None] * len(config.diff_ids))
+    layers = in_order(pusher.layer, list(config.diff_ids), jobs)
+    config_outcome = pusher.send(manifest.config.digest, manifest.config, "config")
+    remote = oci.Manifest(
+        manifest.config,
+        tuple(oci.Descriptor(desc.media_type, desc.digest, desc.size, annotations=a)
+              for (desc, _), a in zip(layers, annotations, strict=True)),
+        manifest.annotations)
+    blobs = (*((d.digest, o) for d, o in layers), (manifest.config.digest, config_outcome))
+    return _Sent(remote.to_bytes(), remote.media_type, blobs)
+
+
+def _push_index(store: Store, pusher: BlobPusher, local: oci.Descriptor, jobs: int) -> _Sent:
+    """Each platform's image, then its manifest by digest (a registry accepts an index only
+    when every manifest it names is there), then the index of the remote manifests (platforms
+    and order kept). Platforms go one after the other, so a layer they share is uploaded
+    once and found ("exists") by the next."""
+    index = store.index(local)
+    entries: list[oci.Descriptor] = []
+    blobs: list[tuple[str, str]] = []
+    for entry in index.manifests:
+        sent = _push_image(store, pusher, entry, jobs)
+        digest = sha256_bytes(sent.data)
+        _put_manifest(pusher.registry, pusher.ref.repository, digest, sent.data,
+                      sent.media_type)
+        entries.append(replace(entry, media_type=sent.media_type, digest=digest,
+                               size=len(sent.data)))
+        blobs += sent.blobs
+    remote = replace(index, manifests=tuple(entries))
+    return _Sent(remote.to_bytes(), remote.media_type, tuple(blobs))
+
+
+def _put_manifest(registry: Registry, repo: str, reference: str, data: bytes,
+                  media_type: str) -> bool:
+    """Put a manifest or index under a tag or its digest, unless it is there already;
+    True if it was sent."""
+    current = registry.head_manifest(repo, reference)
+    if current is not None and current[0] == sha256_bytes(data):
+        return False
+    registry.put_manifest(repo, reference, data, media_type)
+    return True
 
 
 def _summary(result: PushResult) -> str:

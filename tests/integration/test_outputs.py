@@ -193,7 +193,7 @@ def test_type_image_push_true_and_images_digests(sb: Stepbuild, work: Path,
         assert rows[name][1] == local and rows[name][-2:] == [pushed, ref]
     assert rows["base"][-2:] == ["-", "-"]  # never pushed
     short = sb("images").stdout.splitlines()
-    assert short[0].split() == ["NAME", "DIGEST", "SIZE"]  # without --digests: as it was
+    assert short[0].split() == ["NAME", "DIGEST", "SIZE", "PLATFORMS"]  # without --digests
 
 
 # --- annotations -------------------------------------------------------------------------------
