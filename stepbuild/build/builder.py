@@ -426,8 +426,18 @@ class _Run:
                                       stage.base)
         found = local_image(store, imported or name, platform)
         usable = found is not None and found.state is not None
-        if imported is None and (not usable or self.options.pull == "always"):
-            pulled = self.from_registry(stage, name, found=usable, platform=platform)  # last
+        other = found is not None and found.state is None  # of another platform
+        wrong = f"base image {name!r} is {found.has}, not {platform}" if found else ""
+        if imported is None and (not usable or self.options.pull == "always") and not (
+                other and self.options.pull == "never"):
+            try:
+                pulled = self.from_registry(stage, name, found=usable, platform=platform)
+            except StepbuildError as exc:
+                if not other:
+                    raise
+                raise located(BaseImageError, self.stages.filename, stage.base, wrong,
+                              hint=f"pulling one for {platform} failed: {exc.message}"
+                              ) from None
             if pulled is not None:
                 found = local_image(store, pulled, platform)
         if found is None:
@@ -435,8 +445,7 @@ class _Run:
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
         if found.state is None:
-            raise located(BaseImageError, self.stages.filename, stage.base,
-                          f"base image {name!r} is {found.has}, not {platform}",
+            raise located(BaseImageError, self.stages.filename, stage.base, wrong,
                           hint=f"build or pull it for {platform}, or name the platform it has"
                                " with FROM --platform")
         return found

@@ -119,7 +119,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 
 def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
-    from stepbuild.cli import build_flags, context_flags, limit_flags, output_flags
+    from stepbuild.cli import build_flags, context_flags, limit_flags, output_flags, platform_flags
     from stepbuild.cli import commands as impl
 
     build = commands.add_parser("build", help="build an image from a Stepfile")
@@ -177,6 +177,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     build_flags.add_arguments(build)  # --no-cache-filter
     output_flags.add_arguments(build)  # --label, --annotation
     context_flags.add_arguments(build)  # --build-context
+    platform_flags.add_arguments(build)  # --platform
     progress_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")
