@@ -168,6 +168,7 @@ class Builder:
         if len(platforms) == 1:
             return self._attempts(stepfile, options, platforms[0])
         built = [self._attempts(stepfile, replace(options, tags=()), p) for p in platforms]
+        _check_distinct(platforms, built)
         descriptor = self.store.put_index([b.descriptor for b in built if b.descriptor])
         for tag in options.tags:
             self.store.tag(tag, descriptor)
@@ -262,6 +263,20 @@ class Builder:
                 run.cancel.set()  # ...and the RUN steps running now are killed
                 wait(running)
                 raise
+
+
+def _check_distinct(platforms: tuple[Platform, ...], built: list[BuildResult]) -> None:
+    """An index holds one image per platform: refuse a target stage whose FROM --platform
+    gives two targets the same platform (`--target` of a `$BUILDPLATFORM` stage, say)."""
+    seen: dict[Platform, Platform] = {}
+    for wanted, result in zip(platforms, built, strict=True):
+        made = result.state.platform
+        if made in seen:
+            raise PlanError(f"--platform {seen[made]},{wanted}: the target stage is {made} "
+                            "for both, and an image index holds one image per platform",
+                            hint="build a stage of the target platform (no FROM --platform),"
+                                 " or one platform")
+        seen[made] = wanted
 
 
 def _final_stages(run: _Run, target: int) -> set[int]:

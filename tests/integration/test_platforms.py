@@ -8,7 +8,8 @@ for the second platform (the cross-compilation pattern); `FROM --platform=linux/
 gives an arm64 image; the platform is in every key (a COPY-only stage built for arm64 hits no
 amd64 record); a team cache export of a 2-platform build serves both platforms to another
 store; FROM an index in the registry picks the manifest of the platform built; a local image
-of another platform and bad platforms are one clear line. No RUN here runs in a stage of a
+of another platform and bad platforms are one clear line; samples/multiarch builds and its
+build stage cross-builds for the other architecture. No RUN here runs in a stage of a
 foreign platform: that needs QEMU (sandbox/binfmt.py), tested with it.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -28,8 +30,10 @@ from stepbuild.oci.platform import Platform
 from tests.integration import registry_fixture
 from tests.integration.builds import (
     EPOCH,
+    PROJECT,
     Stepbuild,
     assert_clear_error,
+    rootfs_tarball,
     store_with_base,
     write_context,
 )
@@ -104,8 +108,9 @@ def skopeo(*args: str) -> str:
 
 
 def cached_lines(stderr: str, label: str) -> list[str]:
-    """CACHED/DONE of the steps of one stage of one platform (`[linux/arm64 build]`)."""
-    prefix = f"[{label}] "
+    """CACHED/DONE of the steps of one stage of one platform (`[linux/arm64 build]`; "": of
+    a build without labels)."""
+    prefix = f"[{label}] " if label else ""
     return [line.removeprefix(prefix).split()[0] for line in stderr.splitlines()
             if line.startswith(prefix) and line.removeprefix(prefix).split()[:1]
             in (["CACHED"], ["DONE"])]
@@ -266,3 +271,24 @@ def test_bad_platforms_are_one_clear_line(sb: Stepbuild, work: Path) -> None:
     assert_clear_error(flag, 2, "--platform 'nonsense/x': not a platform")
     empty = sb.build(context, "--platform", "linux/amd64,", check=False)
     assert_clear_error(empty, 2, "--platform '': not a platform")
+
+
+def test_the_multiarch_sample_cross_builds(sb: Stepbuild, work: Path) -> None:
+    context = work / "multiarch"
+    shutil.copytree(PROJECT / "samples" / "multiarch", context)
+    shutil.copy(rootfs_tarball(work), context / f"busybox-rootfs-{HOST.architecture}.tar")
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip()
+    sb.build(context, "-t", "multiarch", *EPOCH)
+    cpu = {"amd64": "x86-64", "arm64": "AArch64"}[HOST.architecture]
+    assert sb.run("multiarch") == (f"hello from a {cpu} build ({HOST.architecture}), made on "
+                                   f"{machine}, running on {machine}\n")
+    # its build stage, for the other target: made natively, for the other architecture
+    # (the arm64 image itself needs scripts/make-arm64-busybox-rootfs.sh's rootfs)
+    other = OTHER.split("/")[1]
+    built = sb.build(context, "--platform", OTHER, "--target", "build", "-t", "cross", *EPOCH)
+    assert cached_lines(built.stderr, "")[:2] == ["CACHED", "CACHED"]  # ADD, COPY: native
+    digest = built.stdout.strip().splitlines()[-1]
+    assert config_platform(sb, digest) == str(HOST)  # a $BUILDPLATFORM stage
+    other_cpu = {"amd64": "x86-64", "arm64": "AArch64"}[other]
+    assert f"a {other_cpu} build ({other}), made on {machine}" in image_file(sb, digest,
+                                                                             "out/hello")

@@ -511,6 +511,15 @@ def test_several_platforms_make_an_index_of_one_manifest_each(amd64_host: None) 
         assert platform_of(world, entry.digest) == shown
 
 
+def test_a_target_stage_of_one_platform_for_two_targets_is_refused(amd64_host: None) -> None:
+    world = World()
+    with pytest.raises(PlanError) as refused:
+        world.build(CROSS, platforms=(AMD64, ARM64), target="build")
+    assert refused.value.message.startswith("--platform linux/amd64,linux/arm64: the target "
+                                            "stage is linux/amd64 for both")
+    assert "app" not in world.store.tags
+
+
 def test_a_buildplatform_stage_is_built_once_for_every_target(amd64_host: None) -> None:
     # the cross-compilation pattern: the $BUILDPLATFORM stage has the same keys for both
     # targets, so the second target's pass hits the first one's records
