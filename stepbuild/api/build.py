@@ -61,7 +61,10 @@ class BuildResult:
     (cache hits). `warnings`: every warning of the build, in order; `stepfile_warnings`:
     those about the Stepfile and build args alone. `exported`: one (type, dest, digest or
     None) per output. `outside`: what the build read from outside its context (why a
-    rebuild may differ); `keys`: the cache keys of its RUN/COPY/ADD steps.
+    rebuild may differ); `keys`: the cache keys of its RUN/COPY/ADD steps. `platforms`:
+    each platform built (`linux/arm64`) → its image manifest's digest in the store; with
+    several, `local_digest` is the image index's and `config_digest` is "" (an index has
+    no config).
     """
 
     digest: str
@@ -76,6 +79,7 @@ class BuildResult:
     exported: tuple[tuple[str, str, str | None], ...] = ()
     outside: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
+    platforms: dict[str, str] = field(default_factory=dict)
 
 
 class _Discard(io.StringIO):
@@ -195,6 +199,7 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
     from stepbuild.build.builder import Builder, BuildOptions
     from stepbuild.frontend.cache import parse_cached
     from stepbuild.frontend.source import read_stepfile
+    from stepbuild.oci.platform import parse_platforms
 
     context_dir = Path(request.context)
     if isolation is None:
@@ -232,7 +237,8 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
                           source_date_epoch=epoch, target=request.target,
                           pull=request.pull, cache_from=cache_from, cache_to=cache_to,
                           connection=connection, labels=plan.labels,
-                          annotations=plan.annotations.manifest, contexts=named)
+                          annotations=plan.annotations.manifest, contexts=named,
+                          platforms=parse_platforms(request.platforms))
     with store.lock(exclusive=False):
         try:
             result = builder.build(stepfile, wanted)
@@ -247,8 +253,9 @@ def _full_build(request: BuildRequest, progress: Progress, collector: StepCollec
                                plan.annotations)
         pushed = {target: _push(store, result.manifest_digest, target, request.compression,
                                 connection, progress) for target in pushes}  # build --push
-        _write_build_files(request, store, result.manifest_digest, pushed, plan.tags)
-        config_digest = _config_digest(store, result.manifest_digest)
+        _write_build_files(request, store, result.manifest_digest, pushed, plan.tags,
+                           result.platforms)
+        config_digest = _config_digest(store, result.manifest_digest, result.platforms)
     context.save()
     progress.summary(result.steps, result.cached, result.manifest_digest, list(plan.tags))
     return _result(result, collector, pushed, config_digest, exported, plan.tags, warnings)
@@ -266,19 +273,25 @@ def _result(built: Built, collector: StepCollector, pushed: dict[str, str],
         cached=built.cached, warnings=collector.warnings(),
         stepfile_warnings=tuple(stepfile_warnings),
         exported=tuple((e.output.type, e.output.where, e.digest) for e in exported),
-        outside=built.outside, keys=built.keys)
+        outside=built.outside, keys=built.keys, platforms=dict(built.platforms))
 
 
-def _config_digest(store: Store, local: str) -> str:
+def _config_digest(store: Store, local: str, platforms: Mapping[str, str]) -> str:
+    """The config digest of the image `local` names; "" for an index (several platforms)."""
+    if len(platforms) > 1:
+        return ""
     desc = store.resolve(local)
     assert desc is not None  # just built, under the store lock
     return store.manifest(desc).config.digest
 
 
 def _write_build_files(request: BuildRequest, store: Store, local: str,
-                       pushed: dict[str, str], names: tuple[str, ...]) -> None:
+                       pushed: dict[str, str], names: tuple[str, ...],
+                       platforms: Mapping[str, str]) -> None:
     """--iidfile and --metadata-file, each written atomically (temp file, then rename), under
-    the build's store lock (an untagged result cannot be pruned meanwhile)."""
+    the build's store lock (an untagged result cannot be pruned meanwhile). For an index
+    (several platforms) the metadata has no config digest, as buildx's, and names each
+    platform's manifest (`stepbuild.platforms`)."""
     from stepbuild.fs.durable import write_file
 
     digest = next(iter(pushed.values())) if pushed else local
@@ -287,11 +300,14 @@ def _write_build_files(request: BuildRequest, store: Store, local: str,
     if request.metadata_file:
         metadata = {
             "containerimage.digest": digest,
-            "containerimage.config.digest": _config_digest(store, local),
+            "containerimage.config.digest": _config_digest(store, local, platforms),
             "image.name": ",".join(names),
             "stepbuild.local.digest": local,
             "stepbuild.pushed": pushed,
         }
+        if len(platforms) > 1:
+            del metadata["containerimage.config.digest"]
+            metadata["stepbuild.platforms"] = dict(platforms)
         write_file(Path(request.metadata_file),
                    json.dumps(metadata, indent=2, sort_keys=True).encode() + b"\n", 0o644)
 

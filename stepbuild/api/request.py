@@ -29,7 +29,7 @@ PULL_POLICIES = ("missing", "always", "never")  # distribution/pull.py's (not im
 ISOLATIONS = ("auto", "namespaces", "userns", "chroot")  # sandbox/isolation.py's CHOICES
 COMPRESSIONS = ("gzip", "zstd", "none")
 _SEQUENCES = ("tags", "no_cache_filter", "allow", "security_opts", "secrets", "ssh", "outputs",
-              "labels", "annotations", "build_contexts", "cache_from", "cache_to")
+              "labels", "annotations", "build_contexts", "cache_from", "cache_to", "platforms")
 
 
 def default_connection() -> Connection:
@@ -60,7 +60,9 @@ class BuildRequest:
     and --cache-to forms), `connection` (how registries are reached: auth file, TLS, CA;
     None: `default_connection()`),
     `limits` (--memory, --cpus, ... of every RUN; None: none), `root` (the store; None:
-    $STEPBUILD_ROOT, else the default for this user).
+    $STEPBUILD_ROOT, else the default for this user), `platforms` (--platform values, each
+    `os/arch[/variant]` or a comma-separated list of them; none: this machine's; several
+    give an image index).
     """
 
     context: str | os.PathLike[str] = "."
@@ -92,6 +94,7 @@ class BuildRequest:
     connection: Connection | None = None
     limits: Limits | None = None
     root: str | os.PathLike[str] | None = None
+    platforms: tuple[str, ...] = ()
 
     def check(self) -> None:
         """UsageError for a value no build could take (before anything is started)."""
@@ -114,5 +117,8 @@ class BuildRequest:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise UsageError(f"invalid BuildRequest.jobs {self.jobs!r}",
                              hint="a number of stages, 1 or more")
+        from stepbuild.oci.platform import parse_platforms
+
+        parse_platforms(self.platforms)  # UsageError naming --platform
         if not Path(self.context).is_dir():
             raise UsageError(f"the build context {self.context} is not a directory")

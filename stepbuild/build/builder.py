@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 from stepbuild.build.config import apply_config, arg_text, onbuild_triggers, with_labels
 from stepbuild.build.images import (
-    base_descriptor,
+    LocalImage,
     import_archive,
     is_archive_name,
-    load_state,
+    local_image,
     save_state,
 )
 from stepbuild.build.lifecycle import StepLifecycle
@@ -33,7 +33,6 @@ from stepbuild.build.plan import (
     Stage,
     Stages,
     check_entitlements,
-    check_platforms,
     declare_arg,
     expand_at,
     global_args,
@@ -41,6 +40,7 @@ from stepbuild.build.plan import (
     needed_stages,
     split_stages,
     stage_dependencies,
+    stage_platforms,
 )
 from stepbuild.build.state import ImageState, scratch, timestamp
 from stepbuild.errors import (
@@ -51,11 +51,13 @@ from stepbuild.errors import (
     StepbuildError,
 )
 from stepbuild.frontend import instructions as ins
+from stepbuild.oci.platform import Platform
 from stepbuild.sources.named import lookup
 
 if TYPE_CHECKING:
     from stepbuild.build.seams import BuildStore, OpenTeamCache, StepExecutor, TeamCacheView
     from stepbuild.distribution.connection import Connection
+    from stepbuild.oci.documents import Descriptor
     from stepbuild.progress import Progress
     from stepbuild.sources.context import BuildContext
     from stepbuild.sources.named import NamedContext
@@ -88,6 +90,9 @@ class BuildOptions:
     annotations: Mapping[str, str] = field(default_factory=dict)
     # --build-context, by canonical name (sources/named.py; resolved by build/named.py).
     contexts: Mapping[str, NamedContext] = field(default_factory=dict)
+    # --platform: the platforms to build, in order (none: this machine's). Several give an
+    # image index of one manifest per platform.
+    platforms: tuple[Platform, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,10 @@ class BuildResult:
     cached: int
     outside: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()  # of its RUN/COPY/ADD steps: the records a rebuild reads
+    # Platform (`linux/arm64`) → its image manifest's digest; with several platforms,
+    # `manifest_digest` is the index's and `state` the last platform's.
+    platforms: Mapping[str, str] = field(default_factory=dict)
+    descriptor: Descriptor | None = None  # what manifest_digest names (its platform too)
 
 
 def open_team_cache(store: BuildStore, options: BuildOptions, warn: Callable[[str], None],
@@ -146,29 +155,57 @@ class Builder:
         self.team_cache = team_cache
 
     def build(self, stepfile: ins.Stepfile, options: BuildOptions) -> BuildResult:
-        """Build; start again when a team cache hit's layer, fetched only once needed, turns
-        out unusable: that key is a miss then (its step runs), the steps before stay hits."""
+        """Build for each of `options.platforms` (none: this machine's). One platform gives an
+        image manifest, tagged, as ever; several give one manifest per platform (untagged)
+        and an image index of them, tagged with the -t names.
+
+        The platforms are built one after the other, each with up to `jobs` stages at once.
+        Not in parallel: the cross-compilation pattern (`FROM --platform=$BUILDPLATFORM …
+        AS build`) makes the same steps for every target, and built in turn the second
+        target hits the first one's records; at once, both would miss and do the work
+        twice (the builder has no in-flight sharing of a key between builds)."""
+        platforms = options.platforms or (Platform.host(),)
+        if len(platforms) == 1:
+            return self._attempts(stepfile, options, platforms[0])
+        built = [self._attempts(stepfile, replace(options, tags=()), p) for p in platforms]
+        _check_distinct(platforms, built)
+        descriptor = self.store.put_index([b.descriptor for b in built if b.descriptor])
+        for tag in options.tags:
+            self.store.tag(tag, descriptor)
+        last = built[-1]
+        return BuildResult(descriptor.digest, last.state, sum(b.steps for b in built),
+                           sum(b.cached for b in built),
+                           tuple(dict.fromkeys(o for b in built for o in b.outside)),
+                           tuple(k for b in built for k in b.keys),
+                           {k: v for b in built for k, v in b.platforms.items()}, descriptor)
+
+    def _attempts(self, stepfile: ins.Stepfile, options: BuildOptions,
+                  platform: Platform) -> BuildResult:
+        """Build for `platform`; start again when a team cache hit's layer, fetched only once
+        needed, turns out unusable: that key is a miss then (its step runs), the steps
+        before stay hits."""
         misses: set[str] = set()
         outside: list[str] = []  # across attempts: what each read from outside the context
         while True:
             try:
-                return self._build(stepfile, options, misses, outside)
+                return self._build(stepfile, options, misses, outside, platform)
             except LazyLayerError as exc:
                 misses.add(exc.key)
                 outside.append("a team cache layer could not be fetched")  # output differs
                 self.progress.warn(f"{exc.message}; treated as a miss, building again")
 
     def _build(self, stepfile: ins.Stepfile, options: BuildOptions, misses: set[str],
-               outside: list[str]) -> BuildResult:
+               outside: list[str], platform: Platform) -> BuildResult:
         stages = split_stages(stepfile)
         target = _target_stage(stages, options.target)
-        globals_ = global_args(stages, options.build_args, stepfile.escape)
+        globals_ = global_args(stages, options.build_args, stepfile.escape, platform,
+                               Platform.host())
         graph = stage_dependencies(stages, globals_, stepfile.escape)
         for stage in stages.stages:  # a stage a named context replaces needs nothing
             if stage.name and lookup(options.contexts, stage.name) is not None:
                 graph[stage.index] = frozenset()
         needed = needed_stages(target.index, graph)
-        check_platforms(stages, needed, globals_, stepfile.escape)
+        platforms = stage_platforms(stages, needed, globals_, stepfile.escape, platform)
         check_entitlements(stages, needed, self.executor.allow)
         uncached = no_cache_stages(stages, options.no_cache_filter)
         team = None
@@ -177,6 +214,9 @@ class Builder:
         run = _Run(self, stages, options, globals_, stepfile.escape, len(needed) > 1, team,
                    outside, uncached)
         run.target = target.index
+        run.platforms = platforms
+        if len(options.platforms) > 1:  # progress says which platform a step is built for
+            run.prefix = f"{platform} "
         try:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
@@ -192,7 +232,8 @@ class Builder:
             if run.team is not None:
                 run.team.close()
         return BuildResult(descriptor.digest, state, run.steps, run.cached, tuple(outside),
-                           tuple(run.keys))
+                           tuple(run.keys), {str(state.platform): descriptor.digest},
+                           descriptor)
 
     def _run_stages(self, run: _Run, needed: list[int],
                     graph: Mapping[int, frozenset[int]]) -> None:
@@ -222,6 +263,20 @@ class Builder:
                 run.cancel.set()  # ...and the RUN steps running now are killed
                 wait(running)
                 raise
+
+
+def _check_distinct(platforms: tuple[Platform, ...], built: list[BuildResult]) -> None:
+    """An index holds one image per platform: refuse a target stage whose FROM --platform
+    gives two targets the same platform (`--target` of a `$BUILDPLATFORM` stage, say)."""
+    seen: dict[Platform, Platform] = {}
+    for wanted, result in zip(platforms, built, strict=True):
+        made = result.state.platform
+        if made in seen:
+            raise PlanError(f"--platform {seen[made]},{wanted}: the target stage is {made} "
+                            "for both, and an image index holds one image per platform",
+                            hint="build a stage of the target platform (no FROM --platform),"
+                                 " or one platform")
+        seen[made] = wanted
 
 
 def _final_stages(run: _Run, target: int) -> set[int]:
@@ -286,6 +341,8 @@ class _Run:
                                        no_cache_stages=uncached)
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
+        self.platforms: dict[int, Platform] = {}  # stage → its platform (plan.stage_platforms)
+        self.prefix = ""  # before each stage label: the platform, when there are several
         self._lock = threading.Lock()
         self.named = NamedSources(options.contexts, builder.store, builder.progress,
                                   stages.filename, pull=options.pull,
@@ -311,7 +368,8 @@ class _Run:
     # --- stages ------------------------------------------------------------------------------
 
     def label(self, stage: Stage) -> str:
-        return (stage.name or str(stage.index)) if self.labelled else ""
+        name = (stage.name or str(stage.index)) if self.labelled else ""
+        return f"{self.prefix}{name}".strip()
 
     def stage(self, stage: Stage) -> ImageState:
         named = self.named.find(stage.name)  # --build-context NAME replaces stage NAME
@@ -351,8 +409,9 @@ class _Run:
     def _base(self, stage: Stage) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
         name = expand_at(Scope(self.escape, self.globals), self.stages.filename, stage.base,
                          stage.base.image)
+        platform = self.platforms.get(stage.index) or Platform.host()
         if name == "scratch":
-            return scratch(), ()
+            return scratch(platform), ()
         named = self.named.find(name)
         if named is not None:
             return self.named_base(stage, named, shown=False)
@@ -362,27 +421,49 @@ class _Run:
             if earlier.index in self.bases:
                 self.bases[stage.index] = self.bases[earlier.index]
             # A stage's ONBUILD triggers fire in the stages built FROM it, as an image's do
-            # (BuildKit's resolveStages); the child does not inherit them.
+            # (BuildKit's resolveStages); the child does not inherit them. It keeps the
+            # earlier stage's platform too, as in BuildKit.
             return onbuild_triggers(self.results[earlier.index], self.stages.filename,
                                     stage.base)
-        imported = None
+        found = self.image_base(stage, name, platform)
+        self.bases[stage.index] = (name, found.digest)
+        assert found.state is not None  # image_base refused the others
+        return onbuild_triggers(found.state, self.stages.filename, stage.base)
+
+    def image_base(self, stage: Stage, name: str, platform: Platform) -> LocalImage:
+        """FROM an image: from an archive, the store or a registry, of `platform` (an index's
+        entry; a registry image is pulled for it). A local image of another platform, where
+        none of this one can be pulled, is refused, as BuildKit refuses it."""
+        store, imported = self.builder.store, None
         if is_archive_name(name):  # imported into the store on first use
             self.read_outside(f"FROM {name}")  # the archive is not part of the context
-            imported = import_archive(whole_store(self.builder.store), name,
-                                      self.stages.filename, stage.base)
-        state = load_state(self.builder.store, imported or name)
-        if imported is None and (state is None or self.options.pull == "always"):
-            imported = self.from_registry(stage, name, found=state is not None)  # last
-            if imported is not None:
-                state = load_state(self.builder.store, imported)
-        if state is None:
+            imported = import_archive(whole_store(store), name, self.stages.filename,
+                                      stage.base)
+        found = local_image(store, imported or name, platform)
+        usable = found is not None and found.state is not None
+        other = found is not None and found.state is None  # of another platform
+        wrong = f"base image {name!r} is {found.has}, not {platform}" if found else ""
+        if imported is None and (not usable or self.options.pull == "always") and not (
+                other and self.options.pull == "never"):
+            try:
+                pulled = self.from_registry(stage, name, found=usable, platform=platform)
+            except StepbuildError as exc:
+                if not other:
+                    raise
+                raise located(BaseImageError, self.stages.filename, stage.base, wrong,
+                              hint=f"pulling one for {platform} failed: {exc.message}"
+                              ) from None
+            if pulled is not None:
+                found = local_image(store, pulled, platform)
+        if found is None:
             raise located(BaseImageError, self.stages.filename, stage.base,
                           f"base image {name!r} not found in the local store",
                           hint="build or load it first (stepbuild images lists them)")
-        base = base_descriptor(self.builder.store, name) if imported is None else (name, imported)
-        if base is not None:
-            self.bases[stage.index] = base
-        return onbuild_triggers(state, self.stages.filename, stage.base)
+        if found.state is None:
+            raise located(BaseImageError, self.stages.filename, stage.base, wrong,
+                          hint=f"build or pull it for {platform}, or name the platform it has"
+                               " with FROM --platform")
+        return found
 
     def named_base(self, stage: Stage, named: NamedContext, shown: bool = True
                    ) -> tuple[ImageState, tuple[ins.Instruction, ...]]:
@@ -409,9 +490,11 @@ class _Run:
             return self.named.context(named)
         return self.named.image(named, instruction)[0]
 
-    def from_registry(self, stage: Stage, name: str, found: bool) -> str | None:
-        """FROM a registry reference: the local digest of the base, pulled (or found under its
-        normalised name) as --pull says; None to keep what the store resolved (or lacks)."""
+    def from_registry(self, stage: Stage, name: str, found: bool,
+                      platform: Platform) -> str | None:
+        """FROM a registry reference: the local digest of the base for `platform`, pulled (or
+        found under its normalised name) as --pull says; None to keep what the store
+        resolved (or lacks)."""
         from stepbuild.distribution.display import TransferDisplay
         from stepbuild.distribution.pull import base_image
 
@@ -420,7 +503,7 @@ class _Run:
             return base_image(whole_store(self.builder.store), name, self.options.pull, found=found,
                               display=TransferDisplay(progress.emit,
                                                       verbose=progress.verbose),
-                              connection=self.options.connection)
+                              connection=self.options.connection, platform=platform)
         except StepbuildError as exc:
             kind = PlanError if exc.exit_code == 2 else BaseImageError  # a bad reference: 2
             raise located(kind, self.stages.filename, stage.base, exc.message,

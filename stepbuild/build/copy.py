@@ -168,7 +168,9 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
         if chown:
             owner = _parent_owner(executor, state, chown, run, where)
             inputs["owner"] = [owner.uid, owner.gid]
-    key = keys.step_key(LINK_PARENT if copy.link else state.key, inputs)
+    # --link: no parent state, but still the platform: records of two platforms never mix.
+    parent = f"{LINK_PARENT} {state.platform}" if copy.link else state.key
+    key = keys.step_key(parent, inputs)
     flags = "".join(f" {flag}" for flag, on in (
         ("--link", copy.link), ("--parents", parents),
         ("--keep-git-dir=true", keep_git_dir and repos)) if on)

@@ -9,12 +9,14 @@ empty layer, because an OCI manifest must list at least one. An image named by a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from stepbuild.build.plan import located
 from stepbuild.build.state import ImageState
 from stepbuild.errors import BaseImageError, ImageNotFound, PlanError, StepbuildError
 from stepbuild.oci import documents as oci
+from stepbuild.oci.platform import Platform, select
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -50,23 +52,48 @@ def import_archive(store: Store, name: str, filename: str,
                       exc.message, hint=exc.hint) from None
 
 
-def base_descriptor(store: ImageStore, name: str) -> tuple[str, str] | None:
-    """(name, manifest digest) of an image in the store, for the base annotations."""
-    descriptor = store.resolve(name)
-    return (name, descriptor.digest) if descriptor is not None else None
+def load_state(store: ImageStore, name: str, platform: Platform | None = None
+               ) -> ImageState | None:
+    """The image `name` (tag or digest) as a state, or None when the store does not have it.
+    An index gives its image of `platform` (None: this machine's), None if it has none; an
+    image that is no index is taken whatever its platform (as for COPY --from an image)."""
+    found = local_image(store, name, platform or Platform.host(), strict=False)
+    return found.state if found is not None else None
 
 
-def load_state(store: ImageStore, name: str) -> ImageState | None:
-    """The image `name` (tag or digest) as a state, or None when the store does not have it."""
+@dataclass(frozen=True, slots=True)
+class LocalImage:
+    """An image of the store, for a FROM of `platform`: `digest` (its manifest's) and
+    `state`; `state` is None when the image is not of that platform, and `has` then says
+    what it is (`linux/amd64`, or the platforms of an index)."""
+
+    digest: str
+    state: ImageState | None
+    has: str = ""
+
+
+def local_image(store: ImageStore, name: str, platform: Platform, *, strict: bool = True
+                ) -> LocalImage | None:
+    """The image `name` (tag or digest) for `platform`, None when the store has no image by
+    that name. A tagged index gives its entry of that platform (oci/platform.select); an
+    image of another platform has no state when `strict` (what a FROM needs)."""
     descriptor = store.resolve(name)
     if descriptor is None:
         return None
+    if descriptor.media_type in oci.INDEX_TYPES:
+        entries = store.index(descriptor).manifests
+        entry = select(entries, platform)
+        if entry is None:
+            has = ", ".join(str(Platform.from_oci(e.platform or {})) for e in entries)
+            return LocalImage(descriptor.digest, None, has or "no platform")
+        descriptor = entry
     config = store.config(store.manifest(descriptor))
     state = ImageState.from_oci_json(config.to_json())
+    if strict and state.platform != platform:
+        return LocalImage(descriptor.digest, None, str(state.platform))
     if state.diff_ids == (oci.EMPTY_LAYER_DIFF_ID,):
-        state = ImageState(config=state.config, history=state.history, created=state.created,
-                           architecture=state.architecture, os=state.os, author=state.author)
-    return state
+        state = replace(state, diff_ids=())
+    return LocalImage(descriptor.digest, state)
 
 
 ANNOTATION_CREATED = "org.opencontainers.image.created"

@@ -1,12 +1,13 @@
 """Cache keys: what a step's result depends on, hashed.
 
 A key is xxh3-128 over a canonical JSON serialisation of [KEY_SCHEMA, parent state, step
-inputs]. The parent *state* is the content of the image so far (its diff_ids and its config
-without history), not how it was made: a step that reruns and produces an identical layer lets
-later steps hit again. Step inputs are the expanded instruction and everything it sees (env,
-user, cwd, shell, and for COPY/ADD the digest of the selected context files) — never mtimes,
-never proxy variables, never secrets. Bump KEY_SCHEMA whenever what goes in changes meaning,
-so that a fix never needs a special case for old records (BuildKit's ExecOp.CacheMap idea).
+inputs]. The parent *state* is the content of the image so far (its diff_ids, its config
+without history, and its platform), not how it was made: a step that reruns and produces an
+identical layer lets later steps hit again. Step inputs are the expanded instruction and
+everything it sees (env, user, cwd, shell, and for COPY/ADD the digest of the selected
+context files) — never mtimes, never proxy variables, never secrets. Bump KEY_SCHEMA whenever
+what goes in changes meaning, so that a fix never needs a special case for old records
+(BuildKit's ExecOp.CacheMap idea).
 Pure functions; no I/O.
 """
 
@@ -18,7 +19,8 @@ from typing import Any
 
 import xxhash
 
-KEY_SCHEMA = "stepbuild-key/1"
+# 2: the state has its platform (issue 15), so amd64 and arm64 steps never share a record.
+KEY_SCHEMA = "stepbuild-key/2"
 
 # Predefined proxy ARGs: usable in RUN, never part of a key (Docker excludes them from the
 # build cache too, so that a proxy change does not invalidate every step).
@@ -38,9 +40,11 @@ def digest(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(canonical(value))
 
 
-def state_key(diff_ids: Sequence[str], config: Mapping[str, Any]) -> str:
-    """The identity of an image state: its layers and its runtime config (history excluded)."""
-    return digest({"diff_ids": list(diff_ids), "config": dict(config)})
+def state_key(diff_ids: Sequence[str], config: Mapping[str, Any], platform: str) -> str:
+    """The identity of an image state: its layers, its runtime config (history excluded) and
+    its platform (`linux/arm64`): the same files and config for another platform are another
+    state, so no step of one platform ever hits a record of another."""
+    return digest({"diff_ids": list(diff_ids), "config": dict(config), "platform": platform})
 
 
 def step_key(parent_state: str, inputs: Mapping[str, Any]) -> str:

@@ -6,14 +6,15 @@ This module owns Docker's scoping rules, as pure functions over values:
 - inside a stage an ARG declares a variable: its value is the `--build-arg`, else the global
   value when redeclared without a default, else its own default (expanded), else unset;
 - ENV values override ARGs of the same name, in expansion and in a RUN's environment;
-- platform ARGs are predefined in the global scope; proxy ARGs need no declaration;
-- builds are native: a FROM --platform other than this machine's is refused (`check_platforms`).
+- platform ARGs (TARGET* of the platform being built, BUILD* of this machine) are predefined
+  in the global scope, so a stage sees them once it declares them (`ARG TARGETARCH`), as in
+  BuildKit; proxy ARGs need no declaration;
+- a stage's platform is its FROM --platform, else the target platform (`stage_platforms`).
 No I/O and no building here.
 """
 
 from __future__ import annotations
 
-import platform as host_platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,7 @@ from stepbuild.build.keys import PROXY_ARGS
 from stepbuild.errors import ExpansionError, PlanError, SourcePosition
 from stepbuild.frontend import instructions as ins
 from stepbuild.frontend.words import Lexer
+from stepbuild.oci.platform import Platform, parse_platform
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,69 +95,33 @@ def located(kind: type[PlanError], filename: str, instruction: ins.Instruction,
     return kind(message, SourcePosition(filename, loc.line, loc.column, first_line), hint=hint)
 
 
-def platform_args() -> dict[str, str]:
-    """The predefined platform ARGs (BuildKit's), for a native build on this machine."""
-    arch = _host_arch()
-    value = f"linux/{arch}"
-    return {
-        "BUILDPLATFORM": value, "BUILDOS": "linux", "BUILDARCH": arch, "BUILDVARIANT": "",
-        "TARGETPLATFORM": value, "TARGETOS": "linux", "TARGETARCH": arch, "TARGETVARIANT": "",
-    }
+def platform_args(target: Platform, build: Platform) -> dict[str, str]:
+    """The predefined platform ARGs (BuildKit's): TARGET* of the platform being built,
+    BUILD* of this machine's."""
+    return target.build_args("TARGET") | build.build_args("BUILD")
 
 
-def _host_arch() -> str:
-    machine = host_platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
-
-
-# containerd's platforms.Normalize: other spellings of an architecture (and its variant), and
-# the variant an architecture has when none is written (amd64 is amd64/v1, arm64 arm64/v8).
-_ARCH_ALIASES = {"x86_64": ("amd64", ""), "x86-64": ("amd64", ""), "aarch64": ("arm64", ""),
-                 "armhf": ("arm", "v7"), "armel": ("arm", "v6"), "i386": ("386", "")}
-_DEFAULT_VARIANTS = {"amd64": "v1", "arm64": "v8", "arm": "v7"}
-_OSES = frozenset({"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris",
-                   "illumos", "aix", "android", "ios", "plan9", "js", "wasip1"})
-
-
-def normalise_platform(text: str) -> tuple[str, str, str] | None:
-    """(os, architecture, variant) of `os[/arch[/variant]]` or a bare `arch`, in containerd's
-    normal form (lower case, aliases resolved, the default variant written out), the missing
-    parts taken from this machine; None if it is no platform."""
-    parts = text.lower().split("/")
-    if len(parts) > 3 or not all(parts):
-        return None
-    if len(parts) == 1:
-        parts = [parts[0], _host_arch()] if parts[0] in _OSES else ["linux", parts[0]]
-    os_name, arch, variant = parts[0], parts[1], parts[2] if len(parts) == 3 else ""
-    arch, alias_variant = _ARCH_ALIASES.get(arch, (arch, ""))
-    return os_name, arch, variant or alias_variant or _DEFAULT_VARIANTS.get(arch, "")
-
-
-def check_platforms(stages: Stages, needed: Iterable[int], globals_: Mapping[str, str],
-                    escape: str) -> None:
-    """Refuse (PlanError at the FROM) a `FROM --platform` of a needed stage that is not this
-    machine's, after expansion: there are no multi-platform or emulated builds yet, and
-    building the host's platform instead would be silently wrong. `linux/amd64`,
-    `linux/amd64/v1`, `linux/x86_64`, `amd64` and `$BUILDPLATFORM`/`$TARGETPLATFORM` are all
-    accepted on an amd64 machine."""
+def stage_platforms(stages: Stages, needed: Iterable[int], globals_: Mapping[str, str],
+                    escape: str, target: Platform) -> dict[int, Platform]:
+    """The platform of each needed stage: its `FROM --platform` (expanded with the global
+    ARGs, so `$BUILDPLATFORM` and `$TARGETPLATFORM` work), else the target platform. Checked
+    before any step runs: a value that is no platform is a PlanError at its FROM. (A stage
+    FROM an earlier stage takes that stage's platform when it is built, as BuildKit's does.)"""
     scope = Scope(escape, globals_)
-    host = platform_args()["BUILDPLATFORM"]
+    found: dict[int, Platform] = {}
     for index in needed:
         base = stages.stages[index].base
+        found[index] = target
         if not base.platform:
             continue
         wanted = expand_at(scope, stages.filename, base, base.platform)
-        normal = normalise_platform(wanted)
-        if normal is None:
+        parsed = parse_platform(wanted) if wanted.strip() else target
+        if parsed is None:
             raise located(PlanError, stages.filename, base,
                           f"--platform={wanted}: not a platform",
-                          hint="os/arch[/variant], e.g. linux/amd64")
-        if normal != normalise_platform(host):
-            raise located(PlanError, stages.filename, base,
-                          f"--platform={wanted}: this build runs {host} only; "
-                          "multi-platform builds are not supported yet",
-                          hint=f"remove --platform, or use --platform={host} "
-                               "(or $BUILDPLATFORM)")
+                          hint="os/arch[/variant], e.g. linux/amd64 or $BUILDPLATFORM")
+        found[index] = parsed
+    return found
 
 
 def check_entitlements(stages: Stages, needed: Iterable[int], allow: frozenset[str]) -> None:
@@ -233,12 +199,16 @@ def declare_arg(scope: Scope, declaration: ins.ArgDeclaration, build_args: Mappi
     return scope.with_arg(name, value)
 
 
-def global_args(stages: Stages, build_args: Mapping[str, str], escape: str) -> dict[str, str]:
-    """The values of the ARGs before the first FROM (plus the predefined platform ARGs)."""
-    scope = Scope(escape, platform_args())
+def global_args(stages: Stages, build_args: Mapping[str, str], escape: str,
+                target: Platform, build: Platform) -> dict[str, str]:
+    """The values of the ARGs before the first FROM, plus the predefined platform ARGs (of
+    building `target` on `build`); a global `ARG TARGETARCH` without a default keeps the
+    predefined value, as in BuildKit."""
+    predefined = platform_args(target, build)
+    scope = Scope(escape, predefined)
     for arg in stages.meta_args:
         for declaration in arg.declarations:
-            scope = declare_arg(scope, declaration, build_args, {})
+            scope = declare_arg(scope, declaration, build_args, predefined)
     return dict(scope.args)
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from stepbuild.build.step import PreparedStep, Workspace
     from stepbuild.frontend import instructions as ins
     from stepbuild.layers.capture import LayerBlob
-    from stepbuild.oci.documents import Descriptor, ImageConfig, Manifest
+    from stepbuild.oci.documents import Descriptor, ImageConfig, Index, Manifest
     from stepbuild.sources.context import BuildContext
     from stepbuild.store.records import CacheRecord
 
@@ -40,6 +40,8 @@ class ImageStore(Protocol):
 
     def manifest(self, desc: Descriptor) -> Manifest: ...
 
+    def index(self, desc: Descriptor) -> Index: ...
+
     def config(self, manifest: Manifest) -> ImageConfig: ...
 
     def put_blob(self, data: bytes) -> tuple[str, int]: ...
@@ -47,6 +49,9 @@ class ImageStore(Protocol):
     def descriptor(self, digest: str, media_type: str) -> Descriptor: ...
 
     def put_image(self, config: ImageConfig, layers: Sequence[Descriptor],
+                  annotations: dict[str, str] | None = None) -> Descriptor: ...
+
+    def put_index(self, manifests: Sequence[Descriptor],
                   annotations: dict[str, str] | None = None) -> Descriptor: ...
 
 

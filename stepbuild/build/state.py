@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stepbuild.build import keys
+from stepbuild.oci.platform import Platform
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 # Docker's default PATH for a Linux image whose config sets none (what BuildKit adds too).
@@ -39,11 +40,16 @@ class ImageState:
     os: str = "linux"
     author: str = ""
     cmd_set: bool = False
+    variant: str = ""  # as the config writes it: "" for arm64's implied v8 (BuildKit's form)
+
+    @property
+    def platform(self) -> Platform:
+        return Platform.of(self.os, self.architecture, self.variant)
 
     @property
     def key(self) -> str:
-        """The state's identity for cache keys: content, not history."""
-        return keys.state_key(self.diff_ids, self.config)
+        """The state's identity for cache keys: content and platform, not history."""
+        return keys.state_key(self.diff_ids, self.config, str(self.platform))
 
     @property
     def env(self) -> tuple[str, ...]:
@@ -84,6 +90,8 @@ class ImageState:
     def to_oci_json(self) -> dict[str, Any]:
         """The image config document (OCI image-spec config.md)."""
         document: dict[str, Any] = {"author": self.author} if self.author else {}
+        if self.variant:
+            document["variant"] = self.variant
         return document | {
             "created": self.created,
             "architecture": self.architecture,
@@ -104,12 +112,22 @@ class ImageState:
             architecture=str(document.get("architecture") or "amd64"),
             os=str(document.get("os") or "linux"),
             author=str(document.get("author") or ""),
+            variant=str(document.get("variant") or ""),
         )
 
 
-def scratch() -> ImageState:
-    """The empty image FROM scratch starts from, with Docker's default PATH."""
-    return ImageState(config={"Env": [DEFAULT_PATH]})
+def scratch(platform: Platform | None = None) -> ImageState:
+    """The empty image FROM scratch starts from, with Docker's default PATH, of `platform`
+    (None: this machine's): its config says that platform, as BuildKit's does."""
+    return on_platform(ImageState(config={"Env": [DEFAULT_PATH]}), platform or Platform.host())
+
+
+def on_platform(state: ImageState, platform: Platform) -> ImageState:
+    """`state` saying `platform` in its config (architecture, os, variant in BuildKit's form:
+    the variant only where it is not the architecture's default)."""
+    oci = platform.to_oci()
+    return replace(state, architecture=oci["architecture"], os=oci["os"],
+                   variant=oci.get("variant", ""))
 
 
 def timestamp(seconds: float) -> str:

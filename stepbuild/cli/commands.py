@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from stepbuild.cli import limit_flags, output_flags, progress_flags
+from stepbuild.cli import limit_flags, output_flags, platform_flags, progress_flags
 from stepbuild.errors import StepbuildError, UsageError
 from stepbuild.progress import human_size
 from stepbuild.store.layout import store_root
@@ -131,7 +131,8 @@ def _request(options: argparse.Namespace, pull_policy: str, context_dir: Path
         no_cache_filter=tuple(getattr(options, "no_cache_filter", ())),
         labels=tuple(getattr(options, "label", [])),
         annotations=tuple(getattr(options, "annotation", [])),
-        limits=limit_flags.limits(options), root=options.root)
+        limits=limit_flags.limits(options), root=options.root,
+        platforms=platform_flags.platforms(options))
 
 
 def parse_build_args(values: list[str]) -> dict[str, str]:

@@ -127,6 +127,7 @@ def _add_store_commands(commands: Subcommands) -> None:
         context_flags,
         limit_flags,
         output_flags,
+        platform_flags,
         platform_select,
     )
     from stepbuild.cli import commands as impl
@@ -186,6 +187,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     build_flags.add_arguments(build)  # --no-cache-filter
     output_flags.add_arguments(build)  # --label, --annotation
     context_flags.add_arguments(build)  # --build-context
+    platform_flags.add_arguments(build)  # --platform
     progress_flags.add_arguments(build)
     build.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
     build.add_argument("-v", "--verbose", action="store_true", help="say more about each step")

@@ -1,6 +1,7 @@
 """Pull an image from a registry into the store; FROM a registry reference (`base_image`).
 
-`pull`: the manifest (an index gives the linux/<this machine's architecture> entry), the config
+`pull`: the manifest (an index gives the entry of the platform asked for, by default this
+machine's: oci/platform.select), the config
 (kept byte for byte: the image keeps its ID), then the layers: downloaded in parallel (each
 verified against its digest by the client), decompressed (by magic bytes) and checked against
 the config's diff_id in the worker threads, then applied in order (`apply.apply_layer`: OCI
@@ -47,6 +48,7 @@ from stepbuild.errors import (
     UsageError,
 )
 from stepbuild.oci import documents as oci
+from stepbuild.oci.platform import Platform, select
 from stepbuild.progress import human_size
 from stepbuild.store.received import put_received
 
@@ -87,8 +89,9 @@ class PullResult:
 
 def pull(store: Store, reference: str, *, connection: Connection | None = None,
          display: TransferDisplay | None = None, jobs: int = DEFAULT_JOBS,
-         tag: bool = True) -> PullResult:
-    """Pull `reference` into the store and tag it (with `local_name`) when `tag`.
+         tag: bool = True, platform: Platform | None = None) -> PullResult:
+    """Pull `reference` into the store and tag it (with `local_name`) when `tag`. From an
+    index, the image of `platform` (None: this machine's).
 
     Raises InvalidReference, RegistryError (unknown repository or tag, authentication,
     network), ImageNotFound (no image for this platform), InvalidDocument (not an image),
@@ -101,7 +104,8 @@ def pull(store: Store, reference: str, *, connection: Connection | None = None,
     endpoints = connection.pull_endpoints(ref.registry, ref.repository,
                                           by_digest=ref.digest is not None)
     with store.lock(exclusive=False):
-        result = _from_endpoints(store, ref, endpoints, connection, display, jobs)
+        result = _from_endpoints(store, ref, endpoints, connection, display, jobs,
+                                 platform or Platform.host())
         name = local_name(ref) if tag else None
         if name is not None:
             store.tag(name, result.local)
@@ -114,7 +118,8 @@ def pull(store: Store, reference: str, *, connection: Connection | None = None,
 
 
 def _from_endpoints(store: Store, ref: Reference, endpoints: list[Endpoint],
-                    connection: Connection, display: TransferDisplay, jobs: int) -> PullResult:
+                    connection: Connection, display: TransferDisplay, jobs: int,
+                    platform: Platform) -> PullResult:
     """Pull from the first endpoint that serves `ref` (see the module docstring). The last
     endpoint's error is raised, with the mirrors' failures in its message."""
     skipped: list[str] = []
@@ -123,7 +128,8 @@ def _from_endpoints(store: Store, ref: Reference, endpoints: list[Endpoint],
         with connection.open_endpoint(
                 endpoint, retries=MIRROR_RETRIES if endpoint.mirror else None) as registry:
             try:
-                result = _Puller(store, registry, ref, endpoint.repository, display, jobs).run()
+                result = _Puller(store, registry, ref, endpoint.repository, display, jobs,
+                                 platform).run()
                 return replace(result, source=source)
             except OSError as exc:
                 raise StepbuildError(f"pull of {ref} failed: {exc.strerror or exc}"
@@ -145,15 +151,17 @@ class _Puller:
     differ from the reference's)."""
 
     def __init__(self, store: Store, registry: Registry, ref: Reference, repo: str,
-                 display: TransferDisplay, jobs: int) -> None:
+                 display: TransferDisplay, jobs: int, platform: Platform) -> None:
         self.store, self.registry, self.ref = store, registry, ref
         self.repo, self.display, self.jobs = repo, display, jobs
+        self.platform = platform
 
     def run(self) -> PullResult:
         data, media_type, digest = self.registry.get_manifest(self.repo, self.ref.identifier)
         top = digest
         if media_type in oci.INDEX_TYPES:
-            child = _platform_entry(oci.Index.from_bytes(data, f"index {digest}"), self.ref)
+            child = _platform_entry(oci.Index.from_bytes(data, f"index {digest}"), self.ref,
+                                    self.platform)
             data, media_type, digest = self.registry.get_manifest(self.repo, child.digest)
         if media_type not in oci.MANIFEST_TYPES:
             raise InvalidDocument(f"{self.ref}", f"not an image manifest ({media_type})")
@@ -276,27 +284,27 @@ class _Puller:
         return replace(local, platform=config.platform)
 
 
-def _platform_entry(index: oci.Index, ref: Reference) -> oci.Descriptor:
-    import platform
-
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
-    for child in index.manifests:
-        plat = child.platform or {}
-        if (plat.get("os"), plat.get("architecture")) == ("linux", arch) and \
-                child.media_type in oci.MANIFEST_TYPES:
-            return child
-    found = sorted(f"{(c.platform or {}).get('os')}/{(c.platform or {}).get('architecture')}"
-                   for c in index.manifests)
-    raise ImageNotFound(str(ref), hint=f"no linux/{arch} image in the index; it has: "
+def _platform_entry(index: oci.Index, ref: Reference, wanted: Platform) -> oci.Descriptor:
+    """The index's image manifest of platform `wanted` (its normal form: oci/platform.py)."""
+    images = [c for c in index.manifests if c.media_type in oci.MANIFEST_TYPES]
+    child = select(images, wanted)
+    if child is not None:
+        return child  # type: ignore[no-any-return]
+    found = sorted(str(Platform.from_oci(c.platform)) for c in images if c.platform)
+    raise ImageNotFound(str(ref), hint=f"no {wanted} image in the index; it has: "
                         f"{', '.join(found) or 'nothing'}")
 
 
 def base_image(store: Store, name: str, policy: str, *, found: bool,
                display: TransferDisplay | None = None,
-               connection: Connection | None = None) -> str | None:
+               connection: Connection | None = None,
+               platform: Platform | None = None) -> str | None:
     """The local manifest digest to build FROM `name` on, given the pull policy; None to
-    keep what the store resolved `name` to (`found`), or when `name` is no reference.
+    keep what the store resolved `name` to (`found`: an image of `platform`), or when
+    `name` is no reference. `platform`: the one to build on (None: this machine's); an
+    image pulled for another platform than this machine's is not tagged, so that the
+    name keeps meaning this machine's image (a later build for that platform asks the
+    registry again; the layers are not downloaded twice).
 
     - missing: the store's image under `name` (then this is not called) or under its
       normalised name (`busybox` → `busybox:latest`); else pulled.
@@ -311,11 +319,13 @@ def base_image(store: Store, name: str, policy: str, *, found: bool,
         ref = parse_reference(name)
     except InvalidReference:
         return None
+    wanted = platform or Platform.host()
     if policy != "always" and not found:
         for candidate in other_local_names(name):
             desc = store.resolve(candidate)
-            if desc is not None:
-                return str(desc.digest)
+            digest = _local_of(store, desc, wanted) if desc is not None else None
+            if digest is not None:
+                return digest
     if policy == "never" or (policy == "missing" and found):
         if found:
             return None
@@ -324,7 +334,8 @@ def base_image(store: Store, name: str, policy: str, *, found: bool,
                              hint=f"pull it first (stepbuild pull {ref}), or build with "
                                   "--pull=missing")
     try:
-        return pull(store, str(ref), connection=connection, display=display).local.digest
+        return pull(store, str(ref), connection=connection, display=display,
+                    tag=wanted == Platform.host(), platform=wanted).local.digest
     except RegistryError as exc:
         prefix = "" if found else f"base image {name!r} not found in the local store, and "
         raise StepbuildError(f"{prefix}pulling {ref} failed: {exc.message}",
@@ -332,6 +343,16 @@ def base_image(store: Store, name: str, policy: str, *, found: bool,
     except StepbuildError as exc:
         raise StepbuildError(f"pulling base image {ref} failed: {exc.message}",
                              hint=exc.hint) from exc
+
+
+def _local_of(store: Store, desc: oci.Descriptor, wanted: Platform) -> str | None:
+    """The manifest digest of the `wanted` image of a local image (an index's entry, or
+    the image itself when it is of that platform); None if it has none."""
+    if desc.media_type in oci.INDEX_TYPES:
+        entry = select(store.index(desc).manifests, wanted)
+        return str(entry.digest) if entry is not None else None
+    config = store.config(store.manifest(desc))
+    return str(desc.digest) if Platform.from_oci(config.platform) == wanted else None
 
 
 def _discard(fetched: _Fetched | None) -> None:

@@ -116,7 +116,17 @@ class FakeStore:
         manifest = oci.Manifest(oci.Descriptor(oci.MEDIA_TYPE_CONFIG, config_digest, config_size),
                                 tuple(layers), annotations)
         digest, size = self.put_blob(manifest.to_bytes())
-        return oci.Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size)
+        return oci.Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, size, platform=config.platform)
+
+    def index(self, desc: oci.Descriptor) -> oci.Index:
+        return oci.Index.from_bytes(self.blobs[desc.digest])
+
+    def put_index(self, manifests: Sequence[oci.Descriptor],
+                  annotations: dict[str, str] | None = None) -> oci.Descriptor:
+        for entry in manifests:
+            assert entry.digest in self.blobs and entry.platform, entry
+        digest, size = self.put_blob(oci.Index(tuple(manifests), annotations).to_bytes())
+        return oci.Descriptor(oci.MEDIA_TYPE_INDEX, digest, size)
 
     def tag(self, name: str, manifest: oci.Descriptor) -> None:
         self.tags[name] = manifest
@@ -132,6 +142,10 @@ class FakeStore:
         return Path("/store/layers") / diff_id
 
     # what tests read
+    def resolve_digest(self, digest: str) -> oci.Descriptor:
+        """The manifest descriptor of a manifest blob (what a digest resolves to)."""
+        return oci.Descriptor(oci.MEDIA_TYPE_MANIFEST, digest, len(self.blobs[digest]))
+
     def image(self, name: str) -> tuple[oci.Manifest, oci.ImageConfig]:
         manifest = self.manifest(self.tags[name])
         return manifest, self.config(manifest)
@@ -171,7 +185,7 @@ class FakeExecutor:
         inputs = {"text": instruction.text, "sees": self.script.sees.get(instruction.text, ""),
                   "from": source.key if source else None}
         link = isinstance(instruction, ins.Copy) and instruction.link
-        key = keys.step_key("link" if link else state.key, inputs)
+        key = keys.step_key(f"link {state.platform}" if link else state.key, inputs)
         work: RunWork | CopyWork | WorkdirWork
         if isinstance(instruction, ins.Run):
             work = RunWork(tuple(instruction.command.args), scope.run_env({}), "host")

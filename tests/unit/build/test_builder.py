@@ -14,6 +14,8 @@ import pytest
 from stepbuild.build.builder import Builder, BuildOptions, BuildResult, whole_store
 from stepbuild.errors import PlanError, StepFailed
 from stepbuild.frontend.parse import parse
+from stepbuild.oci import documents as oci
+from stepbuild.oci.platform import Platform, parse_platform
 from stepbuild.progress import Progress
 from stepbuild.teamcache.cache import CacheSpec
 from tests.unit.build.fakes import (
@@ -27,6 +29,8 @@ from tests.unit.build.fakes import (
 )
 
 TEAM = (CacheSpec("local", "/team-cache", "max"),)
+AMD64 = Platform.of("linux", "amd64")
+ARM64 = Platform.of("linux", "arm64")
 
 
 class World:
@@ -424,7 +428,13 @@ def test_only_the_real_store_reaches_what_takes_the_whole_store() -> None:
 
 @pytest.fixture
 def amd64_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("stepbuild.build.plan._host_arch", lambda: "amd64")
+    monkeypatch.setattr("stepbuild.oci.platform._machine.machine", lambda: "x86_64")
+
+
+def platform_of(world: World, digest: str) -> str:
+    """The platform an image's config says (os/architecture[/variant])."""
+    config = world.store.config(world.store.manifest(world.store.resolve_digest(digest)))
+    return "/".join(p for p in (config.os, config.architecture, config.variant) if p)
 
 
 @pytest.mark.parametrize("platform", ["linux/amd64", "$BUILDPLATFORM", "${TARGETPLATFORM}",
@@ -435,27 +445,110 @@ def test_from_platform_of_this_machine_builds(amd64_host: None, platform: str) -
     result = world.build(f"FROM --platform={platform} scratch\nRUN make\n")
     assert world.executor.ran == ["RUN make"]
     assert result.state.diff_ids == (layer("RUN make"),)
+    assert platform_of(world, result.manifest_digest) == "linux/amd64"
+    assert dict(result.platforms) == {"linux/amd64": result.manifest_digest}
 
 
 @pytest.mark.parametrize(("from_line", "shown"), [
     ("FROM --platform=linux/arm64 scratch", "linux/arm64"),
     ("FROM --platform=$ARCH scratch", "linux/arm64"),  # ARG ARCH=linux/arm64 above
+    ("FROM --platform=linux/aarch64/v8 scratch", "linux/arm64"),
     ("FROM --platform=linux/amd64/v3 scratch", "linux/amd64/v3"),
-    ("FROM --platform=windows/amd64 scratch", "windows/amd64"),
-    ("FROM --platform=arm64 scratch", "arm64"),
+    ("FROM --platform=linux/arm/v7 scratch", "linux/arm/v7"),
 ])
-def test_from_platform_of_another_machine_is_refused_before_any_step(
+def test_from_platform_of_another_machine_makes_an_image_of_that_platform(
         amd64_host: None, from_line: str, shown: str) -> None:
     world = World()
     stepfile = ("ARG ARCH=linux/arm64\nFROM scratch AS first\nRUN make\n"
                 f"{from_line} AS second\nCOPY --from=first /a /a\n")
+    result = world.build(stepfile)
+    assert platform_of(world, result.manifest_digest) == shown
+    assert result.state.platform == parse_platform(shown)
+    assert dict(result.platforms) == {shown: result.manifest_digest}
+
+
+def test_the_target_platform_is_every_stage_platform_without_from_platform(
+        amd64_host: None) -> None:
+    world = World()
+    result = world.build("FROM scratch\nCOPY a /a\n", platforms=(ARM64,))
+    assert platform_of(world, result.manifest_digest) == "linux/arm64"
+    assert world.store.tags["app"].media_type == oci.MEDIA_TYPE_MANIFEST  # one: no index
+
+
+def test_a_platform_that_is_no_platform_is_refused_before_any_step(amd64_host: None) -> None:
+    world = World()
     with pytest.raises(PlanError) as refused:
-        world.build(stepfile)
-    assert refused.value.message == (f"--platform={shown}: this build runs linux/amd64 only; "
-                                      "multi-platform builds are not supported yet")
-    assert refused.value.render().startswith(f"Stepfile:4:1: --platform={shown}:")
-    assert world.executor.ran == []  # refused before the first stage ran
-    assert world.store.layers == set()
+        world.build("FROM scratch AS first\nRUN make\n"
+                    "FROM --platform=linux/amd64/v1/x scratch\nCOPY --from=first /a /a\n")
+    assert refused.value.render().startswith(
+        "Stepfile:3:1: --platform=linux/amd64/v1/x: not a platform")
+    assert world.executor.ran == []
+
+
+def test_a_stage_the_target_does_not_need_may_name_any_platform(amd64_host: None) -> None:
+    world = World()
+    world.build("FROM --platform=not/a/plat/form scratch AS other\nRUN other\n"
+                "FROM scratch\nRUN make\n")
+    assert world.executor.ran == ["RUN make"]
+
+
+CROSS = ("FROM --platform=$BUILDPLATFORM scratch AS build\nRUN fetch tools\n"
+         "ARG TARGETARCH\nRUN make $TARGETARCH\n"
+         "FROM scratch\nCOPY a /a\nCOPY --from=build /out /out\n")
+
+
+def test_several_platforms_make_an_index_of_one_manifest_each(amd64_host: None) -> None:
+    world = World()
+    result = world.build(CROSS, platforms=(AMD64, ARM64))
+    tagged = world.store.tags["app"]
+    assert tagged.media_type == oci.MEDIA_TYPE_INDEX and tagged.digest == result.manifest_digest
+    entries = world.store.index(tagged).manifests
+    assert [e.platform for e in entries] == [{"architecture": "amd64", "os": "linux"},
+                                            {"architecture": "arm64", "os": "linux"}]
+    assert dict(result.platforms) == {"linux/amd64": entries[0].digest,
+                                      "linux/arm64": entries[1].digest}
+    for entry, shown in zip(entries, ("linux/amd64", "linux/arm64"), strict=True):
+        assert platform_of(world, entry.digest) == shown
+
+
+def test_a_target_stage_of_one_platform_for_two_targets_is_refused(amd64_host: None) -> None:
+    world = World()
+    with pytest.raises(PlanError) as refused:
+        world.build(CROSS, platforms=(AMD64, ARM64), target="build")
+    assert refused.value.message.startswith("--platform linux/amd64,linux/arm64: the target "
+                                            "stage is linux/amd64 for both")
+    assert "app" not in world.store.tags
+
+
+def test_a_buildplatform_stage_is_built_once_for_every_target(amd64_host: None) -> None:
+    # the cross-compilation pattern: the $BUILDPLATFORM stage has the same keys for both
+    # targets, so the second target's pass hits the first one's records
+    world = World()
+    result = world.build(CROSS, platforms=(AMD64, ARM64))
+    assert world.executor.ran.count("RUN fetch tools") == 1
+    assert world.executor.ran.count("RUN make $TARGETARCH") == 1  # the fake's key: its text
+    assert world.executor.ran.count("COPY a /a") == 2  # a stage of each target platform
+    assert result.cached == 2
+
+
+def test_every_step_of_two_platforms_has_two_keys(amd64_host: None) -> None:
+    world = World()
+    stepfile = "FROM scratch\nCOPY a /a\nRUN make\nCOPY --link b /b\n"
+    amd64 = world.build(stepfile, platforms=(AMD64,))
+    arm64 = world.build(stepfile, platforms=(ARM64,))
+    assert len(amd64.keys) == len(arm64.keys) == 3
+    assert set(amd64.keys).isdisjoint(arm64.keys)
+    assert world.executor.ran == ["COPY a /a", "RUN make", "COPY --link b /b"] * 2
+    assert arm64.cached == 0  # no arm64 step hit an amd64 record
+
+
+def test_a_multi_platform_build_exports_each_platforms_records(amd64_host: None) -> None:
+    a = World()
+    built = a.build(CROSS, platforms=(AMD64, ARM64), cache_to=TEAM)
+    b = World(a.caches.remote)
+    again = b.build(CROSS, platforms=(AMD64, ARM64), cache_from=TEAM)
+    assert b.executor.ran == []  # every step of both platforms came from the team cache
+    assert again.manifest_digest == built.manifest_digest
 
 
 def test_run_network_host_without_the_entitlement_is_refused_before_any_step() -> None:
