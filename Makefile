@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit fuzz lint bench clean java-demo
+.PHONY: setup demo test test-unit fuzz lint bench clean java-demo multiarch-demo
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,20 @@ samples/%/busybox-rootfs.tar: scripts/make-busybox-rootfs.sh | setup
 # The same for linux/arm64, from Debian's busybox-static:arm64 (setup adds the architecture).
 samples/%/arm64-busybox-rootfs.tar: scripts/make-arm64-busybox-rootfs.sh | setup
 	bash scripts/make-arm64-busybox-rootfs.sh $@
+
+# samples/multiarch takes one rootfs per architecture, named by it (this machine is amd64).
+samples/multiarch/busybox-rootfs-amd64.tar: scripts/make-busybox-rootfs.sh | setup
+	bash scripts/make-busybox-rootfs.sh $@
+
+samples/multiarch/busybox-rootfs-arm64.tar: scripts/make-arm64-busybox-rootfs.sh | setup
+	bash scripts/make-arm64-busybox-rootfs.sh $@
+
+# One Stepfile for linux/amd64 and linux/arm64 (the arm64 RUN under QEMU): an image index;
+# then the arm64 image runs, emulated.
+multiarch-demo: setup samples/multiarch/busybox-rootfs-amd64.tar \
+		samples/multiarch/busybox-rootfs-arm64.tar
+	$(VENV)/bin/stepbuild build --platform linux/amd64,linux/arm64 -t multiarch samples/multiarch
+	$(VENV)/bin/stepbuild run --platform linux/arm64 multiarch
 
 # The main job on a built-in default: build the hello sample, then run the result.
 demo: setup samples/hello/busybox-rootfs.tar
