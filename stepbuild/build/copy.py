@@ -63,6 +63,7 @@ from stepbuild.frontend import instructions as ins
 from stepbuild.fs import modes, rootpath
 from stepbuild.fs.userns import owner_mapped, unmapped_message
 from stepbuild.layers.unpack import is_archive, unpack_archive
+from stepbuild.oci.platform import Platform
 from stepbuild.sources import git
 from stepbuild.sources import url as fetch
 from stepbuild.sources.context import BuildContext, ContextEntry, Selection, SourceGroup
@@ -121,8 +122,8 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     sources = [s for s in expanded if not fetch.is_url(s)]
     excludes = [scope.expand(e) for e in copy.excludes]
     parents = isinstance(copy, ins.Copy) and copy.parents
-    named, source, selection, layout = _sources(executor, copy, scope, run, sources,
-                                                excludes, parents)
+    named, source, selection, layout = _sources(executor, copy, state.platform, scope, run,
+                                                sources, excludes, parents)
     checksum = scope.expand(copy.checksum) if isinstance(copy, ins.Add) and (
         copy.checksum) else None
     if checksum is not None and (sources or copy.inline):
@@ -244,11 +245,12 @@ def _parent_owner(executor: Executor, state: ImageState, chown: str, run: BuildR
         return chown_owner(root, chown, where)
 
 
-def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
-          ) -> ImageState | None:
+def _from(executor: Executor, copy: ins.Copy | ins.Add, platform: Platform, scope: Scope,
+          run: BuildRun) -> ImageState | None:
     """The image state a `COPY --from` reads: an earlier stage's result, or an image: in the
-    store, or in an archive or layout dir (`oci-archive:` …, as FROM takes them). The key
-    holds the state, so it changes when the archive's image does."""
+    store, or in an archive or layout dir (`oci-archive:` …, as FROM takes them); of an
+    image index, the entry of `platform` (the copying stage's, as BuildKit takes it). The
+    key holds the state, so it changes when the archive's image does."""
     if not isinstance(copy, ins.Copy) or not copy.from_:
         return None
     name = scope.expand(copy.from_)
@@ -263,7 +265,7 @@ def _from(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: Build
     if is_archive_name(name):  # imported into the store on first use, as for FROM
         run.read_outside(f"COPY --from={name}")  # the archive is not part of the context
         name = import_archive(executor.store, name, run.stages.filename, copy)
-    state = load_state(executor.store, name)
+    state = load_state(executor.store, name, platform)
     if state is None:
         raise located(PlanError, run.stages.filename, copy,
                       f"COPY --from={name}: no stage or image of that name",
@@ -280,14 +282,14 @@ def _named_context(copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun
     return named if isinstance(named, BuildContext) else None
 
 
-def _sources(executor: Executor, copy: ins.Copy | ins.Add, scope: Scope, run: BuildRun,
-             sources: Sequence[str], excludes: Sequence[str], parents: bool
+def _sources(executor: Executor, copy: ins.Copy | ins.Add, platform: Platform, scope: Scope,
+             run: BuildRun, sources: Sequence[str], excludes: Sequence[str], parents: bool
              ) -> tuple[BuildContext | None, ImageState | None, Selection | None,
                         tuple[_Kept, ...] | None]:
     """Where the files come from: a directory --build-context (`COPY --from=NAME`), else a
     `--from` stage or image, else the build context; and the selection of a directory."""
     named = _named_context(copy, scope, run)
-    source = _from(executor, copy, scope, run) if named is None else None
+    source = _from(executor, copy, platform, scope, run) if named is None else None
     if sources and named is not None:
         return (named, None, *_select_named(named, sources, excludes, parents, copy, scope))
     if sources and source is None:

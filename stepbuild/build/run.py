@@ -95,7 +95,7 @@ def prepare(executor: Executor, run: ins.Run, state: ImageState, scope: Scope,
     if run.mounts:
         from stepbuild.build.mounts.plan import key_inputs, plan
 
-        sources = _mount_sources(executor, run, build)
+        sources = _mount_sources(executor, run, build, state.platform)
         planned = plan(run, lambda word: _expand(scope, word, sources), state.workdir, sources)
         inputs["mounts"] = key_inputs(planned)
     key = keys.step_key(state.key, inputs)
@@ -117,7 +117,10 @@ def step_network(executor: Executor, run: ins.Run, build: BuildRun) -> str:
     return "private" if mode == "default" else mode
 
 
-def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources:
+def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun,
+                   state_platform: Platform) -> Sources:
+    """What `RUN --mount from=NAME` may name: a --build-context, a stage, an image (of an
+    image index, the entry of the step's platform)."""
     from stepbuild.build.images import load_state
     from stepbuild.build.mounts.plan import Sources
 
@@ -141,7 +144,7 @@ def _mount_sources(executor: Executor, run: ins.Run, build: BuildRun) -> Sources
         stage = stages.find(name) if stages is not None else None
         if stage is not None and stage.index in results:
             return results[stage.index]
-        return load_state(executor.store, name)
+        return load_state(executor.store, name, state_platform)  # an index: the step's own
 
     return Sources(executor.context, state, error, getattr(executor, "secrets", None) or {},
                    getattr(executor, "ssh", None) or {},

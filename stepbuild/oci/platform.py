@@ -28,6 +28,11 @@ _ARCH_ALIASES = {"x86_64": ("amd64", ""), "x86-64": ("amd64", ""), "aarch64": ("
 _DEFAULT_VARIANTS = {"amd64": "v1", "arm64": "v8", "arm": "v7"}
 _OSES = frozenset({"linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris",
                    "illumos", "aix", "android", "ios", "plan9", "js", "wasip1"})
+# Architectures a bare word may name (containerd's known ones): `--platform=bogus` is an
+# error, not linux/bogus. A written os/arch may name any architecture.
+_KNOWN_ARCHES = frozenset({"amd64", "386", "arm", "arm64", "ppc64le", "ppc64", "s390x",
+                           "riscv64", "mips", "mipsle", "mips64", "mips64le", "loong64",
+                           "wasm", *_ARCH_ALIASES})
 # uname -m of this machine → its OCI architecture.
 _MACHINES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
              "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -91,14 +96,17 @@ class Platform:
 
 
 def parse_platform(text: str) -> Platform | None:
-    """`os[/arch[/variant]]` or a bare `arch` (the os then linux), normalised; a bare os
-    takes this machine's architecture. None if it is no platform."""
+    """`os[/arch[/variant]]` or a bare `arch` (the os then linux; a known architecture
+    only), normalised; a bare os takes this machine's architecture. None if it is no
+    platform."""
     parts = text.strip().lower().split("/")
     if len(parts) > 3 or not all(parts):
         return None
     if len(parts) == 1:
         if parts[0] in _OSES:
             return Platform.of(parts[0], Platform.host().architecture)
+        if parts[0] not in _KNOWN_ARCHES:
+            return None
         parts = ["linux", parts[0]]
     if parts[0] not in _OSES:
         return None

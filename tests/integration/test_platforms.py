@@ -292,3 +292,17 @@ def test_the_multiarch_sample_cross_builds(sb: Stepbuild, work: Path) -> None:
     other_cpu = {"amd64": "x86-64", "arm64": "AArch64"}[other]
     assert f"a {other_cpu} build ({other}), made on {machine}" in image_file(sb, digest,
                                                                              "out/hello")
+
+
+def test_copy_from_an_index_takes_the_copying_stages_platform(sb: Stepbuild,
+                                                              work: Path) -> None:
+    """COPY --from=IMAGE of an image index reads the entry of the stage's platform, as
+    BuildKit does (not this machine's)."""
+    test_two_platforms_make_a_tagged_index_of_two_images(sb, work)  # the index "multi"
+    context = write_context(work / "copy-from-index", "FROM scratch\nCOPY --from=multi /arch /\n")
+    built = sb.build(context, "--platform", TWO, *EPOCH)
+    index = document(sb, built.stdout.strip().splitlines()[-1])
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout
+    for manifest in index["manifests"]:
+        arch = Platform.from_oci(manifest["platform"]).architecture
+        assert image_file(sb, manifest["digest"], "arch") == f"{arch} built on {machine}"

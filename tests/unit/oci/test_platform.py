@@ -30,7 +30,7 @@ def test_normal_and_short_forms(text: str, normal: tuple[str, str, str], short: 
     assert parse_platform(short) == platform  # the short form reads back as the same
 
 
-@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "bogus/amd64", "a/b/c/d"])
+@pytest.mark.parametrize("text", ["", "linux/", "/amd64", "bogus/amd64", "a/b/c/d", "bogus"])
 def test_not_platforms(text: str) -> None:
     assert parse_platform(text) is None
 
