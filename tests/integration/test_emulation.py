@@ -34,7 +34,7 @@ from tests.integration.test_rootless import User
 ARM64_SCRIPT = PROJECT / "scripts" / "make-arm64-busybox-rootfs.sh"
 QEMU = "/usr/bin/qemu-aarch64-static"
 BASE = "FROM scratch\nADD arm64-busybox-rootfs.tar /\nENV PATH=/bin:/usr/bin:/sbin:/usr/sbin\n"
-STEP = "FROM {base}\nRUN uname -m > /m && busybox uname -m\n"
+STEP = "FROM --platform=linux/arm64 {base}\nRUN uname -m > /m && busybox uname -m\n"
 
 shared_dir = test_rootless.shared_dir
 user_python = test_rootless.user_python
