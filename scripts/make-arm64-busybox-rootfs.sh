@@ -1,8 +1,8 @@
 #!/bin/sh
 # Make a tiny linux/arm64 busybox rootfs tarball from Debian's busybox-static:arm64 (the base
 # of the emulation tests and of foreign-platform samples): bin/busybox, a relative symlink per
-# applet, /etc/passwd and /etc/group, the usual empty dirs — as make-busybox-rootfs.sh does for
-# this machine's own. The applets are listed by the arm64 busybox itself, run by
+# applet, /etc/passwd and /etc/group, the usual empty dirs — made by make-busybox-rootfs.sh,
+# as for this machine's own. The applets are listed by the arm64 busybox itself, run by
 # qemu-aarch64-static directly (no binfmt_misc needed). Deterministic: sorted, numeric owners
 # 0:0, fixed mtimes, so the same package gives the same bytes.
 # Needs: dpkg --add-architecture arm64 and apt-get update (scripts/setup.sh does both), and
@@ -25,24 +25,6 @@ if [ -z "$deb" ]; then
   deb=$(echo "$work"/busybox-static_*_arm64.deb)
 fi
 dpkg-deb -x "$deb" "$work/pkg"
-bb="$work/pkg/bin/busybox"
-root="$work/rootfs"
-mkdir -p "$root"
-cd "$root"
-mkdir -p bin sbin usr/bin usr/sbin etc root tmp proc sys dev var/tmp home
-chmod 1777 tmp var/tmp
-chmod 700 root
-cp "$bb" bin/busybox
-chmod 755 bin/busybox
-for applet in $("$qemu" "$bb" --list); do
-  [ "$applet" = busybox ] || ln -sf busybox "bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > etc/passwd
-printf 'root:x:0:\nnogroup:x:65534:\n' > etc/group
-: > etc/hosts
-: > etc/resolv.conf
-find . -exec touch -h -d '2020-01-01 00:00:00 UTC' {} +
-tmp_out="$out.tmp.$$"
-tar --sort=name --numeric-owner --owner=0 --group=0 --mtime='2020-01-01 00:00:00 UTC' \
-    --format=pax --pax-option=delete=atime,delete=ctime -C "$root" -cf "$tmp_out" .
-mv "$tmp_out" "$out"
+# the same tree and tar as this machine's rootfs, with the arm64 busybox listed under QEMU
+BUSYBOX="$work/pkg/bin/busybox" BUSYBOX_RUNNER="$qemu" \
+  sh "$(dirname "$0")/make-busybox-rootfs.sh" "$out"

@@ -2,11 +2,13 @@
 # Make a tiny busybox rootfs tarball from Debian's busybox-static: bin/busybox, a relative
 # symlink per applet, /etc/passwd and /etc/group, the usual empty dirs. Deterministic: sorted,
 # numeric owners 0:0, fixed mtimes, so the same busybox gives the same bytes.
+# BUSYBOX=FILE takes another busybox binary (make-arm64-busybox-rootfs.sh passes an arm64 one)
+# and BUSYBOX_RUNNER=PROGRAM runs it to list its applets (there: qemu-aarch64-static).
 # usage: make-busybox-rootfs.sh OUT.tar
 set -eu
 out=$(realpath -m "${1:?usage: make-busybox-rootfs.sh OUT.tar}")
-bb=/bin/busybox
-[ -x "$bb" ] || { echo "need Debian's busybox-static (/bin/busybox)" >&2; exit 1; }
+bb=${BUSYBOX:-/bin/busybox}
+[ -x "$bb" ] || { echo "need Debian's busybox-static ($bb)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
@@ -17,7 +19,8 @@ chmod 1777 tmp var/tmp
 chmod 700 root
 cp "$bb" bin/busybox
 chmod 755 bin/busybox
-for applet in $("$bb" --list); do
+# shellcheck disable=SC2086 # BUSYBOX_RUNNER is a command word, or nothing
+for applet in $(${BUSYBOX_RUNNER:-} "$bb" --list); do
   [ "$applet" = busybox ] || ln -sf busybox "bin/$applet"
 done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > etc/passwd
