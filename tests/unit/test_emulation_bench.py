@@ -113,3 +113,13 @@ def test_the_report_has_a_row_per_builder_and_says_what_failed(bench: ModuleType
     assert "| buildah-overlay | 0.05 | 0.12 | 0.40 | 0.20 | 0.71 | 1.00 |" in lines
     assert "docker-buildkit: CANNOT RUN: importing busybox-arm64.oci.tar failed: y" in text
     assert "podman arm64 cpu FAILED r1: build failed (125): x" in lines
+
+
+def test_a_timed_build_gives_its_exit_status_and_its_output_to_the_log(
+        bench: ModuleType, tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    with log.open("w") as out:
+        rc, seconds = bench.timed_run(["sh", "-c", "echo built; echo oops >&2; exit 3"], {},
+                                      out)
+    assert rc == 3 and isinstance(seconds, float)
+    assert log.read_text().splitlines() == ["built", "oops"]
