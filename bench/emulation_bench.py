@@ -45,13 +45,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_bench as bb  # noqa: E402  -- the peers' setup, services and load measure
@@ -428,23 +427,6 @@ def versions(python: str, work_dir: Path) -> list[str]:
 # --- the measurement ----------------------------------------------------------------------
 
 
-def timed_run(argv: list[str], env: dict[str, str], out: IO[str]) -> tuple[int, float]:
-    """(exit status, wall seconds) of one build. Not `subprocess.run(timeout=...)`: with a
-    timeout, Popen.wait polls with sleeps that grow to 50 ms, so every time it measures is
-    rounded up to the next poll (builds came out at 0.064, 0.114, 0.164 s ...). A plain
-    wait blocks in waitpid and returns when the builder exits; a timer kills a hung one."""
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, env=env, cwd=PROJECT, stdin=subprocess.DEVNULL,
-                               stdout=out, stderr=out)
-    timer = threading.Timer(bb.TIMEOUT, process.kill)
-    timer.start()
-    try:
-        rc = process.wait()
-    finally:
-        timer.cancel()
-    return rc, time.perf_counter() - started
-
-
 @dataclass
 class Bench:
     contexts: Contexts
@@ -459,7 +441,7 @@ class Bench:
         argv, env = builder.command(ctx, arch)
         os.sync()
         with log.open("w") as out:
-            rc, seconds = timed_run(argv, env, out)
+            rc, seconds = bb.timed_run(argv, env, out, cwd=PROJECT)
         if rc != 0:
             raise bb.Failed(f"build failed ({rc}): {bb._tail(log, 3)} [{log}]")
         if workload == "cpu":

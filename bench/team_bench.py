@@ -36,7 +36,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from build_bench import (  # noqa: E402  (the sibling script, not a package)
     services_up,
     setup_peers,
     stop_services,
+    timed_run,
     wait_quiet,
 )
 
@@ -244,11 +244,8 @@ def measure(teams: list[Team], rounds: int, logs: Path, say: Callable[[str], Non
                 argv, env = team.import_command()
                 subprocess.run(["sync"], check=False)
                 log = logs / f"{team.name}.r{n + 1}.log"
-                started = time.perf_counter()
                 with log.open("w") as out:
-                    rc = subprocess.run(argv, env=env, stdout=out, stderr=out, cwd=PROJECT,
-                                        timeout=TIMEOUT).returncode
-                seconds = time.perf_counter() - started
+                    rc, seconds = timed_run(argv, env, out, cwd=PROJECT)
                 if rc != 0:
                     raise Failed(f"build failed ({rc}): {_tail(log)}")
                 reused = team.artifact(logs) == exported[team.name]

@@ -119,7 +119,7 @@ def test_a_timed_build_gives_its_exit_status_and_its_output_to_the_log(
         bench: ModuleType, tmp_path: Path) -> None:
     log = tmp_path / "build.log"
     with log.open("w") as out:
-        rc, seconds = bench.timed_run(["sh", "-c", "echo built; echo oops >&2; exit 3"], {},
+        rc, seconds = bench.bb.timed_run(["sh", "-c", "echo built; echo oops >&2; exit 3"], {},
                                       out)
     assert rc == 3 and isinstance(seconds, float)
     assert log.read_text().splitlines() == ["built", "oops"]
