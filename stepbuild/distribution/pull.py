@@ -31,7 +31,7 @@ from __future__ import annotations
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from stepbuild.distribution.connection import Connection
 from stepbuild.distribution.display import TransferDisplay, blob_key
@@ -53,11 +53,15 @@ from stepbuild.progress import human_size
 from stepbuild.store.received import put_received
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from stepbuild.config.rules import Endpoint
     from stepbuild.distribution.client import Registry
     from stepbuild.store.store import Store
 
-__all__ = ["PULL_POLICIES", "PullResult", "base_image", "pull"]
+T = TypeVar("T")
+
+__all__ = ["PULL_POLICIES", "PullResult", "base_image", "first_serving", "pull"]
 
 PULL_POLICIES = ("missing", "always", "never")
 MIRROR_RETRIES = 1  # a mirror that fails twice is skipped: the registry itself is next
@@ -120,20 +124,32 @@ def pull(store: Store, reference: str, *, connection: Connection | None = None,
 def _from_endpoints(store: Store, ref: Reference, endpoints: list[Endpoint],
                     connection: Connection, display: TransferDisplay, jobs: int,
                     platform: Platform) -> PullResult:
-    """Pull from the first endpoint that serves `ref` (see the module docstring). The last
-    endpoint's error is raised, with the mirrors' failures in its message."""
+    """Pull from the first endpoint that serves `ref` (see the module docstring)."""
+
+    def attempt(registry: Registry, endpoint: Endpoint) -> PullResult:
+        try:
+            result = _Puller(store, registry, ref, endpoint.repository, display, jobs,
+                             platform).run()
+        except OSError as exc:
+            raise StepbuildError(f"pull of {ref} failed: {exc.strerror or exc}"
+                                 + (f": {exc.filename}" if exc.filename else "")) from exc
+        return replace(result, source=f"{endpoint.host}/{endpoint.repository}")
+
+    return first_serving(endpoints, connection, display, attempt)
+
+
+def first_serving(endpoints: list[Endpoint], connection: Connection,
+                  display: TransferDisplay, attempt: Callable[[Registry, Endpoint], T]) -> T:
+    """`attempt` on each endpoint in turn (mirrors first, each retried `MIRROR_RETRIES`
+    times), until one does not raise a RegistryError; a mirror that fails is skipped with a
+    note. The last endpoint's error is raised, with the mirrors' failures in its message."""
     skipped: list[str] = []
     for endpoint in endpoints:
         source = f"{endpoint.host}/{endpoint.repository}"
         with connection.open_endpoint(
                 endpoint, retries=MIRROR_RETRIES if endpoint.mirror else None) as registry:
             try:
-                result = _Puller(store, registry, ref, endpoint.repository, display, jobs,
-                                 platform).run()
-                return replace(result, source=source)
-            except OSError as exc:
-                raise StepbuildError(f"pull of {ref} failed: {exc.strerror or exc}"
-                                     + (f": {exc.filename}" if exc.filename else "")) from exc
+                return attempt(registry, endpoint)
             except RegistryError as exc:
                 if endpoint is endpoints[-1]:
                     if not skipped:

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 from stepbuild.distribution.connection import Connection
 from stepbuild.distribution.display import TransferDisplay
 from stepbuild.distribution.local_names import local_name
-from stepbuild.distribution.pull import MIRROR_RETRIES, PullResult, pull
+from stepbuild.distribution.pull import PullResult, first_serving, pull
 from stepbuild.distribution.reference import Reference, parse_reference
 from stepbuild.distribution.workers import DEFAULT_JOBS
-from stepbuild.errors import PlatformNotFound, RegistryError, UsageError
+from stepbuild.errors import PlatformNotFound, UsageError
 from stepbuild.oci import documents as oci
 from stepbuild.oci.platform import Platform, select
 from stepbuild.store.images import entry_for, index_platforms
@@ -53,7 +53,7 @@ def pull_platforms(store: Store, reference: str, *, platform: Platform | None = 
     ref = parse_reference(reference)
     connection = connection or Connection()
     display = display or TransferDisplay(quiet=True)
-    data, media_type, top = _top(connection, ref)
+    data, media_type, top = _top(connection, ref, display)
     if media_type not in oci.INDEX_TYPES:
         return _single(store, ref, platform, connection, display, jobs)
     index = oci.Index.from_bytes(data, f"index {top}")
@@ -69,20 +69,15 @@ def pull_platforms(store: Store, reference: str, *, platform: Platform | None = 
                    digest=top, manifest_digest=result.manifest_digest or top, name=name)
 
 
-def _top(connection: Connection, ref: Reference) -> tuple[bytes, str, str]:
+def _top(connection: Connection, ref: Reference, display: TransferDisplay
+         ) -> tuple[bytes, str, str]:
     """The document `ref` names (data, media type, digest), from the first endpoint that
-    serves it; the registry's own error when none does."""
+    serves it (mirrors first; a mirror that fails is skipped with a note, and named in the
+    registry's error when every source fails, as a pull does)."""
     endpoints = connection.pull_endpoints(ref.registry, ref.repository,
                                           by_digest=ref.digest is not None)
-    for endpoint in endpoints:
-        retries = MIRROR_RETRIES if endpoint.mirror else None
-        with connection.open_endpoint(endpoint, retries=retries) as registry:
-            try:
-                return registry.get_manifest(endpoint.repository, ref.identifier)
-            except RegistryError:
-                if endpoint is endpoints[-1]:
-                    raise
-    raise AssertionError("unreachable: the registry itself is the last endpoint")
+    return first_serving(endpoints, connection, display, lambda registry, endpoint:
+                         registry.get_manifest(endpoint.repository, ref.identifier))
 
 
 def _single(store: Store, ref: Reference, platform: Platform | None, connection: Connection,
