@@ -4,6 +4,7 @@ store holds its tar, 0B for entries without a layer, heredocs as written."""
 from __future__ import annotations
 
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tests.integration.builds import (
     store_with_base,
     write_context,
 )
+from tests.integration.containers import Podman
 
 pytestmark = pytest.mark.root
 
@@ -101,3 +103,19 @@ def test_a_cached_rebuild_keeps_the_history_and_the_digest(
 def test_a_missing_image_is_one_clear_line(built: tuple[Stepbuild, str]) -> None:
     sb, _ = built
     assert_clear_error(sb("history", "ghost", check=False), 1, "image 'ghost' not found")
+
+
+def test_podman_sees_the_same_history_and_sizes(built: tuple[Stepbuild, str],
+                                                podman: Podman) -> None:
+    # podman reads the store as an OCI layout; its sizes are those of the layers it unpacked.
+    sb, _ = built
+    pulled = subprocess.run(podman.command("pull", "-q", f"oci:{sb.root}:app"),
+                            capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    theirs = json.loads(subprocess.run(
+        podman.command("history", "--format", "json", pulled.stdout.strip()),
+        check=True, capture_output=True, text=True, timeout=60).stdout)
+    ours = [json.loads(line) for line in
+            sb("history", "--format", "json", "-H=false", "app").stdout.splitlines()]
+    assert [(row["CreatedBy"], int(row["Size"])) for row in ours] == [
+        (row["CreatedBy"], row["size"]) for row in theirs]
