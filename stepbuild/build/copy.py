@@ -178,7 +178,9 @@ def prepare(executor: Executor, copy: ins.Copy | ins.Add, state: ImageState, sco
     origin = f" --from={scope.expand(copy.from_)}" if isinstance(copy, ins.Copy) and (
         copy.from_) else ""
     shown = [next((r.source.shown for r in repos if s == r.written), s) for s in expanded]
-    created_by = f"{word}{flags}{origin} {' '.join([*shown, *(n for n, _ in inline)])} {dest}"
+    # Heredocs as written (`COPY <<EOF /etc/hello`), as BuildKit's dispatchCopy writes them.
+    heredocs = [f"<<{name}" for name, _ in inline]
+    created_by = f"{word}{flags}{origin} {' '.join([*shown, *heredocs])} {dest}"
     work = CopyWork(
         dest=dest, selection=selection, layout=layout, source=source, sources=tuple(sources),
         excludes=tuple(excludes), parents=parents, inline=tuple(inline),

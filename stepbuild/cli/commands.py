@@ -409,13 +409,18 @@ def _image_json(store: Store, descriptor: Descriptor) -> dict[str, object]:
 
 
 def history(options: argparse.Namespace) -> int:
-    from stepbuild.cli import platform_select
+    """`stepbuild history IMAGE`: its history entries, newest first, with each layer's size
+    (cli/history_table.py)."""
+    from datetime import UTC, datetime
+
+    from stepbuild.cli import history_table, platform_select
 
     store = open_store(options)
-    config = store.config(store.manifest(platform_select.image(store, options.image, options)))
-    for entry in reversed(config.to_json().get("history", [])):
-        layer = "-" if entry.get("empty_layer") else "layer"
-        print(f"{entry.get('created', ''):<21} {layer:<6} {entry.get('created_by', '')}")
+    descriptor = platform_select.image(store, options.image, options)
+    manifest = store.manifest(descriptor)
+    rows = history_table.entries(descriptor.digest, manifest, store.config(manifest))
+    for line in history_table.render(rows, options, datetime.now(UTC)):
+        print(line)
     return 0
 
 

@@ -86,8 +86,12 @@ example:
 example:
   stepbuild inspect app:1 | jq .config.config.Env""",
     "history": """\
-example:
-  stepbuild history app:1""",
+SIZE is each layer's uncompressed size (0B for an entry without a layer: ENV, CMD...).
+
+examples:
+  stepbuild history app:1
+  stepbuild history --no-trunc -H=false app:1
+  stepbuild history --format json app:1 | jq -r .Size""",
     "rmi": """\
 example:
   stepbuild rmi app:1 && stepbuild prune""",

@@ -125,6 +125,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     from stepbuild.cli import (
         build_flags,
         context_flags,
+        history_table,
         limit_flags,
         output_flags,
         platform_flags,
@@ -222,6 +223,8 @@ def _add_store_commands(commands: Subcommands) -> None:
         sub.set_defaults(run=func)
         if name in _PLATFORM_HELP:
             platform_select.add_argument(sub, _PLATFORM_HELP[name])
+        if name == "history":
+            history_table.add_arguments(sub)
     export = commands.add_parser("export", help="write an image as an OCI or docker archive,"
                                  " an OCI layout, or its root filesystem")
     export.add_argument("image")

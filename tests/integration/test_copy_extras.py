@@ -188,7 +188,7 @@ def repo(git_server: GitServer, tmp_path: Path, request: pytest.FixtureRequest
 
 
 def history(sb: Stepbuild, image: str = "img") -> str:
-    return sb("history", image).stdout
+    return sb("history", "--no-trunc", image).stdout
 
 
 def diff_ids(sb: Stepbuild, image: str = "img") -> list[str]:

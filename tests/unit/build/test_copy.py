@@ -22,6 +22,7 @@ from stepbuild.build.copy import (
 from stepbuild.build.copy_files import Owner
 from stepbuild.build.plan import Scope
 from stepbuild.build.state import ImageState
+from stepbuild.build.step import PreparedStep
 from stepbuild.build.users import UserError
 from stepbuild.errors import BuildError, ContextError, SourceNotFound
 from stepbuild.frontend import instructions as ins
@@ -125,17 +126,22 @@ def test_a_source_swapped_for_a_symlink_loop_after_hashing_is_named(
 # --- the key of the steps issue 11 changed ------------------------------------------------------
 
 
-def prepared_inputs(text: str) -> dict[str, Any]:
-    """The key inputs of a COPY (after a stage `src`) that reads no build context."""
+def prepared(text: str) -> PreparedStep:
+    """The prepared COPY (after a stage `src`) that reads no build context."""
     stepfile = parse("FROM scratch AS src\nFROM scratch\n" + text)
     copy = stepfile.instructions[-1]
-    assert isinstance(copy, ins.Copy)
+    assert isinstance(copy, ins.Copy | ins.Add)
     stages = SimpleNamespace(filename="Stepfile",
                              find=lambda name: SimpleNamespace(index=0) if name == "src" else None)
     run = SimpleNamespace(stages=stages, results={0: ImageState()},
                           named_source=lambda name, instruction: None)
     executor = SimpleNamespace(context=None, source_date_epoch=None)
-    return dict(prepare(executor, copy, ImageState(), Scope(), run).inputs)
+    return prepare(executor, copy, ImageState(), Scope(), run)
+
+
+def prepared_inputs(text: str) -> dict[str, Any]:
+    """The key inputs of a COPY (after a stage `src`) that reads no build context."""
+    return dict(prepared(text).inputs)
 
 
 @pytest.mark.parametrize(("text", "marked"), [
@@ -149,3 +155,15 @@ def test_steps_made_differently_now_cannot_hit_old_records(text: str, marked: bo
     # result changed has `copy_rules` in its key; other steps' keys stay as they were.
     inputs = prepared_inputs(text)
     assert (inputs.get("copy_rules") == COPY_RULES) is marked
+
+
+@pytest.mark.parametrize(("text", "created_by"), [
+    ("COPY <<EOF /etc/hello\nhi\nEOF\n", "COPY <<EOF /etc/hello"),
+    ("COPY <<-EOF <<'RAW' /etc/\n\tx\nEOF\ny\nRAW\n", "COPY <<EOF <<RAW /etc/"),
+    ("ADD --link <<conf.ini /etc/\nk=v\nconf.ini\n", "ADD --link <<conf.ini /etc/"),
+    ("COPY --from=src /a <<EOF /b/\nx\nEOF\n", "COPY --from=src /a <<EOF /b/"),
+])
+def test_heredoc_sources_are_in_the_history_as_written(text: str, created_by: str) -> None:
+    # BuildKit's dispatchCopy: the paths, then `<<NAME` per heredoc (no quotes, no `-`), then
+    # the destination. Before issue 16 the `<<` was lost: `COPY EOF /etc/hello`.
+    assert prepared(text).created_by == created_by
