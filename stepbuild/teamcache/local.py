@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,25 +179,34 @@ class LocalDir:
         return [_entry(path, record, newest) for path, record in records]
 
     def delete(self, plan: Plan, now: float) -> int:
-        """Remove the records `plan` drops, then every blob no kept record names (an orphan
-        only past ORPHAN_GRACE); return the bytes removed. Call under `locked(exclusive)`."""
+        """Remove the records `plan` drops, then the blobs it frees and the orphans
+        (`orphans`); return the bytes removed. Call under `locked(exclusive=True)`."""
         for entry in plan.drop:
             prefix, _, name = entry.name.rpartition("/")
             (self.root / ("cache-mounts" if prefix else "keys") / f"{name}.json").unlink(
                 missing_ok=True)
-        named = {d for e in plan.drop for d, _ in e.blobs}
-        needed = {d for e in plan.keep for d, _ in e.blobs}
+        doomed = {**self.orphans([*plan.keep, *plan.drop], now),
+                  **{d: s for e in plan.drop for d, s in e.blobs if d in plan.freed_blobs}}
         freed = 0
-        for blob in sorted((self.root / "blobs" / "sha256").iterdir()):
-            digest = f"sha256:{blob.name}"
-            if digest in needed:
-                continue
-            info = blob.lstat()
-            if digest in named or now - info.st_mtime > ORPHAN_GRACE:
-                blob.unlink(missing_ok=True)
-                freed += info.st_size
+        for digest in sorted(doomed):
+            with suppress(FileNotFoundError):
+                path = self._blob(digest)
+                size = path.lstat().st_size
+                path.unlink()
+                freed += size
         return freed
 
+    def orphans(self, entries: Iterable[Entry], now: float) -> dict[str, int]:
+        """digest → size of each blob no entry names, older than ORPHAN_GRACE."""
+        named = {d for e in entries for d, _ in e.blobs}
+        found = {}
+        with suppress(FileNotFoundError):
+            for blob in (self.root / "blobs" / "sha256").iterdir():
+                info = blob.lstat()
+                digest = f"sha256:{blob.name}"
+                if digest not in named and now - info.st_mtime > ORPHAN_GRACE:
+                    found[digest] = info.st_size
+        return found
 
 def _used(path: Path, record: dict[str, Any]) -> float:
     """A record's last export: its `used` stamp, else its file's mtime (each export rewrites
