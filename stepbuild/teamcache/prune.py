@@ -8,7 +8,8 @@ which to keep and which to drop under a `Policy`:
 - `until`: an entry last used before this time is dropped, whatever else holds;
 - `keep_storage`: then, while the blobs of the kept entries add up to more than this, the
   least recently used entry is dropped — except an entry of a writer's newest export (the
-  build a colleague or a runner just made: the next one most likely needs every step of it).
+  build a colleague or a runner just made: the next one most likely needs every step of it)
+  and one without a blob (an ENV or WORKDIR step: dropping it frees nothing).
 
 A blob is freed only when no kept entry names it: layers shared between keys stay while any
 of them does. The backend then deletes what the plan drops (`Plan.drop`, `Plan.freed_blobs`).
@@ -98,7 +99,7 @@ def _over_size(kept: Sequence[Entry], limit: int) -> set[str]:
     for entry in kept:  # already least recently used first
         if total <= limit:
             break
-        if entry.newest:
+        if entry.newest or not entry.blobs:  # (a record without a blob frees nothing)
             continue
         drop.add(entry.name)
         for digest, size in entry.blobs:
