@@ -30,6 +30,8 @@ from tests.integration.builds import (
 
 pytestmark = pytest.mark.root
 
+plain_registry = registry_fixture.plain_registry
+
 OLD = ("FROM base\n"
        "RUN head -c 400000 /dev/urandom > /old-big\n"
        "RUN echo old > /old\n")
@@ -198,3 +200,90 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
         for word in words:
             assert word in result.stderr, result.stderr
+
+
+# --- the registry backend's races, with small synthetic records ---------------------------------
+
+
+def test_a_writer_exporting_during_a_prune_loses_nothing(
+        tmp_path: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
+    """A prune reads the cache; writer A exports again before the prune writes. A's new
+    writer tag revision survives the fold (the prune deletes only the revision it read), so
+    every key A just exported is still found, and every record's blob is still there."""
+    from stepbuild.teamcache.prune import Policy, plan
+    from stepbuild.teamcache.registry import RegistryCache, writer_id, writer_tag
+    from stepbuild.teamcache.registry_prune import RegistryInventory
+    from tests.integration.test_cache_registry import key, read_keys
+
+    ref = f"{plain_registry.host}/race/cache:main"
+    a, b = StampedWriter(tmp_path / "a", ref), StampedWriter(tmp_path / "b", ref)
+    a.export([key("a-old")], used=1000.0)
+    b.export([key("b-new")], used=3000.0)
+    pruner = RegistryCache(ref, Connection(), tmp_path / "pruner", print)
+    inventory = RegistryInventory(pruner)
+    inventory.read()
+    outcome = plan(inventory.entries(), Policy(until=2000.0))
+    assert [e.name for e in outcome.drop] == [key("a-old")]
+    a.export([key("a-during")], used=4000.0)  # between the prune's read and its fold
+    # B's writer tag goes; A's export already replaced (and deleted) the revisions of A's tag
+    # and of TAG the prune read: deleting them again finds nothing.
+    assert inventory.fold(outcome) == 1
+    assert set(_tags_of(plain_registry.host, "race/cache")) == {
+        "main", writer_tag("main", writer_id(tmp_path / "a"))}
+    found, warnings = read_keys(ref, tmp_path / "reader")
+    assert {key("b-new"), key("a-during")} <= found and not warnings
+    registry = Connection().open(plain_registry.host, "race/cache")
+    reader = RegistryCache(ref, Connection(), tmp_path / "reader", print)
+    for name in found:
+        layer = reader.record(name)["layer"]
+        assert registry.has_blob("race/cache", layer["digest"]) == layer["size"]
+    reader.close()
+    registry.close()
+    pruner.close()
+
+
+def test_an_export_deletes_the_revision_it_replaces(
+        tmp_path: Path, plain_registry: registry_fixture.RunningRegistry) -> None:
+    """Each write of a writer tag or TAG deletes the manifest it replaced, so that the
+    registry's GC can free what only old revisions named."""
+    from tests.integration.test_cache_registry import key
+
+    ref = f"{plain_registry.host}/revisions/cache:main"
+    writer = StampedWriter(tmp_path / "w", ref)
+    writer.export([key("one")], used=1000.0)
+    first = _tags_of(plain_registry.host, "revisions/cache")
+    writer.export([key("two")], used=2000.0)
+    second = _tags_of(plain_registry.host, "revisions/cache")
+    assert set(first) == set(second) and len(first) == 2
+    registry = Connection().open(plain_registry.host, "revisions/cache")
+    for tag, digest in first.items():
+        assert second[tag] != digest
+        assert registry.head_manifest("revisions/cache", digest) is None, tag
+    registry.close()
+
+
+class StampedWriter:
+    """test_cache_registry's Writer, its records stamped with `used` as a new export's are."""
+
+    def __init__(self, root: Path, ref: str) -> None:
+        from tests.integration.test_cache_registry import Writer
+
+        self.writer = Writer(root, ref)
+
+    def export(self, keys: list[str], used: float) -> None:
+        from stepbuild.teamcache.records import stamp
+
+        cache = self.writer.cache
+        cache.prepare()
+        for name in keys:
+            cache.put_record(name, {**self.writer.pushed_record(name), "used": stamp(used)})
+        cache.finish()
+
+
+def _tags_of(host: str, repo: str) -> dict[str, str]:
+    registry = Connection().open(host, repo)
+    try:
+        return {tag: head[0] for tag in registry.list_tags(repo)
+                if (head := registry.head_manifest(repo, tag)) is not None}
+    finally:
+        registry.close()
