@@ -109,7 +109,10 @@ class LocalDir:
         for sub in ("blobs/sha256", "keys", "cache-mounts", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._held.close()
-        self._held.enter_context(flocked(self.root, exclusive=False, directory=True))
+        # A lock that cannot be taken never fails an export: it is then as unlocked as an
+        # older stepbuild's, which ORPHAN_GRACE covers.
+        with suppress(OSError):
+            self._held.enter_context(flocked(self.root, exclusive=False, directory=True))
         layout = self.root / "oci-layout"
         if not layout.exists():
             self._write(layout, b'{"imageLayoutVersion":"1.0.0"}')
@@ -159,7 +162,14 @@ class LocalDir:
         record), shared to list."""
         if not self.root.is_dir():
             raise CacheError(f"no team cache directory {self.root}")
-        with flocked(self.root, exclusive=exclusive, directory=True):
+        with ExitStack() as held:
+            try:
+                held.enter_context(flocked(self.root, exclusive=exclusive, directory=True))
+            except OSError as exc:
+                # e.g. NFS, where flock is a POSIX lock and an exclusive one needs a fd
+                # open for writing
+                raise CacheError(f"cannot lock the team cache directory {self.root}:"
+                                 f" {exc.strerror or exc}") from None
             yield
 
     def inventory(self) -> list[Entry]:
