@@ -124,6 +124,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     """The commands that use the store (implemented in stepbuild/cli/commands.py)."""
     from stepbuild.cli import (
         build_flags,
+        cache_command,
         context_flags,
         history_table,
         limit_flags,
@@ -253,6 +254,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
     _add_registry_commands(commands)
+    cache_command.add_parser(commands)  # stepbuild cache ls|du|prune
 
 
 def _add_registry_commands(commands: Subcommands) -> None:

@@ -241,6 +241,23 @@ class Registry:
         self._http.retry(attempt)
         return digest
 
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete the manifest `digest` (and, as Distribution does, every tag on it); False
+        if it was not there. A registry with deletes off answers 405 (`RegistryError`)."""
+        check_repository(repo)
+        if not is_digest(digest):
+            raise ValueError(f"a manifest is deleted by digest, not {digest!r}")
+
+        def attempt() -> bool:
+            resp = self._http.request(
+                "DELETE", f"/v2/{repo}/manifests/{digest}", expect=(200, 202, 404),
+                scopes=(repository_scope(repo, "delete"),),
+                what=_manifest_name(repo, digest))
+            with resp:
+                return resp.status_code != 404
+
+        return self._http.retry(attempt)
+
     def list_tags(self, repo: str) -> list[str]:
         """Every tag of the repository, following the registry's pagination (`Link`)."""
         check_repository(repo)

@@ -57,6 +57,7 @@ from stepbuild.teamcache.records import (
     MOUNT_SCHEMA,
     CacheError,
     make_record,
+    stamp,
 )
 
 if TYPE_CHECKING:
@@ -508,18 +509,26 @@ class TeamCache:
     def _export_to(self, backend: CacheBackend, steps: list[_Used],
                    compressed_layer: Callable[[Store, str, str], Descriptor],
                    mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
+        import time
+
+        from stepbuild.teamcache.registry import writer_id
+
+        # Every record of this export carries its time and writer: `stepbuild cache prune`
+        # keeps keys by last use and never drops a writer's newest export for space.
+        used, writer = stamp(time.time()), writer_id(self.store.root)
         backend.prepare()
         for name, record, blob in mounts:  # a record only after its blob is there
             backend.put_file(record["digest"], record["size"], blob)
-            backend.put_mount_record(name, record)
-        for used in steps:  # a record only after its blob is there
+            backend.put_mount_record(name, {**record, "used": used, "writer": writer})
+        for step in steps:  # a record only after its blob is there
             layer = None
-            if used.diff_id is not None:
-                desc = compressed_layer(self.store, used.diff_id, "gzip")
-                backend.put_blob(self.store, used.diff_id, desc)
+            if step.diff_id is not None:
+                desc = compressed_layer(self.store, step.diff_id, "gzip")
+                backend.put_blob(self.store, step.diff_id, desc)
                 layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-            backend.put_record(used.key, make_record(used.key, used.diff_id, layer,
-                                                     used.created, used.created_by))
+            backend.put_record(step.key, make_record(step.key, step.diff_id, layer,
+                                                     step.created, step.created_by, used,
+                                                     writer))
         backend.finish()
         return len(steps)
 

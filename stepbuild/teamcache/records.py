@@ -2,9 +2,14 @@
 
 A step record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null,
 "created", "created_by"}`. A cache-mount record: `{"schema", "id", "identity", "digest",
-"size"}`, named by the hash of the cache's identity. Both backends (`local.py`, `registry.py`)
-store these bytes as they are; every record read from a source is checked here before it is
-trusted, because a shared cache is written by other machines.
+"size"}`, named by the hash of the cache's identity. Since issue 16 an export also stamps
+each record it writes with `"used"` (when it was exported: its last use, for `stepbuild cache
+prune`) and `"writer"` (the exporting store's `registry.writer_id`). Both are optional and
+unchecked beyond their type: older readers ignore them, and an older record without them
+counts as last used when it was created (or, in a directory, when its file was written).
+Both backends (`local.py`, `registry.py`) store these bytes as they are; every record read
+from a source is checked here before it is trusted, because a shared cache is written by
+other machines.
 """
 
 from __future__ import annotations
@@ -28,9 +33,38 @@ class CacheError(StepbuildError):
 
 
 def make_record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
-            created_by: str) -> dict[str, Any]:
-    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
-            "created": created, "created_by": created_by}
+                created_by: str, used: str | None = None, writer: str | None = None
+                ) -> dict[str, Any]:
+    record = {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
+              "created": created, "created_by": created_by}
+    if used is not None:
+        record["used"] = used
+    if writer is not None:
+        record["writer"] = writer
+    return record
+
+
+def stamp(when: float) -> str:
+    """A record's `used` stamp: RFC 3339 UTC with microseconds (two exports a moment apart
+    still differ, and the stamps sort as text)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def used_at(record: dict[str, Any]) -> float | None:
+    """When a record was last exported (its `used`, else its `created`), in seconds since the
+    epoch; None when neither parses."""
+    from datetime import datetime
+
+    for field in ("used", "created"):
+        value = record.get(field)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
 
 
 def check_record(key: str, record: Any) -> dict[str, Any]:
@@ -43,6 +77,9 @@ def check_record(key: str, record: Any) -> dict[str, Any]:
     if not isinstance(record.get("created"), str) or not isinstance(record.get("created_by"),
                                                                       str):
         raise CacheError(f"cache record {key}: bad created/created_by")
+    if not isinstance(record.get("used", ""), str) or not isinstance(record.get("writer", ""),
+                                                                        str):
+        raise CacheError(f"cache record {key}: bad used/writer")
     if diff_id is None:
         if layer is not None:
             raise CacheError(f"cache record {key}: a layer without a diff_id")

@@ -20,8 +20,11 @@ A reader fetches TAG's map, lists the repository's tags and fetches only the wri
 current digest TAG has not folded in yet — usually none, so a build costs one tag list and a
 HEAD per writer besides the map. A digest reference (`REPO@sha256:…`) is one fixed map.
 
-Writer tags are never deleted (the Distribution API's tag delete is off by default): there is
-one per store that ever exported to TAG.
+Every write of a tag deletes the manifest revision it replaces (when that revision is surely
+this tag's alone: a writer tag names its writer in `dev.stepbuild.cache.writer`, TAG names
+itself in `dev.stepbuild.cache.tag`), so a registry's garbage collection can free the blobs of
+keys no map names any more; a registry with deletes off just keeps them. Writer tags are
+deleted only by `stepbuild cache prune` (`registry_prune.py`), which folds them into TAG.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ __all__ = ["RegistryCache", "writer_id", "writer_tag"]
 
 TAG_ANNOTATION = "dev.stepbuild.cache.tag"
 WRITERS_ANNOTATION = "dev.stepbuild.cache.writers"
+WRITER_ANNOTATION = "dev.stepbuild.cache.writer"
 WRITER_INFIX = ".w-"
 _MAX_TAG = 128  # the Distribution spec's limit on a tag's length
 MAX_WRITERS = 256  # writer tags read per build: one HEAD each
@@ -125,6 +129,8 @@ class RegistryCache:
         self.entries: dict[str, Any] | None = None  # the merged map, once read
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._annotations: dict[str, Any] = {}  # tag → annotations of its manifest, as read
+        self._main_digest = ""  # TAG's manifest digest, as last read
 
     @property
     def registry(self) -> Registry:
@@ -140,6 +146,11 @@ class RegistryCache:
     @property
     def tag(self) -> str:
         return self.ref.digest or self.ref.tag or "latest"
+
+    @property
+    def writer_prefix(self) -> str:
+        """What TAG's writer tags start with (a long TAG is cut as writers cut it)."""
+        return writer_tag(self.tag, "0" * 16)[:-16]
 
     # --- import ---------------------------------------------------------------------------
 
@@ -172,7 +183,7 @@ class RegistryCache:
                      ) -> tuple[dict[str, Any], dict[str, str]]:
         """(TAG's map with every writer tag not folded into it yet, writer tag → manifest
         digest of everything merged). A writer tag that cannot be read is skipped (`warn`)."""
-        entries, folded, _ = self._read_tag(self.tag, writers=True)
+        entries, folded, self._main_digest = self._read_tag(self.tag, writers=True)
         if self.ref.digest:
             return entries, folded
         merged, writers = dict(entries), dict(folded)
@@ -185,15 +196,14 @@ class RegistryCache:
                 if warn is not None:
                     warn(f"cache {self.ref}: writer tag {tag}: {exc.message}; skipped")
                 continue
-            for key, value in more.items():
-                merged.setdefault(key, value)
+            merge_newer(merged, more)
             writers[tag] = read_digest
         return merged, writers
 
     def _writer_tags(self) -> Iterator[tuple[str, str]]:
         """(tag, current manifest digest) of TAG's writer tags, by name; at most MAX_WRITERS
         (each costs a request on every build: a registry with more is warned about)."""
-        prefix = writer_tag(self.tag, "0" * 16)[:-16]  # a long TAG is cut as writers cut it
+        prefix = self.writer_prefix
         try:
             tags = self.registry.list_tags(self.ref.repository)
         except StepbuildError:
@@ -228,6 +238,7 @@ class RegistryCache:
                                  f"({annotations.get(TAG_ANNOTATION)!r})")
             folded = json.loads(annotations.get(WRITERS_ANNOTATION, "{}")) if writers else {}
             entries = self._read_config(manifest["config"])
+            self._annotations[tag] = annotations
         except CacheError:
             raise
         except (StepbuildError, ValueError, KeyError, TypeError, OSError) as exc:
@@ -278,14 +289,19 @@ class RegistryCache:
 
     def finish(self) -> None:
         """Add our records to this store's writer tag, then fold all writers into TAG."""
-        own = writer_tag(self.tag, writer_id(self.store_root))
+        writer = writer_id(self.store_root)
+        own = writer_tag(self.tag, writer)
         # Builds on one store export one at a time: they share the writer tag.
         with flocked(StoreLayout(self.store_root).writer_lock, exclusive=True, mode=0o644):
+            previous = ""
             try:
-                entries = self._read_tag(own, owner=self.tag)[0]
+                entries, _, previous = self._read_tag(own, owner=self.tag)
             except CacheError:
                 entries = {}  # unreadable: rewritten from this build's records
-            self._write_map(own, {**entries, **self._pending}, {TAG_ANNOTATION: self.tag})
+            if self._annotations.get(own, {}).get(WRITER_ANNOTATION) != writer:
+                previous = ""  # an older stepbuild's revision may be another tag's too
+            self._write_map(own, {**entries, **self._pending},
+                            {TAG_ANNOTATION: self.tag, WRITER_ANNOTATION: writer}, previous)
         try:
             self._fold()
         except StepbuildError as exc:  # our keys are safe in our writer tag
@@ -296,6 +312,7 @@ class RegistryCache:
         """Best effort: TAG becomes the union of itself and every writer tag, so that readers
         usually need only TAG's map. A TAG that is not our cache is replaced (as BuildKit
         does)."""
+        self._main_digest = ""
         try:
             merged, writers = self._read_merged(warn=None)
         except CacheError:
@@ -303,16 +320,30 @@ class RegistryCache:
             for tag, _digest in self._writer_tags():
                 with suppress(CacheError):
                     more, _, digest = self._read_tag(tag, owner=self.tag)
-                    for key, value in more.items():
-                        merged.setdefault(key, value)
+                    merge_newer(merged, more)
                     writers[tag] = digest
-        self._write_map(self.tag, merged,
-                        {WRITERS_ANNOTATION: json.dumps(writers, sort_keys=True,
-                                                        separators=(",", ":"))})
+        # An older stepbuild's TAG names no tag: delete its revision only if it names a writer
+        # tag of ours (then no other cache's TAG has the same manifest).
+        main = self._annotations.get(self.tag, {}) if self._main_digest else {}
+        ours = main.get(TAG_ANNOTATION) == self.tag or any(
+            t.startswith(self.writer_prefix) for t in json.loads(
+                main.get(WRITERS_ANNOTATION, "{}")))
+        self.write_main(merged, writers, self._main_digest if ours else "")
 
-    def _write_map(self, tag: str, merged: dict[str, Any], annotations: dict[str, str]) -> str:
+    def write_main(self, merged: dict[str, Any], writers: dict[str, str], previous: str) -> str:
+        """TAG becomes `merged`, having folded in `writers` (writer tag → manifest digest);
+        its revision `previous` is deleted. Returns the new manifest's digest."""
+        return self._write_map(self.tag, merged,
+                               {TAG_ANNOTATION: self.tag,
+                                WRITERS_ANNOTATION: json.dumps(writers, sort_keys=True,
+                                                               separators=(",", ":"))},
+                               previous)
+
+    def _write_map(self, tag: str, merged: dict[str, Any], annotations: dict[str, str],
+                   previous: str = "") -> str:
         """Push the map as a config blob and tag an artifact manifest naming it and its
-        blobs; return the manifest's digest."""
+        blobs; return the manifest's digest. The revision `previous` the tag had is then
+        deleted (best effort), so that garbage collection may free what only it named."""
         repo = self.ref.repository
         entries = dict(sorted(_valid(merged).items()))
         config = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
@@ -327,7 +358,21 @@ class RegistryCache:
                                "size": len(config)},
                     "layers": _blobs_of(entries), "annotations": annotations}
         data = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        return str(self.registry.put_manifest(repo, tag, data, MANIFEST_MEDIA_TYPE))
+        digest = str(self.registry.put_manifest(repo, tag, data, MANIFEST_MEDIA_TYPE))
+        if previous and previous != digest:
+            # Readers fetch maps by tag, and blobs live until a GC: nothing in use goes.
+            with suppress(StepbuildError):
+                self.registry.delete_manifest(repo, previous)
+        return digest
+
+
+def merge_newer(merged: dict[str, Any], more: dict[str, Any]) -> None:
+    """Add `more`'s entries to `merged`; of two records of one name, the later export's."""
+    for name, record in more.items():
+        have = merged.get(name)
+        if have is None or (isinstance(record, dict) and isinstance(have, dict)
+                            and str(record.get("used", "")) > str(have.get("used", ""))):
+            merged[name] = record
 
 
 @contextmanager
