@@ -120,8 +120,9 @@ def print_plan(store: Store, planned: PrunePlan, chosen: Policy) -> None:
     for key in planned.evicted:
         path, record = records[key]
         with suppress(FileNotFoundError):
-            age = _duration(max(60, round((now - path.lstat().st_mtime) / 60) * 60))
-            print(f"  {key}  last used {age} ago  {record.created_by if record else '?'}")
+            minutes = round((now - path.lstat().st_mtime) / 60)
+            age = f"{_duration(minutes * 60)} ago" if minutes > 0 else "now"
+            print(f"  {key}  last used {age}  {record.created_by if record else '?'}")
     print(f"would remove {len(planned.evicted)} cache records and free"
           f" {human_size(planned.freed)} (the store: {human_size(planned.before)} →"
           f" {human_size(planned.after)})")

@@ -133,8 +133,8 @@ def plan(store: Store, policy: Policy, *, now: float | None = None,
              for hex_name in {*counted.blobs, *counted.layers} - folded}
     uses = _record_uses(store)
     kept = set().union(*(use.content for use in uses), pinned)
-    garbage = counted.kinds["tmp"].disk + sum(size for hex_name, size in sizes.items()
-                                              if hex_name not in kept)
+    tmp = counted.kinds["tmp"].disk - store.layout.tmp.lstat().st_blocks * 512  # not tmp/
+    garbage = tmp + sum(size for hex_name, size in sizes.items() if hex_name not in kept)
     total = counted.total.disk
     choice = choose(uses, pinned=pinned, sizes=sizes, garbage=garbage, total=total,
                     policy=policy, now=time.time() if now is None else now)
