@@ -442,6 +442,10 @@ def prune(options: argparse.Namespace) -> int:
     if options.dry_run:
         with store.lock(exclusive=False):
             store_flags.print_plan(store, gc.plan(store, policy), policy)
+        if getattr(options, "cache_mounts", False):
+            mounts = store.layout.cache_mounts
+            print(f"would remove {len(os.listdir(mounts)) if mounts.is_dir() else 0} cache"
+                  " mounts")
         return 0
     if not store_flags.confirm(options, policy):
         print("nothing removed", file=sys.stderr)
