@@ -97,8 +97,8 @@ def test_runner_simulation_keeps_the_shared_builder_stage_and_the_size(
     total = next(line for line in sb("du").stdout.splitlines() if line.startswith("total"))
     assert total.split()[1] == human_size(store_size(sb))  # du says what the test measured
     assert freed > 20 * 400_000  # prune did work: 27 builds' payloads went
-    for name in names:
-        assert sb.run(f"app-{name}", "cat", f"/out-{name}").startswith(f"{name} build 2")
+    for last, name in zip((27, 28, 29), names, strict=True):  # each tag: its last build
+        assert sb.run(f"app-{name}", "cat", f"/out-{name}") == f"{name} build {last}\n"
     # It was the records that kept the builder stage: without them it runs again.
     sb("prune", "-f", "--all")
     again = sb.build(app_context(tmp_path, "a", 30), "-t", "app-a", *EPOCH)
