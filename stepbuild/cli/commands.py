@@ -1,4 +1,4 @@
-"""The store commands behind the CLI: build, images, inspect, history, rmi, run, prune, check.
+"""The store commands behind the CLI: build, images, inspect, history, rmi, run, prune, du, check.
 
 Each function takes the parsed options and returns an exit status; errors are raised as
 `StepbuildError` for `cli.main` to print. Heavy modules are imported inside the functions so
@@ -99,6 +99,9 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                            resolved=names_read, transcript=progress.transcript,
                            warnings=list(result.stepfile_warnings), outside=result.outside,
                            keys=result.keys)
+    from stepbuild.cli.store_flags import auto_gc
+
+    auto_gc(options, say=progress_flags.mode(options) != "rawjson")  # gc-keep-storage
     # After --push the digest a pipeline signs and deploys is the registry's.
     # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to
     # stderr, unless that is a rawjson stream (build.done and image.pushed carry it there).
@@ -433,20 +436,37 @@ def rmi(options: argparse.Namespace) -> int:
 
 
 def prune(options: argparse.Namespace) -> int:
+    from stepbuild.cli import store_flags
     from stepbuild.store import gc
     from stepbuild.store.store import Store
 
     # No grace period: prune takes the store lock exclusively, so it waits for every build
     # and run (they hold it shared) and nothing it sees in tmp/ is still in use.
     store = Store(store_root(options.root), grace_period=0)
-    stats = gc.prune(store, keep_cache=False)
-    print(f"removed {stats.layers} layers, {stats.blobs} blobs ({human_size(stats.bytes_freed)}),"
-          f" {stats.cache_records} cache records, {stats.remote_records} remote-blob records,"
-          f" {stats.tmp_entries} temporary entries")
+    policy = store_flags.policy(options)
+    if options.dry_run:
+        with store.lock(exclusive=False):
+            store_flags.print_plan(store, gc.plan(store, policy), policy)
+        if getattr(options, "cache_mounts", False):
+            mounts = store.layout.cache_mounts
+            print(f"would remove {len(os.listdir(mounts)) if mounts.is_dir() else 0} cache"
+                  " mounts")
+        return 0
+    if not store_flags.confirm(options, policy):
+        print("nothing removed", file=sys.stderr)
+        return 1
+    store_flags.print_stats(gc.prune(store, policy=policy))
     if getattr(options, "cache_mounts", False):
         from stepbuild.build.mounts.cache import prune_cache_mounts
 
         print(f"removed {prune_cache_mounts(store)} cache mounts")
+    return 0
+
+
+def du(options: argparse.Namespace) -> int:
+    from stepbuild.cli import store_flags
+
+    store_flags.print_du(open_store(options), verbose=options.verbose)
     return 0
 
 

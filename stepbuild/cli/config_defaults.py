@@ -4,7 +4,8 @@
 values the argparse defaults of the options they stand for, before the command line is
 parsed: `root` for `--root` (only when $STEPBUILD_ROOT is unset: the variable is more
 specific than a file), `jobs` for build's `--jobs`, `network` and `isolation` for the
-`--network` and `--isolation` of build and run. A value outside an option's choices is a
+`--network` and `--isolation` of build and run; `gc-keep-storage` (no flag) for build's
+automatic GC. A value outside an option's choices is a
 `ConfigError` naming the file and key.
 
 A broken config file does not stop `--help`: the error is kept, and every command raises it
@@ -27,6 +28,7 @@ _OPTIONS = {"jobs": "jobs", "network": "network", "isolation": "isolation"}
 
 def install(parser: argparse.ArgumentParser) -> None:
     """Make config.toml's defaults those of `parser` and its subcommands (see above)."""
+    from stepbuild.config.quantities import parse_size
     from stepbuild.config.settings import load_settings
 
     subcommands = _subcommands(parser)
@@ -37,6 +39,9 @@ def install(parser: argparse.ArgumentParser) -> None:
             if key == "root":
                 if not os.environ.get("STEPBUILD_ROOT"):
                     parser.set_defaults(root=value)
+                continue
+            if key == "gc-keep-storage":  # no flag: build's automatic GC (store_flags.py)
+                parser.set_defaults(gc_keep_storage=parse_size(value))
                 continue
             for sub in subcommands:
                 _set_default(sub, _OPTIONS[key], value, source, key)

@@ -94,7 +94,7 @@ examples:
   stepbuild history --format json app:1 | jq -r .Size""",
     "rmi": """\
 example:
-  stepbuild rmi app:1 && stepbuild prune""",
+  stepbuild rmi app:1 && stepbuild prune -f""",
     "tag": """\
 example:
   stepbuild tag app:1 registry.example/app:1""",
@@ -115,8 +115,15 @@ example:
   stepbuild logout registry.example""",
     "prune": """\
 examples:
-  stepbuild prune
-  stepbuild prune --cache-mounts""",
+  stepbuild prune                         (asks; records unused for 48h go)
+  stepbuild prune -f --keep-storage 5GB   (least recently used first, until under 5GB)
+  stepbuild prune --filter until=7d --dry-run
+  stepbuild prune -f --all --cache-mounts
+Without a terminal to ask, prune needs -f (or --dry-run): a usage error otherwise.""",
+    "du": """\
+examples:
+  stepbuild du
+  stepbuild du -v          (apparent sizes too)""",
     "check": """\
 examples:
   stepbuild check

@@ -131,6 +131,7 @@ def _add_store_commands(commands: Subcommands) -> None:
         output_flags,
         platform_flags,
         platform_select,
+        store_flags,
     )
     from stepbuild.cli import commands as impl
 
@@ -200,7 +201,9 @@ def _add_store_commands(commands: Subcommands) -> None:
     build.set_defaults(run=impl.build)
 
     for name, helptext, func in (("images", "list tagged images", impl.images),
-                                 ("prune", "remove what no tag reaches", impl.prune),
+                                 ("prune", "remove cache records not in use and what no"
+                                  " tag reaches", impl.prune),
+                                 ("du", "show what the store spends on disk", impl.du),
                                  ("check", "verify the store's consistency", impl.check)):
         sub = commands.add_parser(name, help=helptext)
         sub.set_defaults(run=func)
@@ -209,6 +212,9 @@ def _add_store_commands(commands: Subcommands) -> None:
         if name == "prune":
             sub.add_argument("--cache-mounts", action="store_true",
                              help="also delete the RUN --mount=type=cache directories")
+            store_flags.add_prune_arguments(sub)
+        if name == "du":
+            store_flags.add_du_arguments(sub)
         if name == "check":
             sub.add_argument("--deep", action="store_true",
                              help="also compare every unpacked layer with its blob")

@@ -242,6 +242,9 @@ def replay(witness: Witness, *, quiet: bool, verbose: bool,
             return False
         if _step_records(layout, saved["records"]) != saved["records"]:
             return False  # a full build would read other step records
+        for key in saved["records"]:  # as a cache hit does (records.touch): prune is LRU
+            with suppress(OSError):
+                os.utime(layout.cache / f"{key}.json")
         if emit is not None:
             _emit(saved, emit)
         else:

@@ -12,6 +12,7 @@ Schema (docs/configuration.md says it for users):
     jobs = 4                    # build --jobs
     network = "default"         # build/run --network
     isolation = "auto"          # build/run --isolation
+    gc-keep-storage = "10GB"    # after a build, prune the store to this size (quantities.py)
 
     [registries."PREFIX"]       # PREFIX: host[:port][/path] or *.domain
     mirrors = ["host[:port][/path]", ...]
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepbuild.config.quantities import parse_size
 from stepbuild.config.rules import Mirror, RegistryRule, RegistryRules
 from stepbuild.config.toml_files import dotted, line_of, read_toml
 from stepbuild.errors import ConfigError
@@ -61,6 +63,13 @@ def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _is_size(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_size(value) > 0
+    except ValueError:
+        return False
+
+
 def _is_str_list(value: Any) -> bool:
     return isinstance(value, list) and all(_is_str(v) for v in value)
 
@@ -71,6 +80,7 @@ _DEFAULT_KEYS: dict[str, tuple[_Check, str]] = {
     "jobs": (_is_positive_int, "a positive integer"),
     "network": (_is_str, "a string"),
     "isolation": (_is_str, "a string"),
+    "gc-keep-storage": (_is_size, "a size such as \"10GB\" or \"500MiB\""),
 }
 _REGISTRY_KEYS: dict[str, tuple[_Check, str]] = {
     "mirrors": (_is_str_list, "a list of strings"),

@@ -2,8 +2,11 @@
 
 `prune(store)`: mark what the tags (and the cache records) reach, then sweep what nothing
 references and is older than the grace period (containerd's tricolor mark, umoci's
-casext/gc.go). `check(store)`: every inconsistency of the store, as a list of one-line
-problems. Both read the store through its public methods and records (store.py, records.py).
+casext/gc.go). With a `Policy` (policy.py), the least recently used cache records go
+first, and with them what only they kept; `plan` says what such a prune would remove and free,
+removing nothing (`prune --dry-run`, `du`). `check(store)`: every inconsistency of the store,
+as a list of one-line problems. Both read the store through its public methods and records
+(store.py, records.py).
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.verify import verify_layer_dir
 from stepbuild.oci.digest import PREFIX, digest_hex, is_digest_hex, sha256_file
 from stepbuild.oci.documents import INDEX_TYPES, MANIFEST_TYPES, Descriptor, validate_layout
+from stepbuild.store.policy import Policy, RecordUse, choose
 from stepbuild.store.records import CACHE_KEY, CacheRecord
 from stepbuild.store.store import STAGING_NAME
+from stepbuild.store.usage import Census, census
 
 if TYPE_CHECKING:
     from stepbuild.store.store import Store
@@ -41,12 +46,28 @@ class PruneStats:
     compressed_records: int = 0
     remote_records: int = 0
     bytes_freed: int = 0
+    disk_freed: int = 0  # with a policy: bytes on disk, as `du` counts them (plan.freed)
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    """What a prune under a policy removes: the cache records (keys, least recently used
+    first), and the store's size before and after (bytes on disk, as `du` counts them)."""
+
+    evicted: tuple[str, ...]
+    before: int
+    after: int
+
+    @property
+    def freed(self) -> int:
+        return self.before - self.after
 
 
 # --- prune --------------------------------------------------------------------------------
 
 
-def prune(store: Store, *, keep_cache: bool = True) -> PruneStats:
+def prune(store: Store, *, keep_cache: bool = True, policy: Policy | None = None,
+          now: float | None = None) -> PruneStats:
     """Delete what nothing references and is older than `store.grace_period`.
 
     Roots: every manifest in index.json (→ its config, layer blobs, and the layer dirs and
@@ -60,6 +81,10 @@ def prune(store: Store, *, keep_cache: bool = True) -> PruneStats:
     unreachable layers. Remote-blob records go, whatever their age, once the layer or config
     they describe is neither reachable nor in the store any more, and when corrupt.
 
+    With `policy`, first the records `plan(store, policy, now)` picks are deleted, whatever
+    their age (`now`: the time last uses are compared with; default the clock); the rest
+    of the records are roots, as with `keep_cache`.
+
     Takes the store lock exclusively (waits for every shared holder) and the index lock.
     Raises `StoreError` without deleting anything if a tagged manifest or its config is
     present but unreadable (its children cannot be marked; run `check()`). A tag whose
@@ -67,8 +92,12 @@ def prune(store: Store, *, keep_cache: bool = True) -> PruneStats:
     """
     with store.lock(exclusive=True), store.index_lock():
         cutoff = time.time() - store.grace_period
-        if keep_cache:
-            cache_records = _sweep_cache(store, cutoff)
+        evicted, disk_freed = 0, 0
+        if policy is not None:
+            planned = plan(store, policy, now=now)
+            evicted, disk_freed = _evict(store, planned.evicted), planned.freed
+        if keep_cache or policy is not None:
+            cache_records = evicted + _sweep_cache(store, cutoff)
             blobs, layers = _mark(store)
         else:
             blobs, layers = _mark(store, include_cache=False)
@@ -82,7 +111,80 @@ def prune(store: Store, *, keep_cache: bool = True) -> PruneStats:
         remote_records = _sweep_remote(store, blobs)  # after the blobs they name
         _sweep_pushed(store)  # hints of images gone: not counted
     return PruneStats(swept_blobs, swept_layers, cache_records, tmp_entries,
-                      compressed_records, remote_records, bytes_freed)
+                      compressed_records, remote_records, bytes_freed, disk_freed)
+
+
+def plan(store: Store, policy: Policy, *, now: float | None = None,
+         counted: Census | None = None) -> PrunePlan:
+    """What `prune(store, policy=policy)` would remove and free; removes nothing.
+
+    `counted`: the store's census if the caller has one (`du`). The sizes assume a prune
+    without grace period (as `stepbuild prune` runs): every temporary entry goes, and every
+    blob and layer nothing keeps. Compressed blobs count with their layer (a compressed-blob
+    record keeps one while its layer stays). Hold the store lock for an exact answer.
+    """
+    counted = census(store.layout) if counted is None else counted
+    pinned = set().union(*reached_by_tag(store).values())
+    compressed = _compressed_by_layer(store, pinned)
+    folded = {c for blobs in compressed.values() for c in blobs}
+    sizes = {hex_name: counted.content(hex_name).disk
+             + sum(counted.blobs[c].disk for c in compressed.get(hex_name, ()) if c in
+                   counted.blobs)
+             for hex_name in {*counted.blobs, *counted.layers} - folded}
+    uses = _record_uses(store)
+    kept = set().union(*(use.content for use in uses), pinned)
+    tmp = counted.kinds["tmp"].disk - store.layout.tmp.lstat().st_blocks * 512  # not tmp/
+    garbage = tmp + sum(size for hex_name, size in sizes.items() if hex_name not in kept)
+    total = counted.total.disk
+    choice = choose(uses, pinned=pinned, sizes=sizes, garbage=garbage, total=total,
+                    policy=policy, now=time.time() if now is None else now)
+    return PrunePlan(choice.evicted, total, choice.projected)
+
+
+def reached_by_tag(store: Store) -> dict[str, set[str]]:
+    """Each ref name (an untagged index entry: its digest) → the hex names of the blobs and
+    layer dirs it reaches."""
+    reached: dict[str, set[str]] = {}
+    for desc in store.read_index().manifests:
+        blobs: set[str] = set()
+        layers: set[str] = set()
+        _mark_manifest(store, desc, blobs, layers)
+        reached.setdefault(desc.ref_name or desc.digest, set()).update(blobs | layers)
+    return reached
+
+
+def _record_uses(store: Store) -> list[RecordUse]:
+    """Every readable cache record with its last use (its file's mtime) and content."""
+    uses = []
+    for path, record in store.cache_records.scan():
+        if record is None or not CACHE_KEY.fullmatch(path.stem):
+            continue  # corrupt: `_sweep_cache` takes it
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        content = frozenset(map(digest_hex, [*record.diff_ids, *record.blobs]))
+        uses.append(RecordUse(path.stem, info.st_mtime, content, info.st_blocks * 512))
+    return uses
+
+
+def _compressed_by_layer(store: Store, pinned: set[str]) -> dict[str, set[str]]:
+    """Layer hex → the hex names of its compressed blobs that the tags do not keep."""
+    found: dict[str, set[str]] = {}
+    for _, desc, hex_name in store.compressed_records.scan():
+        if desc is not None and digest_hex(desc.digest) not in pinned:
+            found.setdefault(hex_name, set()).add(digest_hex(desc.digest))
+    return found
+
+
+def _evict(store: Store, keys: tuple[str, ...]) -> int:
+    """Delete the records of `keys`; how many were there."""
+    removed = 0
+    for key in keys:
+        with suppress(FileNotFoundError):
+            store.cache_records.path(key).unlink()
+            removed += 1
+    return removed
 
 
 def _sweep_pushed(store: Store) -> None:

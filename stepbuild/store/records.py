@@ -1,6 +1,7 @@
 """The store's records: small JSON files that say something about content in the store.
 
-    cache/<key>.json            a `CacheRecord` per step key: what the step produced
+    cache/<key>.json            a `CacheRecord` per step key: what the step produced; its
+                                mtime is its last use (a hit refreshes it: `touch`)
     compressed/<hex>.<c>.json   the compressed blob made of layer <hex> with compression <c>
     remote-blobs/<hex>.json     registry repositories known to hold blobs of layer/config <hex>
     import-cache/<key>.json     the manifest an archive named in a FROM was imported as
@@ -107,6 +108,13 @@ class CacheRecord:
                    _time(obj, "finished", where), obj.get("imported", False))
 
 
+def touch(path: Path) -> None:
+    """Mark the record at `path` used now (its mtime). Best effort: a record that cannot be
+    touched (gone, a read-only store) only ages sooner."""
+    with suppress(OSError):
+        os.utime(path)
+
+
 def _digests(obj: JSON, name: str, where: str) -> tuple[str, ...]:
     values = obj.get(name, [])
     if not isinstance(values, list) or not all(map(is_digest, values)):
@@ -138,6 +146,9 @@ class CacheRecords:
     def get(self, key: str) -> CacheRecord | None:
         """The record for `key`, or None on a miss.
 
+        A hit refreshes the record's mtime, its *last use*: prune removes the least recently
+        used records first (policy.py). One utime(2), no write of the record's bytes.
+
         A miss is: no record; a record that does not parse (it is moved to cache/corrupt/);
         a record naming a layer or blob that is no longer in the store. Raises ValueError
         for a malformed key (a bug in the caller, not a user error).
@@ -155,6 +166,7 @@ class CacheRecords:
             return None
         store = self.store
         if all(map(store.has_layer, record.diff_ids)) and all(map(store.has_blob, record.blobs)):
+            touch(path)
             return record
         return None
 

@@ -343,7 +343,7 @@ def test_oci_layout_is_added_to(built: Built, tmp_path: Path) -> None:
 
 def test_prune_keeps_what_exports_reuse(built: Built, tmp_path: Path) -> None:
     records = sorted(os.listdir(built.sb.root / "compressed"))
-    built.sb("prune")
+    built.sb("prune", "-f", "--filter", "until=0s")
     assert sorted(os.listdir(built.sb.root / "compressed")) == records
     printed = built.sb("export", "app:1.0", "-o", f"type=oci,dest={tmp_path}/a.tar").stdout
     index = json.loads((built.out / "layout" / "index.json").read_bytes())

@@ -184,7 +184,7 @@ def test_load_of_an_index_archive_keeps_every_platform(multi: Multi, tmp_path: P
     assert fresh("load", "-i", str(archive)).stdout == "Loaded image: multi:1\n"
     loaded = inspect(fresh, "multi:1")
     assert loaded["digest"] == multi.index  # the store's form: the same documents
-    fresh("prune")  # the tag keeps the index, its manifests and their layers
+    fresh("prune", "-f", "--all")  # the tag keeps the index, its manifests and their layers
     assert fresh("run", "--platform", str(OTHER), "multi:1").stdout == "there\n"
     assert fresh("check").stdout == "store is consistent\n"
 

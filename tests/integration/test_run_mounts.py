@@ -211,7 +211,10 @@ def test_prune_cache_mounts_deletes_them(sb: Stepbuild, tmp_path: Path) -> None:
         "FROM base\nRUN --mount=type=cache,id=k,target=/k sh -c 'ls /k; touch /k/f'\n"))
     build(sb, context)
     assert (cache_dir(sb, "k") / "data" / "f").exists()
-    result = sb("prune", "--cache-mounts")
+    dry = sb("prune", "--dry-run", "--cache-mounts").stdout
+    assert dry.endswith("would remove 1 cache mounts\n")
+    assert (cache_dir(sb, "k") / "data" / "f").exists()
+    result = sb("prune", "-f", "--cache-mounts")
     assert "removed 1 cache mounts" in result.stdout
     assert not (sb.root / "cache-mounts").exists() or not any(
         (sb.root / "cache-mounts").iterdir())

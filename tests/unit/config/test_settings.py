@@ -143,3 +143,13 @@ def test_a_syntax_error_has_tomllibs_line(tmp_path: Path) -> None:
 def test_dev_null_reads_nothing() -> None:
     settings = load_settings({"STEPBUILD_CONFIG": "/dev/null"})
     assert (dict(settings.defaults), list(settings.registries)) == ({}, [])
+
+
+def test_gc_keep_storage_is_a_size(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[defaults]\ngc-keep-storage = "10GB"\n')
+    assert load_settings({"STEPBUILD_CONFIG": str(good)}).defaults["gc-keep-storage"] == "10GB"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\ngc-keep-storage = 10\n')
+    with pytest.raises(ConfigError, match="gc-keep-storage must be a size"):
+        load_settings({"STEPBUILD_CONFIG": str(bad)})
