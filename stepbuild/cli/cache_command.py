@@ -39,10 +39,10 @@ Distribution: `registry garbage-collect CONFIG`, run read-only or stopped)."""
 _SPEC_HINT = "--cache type=registry,ref=HOST/REPO:TAG or --cache type=local,src=DIR"
 
 
-def add_parser(commands: Subcommands) -> None:
-    """`cache` and its three subcommands."""
-    from stepbuild.cli.main import _add_registry_arguments
-
+def add_parser(commands: Subcommands,
+               add_registry_arguments: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`cache` and its three subcommands; `add_registry_arguments` gives each the registry
+    flags every registry command has (cli/main.py's, passed in: main imports this module)."""
     cache = commands.add_parser("cache", help="list, measure and prune a team cache"
                                 " (--cache-to/--cache-from)", epilog=_EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +55,7 @@ def add_parser(commands: Subcommands) -> None:
         sub = subs.add_parser(name, help=helptext)
         sub.add_argument("--cache", required=True, metavar="SPEC",
                          help="type=registry,ref=HOST/REPO:TAG or type=local,src=DIR")
-        _add_registry_arguments(sub)
+        add_registry_arguments(sub)
         if name == "ls":
             sub.add_argument("--json", action="store_true", help="one JSON object per key")
         else:

@@ -99,9 +99,11 @@ def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path
                            resolved=names_read, transcript=progress.transcript,
                            warnings=list(result.stepfile_warnings), outside=result.outside,
                            keys=result.keys)
-    from stepbuild.cli.store_flags import auto_gc
+    limit = getattr(options, "gc_keep_storage", None)  # config.toml's gc-keep-storage
+    if limit is not None:
+        from stepbuild.cli.store_flags import auto_gc
 
-    auto_gc(options, say=progress_flags.mode(options) != "rawjson")  # gc-keep-storage
+        auto_gc(open_store(options), limit, say=progress_flags.mode(options) != "rawjson")
     # After --push the digest a pipeline signs and deploys is the registry's.
     # With an archive on stdout (-o -), stdout is the archive's alone: the digest goes to
     # stderr, unless that is a rawjson stream (build.done and image.pushed carry it there).

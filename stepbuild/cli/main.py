@@ -260,7 +260,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(run=impl.run)
     _add_registry_commands(commands)
-    cache_command.add_parser(commands)  # stepbuild cache ls|du|prune
+    cache_command.add_parser(commands, _add_registry_arguments)  # cache ls|du|prune
 
 
 def _add_registry_commands(commands: Subcommands) -> None:

@@ -161,20 +161,15 @@ def print_du(store: Store, *, verbose: bool) -> None:
           f" records unused for 48h); prune --all {human_size(everything.freed)}")
 
 
-def auto_gc(options: argparse.Namespace, *, say: bool = True) -> None:
-    """After a build: prune to `gc-keep-storage` if the store is over it (module docstring);
-    `say`: print the notice (not into a rawjson stream). Skipped while another command holds
-    the store (it would wait for that build; the GC after that build does it)."""
-    limit = getattr(options, "gc_keep_storage", None)
-    if limit is None:
-        return
-    from stepbuild.cli.commands import open_store
+def auto_gc(store: Store, limit: int, *, say: bool = True) -> None:
+    """After a build: prune `store` to `limit` (gc-keep-storage) if it is over it (module
+    docstring); `say`: print the notice (not into a rawjson stream). Skipped while another
+    command holds the store (it would wait for that build; the GC after that build does it)."""
     from stepbuild.fs.locks import flocked
     from stepbuild.store import gc
     from stepbuild.store.policy import Policy
     from stepbuild.store.usage import census
 
-    store = open_store(options)
     with flocked(store.layout.lock, exclusive=True, wait=False) as free:
         if not free:
             return  # another build runs: the GC after it will do
