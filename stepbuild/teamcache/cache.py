@@ -291,6 +291,24 @@ class TeamCache:
             return local
         return None
 
+    def material(self, made: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The key and explanation material of the newest record in the --cache-from
+        sources of the same step as the material `made` (same instruction text, same stage),
+        or None. Only asked to explain a miss: it reads every record of a source."""
+        best: tuple[str, str, dict[str, Any]] | None = None
+        for index, (_, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            for key in _keys(backend):
+                with suppress(CacheError):
+                    record = backend.record(key)
+                    found = record.get("explain") if record else None
+                    if (record and isinstance(found, dict) and found.get("text") == made["text"]
+                            and _same_stage(found, made) and (
+                                best is None or record["created"] > best[0])):
+                        best = (record["created"], key, found)
+        return (best[1], best[2]) if best else None
+
     def materialize(self, diff_ids: Sequence[str]) -> None:
         """Fetch the layers among `diff_ids` (an image's, bottom first) that a hit left for
         later, in order: each is applied on the ones below it. `LazyLayerError` when one
@@ -508,6 +526,9 @@ class TeamCache:
     def _export_to(self, backend: CacheBackend, steps: list[_Used],
                    compressed_layer: Callable[[Store, str, str], Descriptor],
                    mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
+        from stepbuild.store.explain import ExplainRecords
+
+        explained = ExplainRecords(self.store)  # each step's material goes with its record
         backend.prepare()
         for name, record, blob in mounts:  # a record only after its blob is there
             backend.put_file(record["digest"], record["size"], blob)
@@ -519,9 +540,23 @@ class TeamCache:
                 backend.put_blob(self.store, used.diff_id, desc)
                 layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
             backend.put_record(used.key, make_record(used.key, used.diff_id, layer,
-                                                     used.created, used.created_by))
+                                                     used.created, used.created_by,
+                                                     explained.material(used.key)))
         backend.finish()
         return len(steps)
+
+
+def _keys(backend: CacheBackend) -> list[str]:
+    try:
+        return backend.keys()
+    except CacheError:
+        return []
+
+
+def _same_stage(found: Mapping[str, Any], made: Mapping[str, Any]) -> bool:
+    if made.get("stage_name"):
+        return bool(found.get("stage_name") == made["stage_name"])
+    return bool(found.get("stage") == made.get("stage"))
 
 
 def _cause(exc: StepbuildError | OSError) -> str:

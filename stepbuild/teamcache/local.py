@@ -13,6 +13,7 @@ blob that is a FIFO, a device or a symlink, or a record over `MAX_RECORD`, is a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import suppress
 from pathlib import Path
@@ -46,6 +47,15 @@ class LocalDir:
     def record(self, key: str) -> dict[str, Any] | None:
         data = self._read_json(self.root / "keys" / f"{key}.json", "cache record")
         return None if data is None else check_record(key, data)
+
+    def keys(self) -> list[str]:
+        try:
+            names = os.listdir(self.root / "keys")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CacheError(f"cannot list {self.root}/keys: {exc.strerror or exc}") from None
+        return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
 
     def mount_record(self, name: str) -> dict[str, Any] | None:
         data = self._read_json(self.root / "cache-mounts" / f"{name}.json",

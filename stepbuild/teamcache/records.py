@@ -1,10 +1,12 @@
 """The team cache's record formats: what a step record and a cache-mount record hold, checked.
 
 A step record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null,
-"created", "created_by"}`. A cache-mount record: `{"schema", "id", "identity", "digest",
-"size"}`, named by the hash of the cache's identity. Both backends (`local.py`, `registry.py`)
-store these bytes as they are; every record read from a source is checked here before it is
-trusted, because a shared cache is written by other machines.
+"created", "created_by"}`, and `"explain"`: the step's explanation material when the
+exporting store had it (build/explain.py: paths and digests, never contents or secrets), so
+that a colleague's miss can be explained. A cache-mount record: `{"schema", "id",
+"identity", "digest", "size"}`, named by the hash of the cache's identity. Both backends
+(`local.py`, `registry.py`) store these bytes as they are; every record read from a source
+is checked here before it is trusted, because a shared cache is written by other machines.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ class CacheError(StepbuildError):
 
 
 def make_record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
-            created_by: str) -> dict[str, Any]:
-    return {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
-            "created": created, "created_by": created_by}
+                created_by: str, explain: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
+              "created": created, "created_by": created_by}
+    if explain is not None:  # left out when absent: records stay as they were
+        record["explain"] = explain
+    return record
 
 
 def check_record(key: str, record: Any) -> dict[str, Any]:
