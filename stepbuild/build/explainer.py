@@ -17,6 +17,7 @@ Thread-safe: stages may run at the same time.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class Explainer:
                  verbose: bool = False, team_refs: tuple[str, ...] = (),
                  team_material: TeamMaterial | None = None) -> None:
         self.records = records
-        self.filename = filename
+        self.filename = os.path.basename(filename)  # as the issue reads: `Stepfile:5`
         self.names = names
         self.stage_names = stage_names
         self.bases = bases
