@@ -37,8 +37,8 @@ class ExplainRecords:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.material_dir = store.layout.root / "explain"
-        self.builds_dir = store.layout.root / "builds"
+        self.material_dir = store.layout.explain
+        self.builds_dir = store.layout.builds
 
     # --- material, per key ----------------------------------------------------------------
 
