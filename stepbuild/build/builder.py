@@ -218,6 +218,8 @@ class Builder:
         run.platforms = platforms
         if len(options.platforms) > 1:  # progress says which platform a step is built for
             run.prefix = f"{platform} "
+            if run.explainer is not None:  # compared with the same platform's last build
+                run.explainer.per_platform(str(platform))
         try:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]

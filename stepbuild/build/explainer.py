@@ -69,6 +69,11 @@ class Explainer:
         self._last: dict[int, tuple[int, int | None, bool]] = {}
         self._baseline: list[dict[str, Any]] | None = None
 
+    def per_platform(self, platform: str) -> None:
+        """One platform of a multi-platform build: its last build is kept per platform (the
+        builder gives such a build no tags; `why` does not know it by its -t names)."""
+        self.names = [f"{name} {platform}" for name in self.names]
+
     def hit(self, stage: int, label: str, instruction: ins.Instruction, key: str) -> None:
         self._note(stage, label, instruction, key, None)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import registry_fixture
 from tests.integration.builds import (
     EPOCH,
     Stepbuild,
@@ -26,6 +27,8 @@ from tests.integration.builds import (
 )
 
 pytestmark = pytest.mark.root
+
+plain_registry = registry_fixture.plain_registry
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,22 @@ def test_base_image_resolves_to_another_digest(sb: Stepbuild, work: Path) -> Non
         f"base image mybase now resolves to {second}, was {first}"]
 
 
+def test_stages_are_labelled_and_copy_from_names_its_source(sb: Stepbuild, work: Path) -> None:
+    stepfile = ("FROM base AS deps\nRUN echo 1 > /dep\n"
+                "FROM base\nCOPY --from=deps /dep /dep\n")
+    context = write_context(work / "stages", stepfile)
+    explain(sb, context, "stages")
+    (context / "Stepfile").write_text(stepfile.replace("echo 1", "echo 2"))
+    result = sb.build(context, "-t", "stages", *EPOCH, "--explain")
+    assert [line for line in result.stderr.splitlines() if "why:" in line] == [
+        "[deps]      why: the instruction text changed: RUN echo [-1-] {+2+} > /dep",
+        "[1]      why: the --from source's content changed"]
+    assert sb("why", "stages").stdout.splitlines()[1:] == [
+        "[deps] Stepfile:2 RUN echo 2 > /dep — the instruction text changed: RUN echo [-1-]"
+        " {+2+} > /dep",
+        "[1] Stepfile:4 COPY --from=deps /dep /dep — the --from source's content changed"]
+
+
 def test_why_after_the_fact(sb: Stepbuild, work: Path) -> None:
     context = write_context(work / "why", "FROM base\nRUN echo 1 > /w\nRUN cat /w > /x\n")
     sb.build(context, "-q", "-t", "whyapp", *EPOCH)
@@ -198,6 +217,19 @@ def test_team_cache_names_the_input_that_differed(work: Path) -> None:
     assert len(copied) == 1 and list(copied[0]["files"]) == ["data.txt"]
     assert copied[0]["files"]["data.txt"].startswith("file 0644 ")
     assert not any('"a\\n"' in p.read_text() for p in (shared / "keys").glob("*.json"))
+
+
+def test_team_cache_in_a_registry(work: Path,
+                                  plain_registry: registry_fixture.RunningRegistry) -> None:
+    stepfile = "FROM base\nARG LEVEL\nRUN echo $LEVEL > /level\n"
+    ref = f"{plain_registry.host}/explain/team:cache"
+    context = write_context(work / "team-reg", stepfile)
+    colleague = store_with_base(work, "reg-colleague", *EPOCH)
+    colleague.build(context, "-q", "-t", "app", *EPOCH, "--build-arg", "LEVEL=3",
+                    "--cache-to", f"type=registry,ref={ref}")
+    me = store_with_base(work, "reg-me", *EPOCH)
+    assert explain(me, context, "app", "--build-arg", "LEVEL=4", "--cache-from", ref) == [
+        "the team cache held it under other inputs: ARG LEVEL changed 3 → 4"]
 
 
 def test_nothing_comparable_names_the_team_cache(work: Path) -> None:
