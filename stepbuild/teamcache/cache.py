@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stepbuild.errors import BuildError, LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
+from stepbuild.store.explain import ExplainRecords
 from stepbuild.store.layout import cache_mount_name
 from stepbuild.store.records import CacheRecord
 from stepbuild.teamcache.local import LocalDir
@@ -229,6 +230,7 @@ class TeamCache:
         self.sources = [(s, self._backend(s, connection)) for s in sources]
         self.destinations = [(s, self._backend(s, connection)) for s in destinations]
         self._used: dict[str, _Used] = {}
+        self._explained = ExplainRecords(store)  # explanation material, with the records
         self._broken: set[int] = set()  # sources that failed as a whole (registry map)
         self._lock = threading.Lock()
         self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
@@ -272,6 +274,8 @@ class TeamCache:
                 continue
             local = CacheRecord((record["diff_id"],) if record["diff_id"] else (),
                                 record["created"], record["created_by"], imported=True)
+            if isinstance(record.get("explain"), dict):  # travels on with a re-export
+                self._explained.put_material(key, record["explain"])
             lazy = _Lazy(key, record, spec, backend, tuple(parents), local)
             diff_id = record["diff_id"]
             if diff_id is None or self.store.has_layer(diff_id):
@@ -526,9 +530,7 @@ class TeamCache:
     def _export_to(self, backend: CacheBackend, steps: list[_Used],
                    compressed_layer: Callable[[Store, str, str], Descriptor],
                    mounts: Sequence[tuple[str, dict[str, Any], Path]] = ()) -> int:
-        from stepbuild.store.explain import ExplainRecords
-
-        explained = ExplainRecords(self.store)  # each step's material goes with its record
+        explained = self._explained  # each step's material goes with its record
         backend.prepare()
         for name, record, blob in mounts:  # a record only after its blob is there
             backend.put_file(record["digest"], record["size"], blob)
