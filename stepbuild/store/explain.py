@@ -36,9 +36,15 @@ class ExplainRecords:
     """`explain/<key>.json` and `builds/<hex>.json` of one store."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.material_dir = store.layout.explain
-        self.builds_dir = store.layout.builds
+        self.store = store  # nothing read until asked: a team cache makes one per build
+
+    @property
+    def material_dir(self) -> Path:
+        return self.store.layout.explain
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.store.layout.builds
 
     # --- material, per key ----------------------------------------------------------------
 
