@@ -76,8 +76,18 @@ def reason(now: Mapping[str, Any], before: Mapping[str, Any], filename: str) -> 
     for check in (_text, _files, _env, _args, _inputs):
         found = check(now, before)
         if found is not None:
-            return found
-    return _parent(now, before, filename)
+            return _printable(found)
+    found = _parent(now, before, filename)
+    return None if found is None else _printable(found)
+
+
+def _printable(found: Reason) -> Reason:
+    """A team cache's material comes from another machine, and a file name may hold anything:
+    control characters are shown escaped, never sent to the terminal."""
+    return Reason(*(text.translate(_CONTROL) for text in (found.short, found.full)))
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
 
 
 def _one(text: str) -> Reason:

@@ -141,3 +141,9 @@ def test_proxy_args_are_left_out(proxy: str) -> None:
 def test_material_holds_digests_not_contents() -> None:
     found = made(files=selection(entry("a.txt", content="0123abcd")))
     assert found["files"] == {"a.txt": "file 0644 0123abcd"}
+
+
+def test_control_characters_are_escaped() -> None:
+    before = made(files=selection(entry("a")))
+    now = made(files=selection(entry("a"), entry("\x1b[2Jevil\nname")))
+    assert why(now, before) == "1 file changed: \\x1b[2Jevil\\x0aname (new)"
