@@ -15,7 +15,6 @@ the step is built on (its base image, or the step before it). Pure; no I/O.
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -102,6 +101,8 @@ def _text(now: Mapping[str, Any], before: Mapping[str, Any]) -> Reason | None:
 
 def word_diff(old: str, new: str) -> str:
     """`new` with the words removed from `old` as [-word-] and those added as {+word+}."""
+    import difflib  # only when an instruction's text changed
+
     a, b = old.split(), new.split()
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():

@@ -23,9 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from stepbuild.build import explain
-
 if TYPE_CHECKING:
+    from stepbuild.build import explain
     from stepbuild.build.plan import Scope
     from stepbuild.build.state import ImageState
     from stepbuild.build.step import PreparedStep
@@ -81,6 +80,8 @@ class Explainer:
              scope: Scope, *, uncached: bool) -> Miss:
         """The material and the reason of a step that runs (`uncached`: --no-cache or
         --no-cache-filter made it run)."""
+        from stepbuild.build import explain  # only a miss needs it: a hit imports nothing
+
         instruction = step.instruction
         with self._lock:
             place, parent_line, parent_ran = self._last.get(stage, (0, None, False))
@@ -119,6 +120,8 @@ class Explainer:
                                 "detail": why.full if why else None})
 
     def _reason(self, made: dict[str, Any], key: str) -> explain.Reason:
+        from stepbuild.build import explain
+
         before_key = self._baseline_key(made)
         before = self.records.material(before_key) if before_key else None
         if before_key == key:
@@ -172,7 +175,9 @@ class Explainer:
 
 
 def _one(text: str) -> explain.Reason:
-    return explain.Reason(text, text)
+    from stepbuild.build.explain import Reason
+
+    return Reason(text, text)
 
 
 def make_explainer(store: object, filename: str, stage_names: list[str], tags: tuple[str, ...],
