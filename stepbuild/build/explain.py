@@ -61,11 +61,12 @@ def selection_files(selection: Selection) -> dict[str, str]:
     """Path (as in the context) → "kind mode hash" of every entry a COPY selected."""
     files: dict[str, str] = {}
     for group in selection.groups:
+        source = posixpath.normpath(group.source_path)
+        prefix = "" if source == "." else source + "/"  # entry paths are clean already
         for entry in group.entries:
-            path = posixpath.normpath(posixpath.join(group.source_path, entry.path)) \
-                if group.is_dir else group.source_path
+            path = prefix + entry.path if group.is_dir else source
             digest = entry.content_hash or entry.link_target or ""
-            files[path.removeprefix("./")] = f"{entry.kind} {entry.mode:04o} {digest}"
+            files[path] = f"{entry.kind} {entry.mode:04o} {digest}"
     return files
 
 
