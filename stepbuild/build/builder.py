@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from stepbuild.build.config import apply_config, arg_text, onbuild_triggers, with_labels
+from stepbuild.build.explainer import make_explainer
 from stepbuild.build.images import (
     LocalImage,
     import_archive,
@@ -217,6 +218,8 @@ class Builder:
         run.platforms = platforms
         if len(options.platforms) > 1:  # progress says which platform a step is built for
             run.prefix = f"{platform} "
+            if run.explainer is not None:  # compared with the same platform's last build
+                run.explainer.per_platform(str(platform))
         try:
             self._run_stages(run, needed, graph)
             state = run.results[target.index]
@@ -226,6 +229,8 @@ class Builder:
                                     options.annotations)
             for tag in options.tags:
                 self.store.tag(tag, descriptor)
+            if run.explainer is not None:  # what the next build and `stepbuild why` read
+                run.explainer.finish(descriptor.digest)
             if run.team is not None and run.team.exporting:  # the final image's stages (min)
                 run.team.export(_final_stages(run, target.index))
         finally:
@@ -335,10 +340,15 @@ class _Run:
         self.cancel = threading.Event()
         self.team = team  # with --cache-from/--cache-to
         self.outside = outside  # what the build read from outside the context (read_outside)
+        self.explainer = make_explainer(
+            builder.store, stages.filename, [s.name or "" for s in stages.stages], options.tags,
+            options.target, self.bases, verbose=builder.progress.verbose,
+            team_refs=tuple(spec.describe() for spec in options.cache_from),
+            team_material=getattr(team, "material", None))
         self.lifecycle = StepLifecycle(builder.store, builder.executor, builder.progress,
                                        builder.clock, team, no_cache=options.no_cache,
                                        source_date_epoch=options.source_date_epoch,
-                                       no_cache_stages=uncached)
+                                       no_cache_stages=uncached, explainer=self.explainer)
         self.from_stage: dict[int, int] = {}  # stage → the earlier stage it is FROM
         self.target = -1  # the index of the stage built
         self.platforms: dict[int, Platform] = {}  # stage → its platform (plan.stage_platforms)

@@ -35,6 +35,7 @@ from stepbuild.store.records import CacheRecord
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from stepbuild.build.explainer import Explainer, Miss
     from stepbuild.build.plan import Scope
     from stepbuild.build.seams import BuildRun, BuildStore, StepExecutor, TeamCacheView
     from stepbuild.build.state import ImageState
@@ -73,6 +74,7 @@ class StepLifecycle:
     no_cache: bool = False
     source_date_epoch: int | None = None
     no_cache_stages: frozenset[int] = frozenset()
+    explainer: Explainer | None = None  # why each miss ran (build/explainer.py)
 
     def step(self, build: BuildRun, instruction: ins.Run | ins.Copy | ins.Add | ins.Workdir,
              state: ImageState, scope: Scope, *, stage: int, label: str,
@@ -106,8 +108,12 @@ class StepLifecycle:
         if record is not None:
             self.progress.cached(label)
             result = self._reuse(record)
+            if self.explainer is not None:  # a hit computes no explanation
+                self.explainer.hit(stage, label, instruction, step.key)
         else:
-            result = self._run(build, step, state, label, uncached)
+            miss = None if self.explainer is None else self.explainer.miss(
+                stage, label, step, state, scope, uncached=uncached)
+            result = self._run(build, step, state, label, uncached, miss)
         if self.team is not None:
             self.team.note(step.key, stage, result.diff_id, result.recorded, step.created_by)
         hit = record is not None
@@ -126,7 +132,7 @@ class StepLifecycle:
         return StepResult(record.diff_id, created, record.created)
 
     def _run(self, build: BuildRun, step: PreparedStep, state: ImageState,
-             label: str, uncached: bool) -> StepResult:
+             label: str, uncached: bool, miss: Miss | None = None) -> StepResult:
         """perform → capture → commit → record, for a step no cache has (or, `uncached`,
         that --no-cache or --no-cache-filter runs again)."""
         started = self.clock()
@@ -158,7 +164,9 @@ class StepLifecycle:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise _out_of_space(build, step.instruction) from exc
-        self.progress.done(label, finished - started)
+        if miss is not None and self.explainer is not None:
+            self.explainer.ran(step.key, miss)  # its material, kept with its record
+        self.progress.done(label, finished - started, reason=miss.reason if miss else "")
         if recorded is ours or uncached:
             return StepResult(diff_id, created, created)
         return self._reuse(recorded)

@@ -87,10 +87,12 @@ def _tell_isolation(progress: Progress, isolation: Isolation) -> None:
 def _full_build(options: argparse.Namespace, pull_policy: str, context_dir: Path,
                 witness: Witness | None, isolation: Isolation) -> int:
     from stepbuild.api.build import run_build
+    from stepbuild.cli import explain_flags
     from stepbuild.cli import noop as fingerprint
 
     names_read: set[str] = set()  # every name the build looked up: the fingerprint needs them
     progress = _progress(options)
+    explain_flags.apply(options, progress)  # --explain
     result = run_build(_request(options, pull_policy, context_dir), progress,
                        isolation=isolation, on_resolve=names_read.add,
                        contexts=getattr(options, "named_contexts", None))

@@ -4,7 +4,7 @@ The parser is read into a small model (`Command`, `Option`: names, whether an op
 value, its choices, what kind of word a value or positional argument is), and each shell's
 script is written from the model, so a new flag or command completes without anyone editing
 a script. Kinds of words: "file" and "dir" complete paths, "image" the names `stepbuild
-images` lists (run, push, inspect, history, rmi, tag, export), "" nothing.
+images` lists (run, push, inspect, history, rmi, tag, export, why), "" nothing.
 
 Install:  bash: `source <(stepbuild completion bash)` (e.g. in ~/.bashrc);
 zsh: `stepbuild completion zsh > "${fpath[1]}/_stepbuild"`;
@@ -27,7 +27,8 @@ PROG = "stepbuild"
 _FILE_DESTS = frozenset({"file", "input", "authfile", "ca_file", "iidfile", "metadata_file",
                          "build_arg_file"})
 _DIR_DESTS = frozenset({"root", "context"})
-_IMAGE_COMMANDS = frozenset({"run", "push", "inspect", "history", "rmi", "tag", "export"})
+_IMAGE_COMMANDS = frozenset({"run", "push", "inspect", "history", "rmi", "tag", "export",
+                             "why"})
 _WORDS = re.compile(r"[a-z][a-z0-9.-]*(\|[a-z][a-z0-9.-]*)+")  # metavar "missing|always|never"
 
 

@@ -63,6 +63,7 @@ examples:
       --cache-from registry.example/app:cache \\
       --cache-to type=registry,ref=registry.example/app:cache,mode=max,ignore-error=true .
   stepbuild build --no-cache-filter deps -t app:1 .   # stage deps runs again
+  stepbuild build --explain -t app:1 .                # say why each step ran
   d=$(stepbuild build -q -t app:1 .)                  # the image digest only""",
     "run": """\
 examples:
@@ -92,6 +93,11 @@ examples:
   stepbuild history app:1
   stepbuild history --no-trunc -H=false app:1
   stepbuild history --format json app:1 | jq -r .Size""",
+    "why": """\
+examples:
+  stepbuild build --explain -t app:1 .   # a why: line under each step that ran
+  stepbuild why app:1                    # the same, after the fact
+  stepbuild why -v                       # the store's last build, every file named""",
     "rmi": """\
 example:
   stepbuild rmi app:1 && stepbuild prune -f""",

@@ -126,6 +126,7 @@ def _add_store_commands(commands: Subcommands) -> None:
         build_flags,
         cache_command,
         context_flags,
+        explain_flags,
         history_table,
         limit_flags,
         output_flags,
@@ -188,6 +189,7 @@ def _add_store_commands(commands: Subcommands) -> None:
     _add_registry_arguments(build)  # one connection for FROM, --push and a registry cache
     limit_flags.add_arguments(build)
     build_flags.add_arguments(build)  # --no-cache-filter
+    explain_flags.add_arguments(build)  # --explain
     output_flags.add_arguments(build)  # --label, --annotation
     context_flags.add_arguments(build)  # --build-context
     platform_flags.add_arguments(build)  # --platform
@@ -199,6 +201,7 @@ def _add_store_commands(commands: Subcommands) -> None:
                             " stdin), a git URL (URL.git#ref:subdir, git@host:repo.git) or"
                             " an http(s) URL of a tarball")
     build.set_defaults(run=impl.build)
+    explain_flags.add_command(commands)  # why [IMAGE]
 
     for name, helptext, func in (("images", "list tagged images", impl.images),
                                  ("prune", "remove cache records not in use and what no"

@@ -90,6 +90,7 @@ class Progress:
         # no-op rebuild replays (cli/noop.py)
         self.transcript: list[tuple[str, str]] = []
         self._build_failed = False  # build.error was emitted
+        self.explain = False  # --explain: step.done events carry why the step ran
 
     def emit(self, event: Event) -> None:
         """Hand `event` to the view, the heartbeat and every listener."""
@@ -134,10 +135,12 @@ class Progress:
     def cached(self, label: str) -> None:
         self.emit(Event("step.cached", stage=label, step=self._step_of.get(label)))
 
-    def done(self, label: str, seconds: float) -> None:
+    def done(self, label: str, seconds: float, reason: str = "") -> None:
+        """The running step of `label` ran in `seconds`; `reason`: why it missed the cache,
+        carried by the event with --explain (`explain`)."""
         self.flush_output(label)
         self.emit(Event("step.done", stage=label, step=self._step_of.get(label),
-                        seconds=seconds))
+                        seconds=seconds, reason=reason if self.explain else ""))
 
     def failed(self, label: str, message: str, exit_code: int | None = None) -> None:
         """The running step of `label` failed (the error itself is printed by the CLI);

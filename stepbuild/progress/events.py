@@ -10,7 +10,8 @@ Kinds (`Event.kind`):
 - `build.started`: `text` names the isolation mode;
 - `step.started`: `stage`, `step` (the build's 1-based step number), `text` (the instruction's
   first line), `line` (its line in the Stepfile, when known);
-- `step.cached` / `step.done` (`seconds`) / `step.error` (`text`: the message,
+- `step.cached` / `step.done` (`seconds`; with --explain `reason`: why the step missed the
+  cache, one line) / `step.error` (`text`: the message,
   `exit_code`: a RUN's exit status);
 - `step.log`: one line a RUN printed (`text`, without its newline; present even when empty);
 - `transfer`: a blob moving to or from a registry (`key`: the short digest, `text`: its
@@ -68,12 +69,13 @@ class Event:
     tags: tuple[str, ...] = ()
     exit_code: int | None = None
     ref: str = ""            # image.pushed: the registry reference pushed to
+    reason: str = ""         # step.done with --explain: why the step ran
 
     def as_json(self) -> dict[str, Any]:
         """The rawjson object: `v` (schema version), `kind`, `time`, and every field set."""
         data: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": self.kind, "time": self.time}
         for name in ("stage", "step", "text", "line", "seconds", "key", "current", "total",
-                     "steps", "cached", "exit_code", "ref"):
+                     "steps", "cached", "exit_code", "ref", "reason"):
             value = getattr(self, name)
             if value not in (None, "") or (name == "text" and self.kind == "step.log"):
                 data[name] = value

@@ -36,6 +36,8 @@ class PlainView:
             return
         with self._lock, suppress(OSError, ValueError):  # a closed stderr stops no build
             self.stream.write(prefixed(event.stage, line) + "\n")
+            if event.kind == "step.done" and event.reason:  # --explain
+                self.stream.write(prefixed(event.stage, f"     why: {event.reason}") + "\n")
             self.stream.flush()
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from stepbuild.fs.trees import remove_tree
 from stepbuild.layers.verify import verify_layer_dir
 from stepbuild.oci.digest import PREFIX, digest_hex, is_digest_hex, sha256_file
 from stepbuild.oci.documents import INDEX_TYPES, MANIFEST_TYPES, Descriptor, validate_layout
+from stepbuild.store.explain import ExplainRecords
 from stepbuild.store.policy import Policy, RecordUse, choose
 from stepbuild.store.records import CACHE_KEY, CacheRecord
 from stepbuild.store.store import STAGING_NAME
@@ -110,6 +111,7 @@ def prune(store: Store, *, keep_cache: bool = True, policy: Policy | None = None
         tmp_entries = _sweep_dir(store.layout.tmp, cutoff, lambda name: True)
         remote_records = _sweep_remote(store, blobs)  # after the blobs they name
         _sweep_pushed(store)  # hints of images gone: not counted
+        ExplainRecords(store).prune_orphans()  # explanation material goes with its record
     return PruneStats(swept_blobs, swept_layers, cache_records, tmp_entries,
                       compressed_records, remote_records, bytes_freed, disk_freed)
 

@@ -145,12 +145,21 @@ class StoreLayout:
     def fingerprints(self) -> Path:
         return self.root / "fingerprints"
 
+    @property
+    def explain(self) -> Path:
+        return self.root / "explain"  # explanation material per key (store/explain.py)
+
+    @property
+    def builds(self) -> Path:
+        return self.root / "builds"  # the last build of each tag (store/explain.py)
+
     def top_dirs(self) -> tuple[Path, ...]:
         """Every dir directly under the root (and blobs/sha256, cache/corrupt): the dirs the
         store refuses to use unless they are its own (store.check_owned)."""
         return (self.root / "blobs", self.blobs, self.layers, self.cache, self.corrupt,
                 self.compressed, self.remote_blobs, self.import_cache, self.pushed, self.tmp,
-                self.parse_cache, self.context_cache, self.cache_mounts, self.fingerprints)
+                self.parse_cache, self.context_cache, self.cache_mounts, self.fingerprints,
+                self.explain, self.builds)
 
     @property
     def writer_id(self) -> Path:

@@ -31,6 +31,10 @@ class CacheBackend(Protocol):
 
     def mount_record(self, name: str) -> dict[str, Any] | None: ...
 
+    def keys(self) -> list[str]:
+        """The keys of every step record the cache holds (to explain a miss; CacheError
+        when the cache cannot be read)."""
+
     def fetch_blob(self, layer: dict[str, Any], dest: Path) -> None:
         """Copy the blob `layer` (a record's `{"digest", "size", ...}`) to `dest`, unverified:
         the caller checks its digest."""

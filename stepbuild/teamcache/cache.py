@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from stepbuild.errors import BuildError, LazyLayerError, StepbuildError, UsageError
 from stepbuild.oci.digest import sha256_file
+from stepbuild.store.explain import ExplainRecords
 from stepbuild.store.layout import cache_mount_name
 from stepbuild.store.records import CacheRecord
 from stepbuild.teamcache.local import LocalDir
@@ -230,6 +231,7 @@ class TeamCache:
         self.sources = [(s, self._backend(s, connection)) for s in sources]
         self.destinations = [(s, self._backend(s, connection)) for s in destinations]
         self._used: dict[str, _Used] = {}
+        self._explained = ExplainRecords(store)  # explanation material, with the records
         self._broken: set[int] = set()  # sources that failed as a whole (registry map)
         self._lock = threading.Lock()
         self._mounts: dict[str, tuple[str, dict[str, Any], Path]] = {}  # name → id, identity, dir
@@ -273,6 +275,8 @@ class TeamCache:
                 continue
             local = CacheRecord((record["diff_id"],) if record["diff_id"] else (),
                                 record["created"], record["created_by"], imported=True)
+            if isinstance(record.get("explain"), dict):  # travels on with a re-export
+                self._explained.put_material(key, record["explain"])
             lazy = _Lazy(key, record, spec, backend, tuple(parents), local)
             diff_id = record["diff_id"]
             if diff_id is None or self.store.has_layer(diff_id):
@@ -291,6 +295,24 @@ class TeamCache:
                 continue
             return local
         return None
+
+    def material(self, made: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The key and explanation material of the newest record in the --cache-from
+        sources of the same step as the material `made` (same instruction text, same stage),
+        or None. Only asked to explain a miss: it reads every record of a source."""
+        best: tuple[str, str, dict[str, Any]] | None = None
+        for index, (_, backend) in enumerate(self.sources):
+            if index in self._broken:
+                continue
+            for key in _keys(backend):
+                with suppress(CacheError):
+                    record = backend.record(key)
+                    found = record.get("explain") if record else None
+                    if (record and isinstance(found, dict) and found.get("text") == made["text"]
+                            and _same_stage(found, made) and (
+                                best is None or record["created"] > best[0])):
+                        best = (record["created"], key, found)
+        return (best[1], best[2]) if best else None
 
     def materialize(self, diff_ids: Sequence[str]) -> None:
         """Fetch the layers among `diff_ids` (an image's, bottom first) that a hit left for
@@ -516,6 +538,7 @@ class TeamCache:
         # Every record of this export carries its time and writer: `stepbuild cache prune`
         # keeps keys by last use and never drops a writer's newest export for space.
         used, writer = stamp(time.time()), writer_id(self.store.root)
+        explained = self._explained  # each step's material goes with its record
         backend.prepare()
         for name, record, blob in mounts:  # a record only after its blob is there
             backend.put_file(record["digest"], record["size"], blob)
@@ -528,9 +551,22 @@ class TeamCache:
                 layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
             backend.put_record(step.key, make_record(step.key, step.diff_id, layer,
                                                      step.created, step.created_by, used,
-                                                     writer))
+                                                     writer, explained.material(step.key)))
         backend.finish()
         return len(steps)
+
+
+def _keys(backend: CacheBackend) -> list[str]:
+    try:
+        return backend.keys()
+    except CacheError:
+        return []
+
+
+def _same_stage(found: Mapping[str, Any], made: Mapping[str, Any]) -> bool:
+    if made.get("stage_name"):
+        return bool(found.get("stage_name") == made["stage_name"])
+    return bool(found.get("stage") == made.get("stage"))
 
 
 def _cause(exc: StepbuildError | OSError) -> str:

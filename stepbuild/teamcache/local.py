@@ -69,6 +69,15 @@ class LocalDir:
         data = self._read_json(self.root / "keys" / f"{key}.json", "cache record")
         return None if data is None else check_record(key, data)
 
+    def keys(self) -> list[str]:
+        try:
+            names = os.listdir(self.root / "keys")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CacheError(f"cannot list {self.root}/keys: {exc.strerror or exc}") from None
+        return sorted(n.removesuffix(".json") for n in names if n.endswith(".json"))
+
     def mount_record(self, name: str) -> dict[str, Any] | None:
         data = self._read_json(self.root / "cache-mounts" / f"{name}.json",
                                "cache mount record")

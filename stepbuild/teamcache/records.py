@@ -1,7 +1,9 @@
 """The team cache's record formats: what a step record and a cache-mount record hold, checked.
 
 A step record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null,
-"created", "created_by"}`. A cache-mount record: `{"schema", "id", "identity", "digest",
+"created", "created_by"}`, and `"explain"`: the step's explanation material when the
+exporting store had it (build/explain.py: paths and digests, never contents or secrets), so
+that a colleague's miss can be explained. A cache-mount record: `{"schema", "id", "identity", "digest",
 "size"}`, named by the hash of the cache's identity. Since issue 16 an export also stamps
 each record it writes with `"used"` (when it was exported: its last use, for `stepbuild cache
 prune`) and `"writer"` (the exporting store's `registry.writer_id`). Both are optional and
@@ -33,14 +35,16 @@ class CacheError(StepbuildError):
 
 
 def make_record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
-                created_by: str, used: str | None = None, writer: str | None = None
-                ) -> dict[str, Any]:
+                created_by: str, used: str | None = None, writer: str | None = None,
+                explain: dict[str, Any] | None = None) -> dict[str, Any]:
     record = {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
               "created": created, "created_by": created_by}
     if used is not None:
         record["used"] = used
     if writer is not None:
         record["writer"] = writer
+    if explain is not None:  # left out when absent: records stay as they were
+        record["explain"] = explain
     return record
 
 

@@ -158,6 +158,9 @@ class RegistryCache:
         entries = self._load()
         return check_record(key, entries[key]) if key in entries else None
 
+    def keys(self) -> list[str]:
+        return sorted(k for k in self._load() if not k.startswith(MOUNT_PREFIX))
+
     def mount_record(self, name: str) -> dict[str, Any] | None:
         entries = self._load()
         entry = entries.get(MOUNT_PREFIX + name)

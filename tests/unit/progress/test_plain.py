@@ -98,3 +98,21 @@ def test_listeners_get_every_event_the_view_gets() -> None:
     progress.failed("", "it failed")
     progress.build_failed("it failed", 1)
     assert seen == ["step.started", "step.error", "build.error"]
+
+
+def test_explain_prints_the_reason_under_done() -> None:
+    events = [Event("step.done", stage="app", step=2, seconds=0.5,
+                    reason="ARG VERSION changed 1.2 → 1.3"),
+              Event("step.done", step=3, seconds=0.25)]
+    assert drawn(events) == ("[app]      DONE 0.50s\n"
+                             "[app]      why: ARG VERSION changed 1.2 → 1.3\n"
+                             "     DONE 0.25s\n")
+
+
+def test_done_carries_a_reason_only_with_explain() -> None:
+    seen: list[Event] = []
+    progress = Progress(io.StringIO(), listeners=[seen.append])
+    progress.done("", 1.0, reason="ENV PATH changed")
+    progress.explain = True
+    progress.done("", 1.0, reason="ENV PATH changed")
+    assert [e.reason for e in seen] == ["", "ENV PATH changed"]

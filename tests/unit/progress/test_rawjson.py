@@ -108,3 +108,12 @@ def test_the_schema_is_packaged() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["stepbuild"]
     inside = SCHEMA_PATH.relative_to(PROJECT / "stepbuild").as_posix()
     assert any(fnmatch.fnmatch(inside, pattern) for pattern in patterns)
+
+
+def test_step_done_reason_is_valid_and_left_out_when_empty() -> None:
+    check = validator()
+    lines = written([Event("step.done", step=2, seconds=0.5, reason="ENV PATH changed"),
+                     Event("step.done", step=3, seconds=0.5)])
+    for line in lines:
+        check.validate(line)
+    assert lines[0]["reason"] == "ENV PATH changed" and "reason" not in lines[1]

@@ -38,6 +38,8 @@ NAMES = {
     "context_cache": "context-cache",
     "cache_mounts": "cache-mounts",
     "fingerprints": "fingerprints",
+    "explain": "explain",
+    "builds": "builds",
     "writer_id": "cache-writer-id",
     "writer_lock": "cache-writer.lock",
 }

@@ -84,3 +84,13 @@ def test_a_blob_is_copied_up_to_its_recorded_size(shared: LocalDir, tmp_path: Pa
         shared.fetch_blob({"digest": DIGEST, "size": 4}, tmp_path / "fetched")
     with pytest.raises(CacheError, match="cannot read blob"):
         shared.fetch_blob({"digest": "sha256:" + "cd" * 32, "size": 4}, tmp_path / "x")
+
+
+def test_a_record_carries_its_explanation_material_and_keys_are_listed(shared: LocalDir) -> None:
+    material = {"text": "COPY . /app", "files": {"a.txt": "file 0644 0123"}}
+    record = make_record(KEY, None, None, "2024-01-01T00:00:00Z", "COPY . /app", material)
+    shared.put_record(KEY, record)
+    assert shared.record(KEY) == record and record["explain"] == material
+    assert "explain" not in make_record(KEY, None, None, "2024-01-01T00:00:00Z", "RUN true")
+    assert shared.keys() == [KEY]
+    assert LocalDir(shared.root / "nothing-here").keys() == []
