@@ -1,18 +1,16 @@
 """The team cache's record formats: what a step record and a cache-mount record hold, checked.
 
 A step record: `{"schema", "key", "diff_id", "layer": {mediaType, digest, size} | null,
-"created", "created_by"}`, and `"explain"`: the step's explanation material when the
-exporting store had it (build/explain.py: paths and digests, never contents or secrets), so
-that a colleague's miss can be explained. A cache-mount record: `{"schema", "id", "identity", "digest",
-"size"}`, named by the hash of the cache's identity. Since issue 16 an export also stamps
-each record it writes with `"used"` (when it was exported: its last use, for `stepbuild cache
-prune`) and `"writer"` (the exporting store's `registry.writer_id`). Both are optional and
-unchecked beyond their type: older readers ignore them, and an older record without them
-counts as last used when it was created (or, in a directory, when its file was written).
-Both backends (`local.py`, `registry.py`) store these bytes as they are; every record read
-from a source is checked here before it is trusted, because a shared cache is written by
-other machines.
-"""
+"created", "created_by"}`, and `"explain"`: the step's explanation material when the exporting
+store had it (build/explain.py: paths and digests, never contents or secrets), so that a
+colleague's miss can be explained. A cache-mount record: `{"schema", "id", "identity", "digest",
+"size"}`, named by the hash of the cache's identity. Since issue 16 an export also stamps each
+record it writes with `"used"` (when it was exported: its last use, for `stepbuild cache prune`)
+and `"writer"` (the exporting store's `registry.writer_id`). Both are optional and unchecked
+beyond their type: older readers ignore them, and an older record without them counts as last
+used when it was created (or, in a directory, when its file was written). Both backends
+(`local.py`, `registry.py`) store these bytes as they are; every record read from a source is
+checked here before it is trusted, because a shared cache is written by other machines."""
 
 from __future__ import annotations
 
