@@ -549,9 +549,9 @@ class TeamCache:
                 desc = compressed_layer(self.store, step.diff_id, "gzip")
                 backend.put_blob(self.store, step.diff_id, desc)
                 layer = {"mediaType": desc.media_type, "digest": desc.digest, "size": desc.size}
-            backend.put_record(step.key, make_record(step.key, step.diff_id, layer,
-                                                     step.created, step.created_by, used,
-                                                     writer, explained.material(step.key)))
+            backend.put_record(step.key, make_record(
+                step.key, step.diff_id, layer, step.created, step.created_by, used=used,
+                writer=writer, explain=explained.material(step.key)))
         backend.finish()
         return len(steps)
 

@@ -33,7 +33,7 @@ class CacheError(StepbuildError):
 
 
 def make_record(key: str, diff_id: str | None, layer: dict[str, Any] | None, created: str,
-                created_by: str, used: str | None = None, writer: str | None = None,
+                created_by: str, *, used: str | None = None, writer: str | None = None,
                 explain: dict[str, Any] | None = None) -> dict[str, Any]:
     record = {"schema": RECORD_SCHEMA, "key": key, "diff_id": diff_id, "layer": layer,
               "created": created, "created_by": created_by}

@@ -88,7 +88,8 @@ def test_a_blob_is_copied_up_to_its_recorded_size(shared: LocalDir, tmp_path: Pa
 
 def test_a_record_carries_its_explanation_material_and_keys_are_listed(shared: LocalDir) -> None:
     material = {"text": "COPY . /app", "files": {"a.txt": "file 0644 0123"}}
-    record = make_record(KEY, None, None, "2024-01-01T00:00:00Z", "COPY . /app", material)
+    record = make_record(KEY, None, None, "2024-01-01T00:00:00Z", "COPY . /app",
+                         explain=material)
     shared.put_record(KEY, record)
     assert shared.record(KEY) == record and record["explain"] == material
     assert "explain" not in make_record(KEY, None, None, "2024-01-01T00:00:00Z", "RUN true")

@@ -34,7 +34,7 @@ def add_key(cache: LocalDir, key: str, data: bytes | None, used: float, writer: 
                  "digest": digest, "size": len(data)}
         diff_id = digest
     cache.put_record(key, make_record(key, diff_id, layer, "2023-11-14T22:13:20Z",
-                                      f"RUN {key}", stamp(used), writer))
+                                      f"RUN {key}", used=stamp(used), writer=writer))
     return layer["digest"] if layer else ""
 
 
