@@ -208,12 +208,13 @@ def _opened(options: argparse.Namespace, *, change: bool, now: float) -> Iterato
 
 def ls(options: argparse.Namespace) -> int:
     from stepbuild.progress.units import human_size
+    from stepbuild.teamcache.records import stamp
 
     with _opened(options, change=False, now=time.time()) as cache:
         entries = sorted(cache.entries, key=lambda e: (-e.used, e.name))
     if options.json:
         for e in entries:
-            print(json.dumps({"key": e.name, "size": e.size, "last_used": _when(e.used),
+            print(json.dumps({"key": e.name, "size": e.size, "last_used": stamp(e.used),
                               "newest": e.newest, "blobs": [d for d, _ in e.blobs],
                               "writers": list(e.writers), "created_by": e.created_by},
                              sort_keys=True))
@@ -297,4 +298,6 @@ def _short(name: str) -> str:
 
 
 def _when(used: float) -> str:
+    """For people: to the second. (`--json` gives the record's stamp, to the microsecond:
+    two exports in one second still sort apart.)"""
     return datetime.fromtimestamp(used, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
