@@ -349,8 +349,15 @@ def test_kill_9_at_random_moments_never_breaks_the_store(sb: Stepbuild, tmp_path
         proc.wait()
         assert str(sb.root) not in Path("/proc/self/mountinfo").read_text()
         assert_consistent(sb)
-    time.sleep(0.2)  # the sandboxed sleep dies with its builder (PR_SET_PDEATHSIG)
-    leftover = subprocess.run(["pgrep", "-f", "sleep 30.4731"], capture_output=True, text=True)
+    # The sandboxed sleep dies with its builder (PR_SET_PDEATHSIG, then its PID namespace
+    # going), asynchronously: on a loaded machine that takes more than a moment. Wait for it
+    # (up to 10 s: the sleep itself would run 30).
+    for _ in range(100):
+        leftover = subprocess.run(["pgrep", "-f", "sleep 30.4731"], capture_output=True,
+                                  text=True)
+        if not leftover.stdout.strip():
+            break
+        time.sleep(0.1)
     assert leftover.stdout.strip() == ""
     finished = write_context(tmp_path / "ctx", "FROM base\nRUN sleep 0.1 && echo marker-k9\n"
                              + steps, files)
