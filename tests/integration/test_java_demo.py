@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,19 @@ def _run_demo() -> tuple[int, str, int]:
 
 
 def _processes_in_session(sid: int) -> list[str]:
-    """Processes still in session `sid`: what the script started (it leads its own session)."""
+    """Processes still running in session `sid`: what the script started (it leads its own
+    session). A zombie has exited (it waits for its parent — init here, for an orphan — to
+    reap it) and one that is exiting goes on its own: asked again for up to 5 s, only
+    processes that stay alive are a leak."""
+    for _ in range(50):
+        found = _running_in_session(sid)
+        if not found:
+            return []
+        time.sleep(0.1)
+    return found
+
+
+def _running_in_session(sid: int) -> list[str]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -72,8 +85,8 @@ def _processes_in_session(sid: int) -> list[str]:
             cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:  # the process has exited meanwhile
             continue
-        if int(fields[3]) == sid:  # stat's 6th field, the session id
-            found.append(f"{stat.parent.name}: {cmdline.decode(errors='replace')}")
+        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):  # session id; state
+            found.append(f"{stat.parent.name} ({fields[0]}): {cmdline.decode(errors='replace')}")
     return found
 
 
